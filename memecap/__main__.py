@@ -1,0 +1,5 @@
+import sys
+
+from memecap.cli import main
+
+sys.exit(main())

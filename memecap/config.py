@@ -1,0 +1,376 @@
+"""Every setting of a run: nested dataclasses, filled from a YAML recipe plus `key=value` overrides.
+
+    cfg = load_config("clipcap_lora", ["optim.lr=3e-4", "model.decoder.lora.r=16"])
+
+Unknown keys and values of the wrong type raise with the dotted key's name, so a typo in a
+recipe never silently trains the default. Cross-field rules live in `__post_init__`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in demo set: coloured shapes with Cyrillic captions, generated on first use."""
+
+    n_train: int = 2000  # training images
+    n_val: int = 200  # held-out images
+    image_size: int = 64  # side of the generated square images
+    seed: int = 0  # generator seed (independent of the training seed)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # table (.tsv meme format, .csv, .jsonl), "hf:imagefolder:DIR", "hf:user/name", or "synthetic"
+    val: str = ""  # same forms; "synthetic" pairs with a synthetic train set
+    image_dir: Optional[str] = None  # where images live when not next to the table in images/
+    on_bad_row: str = "error"  # error: stop and list every bad row; skip: drop them, count and log each
+    max_train_rows: Optional[int] = None  # cap for quick experiments
+    max_val_rows: Optional[int] = None  # cap on evaluated examples
+    max_caption_tokens: int = 128  # longer captions are truncated, keeping the end-of-text token
+    num_workers: int = 0  # DataLoader workers
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("data.on_bad_row", self.on_bad_row, ("error", "skip"))
+        if self.max_caption_tokens < 2:
+            raise ConfigError("data.max_caption_tokens must be >= 2 (one word and the end token)")
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "ruclip"  # ruclip | clip | siglip
+    name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one
+    revision: Optional[str] = None  # Hub revision (commit, tag or branch)
+    trainable: bool = False  # frozen encoders are run once per image and cached
+    resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
+
+    def __post_init__(self) -> None:
+        _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip"))
+        _one_of("model.encoder.resize_mode", self.resize_mode, ("pad", "crop", "squash"))
+
+
+@dataclass
+class MapperConfig:
+    type: str = "mlp"  # mlp | transformer
+    prefix_length: int = 10  # number of GPT input embeddings made from one image
+    clip_length: int = 10  # transformer mapper: tokens the image vector is first expanded to
+    num_layers: int = 8  # transformer mapper: encoder layers
+    num_heads: int = 8  # transformer mapper: attention heads
+    dropout: float = 0.0  # mapper dropout
+
+    def __post_init__(self) -> None:
+        _one_of("model.mapper.type", self.type, ("mlp", "transformer"))
+        if self.prefix_length < 1 or self.clip_length < 1:
+            raise ConfigError("model.mapper.prefix_length and clip_length must be >= 1")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # rank
+    alpha: int = 16  # scaling numerator
+    dropout: float = 0.05  # dropout on the LoRA branch
+    target_modules: list = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])  # GPT-2 Conv1D names
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "ai-forever/rugpt3small_based_on_gpt2"  # GPT-2 architecture; Hub id or folder; "tiny-random"
+    revision: Optional[str] = None  # Hub revision
+    mode: str = "frozen"  # frozen | full | lora
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("model.decoder.mode", self.mode, ("frozen", "full", "lora"))
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the random-initialised stand-ins made for "tiny-random" (demo and tests)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
+    embed_dim: int = 64
+    gpt_width: int = 128
+    gpt_layers: int = 2
+    gpt_heads: int = 4
+    vocab_size: int = 512  # BPE vocabulary trained on the training captions
+
+
+@dataclass
+class ModelConfig:
+    family: str = "clipcap"  # key of memecap.models.MODELS
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "torch.optim.AdamW"  # dotted path, e.g. bitsandbytes.optim.AdamW8bit
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.01  # decoupled weight decay (not applied to biases and norms)
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: str = "linear"  # linear | cosine | constant (all after warmup)
+    warmup_steps: int = 100  # optimizer steps of linear warmup
+    max_grad_norm: Optional[float] = 1.0  # gradient clipping; null disables
+
+    def __post_init__(self) -> None:
+        _one_of("optim.scheduler", self.scheduler, ("linear", "cosine", "constant"))
+        if self.lr <= 0:
+            raise ConfigError("optim.lr must be > 0")
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "beam"  # greedy | beam | sample
+    num_beams: int = 4  # beam search width
+    length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
+    top_k: int = 0  # sampling: keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # sampling: nucleus mass
+    temperature: float = 1.0  # sampling temperature
+    num_return_sequences: int = 1  # captions per image
+    max_new_tokens: int = 96  # hard cap on caption length
+    repetition_penalty: float = 1.0  # >1 discourages repeated tokens
+    no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size (0 = off)
+
+    def __post_init__(self) -> None:
+        _one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
+        if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
+            raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
+
+
+@dataclass
+class EvalConfig:
+    scoring: str = "memecap"  # memecap: all references, Russian METEOR; seed: the original project's scorer
+    batch_size: int = 32  # generation batch per process
+    samples_to_show: int = 5  # captions printed after each evaluation
+    compare_constant: bool = True  # also score the best constant caption (a floor the model must beat)
+
+    def __post_init__(self) -> None:
+        _one_of("eval.scoring", self.scoring, ("memecap", "seed"))
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"  # checkpoints, logs, predictions and the exported model
+    seed: int = 42
+    epochs: int = 10
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per process, per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    mixed_precision: str = "auto"  # auto (bf16 where supported, else no) | no | fp16 | bf16
+    log_every: int = 10  # optimizer steps between log lines
+    eval_every: Optional[int] = None  # optimizer steps between evaluations (null: each epoch's end)
+    save_every: Optional[int] = None  # optimizer steps between checkpoints (null: each evaluation)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (the best is kept apart)
+    best_metric: str = "bleu4"  # chooses the best checkpoint
+    early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
+    resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
+    trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "val_loss"):
+            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor or val_loss")
+
+
+@dataclass
+class CacheConfig:
+    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings, keyed by weights, image and transform
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data.train:
+            return  # a config used only for inference needs no data
+        if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
+            raise ConfigError("data.train and data.val must both be 'synthetic' or both be real tables")
+        if not self.data.val:
+            raise ConfigError("data.val is empty: evaluation and best-checkpoint selection need a validation set")
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding plain dicts to the dataclasses, with errors that name the key.
+
+
+def _bind(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"known in {prefix or 'the top level'}: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}.{name}" if prefix else name)
+              for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - fields all have defaults
+        raise ConfigError(f"{prefix}: {err}") from err
+
+
+def _coerce(hint, value, key: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if dataclasses.is_dataclass(hint):
+        return _bind(hint, value or {}, key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return str(value)
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r}: expected a list, e.g. [a, b]")
+        return list(value)
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    """A recipe name shipped with memecap (`clipcap_lora`) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        return path
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"no recipe named {recipe!r}; shipped recipes: {', '.join(list_recipes())}")
+    return shipped
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_recipe(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"recipe {path} extends itself through {' -> '.join(map(str, seen))}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    is_file = parent.endswith((".yaml", ".yml"))
+    parent_path = resolve_recipe_path(str(path.parent / parent) if is_file else parent)
+    return _merge(_read_recipe(parent_path, seen + (path,)), raw)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=c` strings -> nested dict; values are parsed as YAML (`1e-4`, `true`, `[a, b]`, `null`)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part}")
+        node[parts[-1]] = value
+    return tree
+
+
+def config_from_dict(values: dict) -> Config:
+    return _bind(Config, values, "")
+
+
+def load_config(recipe: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Recipe (name or YAML path, may `extends:` another) + dotted overrides -> validated Config."""
+    values = _read_recipe(resolve_recipe_path(recipe)) if recipe else {}
+    values = _merge(values, parse_overrides(overrides or []))
+    return config_from_dict(values)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    Path(path).write_text(to_yaml(cfg), encoding="utf-8")
+
+
+def load_saved_config(path: Path) -> Config:
+    with open(path, encoding="utf-8") as f:
+        return config_from_dict(yaml.safe_load(f) or {})

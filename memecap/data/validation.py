@@ -1,0 +1,172 @@
+"""Check every row of a table before training and say, in words, what is wrong with each."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from memecap.data.images import ImageReadError, load_rgb
+
+if TYPE_CHECKING:
+    from memecap.data.tables import RawRow
+
+ON_BAD_ROW = ("error", "skip")
+MAX_LISTED = 20
+# Below this many images a progress bar is just noise in the log.
+PROGRESS_MIN_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one row (or, for whole-file problems, with the file)."""
+
+    source: str
+    line: int
+    uid: str | None
+    kind: str  # bad header, bad row, bad encoding, empty caption, duplicate uid, missing image, ...
+    detail: str
+
+    def __str__(self) -> str:
+        who = f" uid={self.uid}" if self.uid is not None else ""
+        return f"{self.source}:{self.line}{who}: {self.detail}"
+
+
+def _count_kinds(problems: Sequence[Problem]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in Counter(p.kind for p in problems).most_common())
+
+
+class DataError(ValueError):
+    """Raised with every problem found, so one run shows everything that needs fixing."""
+
+    def __init__(self, problems: Sequence[Problem], hint: str = ""):
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            lines.append(f"... and {len(self.problems) - MAX_LISTED} more")
+        head = f"{len(self.problems)} data problem(s) ({_count_kinds(self.problems)})"
+        super().__init__(head + (f"; {hint}" if hint else "") + ":\n  " + "\n  ".join(lines))
+
+
+@dataclass
+class ValidationReport:
+    """What the validation pass found in one table."""
+
+    source: str
+    n_rows: int
+    problems: list[Problem] = field(default_factory=list)
+    skipped_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        """Problems per kind."""
+        return dict(Counter(p.kind for p in self.problems))
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.source}: {self.n_rows} rows, no problems"
+        return (
+            f"{self.source}: skipped {self.skipped_rows} of {self.n_rows} rows "
+            f"({_count_kinds(self.problems)})"
+        )
+
+
+def validate_rows(
+    rows: Sequence[RawRow],
+    *,
+    source: str,
+    on_bad_row: str = "error",
+    check_images: bool = True,
+    log: Callable[[str], None] | None = print,
+    workers: int | None = None,
+) -> tuple[list[RawRow], ValidationReport]:
+    """Check all rows; return the good ones and a report, or raise `DataError` listing every problem.
+
+    `check_images=False` still checks that each image file exists, but does not decode it.
+    With `on_bad_row="skip"` each problem is logged and the rows it touches are dropped.
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+    problems: list[Problem] = []
+    bad: set[int] = set()
+
+    def flag(i: int, kind: str, detail: str) -> None:
+        r = rows[i]
+        problems.append(Problem(r.source, r.line, r.uid, kind, detail))
+        bad.add(i)
+
+    first_seen: dict[str, int] = {}
+    seen_captions: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(rows):
+        if r.error is not None:
+            flag(i, *r.error)
+            continue
+        if not r.captions or any(not c.strip() for c in r.captions):
+            flag(i, "empty caption", "empty caption")
+        j = first_seen.setdefault(r.uid, i)
+        if rows[j].image_path != r.image_path:
+            flag(i, "duplicate uid", f"duplicate uid (first at line {rows[j].line}) with a different "
+                 f"image: {r.image_path} vs {rows[j].image_path}")
+            continue
+        for c in r.captions:
+            k = seen_captions.setdefault((r.uid, c), i)
+            if k != i:
+                flag(i, "duplicate uid", f"duplicate row: same uid and caption as line {rows[k].line}")
+                break
+
+    by_image: dict[Path, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.image_path is not None:
+            by_image.setdefault(r.image_path, []).append(i)
+    for path, (kind, detail) in _check_images(list(by_image), check_images, workers):
+        users = by_image[path]
+        if len(users) > 1:
+            detail += f" (used by {len(users)} rows)"
+        r = rows[users[0]]
+        problems.append(Problem(r.source, r.line, r.uid, kind, detail))
+        bad.update(users)
+
+    problems.sort(key=lambda p: (p.source, p.line))
+    report = ValidationReport(source, len(rows), problems, skipped_rows=len(bad))
+    if problems and on_bad_row == "error":
+        raise DataError(problems, hint="fix the data or set on_bad_row='skip'")
+    if log is not None:
+        for p in problems:
+            log(str(p))
+        log(report.summary())
+    kept = [r for i, r in enumerate(rows) if i not in bad]
+    if not kept:
+        raise DataError([Problem(source, 1, None, "no rows", f"no usable rows left of {len(rows)}")])
+    return kept, report
+
+
+def _check_images(
+    paths: list[Path], decode: bool, workers: int | None
+) -> list[tuple[Path, tuple[str, str]]]:
+    def check(path: Path) -> tuple[str, str] | None:
+        if not path.is_file():
+            return "missing image", f"image not found: {path}"
+        if decode:
+            try:
+                load_rgb(path)
+            except ImageReadError as e:
+                return "unreadable image", f"unreadable image: {path} ({e.reason})"
+        return None
+
+    if not decode:
+        results = [check(p) for p in paths]
+    else:
+        # Decoding releases the GIL, so threads give a real speed-up on big tables.
+        with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) + 4)) as pool:
+            bar = tqdm(pool.map(check, paths), total=len(paths), desc="checking images",
+                       unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES)
+            results = list(bar)
+    return [(p, r) for p, r in zip(paths, results) if r is not None]

@@ -1,0 +1,167 @@
+"""Caption metrics (BLEU-1..4, METEOR), the best-constant-caption baseline, predictions files.
+
+Two scorings:
+
+- "memecap": the shipped `evaluate` modules in memecap/metrics: every reference, lower-cased
+  words and punctuation marks, METEOR with the Russian Snowball stemmer.
+- "seed": the numbers of the project this one grew from (github.com/Pstva/meme-captions,
+  src/baseline/eval_baseline*.py, src/clip_model/evaluate.py, src/finetune_eval_rudolph.ipynb).
+  There: `nltk.word_tokenize` on lower-cased text (punctuation kept as tokens), one reference
+  per image, `corpus_bleu` with weights (1,), (1/2,)*2, (1/3,)*3, (1/4,)*4 and no smoothing,
+  and the mean of `single_meteor_score` with NLTK's defaults (Porter stemmer, English WordNet).
+  We match that offline: Treebank tokens after a regex sentence split instead of Punkt, and
+  no WordNet, which cannot match Cyrillic words anyway. Not reproduced: its ClipCap script
+  did not lower-case, and its LSTM baselines scored references rebuilt from a vocabulary
+  (unknown words as <unk>).
+"""
+
+import json
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+
+import evaluate
+from nltk.stem import PorterStemmer
+from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
+
+from memecap.metrics.bleu import bleu_from_stats, closest_length, max_reference_counts, ngram_counts
+from memecap.metrics.meteor import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
+from memecap.metrics.tokenization import tokenize, tokenize_nltk
+
+METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")
+SCORINGS = ("memecap", "seed")
+_METRICS_DIR = Path(__file__).parent / "metrics"
+_PORTER = CachedStemmer(PorterStemmer())  # NLTK's default METEOR stemmer, which the seed project used
+# Loaded once per process: evaluation runs every N steps and a load copies and imports a script.
+_LOADED: dict[str, evaluate.EvaluationModule] = {}
+
+
+def _metric(name: str) -> evaluate.EvaluationModule:
+    if name not in _LOADED:
+        _LOADED[name] = evaluate.load(str(_METRICS_DIR / f"{name}.py"), keep_in_memory=True)
+    return _LOADED[name]
+
+
+def _check_inputs(predictions: list[str], references: list[list[str]], scoring: str) -> None:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if not predictions:
+        raise ValueError("no predictions to score: the predictions list is empty")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists; they must pair up")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str):
+            raise TypeError(f"references[{i}] is a str; each example needs a list of reference strings")
+        if not refs:
+            raise ValueError(f"references[{i}] is empty; each example needs at least one reference")
+
+
+def _tokenizer(scoring: str):
+    return tokenize_nltk if scoring == "seed" else tokenize
+
+
+def _reference_tokens(references: list[list[str]], scoring: str) -> list[list[list[str]]]:
+    """Reference tokens as the scoring sees them: the seed project scored the first reference only."""
+    tok = _tokenizer(scoring)
+    if scoring == "seed":
+        return [[tok(refs[0])] for refs in references]
+    return [[tok(r) for r in refs] for refs in references]
+
+
+def compute_metrics(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> dict[str, float]:
+    """BLEU-1..4 (corpus) and METEOR (mean of sentences) of `predictions`, each in [0, 1]."""
+    _check_inputs(predictions, references, scoring)
+    if scoring == "memecap":
+        bleu = _metric("bleu").compute(predictions=predictions, references=references, max_order=4)
+        meteor = _metric("meteor").compute(predictions=predictions, references=references)
+        return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)}, "meteor": float(meteor["meteor"])}
+    hyps, refs = [tokenize_nltk(p) for p in predictions], _reference_tokens(references, scoring)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NLTK warns once per order without a match
+        bleus = nltk_corpus_bleu(refs, hyps, weights=[(1.0,), (1 / 2,) * 2, (1 / 3,) * 3, (1 / 4,) * 4])
+    meteor = mean_meteor(hyps, refs, stemmer=_PORTER)
+    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor)}
+
+
+def _constant_scores(candidates: list[str], references: list[list[str]], scoring: str, metric: str) -> list[float]:
+    """`metric` of each candidate used as the prediction for every example, without `evaluate`."""
+    hyps, refs = [_tokenizer(scoring)(c) for c in candidates], _reference_tokens(references, scoring)
+    if metric == "meteor":
+        stemmer = _PORTER if scoring == "seed" else RUSSIAN_STEMMER
+        return [mean_meteor([hyp] * len(refs), refs, stemmer=stemmer) for hyp in hyps]
+    # Reference n-gram limits are computed once; each candidate then costs a few dict lookups per example.
+    clips = [max_reference_counts(r, 4) for r in refs]
+    ref_lengths = [[len(x) for x in r] for r in refs]
+    scores = []
+    for hyp in hyps:
+        counts = ngram_counts(hyp, 4)
+        matches = [sum(sum(min(c, clip[n][g]) for g, c in counts[n].items()) for clip in clips) for n in range(4)]
+        totals = [max(1, len(hyp) - n) * len(refs) for n in range(4)]
+        ref_length = sum(closest_length(lengths, len(hyp)) for lengths in ref_lengths)
+        scores.append(bleu_from_stats(matches, totals, len(hyp) * len(refs), ref_length)[metric])
+    return scores
+
+
+def best_constant_caption(
+    train_captions: list[str],
+    references: list[list[str]],
+    scoring: str = "memecap",
+    metric: str = "bleu4",
+    max_candidates: int = 200,
+) -> tuple[str, dict]:
+    """The training caption that scores best on `metric` as the prediction for every example.
+
+    A floor for any model: a captioner that cannot beat one fixed sentence has learnt only the
+    dataset's stock phrases. Candidates are the distinct captions, a fixed-seed sample of
+    `max_candidates` if there are more. Returns the caption and its `compute_metrics` scores.
+    """
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    if not references:
+        raise ValueError("no references to score the candidates against")
+    _check_inputs([""] * len(references), references, scoring)
+    candidates = list(dict.fromkeys(c.strip() for c in train_captions if c.strip()))
+    if not candidates:
+        raise ValueError("no training captions to choose from")
+    if len(candidates) > max_candidates:
+        candidates = random.Random(0).sample(candidates, max_candidates)
+    scores = _constant_scores(candidates, references, scoring, metric)
+    best = candidates[max(range(len(candidates)), key=scores.__getitem__)]
+    return best, compute_metrics([best] * len(references), references, scoring)
+
+
+def write_predictions(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows (`uid`, `references`, `prediction`, any extras) as UTF-8 JSON Lines, atomically."""
+    for i, row in enumerate(rows):
+        missing = [k for k in ("uid", "references", "prediction") if k not in row]
+        if missing:
+            raise ValueError(f"predictions row {i} lacks {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A reader (or a crash mid-write) must never see half a file: write aside, then rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """Rows of a file written by `write_predictions`."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_metrics_table(metrics: dict[str, float], title: str | None = None) -> str:
+    """Metrics as aligned `name  value` lines for the console, values to 4 decimals."""
+    width = max(len(name) for name in metrics) if metrics else 0
+    lines = [f"{name:<{width}}  {value:.4f}" if isinstance(value, float) else f"{name:<{width}}  {value}"
+             for name, value in metrics.items()]
+    rule = "-" * max([len(title or "")] + [len(line) for line in lines])
+    return "\n".join(([title, rule] if title else []) + lines)

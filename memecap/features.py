@@ -1,0 +1,103 @@
+"""On-disk cache of frozen image-encoder embeddings.
+
+A frozen encoder gives the same vector for the same image every epoch, so it runs once per
+image, ever. The key covers everything that can change the vector: the encoder's weights
+(hashed), the image transform's settings and the image file's bytes. A changed image, a new
+transform or other weights simply miss; a stale entry can never be read back.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from memecap.data.images import load_rgb
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of a module's class and every tensor of its state dict (names, shapes, dtypes, values)."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Embeddings of one (encoder weights, transform) pair, one small safetensors file per image."""
+
+    def __init__(self, root: Path, encoder_fingerprint: str, transform_signature: str):
+        key = hashlib.sha256(f"{encoder_fingerprint}|{transform_signature}".encode()).hexdigest()[:24]
+        self.dir = Path(os.path.expanduser(str(root))) / key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, image_digest: str) -> Path:
+        return self.dir / image_digest[:2] / f"{image_digest}.safetensors"
+
+    def get(self, image_digest: str) -> Optional[torch.Tensor]:
+        path = self._path(image_digest)
+        if not path.exists():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return load_file(str(path))["embedding"]
+
+    def put(self, image_digest: str, embedding: torch.Tensor) -> None:
+        path = self._path(image_digest)
+        path.parent.mkdir(exist_ok=True)
+        # Written beside the target then renamed, so a crash or a second process never leaves a torn file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"embedding": embedding.detach().to("cpu", torch.float32).contiguous()}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+@torch.no_grad()
+def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence[Path], *,
+                  cache: Optional[FeatureCache], device: torch.device, batch_size: int = 64,
+                  progress: bool = True, desc: str = "encoding images") -> torch.Tensor:
+    """Embeddings [N, D] of the images at `paths`, from the cache where present, else computed
+    (and stored). Images are read and transformed in threads while the encoder runs."""
+    paths = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        digests = list(pool.map(file_digest, paths)) if cache is not None else [None] * len(paths)
+        out: list[Optional[torch.Tensor]] = [cache.get(d) if cache is not None else None for d in digests]
+        todo = [i for i, v in enumerate(out) if v is None]
+        was_training = encoder.training
+        encoder.eval()
+        dtype = next(encoder.parameters()).dtype
+        bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            pixels = torch.stack(list(pool.map(lambda i: transform(load_rgb(paths[i])), chunk)))
+            embeds = encoder(pixels.to(device=device, dtype=dtype)).float().cpu()
+            for i, e in zip(chunk, embeds):
+                out[i] = e
+                if cache is not None:
+                    cache.put(digests[i], e)
+            bar.update(len(chunk))
+        bar.close()
+        encoder.train(was_training)
+    return torch.stack(out) if out else torch.empty(0)

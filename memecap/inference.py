@@ -1,0 +1,82 @@
+"""Captioning and scoring with an exported model (the `best/` or `final/` folder of a run)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from memecap.config import GenerationConfig
+from memecap.data.tables import load_split
+from memecap.evaluation import compute_metrics, write_predictions
+from memecap.models import load_model
+from memecap.models.clipcap import CaptionEvalSet
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_export(path: Path) -> Path:
+    """Accept an export folder or a run folder (then its best export, else its final one)."""
+    path = Path(path)
+    for candidate in (path, path / "best", path / "final"):
+        if (candidate / "memecap.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no exported model here or in its best/ or final/ folder")
+
+
+def exported_generation(folder: Path) -> Optional[GenerationConfig]:
+    import yaml
+
+    from memecap.config import config_from_dict
+
+    meta = yaml.safe_load((Path(folder) / "memecap.yaml").read_text(encoding="utf-8"))
+    return config_from_dict({"generation": meta["generation"]}).generation if meta.get("generation") else None
+
+
+@torch.no_grad()
+def caption_paths(model, paths: Sequence[Path], generation: GenerationConfig, *, device: torch.device,
+                  batch_size: int = 32, cache_dir: Optional[str] = None, progress: bool = True) -> list[list[str]]:
+    """Captions for each image path (a list of `num_return_sequences` strings per image)."""
+    model.to(device).eval()
+    images = model.image_inputs(list(paths), cache_dir=cache_dir, device=device, progress=progress)
+    dataset = CaptionEvalSet(images)
+    out: list[list[str]] = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="captioning", disable=not progress, unit="batch"):
+        batch = model.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out.extend(model.generate(batch, generation))
+    return out
+
+
+def evaluate_export(export: Path, table: str, *, out_path: Optional[Path] = None, scoring: str = "memecap",
+                    generation: Optional[GenerationConfig] = None, max_rows: Optional[int] = None,
+                    image_dir: Optional[str] = None, on_bad_row: str = "error", batch_size: int = 32,
+                    cache_dir: Optional[str] = None, progress: bool = True) -> tuple[dict, Path]:
+    """Score an exported model on a table; returns the metrics and the predictions file."""
+    export = resolve_export(export)
+    examples, _ = load_split(table, image_dir=image_dir, on_bad_row=on_bad_row, max_rows=max_rows,
+                             log=print if progress else None)
+    model = load_model(export, with_encoder=True)
+    generation = generation or exported_generation(export) or GenerationConfig()
+    captions = caption_paths(model, [ex.image_path for ex in examples], generation, device=default_device(),
+                             batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    rows = [{"uid": ex.uid, "references": list(ex.captions), "prediction": caps[0]}
+            for ex, caps in zip(examples, captions)]
+    metrics = compute_metrics([r["prediction"] for r in rows], [r["references"] for r in rows], scoring=scoring)
+    out_path = Path(out_path) if out_path else export / f"predictions-{Path(str(table)).stem}.jsonl"
+    write_predictions(out_path, rows)
+    return metrics, out_path
+
+
+def find_images(target: Path) -> list[Path]:
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target}: no such image or folder")
+    return sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,286 @@
+"""ClipCap: image encoder -> mapping network -> prefix embeddings for a GPT-2 decoder (ruGPT-3).
+
+The decoder is frozen, fully trained, or adapted with LoRA. When the encoder is frozen (the
+usual case) it is not part of the trained module at all: its embeddings come from the feature
+cache, so it costs no GPU memory during training and runs once per image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import AutoTokenizer, GPT2LMHeadModel
+
+from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.data.images import ImageTransform, load_rgb
+from memecap.features import FeatureCache, encode_images, module_fingerprint
+from memecap.generation import hf_generate_kwargs
+from memecap.models.encoders import build_image_encoder
+from memecap.models.mapping import build_mapper
+from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
+
+CONFIG_FILE = "memecap.yaml"
+MAPPER_FILE = "mapper.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+
+
+def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
+    return ImageTransform(encoder.image_size, tuple(encoder.mean), tuple(encoder.std), resize_mode=cfg.resize_mode)
+
+
+def load_decoder(cfg: ModelConfig, source: Optional[Path] = None):
+    """GPT-2 LM and its tokenizer from the Hub id / folder in the config (or a saved full decoder)."""
+    name = str(source) if source is not None else cfg.decoder.name
+    revision = None if source is not None else cfg.decoder.revision
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    decoder = GPT2LMHeadModel.from_pretrained(name, revision=revision)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
+    return decoder, tokenizer
+
+
+def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
+    if cfg.decoder.gradient_checkpointing:
+        decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        decoder.config.use_cache = False
+    if cfg.decoder.mode == "full":
+        return decoder
+    decoder.requires_grad_(False)
+    if cfg.decoder.mode == "frozen":
+        return decoder
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.decoder.lora
+    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), fan_in_fan_out=True,  # GPT-2 uses Conv1D
+                          task_type="CAUSAL_LM")
+    return get_peft_model(decoder, peft_cfg)
+
+
+class CaptionTrainSet(Dataset):
+    """One item per (image, reference caption): image features or pixels, caption token ids."""
+
+    def __init__(self, images, token_ids: list[list[int]], owners: list[int]):
+        self.images, self.token_ids, self.owners = images, token_ids, owners
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[self.owners[i]], "input_ids": self.token_ids[i]}
+
+
+class CaptionEvalSet(Dataset):
+    """One item per image, carrying its index so gathered predictions find their references."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "index": i}
+
+
+class LazyPixels:
+    """Pixels loaded when an item is read: used when the encoder trains and cannot be cached."""
+
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[i]))
+
+
+class ClipCap(nn.Module):
+    def __init__(self, cfg: ModelConfig, mapper: nn.Module, decoder: nn.Module, tokenizer,
+                 encoder: Optional[nn.Module], image_dim: int, transform: ImageTransform,
+                 feature_encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.cfg = cfg
+        # Held in a tuple so it is not a submodule: a frozen encoder only feeds the feature cache and
+        # must stay out of the trained module's parameters, state dict and device placement.
+        self._feature_encoder = (feature_encoder,)
+        self.mapper = mapper
+        self.decoder = decoder
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.image_dim = image_dim
+        self.transform = transform
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # -- data -------------------------------------------------------------------------------
+    def encode_caption(self, text: str, max_tokens: int) -> list[int]:
+        """Token ids of a caption, cut to `max_tokens` with the end-of-text token always last."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[: max_tokens - 1] + [self.eos_id]
+
+    def image_inputs(self, paths: Sequence[Path], *, cache_dir: Optional[str], device, progress: bool,
+                     desc: str = "encoding images"):
+        """What the model reads per image: cached embeddings for a frozen encoder, lazy pixels otherwise."""
+        if self.cfg.encoder.trainable:
+            return LazyPixels(paths, self.transform)
+        encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
+        home = next(encoder.parameters()).device
+        encoder.to(device)
+        cache = (FeatureCache(cache_dir, module_fingerprint(encoder), self.transform.signature())
+                 if cache_dir else None)
+        feats = encode_images(encoder, self.transform, paths, cache=cache, device=device,
+                              progress=progress, desc=desc)
+        encoder.to(home)  # the frozen encoder must not hold accelerator memory during training
+        self.last_cache = cache
+        return feats
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = {"image": torch.stack([it["image"] for it in items])}
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([it["index"] for it in items])
+        if "input_ids" in items[0]:
+            width = max(len(it["input_ids"]) for it in items)
+            ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+            labels = torch.full((len(items), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(items), width), dtype=torch.long)
+            for row, it in enumerate(items):
+                n = len(it["input_ids"])
+                ids[row, :n] = torch.tensor(it["input_ids"])
+                labels[row, :n] = ids[row, :n]  # padding stays -100, whatever its id
+                mask[row, :n] = 1
+            batch.update(input_ids=ids, labels=labels, attention_mask=mask)
+        return batch
+
+    # -- model ------------------------------------------------------------------------------
+    def prefix(self, image: torch.Tensor) -> torch.Tensor:
+        """Decoder input embeddings [B, prefix_length, width] from features or pixels."""
+        if image.dim() == 4:
+            if self.encoder is None:
+                raise ValueError("this ClipCap was built without its image encoder; "
+                                 "load it with with_encoder=True to caption raw images")
+            image = self.encoder(image)
+        return self.mapper(image.to(next(self.mapper.parameters()).dtype))
+
+    def forward(self, batch: dict) -> dict:
+        return self.loss(batch)
+
+    def loss(self, batch: dict) -> dict:
+        """Cross-entropy of the caption tokens given the image prefix, averaged over caption tokens."""
+        prefix = self.prefix(batch["image"])
+        embed = self.decoder.get_input_embeddings()
+        tokens = embed(batch["input_ids"])
+        inputs = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=batch["attention_mask"].dtype,
+                                     device=inputs.device), batch["attention_mask"]], dim=1)
+        logits = self.decoder(inputs_embeds=inputs, attention_mask=mask).logits
+        # Position P-1+t predicts caption token t: the last prefix slot predicts the first word.
+        pred = logits[:, prefix.shape[1] - 1:-1].float()
+        labels = batch["labels"]
+        num_tokens = (labels != -100).sum()
+        loss_sum = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+
+    @torch.no_grad()
+    def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
+        """`num_return_sequences` captions for each image of the batch."""
+        prefix = self.prefix(batch["image"])
+        dtype = self.decoder.get_input_embeddings().weight.dtype
+        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        ids = self.decoder.generate(inputs_embeds=prefix.to(dtype), attention_mask=mask, synced_gpus=synced_gpus,
+                                    **hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id))
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        k = generation.num_return_sequences
+        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- save / load ------------------------------------------------------------------------
+    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None) -> None:
+        """Only what training changed: mapper, LoRA adapter or full decoder, trained encoder; plus the
+        config that names the frozen bases and the tokenizer."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"family": "clipcap", "model": to_dict(self.cfg),
+                "generation": to_dict(generation) if generation else None, "image_dim": self.image_dim}
+        (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()},
+                  str(out_dir / MAPPER_FILE))
+        if self.cfg.encoder.trainable and self.encoder is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()},
+                      str(out_dir / ENCODER_FILE))
+        if self.cfg.decoder.mode == "lora":
+            self.decoder.save_pretrained(out_dir / "adapter")
+        elif self.cfg.decoder.mode == "full":
+            self.decoder.save_pretrained(out_dir / "decoder")
+        self.tokenizer.save_pretrained(out_dir / "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{folder} is not a memecap ClipCap export: {CONFIG_FILE} is missing")
+        meta = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        cfg = config_from_dict({"model": meta["model"]}).model
+        full = folder / "decoder"
+        model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable,
+                              decoder_source=full if full.is_dir() else None, apply_mode=False)
+        model.mapper.load_state_dict(load_file(str(folder / MAPPER_FILE)))
+        if (folder / ENCODER_FILE).is_file() and model.encoder is not None:
+            model.encoder.load_state_dict(load_file(str(folder / ENCODER_FILE)))
+        if (folder / "adapter").is_dir():
+            from peft import PeftModel
+
+            model.decoder = PeftModel.from_pretrained(model.decoder, folder / "adapter")
+        model.requires_grad_(False)
+        return model.eval()
+
+
+def materialize_tiny_bases(cfg: ModelConfig, work_dir: Path, train_texts: Sequence[str]) -> ModelConfig:
+    """Replace "tiny-random" base names with folders holding freshly made tiny models of the real
+    classes, so they load through the same path as the Hub weights."""
+    base = Path(work_dir) / "base_models"
+    if cfg.encoder.name == TINY:
+        target = base / "encoder"
+        if not (target / "config.json").is_file():
+            save_tiny_clip_vision(target, cfg.tiny)
+        cfg.encoder.kind, cfg.encoder.name = "clip", str(target.resolve())
+    if cfg.decoder.name == TINY:
+        target = base / "decoder"
+        if not (target / "config.json").is_file():
+            if not train_texts:
+                raise ValueError("a tiny-random decoder needs training captions to fit its tokenizer")
+            save_tiny_gpt2(target, cfg.tiny, train_texts)
+        cfg.decoder.name = str(target.resolve())
+    return cfg
+
+
+def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, decoder_source: Optional[Path] = None,
+                  apply_mode: bool = True) -> ClipCap:
+    """Load the bases named in `cfg` and put a fresh mapping network between them.
+
+    The encoder is kept in the module only when it trains (or `with_encoder` asks for it, for
+    captioning raw images); a frozen one is loaded for the feature cache when data is prepared.
+    """
+    if TINY in (cfg.encoder.name, cfg.decoder.name):
+        raise ValueError("call materialize_tiny_bases() before building a model with tiny-random bases")
+    encoder = build_image_encoder(cfg.encoder.kind, cfg.encoder.name, cfg.encoder.revision)
+    image_dim = encoder.embed_dim
+    transform = encoder_transform(encoder, cfg.encoder)
+    encoder.requires_grad_(cfg.encoder.trainable)
+    keep_encoder = cfg.encoder.trainable or bool(with_encoder)
+    decoder, tokenizer = load_decoder(cfg, decoder_source)
+    mapper = build_mapper(cfg.mapper, image_dim, decoder.config.n_embd)
+    if apply_mode:
+        decoder = apply_decoder_mode(decoder, cfg)
+    return ClipCap(cfg, mapper, decoder, tokenizer, encoder if keep_encoder else None, image_dim, transform,
+                   feature_encoder=None if keep_encoder else encoder)

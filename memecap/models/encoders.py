@@ -1,0 +1,182 @@
+"""Image encoders for ClipCap: a frozen CLIP-like vision tower -> one embedding per image.
+
+    encoder = build_image_encoder("ruclip", "ai-forever/ruclip-vit-base-patch32-384")
+    embeds = encoder(pixel_values)  # [B, 3, S, S] normalised with encoder.mean/std -> [B, embed_dim]
+
+The builders load weights (from a local folder or the Hub) and `ImageEncoder` only wraps a built
+model, so tests can wrap tiny random towers offline. Every kind ends up as a transformers model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionModelWithProjection,
+    PreTrainedModel,
+    SiglipImageProcessorPil,
+    SiglipVisionModel,
+)
+from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from memecap.models.ruclip_weights import load_ruclip_vision, ruclip_normalisation
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+# Any one of these makes a folder loadable by `from_pretrained` (sharded checkpoints have an index).
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+Triple = tuple[float, float, float]
+
+
+class ImageEncoder(nn.Module):
+    """Wraps a vision tower; `forward` returns the embedding ClipCap feeds to its mapping network.
+
+    `output_key` names the field of the tower's output to return: `image_embeds` for CLIP/ruCLIP
+    (the projected pooled embedding), `pooler_output` for SigLIP.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        output_key: str,
+        embed_dim: int,
+        image_size: int,
+        mean: Triple,
+        std: Triple,
+        kind: str,
+        name: str,
+        revision: str | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.output_key = output_key
+        self.embed_dim = embed_dim
+        self.image_size = image_size
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.kind, self.name, self.revision = kind, name, revision
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        outputs = self.model(pixel_values=pixel_values.to(dtype))
+        return getattr(outputs, self.output_key)
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "revision": self.revision,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+        }
+
+
+def _check_local_folder(name: str) -> None:
+    """Say which file a local transformers folder lacks, before from_pretrained's generic OSError."""
+    if not os.path.isdir(name):
+        return  # a Hub repo id: from_pretrained downloads and reports its own errors
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise FileNotFoundError(f"model folder {name!r} has no 'config.json'")
+    if not any(os.path.isfile(os.path.join(name, f)) for f in HF_WEIGHTS):
+        raise FileNotFoundError(f"model folder {name!r} has no weights file (one of {list(HF_WEIGHTS)})")
+
+
+def _load_processor(processor_cls, name: str, revision: str | None):
+    """The image processor saved beside the weights, or None when there is none."""
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, PROCESSOR_CONFIG)):
+            return None
+        return processor_cls.from_pretrained(name)
+    try:
+        return processor_cls.from_pretrained(name, revision=revision)
+    except OSError as err:
+        logger.warning(
+            "no %s for %r (%s); using the model config and default normalisation", PROCESSOR_CONFIG, name, err
+        )
+        return None
+
+
+def _processor_image_size(processor) -> int:
+    """Side of the square the processor hands the model: the crop when it crops, else the resize."""
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+    height, width = size.get("height"), size.get("width")
+    if height is None and width is None:
+        height = width = size.get("shortest_edge")
+    if height is None or height != width:
+        raise ValueError(f"image processor must produce square images, got size {dict(size)}")
+    return int(height)
+
+
+def _settings(model_image_size: int, processor, default_mean: Triple, default_std: Triple, name: str):
+    """(image_size, mean, std): from the processor when there is one, else model config + defaults."""
+    if processor is None:
+        return model_image_size, tuple(default_mean), tuple(default_std)
+    image_size = _processor_image_size(processor)
+    if image_size != model_image_size:
+        raise ValueError(
+            f"{name!r}: image processor gives {image_size}px images but the model was built for {model_image_size}px"
+        )
+    return image_size, tuple(processor.image_mean), tuple(processor.image_std)
+
+
+def build_clip(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
+    """Any transformers CLIP checkpoint (vision-only or full CLIPModel); returns `image_embeds`."""
+    _check_local_folder(name)
+    model = CLIPVisionModelWithProjection.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    processor = _load_processor(CLIPImageProcessorPil, name, revision)
+    image_size, mean, std = _settings(model.config.image_size, processor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, name)
+    return ImageEncoder(
+        model, output_key="image_embeds", embed_dim=model.config.projection_dim, image_size=image_size,
+        mean=mean, std=std, kind="clip", name=name, revision=revision,
+    )
+
+
+def build_siglip(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
+    """A transformers SigLIP checkpoint (vision-only or full SiglipModel); returns `pooler_output`."""
+    _check_local_folder(name)
+    model = SiglipVisionModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    processor = _load_processor(SiglipImageProcessorPil, name, revision)
+    image_size, mean, std = _settings(
+        model.config.image_size, processor, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, name
+    )
+    return ImageEncoder(
+        model, output_key="pooler_output", embed_dim=model.config.hidden_size, image_size=image_size,
+        mean=mean, std=std, kind="siglip", name=name, revision=revision,
+    )
+
+
+def build_ruclip(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
+    """ai-forever ruCLIP (config.json + pytorch_model.bin/model.safetensors), converted to transformers."""
+    model, config = load_ruclip_vision(name, revision=revision, dtype=dtype or torch.float32)
+    mean, std = ruclip_normalisation(config)
+    return ImageEncoder(
+        model, output_key="image_embeds", embed_dim=model.config.projection_dim, image_size=model.config.image_size,
+        mean=mean, std=std, kind="ruclip", name=name, revision=revision,
+    )
+
+
+ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
+    "clip": build_clip,
+    "siglip": build_siglip,
+    "ruclip": build_ruclip,
+}
+
+
+def build_image_encoder(
+    kind: str, name: str, revision: str | None = None, dtype: torch.dtype | None = None
+) -> ImageEncoder:
+    """Load an image encoder of `kind` ("clip", "siglip", "ruclip") from a local folder or Hub id.
+
+    `dtype` defaults to float32. Parameters keep requires_grad; the caller freezes what it freezes.
+    """
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown image encoder kind {kind!r}; known kinds: {sorted(ENCODERS)}")
+    return ENCODERS[kind](name, revision=revision, dtype=dtype)

@@ -1,0 +1,66 @@
+"""Tiny random-initialised base models of the real classes, written to folders in the Hub layout.
+
+The demo and the tests use them instead of ruCLIP / ruGPT-3: they are saved with
+`save_pretrained` and then loaded back through exactly the code path that loads the real
+weights, so nothing is mocked and nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config,
+                          GPT2LMHeadModel, GPT2TokenizerFast)
+
+from memecap.config import TinyConfig
+
+TINY = "tiny-random"
+EOS = "<|endoftext|>"
+PAD = "<pad>"
+
+
+def save_tiny_clip_vision(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path:
+    """A CLIP vision tower with projection, random weights, and its image processor settings."""
+    config = CLIPVisionConfig(
+        hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=max(1, cfg.vision_width // 32),
+        image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.embed_dim,
+        hidden_act="quick_gelu",
+    )
+    with torch.random.fork_rng():  # leave the caller's random stream untouched
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
+                       crop_size={"height": cfg.image_size, "width": cfg.image_size}).save_pretrained(out_dir)
+    return out_dir
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> GPT2TokenizerFast:
+    """A byte-level BPE like ruGPT-3's, trained on the given captions."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return GPT2TokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD)
+
+
+def save_tiny_gpt2(out_dir: Path, cfg: TinyConfig, texts: Iterable[str], seed: int = 0) -> Path:
+    """A GPT-2 language model (ruGPT-3's class) with random weights and a tokenizer fit on `texts`."""
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=cfg.gpt_width,
+                        n_layer=cfg.gpt_layers, n_head=cfg.gpt_heads,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,336 @@
+"""The training loop: one file, every model, any Accelerate setup.
+
+    memecap train demo
+    memecap train clipcap_lora data.train=memes/train.tsv data.val=memes/val.tsv
+    accelerate launch -m memecap.train clipcap_lora optim.lr=3e-4          # same, on many devices
+
+Setup -> fail-fast checks -> train (accumulation, clipping, schedule) -> evaluate every N steps
+-> checkpoint atomically -> export the best model. Nothing here depends on the model family:
+models follow the protocol in memecap/models/__init__.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import send_to_device, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from memecap.checkpoint import TrainState, find_resume_point, load_checkpoint, save_checkpoint
+from memecap.config import Config, ConfigError, load_config, save_config, to_dict, to_yaml
+from memecap.data.sources import load_train_val
+from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
+from memecap.models import build_model
+from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
+from memecap.optim import build_optimizer, build_scheduler
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    precision = cfg.train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # DeepSpeed picks NCCL unless told otherwise; on CPU-only machines gloo is the one that works.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=precision,
+        log_with=list(cfg.train.trackers) or None,
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=handlers,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+    )
+
+
+class RunLog:
+    """Console lines on the main process and one JSON object per record in `log.jsonl`."""
+
+    def __init__(self, accelerator: Accelerator, path: Path):
+        self.accelerator = accelerator
+        self.path = path
+
+    def info(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text, file=sys.stderr)
+
+    def record(self, kind: str, step: int, values: dict) -> None:
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        self.accelerator.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
+
+
+def flat_hparams(cfg: Config) -> dict:
+    out = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(name + ".", value)
+            elif isinstance(value, (int, float, str, bool)):
+                out[name] = value
+            else:
+                out[name] = str(value)
+
+    walk("", to_dict(cfg))
+    return out
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, eval_loader, loss_loader, examples, cfg: Config, synced_gpus: bool) -> tuple[dict, list]:
+    """Validation loss, generated captions and metrics; every example is scored exactly once."""
+    model.eval()
+    net = accelerator.unwrap_model(model)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    token_sum = torch.zeros((), device=accelerator.device)
+    for batch in loss_loader:
+        out = model(batch)
+        loss_sum += out["loss"].float() * out["num_tokens"]
+        token_sum += out["num_tokens"]
+    loss_sum, token_sum = accelerator.reduce(loss_sum), accelerator.reduce(token_sum)
+    captions: dict[int, list[str]] = {}
+    bar = tqdm(eval_loader, desc="captioning", leave=False,
+               disable=not (cfg.train.progress_bar and accelerator.is_main_process))
+    for batch in bar:
+        with accelerator.autocast():
+            generated = net.generate(batch, cfg.generation, synced_gpus=synced_gpus)
+        pairs = list(zip(batch["index"].tolist(), generated))
+        for index, caps in accelerator.gather_for_metrics(pairs, use_gather_object=True):
+            captions[index] = caps
+    model.train()
+    metrics = {"val_loss": (loss_sum / token_sum.clamp(min=1)).item()}
+    rows = [{"uid": ex.uid, "references": list(ex.captions), "prediction": captions[i][0],
+             **({"alternatives": captions[i][1:]} if len(captions[i]) > 1 else {})}
+            for i, ex in enumerate(examples) if i in captions]
+    if len(rows) != len(examples):
+        raise RuntimeError(f"evaluation produced {len(rows)} captions for {len(examples)} examples")
+    metrics.update(compute_metrics([r["prediction"] for r in rows], [r["references"] for r in rows],
+                                   scoring=cfg.eval.scoring))
+    return metrics, rows
+
+
+def is_better(metric: str, new: float, best: Optional[float]) -> bool:
+    if best is None:
+        return True
+    return new < best if metric == "val_loss" else new > best
+
+
+def export_model(accelerator, model, out_dir: Path, cfg: Config) -> None:
+    """Write the publishable model atomically (a crash keeps the previous export intact)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp, generation=cfg.generation)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    accelerator.wait_for_everyone()
+
+
+def main(cfg: Config) -> dict:
+    out_dir = Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg)
+    log = RunLog(accelerator, out_dir / "log.jsonl")
+    set_seed(cfg.train.seed)
+    log.info(f"memecap: {accelerator.distributed_type} x{accelerator.num_processes}, device {accelerator.device}, "
+             f"mixed precision {accelerator.mixed_precision}\n--- resolved config ---\n{to_yaml(cfg)}")
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+
+    # Data: read and validate every row before anything heavy happens.
+    with accelerator.main_process_first():
+        train_examples, val_examples = load_train_val(cfg.data, work_dir=out_dir, log=log.info)
+    train_texts = [c for ex in train_examples for c in ex.captions]
+    with accelerator.main_process_first():  # the first process writes tiny bases / the feature cache
+        model = build_model(cfg.model, work_dir=out_dir, train_texts=train_texts)
+        cache_dir = cfg.cache.dir if cfg.cache.enabled else None
+        show = cfg.train.progress_bar and accelerator.is_local_main_process
+        train_images = model.image_inputs([ex.image_path for ex in train_examples], cache_dir=cache_dir,
+                                          device=accelerator.device, progress=show, desc="train images")
+        val_images = model.image_inputs([ex.image_path for ex in val_examples], cache_dir=cache_dir,
+                                        device=accelerator.device, progress=show, desc="val images")
+
+    def caption_set(examples, images):
+        ids, owners = [], []
+        for i, ex in enumerate(examples):
+            for caption in ex.captions:
+                ids.append(model.encode_caption(caption, cfg.data.max_caption_tokens))
+                owners.append(i)
+        return CaptionTrainSet(images, ids, owners)
+
+    train_set, val_loss_set = caption_set(train_examples, train_images), caption_set(val_examples, val_images)
+    def loader(dataset, batch_size, shuffle):
+        # A private generator: creating an iterator then draws from it, not from the global RNG
+        # that dropout uses, so a resumed run's random stream matches the uninterrupted one.
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=model.collate,
+                          num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.train.seed))
+
+    train_loader = loader(train_set, cfg.train.batch_size, True)
+    val_loss_loader = loader(val_loss_set, cfg.eval.batch_size, False)
+    eval_loader = loader(CaptionEvalSet(val_images), cfg.eval.batch_size, False)
+
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    n_trainable = sum(p.numel() for p in model.trainable_parameters())
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info(f"data: {len(train_examples)} train images ({len(train_set)} captions), {len(val_examples)} val; "
+             f"model: {n_trainable:,} trainable of {n_total:,} parameters; {total_steps} optimizer steps")
+
+    optimizer = build_optimizer(cfg.optim, model.trainable_parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer, total_steps, accelerator.num_processes)
+    model, optimizer, train_loader, val_loss_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loss_loader, eval_loader, scheduler)
+    synced_gpus = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+    # Fail fast: a forward pass and a short generation on real validation items, before step 0.
+    net = accelerator.unwrap_model(model)
+    with torch.no_grad(), accelerator.autocast():
+        probe = send_to_device(net.collate([val_loss_set[i] for i in range(min(2, len(val_loss_set)))]), accelerator.device)
+        probe_loss = net(probe)["loss"].item()
+        probe_eval = send_to_device(net.collate([CaptionEvalSet(val_images)[0]]), accelerator.device)
+        from dataclasses import replace
+
+        probe_caption = net.generate(probe_eval, replace(cfg.generation, max_new_tokens=8, num_return_sequences=1,
+                                                           strategy="greedy"), synced_gpus=synced_gpus)[0][0]
+    if not math.isfinite(probe_loss):
+        raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
+    log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
+
+    state = TrainState()
+    resume_from = find_resume_point(cfg.train.resume, out_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        log.info(f"resumed from {resume_from}: epoch {state.epoch}, optimizer step {state.optimizer_step}")
+    accelerator.init_trackers("memecap", config=flat_hparams(cfg))
+
+    constant = None
+    if cfg.eval.compare_constant and accelerator.is_main_process:
+        caption, scores = best_constant_caption(train_texts, [list(ex.captions) for ex in val_examples],
+                                                scoring=cfg.eval.scoring)
+        constant = {"caption": caption, **scores}
+        log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
+
+    def run_evaluation() -> dict:
+        metrics, rows = evaluate(accelerator, model, eval_loader, val_loss_loader, val_examples, cfg, synced_gpus)
+        if accelerator.is_main_process:
+            write_predictions(out_dir / "predictions" / f"step_{state.optimizer_step:07d}.jsonl", rows)
+            table = format_metrics_table(metrics, title=f"evaluation at optimizer step {state.optimizer_step}")
+            samples = "\n".join(f"  [{r['uid']}] {r['prediction']}\n      ref: {r['references'][0]}"
+                                for r in rows[: cfg.eval.samples_to_show])
+            log.info(f"{table}\n{samples}")
+        log.record("eval", state.optimizer_step, metrics)
+        state.history.append({"step": state.optimizer_step, **metrics})
+        score = metrics[cfg.train.best_metric]
+        if is_better(cfg.train.best_metric, score, state.best_score):
+            state.best_score, state.best_step, state.evals_without_improvement = score, state.optimizer_step, 0
+            export_model(accelerator, model, out_dir / "best", cfg)
+        else:
+            state.evals_without_improvement += 1
+        return metrics
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.optimizer_step, desc="training", unit="step",
+               disable=not (cfg.train.progress_bar and accelerator.is_main_process))
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    stop = state.optimizer_step >= total_steps
+    last_saved = last_evaluated = state.optimizer_step
+    while not stop and state.epoch < (cfg.train.epochs if cfg.train.max_steps is None else 10**9):
+        train_loader.set_epoch(state.epoch)
+        batches = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                   if state.batches_in_epoch else train_loader)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = model(batch)
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.micro_step += 1
+            state.batches_in_epoch += 1
+            window_loss += out["loss"].item() * out["num_tokens"].item()
+            window_tokens += out["num_tokens"].item()
+            if not accelerator.sync_gradients:
+                continue
+            state.optimizer_step += 1
+            bar.update(1)
+            if state.optimizer_step % cfg.train.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                record = {"loss": window_loss / max(window_tokens, 1), "lr": scheduler.get_last_lr()[0],
+                          "epoch": state.epoch, "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                log.record("train", state.optimizer_step, record)
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            stop = state.optimizer_step >= total_steps
+            if cfg.train.eval_every and state.optimizer_step % cfg.train.eval_every == 0:
+                run_evaluation()
+                last_evaluated = state.optimizer_step
+            patience = cfg.train.early_stopping_patience
+            if patience is not None and state.evals_without_improvement >= patience:
+                log.info(f"early stopping: {patience} evaluations without a better {cfg.train.best_metric}")
+                stop = True
+            save_now = cfg.train.save_every and state.optimizer_step % cfg.train.save_every == 0
+            if save_now or (not cfg.train.save_every and last_evaluated == state.optimizer_step != last_saved):
+                save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+                last_saved = state.optimizer_step
+            if stop:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+            if not cfg.train.eval_every and last_evaluated != state.optimizer_step:
+                run_evaluation()
+                last_evaluated = state.optimizer_step
+                if not cfg.train.save_every:
+                    save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+                    last_saved = state.optimizer_step
+    bar.close()
+
+    final = state.history[-1] if state.history and last_evaluated == state.optimizer_step else run_evaluation()
+    if last_saved != state.optimizer_step:
+        save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+    export_model(accelerator, model, out_dir / "final", cfg)
+    accelerator.end_training()
+    summary = {"final": {k: v for k, v in final.items() if k != "step"}, "best_step": state.best_step,
+               "best_score": state.best_score, "best_metric": cfg.train.best_metric,
+               "optimizer_steps": state.optimizer_step, "constant": constant,
+               "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes}
+    if accelerator.is_main_process:
+        (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+        log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "
+                 f"exported to {out_dir / 'best'} and {out_dir / 'final'}")
+    return summary
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    """`python -m memecap.train RECIPE [key=value ...]` (what `accelerate launch -m` runs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except ConfigError as err:
+        print(f"memecap: config error: {err}", file=sys.stderr)
+        return 2
+    main(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

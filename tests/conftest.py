@@ -1,0 +1,80 @@
+"""Shared offline fixtures: tiny random base models of the real classes, saved in their published
+layouts, and a small synthetic dataset in the meme table format."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tries the Hub fails fast instead of hanging
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from memecap.config import TinyConfig, load_config  # noqa: E402
+from memecap.data.synthetic import make_synthetic_dataset  # noqa: E402
+from memecap.data.tables import load_split  # noqa: E402
+from memecap.models.tiny import save_tiny_gpt2  # noqa: E402
+
+TEST_TINY = TinyConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, embed_dim=32,
+                       gpt_width=32, gpt_layers=2, gpt_heads=2, vocab_size=300)
+
+
+def ruclip_model_module():
+    """ruclip's model.py, loaded by path: the package __init__ needs torchvision and youtokentome,
+    which the image tower does not."""
+    spec = importlib.util.find_spec("ruclip")
+    assert spec is not None, "the ruclip package must be installed (pip install --no-deps ruclip==0.0.2)"
+    path = Path(list(spec.submodule_search_locations)[0]) / "model.py"
+    module_spec = importlib.util.spec_from_file_location("_ruclip_model_for_tests", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def save_tiny_ruclip(folder: Path, image_resolution: int = 32, vision_width: int = 64, embed_dim: int = 32):
+    """A random `ruclip.model.CLIP` in ruCLIP's published layout (config.json + pytorch_model.bin)."""
+    config = {"embed_dim": embed_dim, "image_resolution": image_resolution, "vision_layers": 1,
+              "vision_width": vision_width, "vision_patch_size": 8, "context_length": 8, "vocab_size": 32,
+              "transformer_width": 32, "transformer_heads": 2, "transformer_layers": 1}
+    torch.manual_seed(0)
+    clip = ruclip_model_module().CLIP(**config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(clip.state_dict(), folder / "pytorch_model.bin")
+    return clip
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, n_train=48, n_val=13, image_size=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ruclip_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ruclip") / "ruclip-tiny"
+    save_tiny_ruclip(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, synthetic_data) -> Path:
+    examples, _ = load_split(synthetic_data["train"], log=None)
+    folder = tmp_path_factory.mktemp("gpt2") / "rugpt3-tiny"
+    save_tiny_gpt2(folder, TEST_TINY, [c for ex in examples for c in ex.captions])
+    return folder
+
+
+def tiny_run_config(out_dir: Path, synthetic_data: dict, *overrides: str, recipe: str = "demo"):
+    """The demo recipe shrunk to seconds: tiny sizes, small data, no trackers or progress bars."""
+    tiny = [f"model.tiny.{k}={v}" for k, v in vars(TEST_TINY).items()]
+    return load_config(recipe, [
+        f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}",
+        f"train.output_dir={out_dir}", f"cache.dir={out_dir / 'cache'}",
+        "train.trackers=[]", "train.progress_bar=false", "train.batch_size=8", "eval.batch_size=4",
+        "optim.warmup_steps=2", "generation.max_new_tokens=12", "train.log_every=1", "eval.samples_to_show=1",
+        *tiny, *overrides,
+    ])
