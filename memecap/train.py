@@ -10,6 +10,7 @@ models follow the protocol in memecap/models/__init__.py.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -138,6 +139,18 @@ def export_model(accelerator, model, out_dir: Path, cfg: Config) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     accelerator.wait_for_everyone()
+
+
+def replicas_in_sync(accelerator, model) -> Optional[bool]:
+    """Whether every process ends with identical trained weights (a broken gradient all-reduce
+    shows here); None where weights are sharded (DeepSpeed) and a copy per rank does not exist."""
+    if accelerator.num_processes == 1 or accelerator.state.deepspeed_plugin is not None:
+        return None
+    digest = hashlib.sha256()
+    for p in accelerator.unwrap_model(model).trainable_parameters():
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([digest.hexdigest()])
+    return len(set(digests)) == 1
 
 
 def main(cfg: Config) -> dict:
@@ -305,11 +318,13 @@ def main(cfg: Config) -> dict:
     if last_saved != state.optimizer_step:
         save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
     export_model(accelerator, model, out_dir / "final", cfg)
+    in_sync = replicas_in_sync(accelerator, model)
     accelerator.end_training()
     summary = {"final": {k: v for k, v in final.items() if k != "step"}, "best_step": state.best_step,
                "best_score": state.best_score, "best_metric": cfg.train.best_metric,
                "optimizer_steps": state.optimizer_step, "constant": constant,
-               "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes}
+               "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes,
+               "replicas_in_sync": in_sync}
     if accelerator.is_main_process:
         (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
         log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "

@@ -33,8 +33,8 @@ SHAPES = {
 POSITIONS = {
     "left": ((0.25, 0.5), "слева"),
     "right": ((0.75, 0.5), "справа"),
-    "top": ((0.5, 0.3), "сверху"),
-    "bottom": ((0.5, 0.7), "снизу"),
+    "top": ((0.5, 0.25), "сверху"),
+    "bottom": ((0.5, 0.75), "снизу"),
     "center": ((0.5, 0.5), "в центре"),
 }
 PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
@@ -89,15 +89,15 @@ def _sample(rng: random.Random, size: int, font) -> tuple[Image.Image, str]:
     bg = rng.choice(list(COLOURS))
     img = Image.new("RGB", (size, size), COLOURS[bg][0])
     draw = ImageDraw.Draw(img)
-    positions = rng.choice(PAIRS) if rng.random() < 0.35 else (rng.choice(list(POSITIONS)),)
+    positions = rng.choice(PAIRS) if rng.random() < 0.25 else (rng.choice(list(POSITIONS)),)
     parts = []
     for pos in positions:
         shape = rng.choice(list(SHAPES))
         colour = rng.choice([c for c in COLOURS if c != bg])
         (fx, fy), pos_ru = POSITIONS[pos]
-        jitter = size * 0.03
+        jitter = size * 0.02
         cx, cy = fx * size + rng.uniform(-jitter, jitter), fy * size + rng.uniform(-jitter, jitter)
-        _draw_shape(draw, shape, cx, cy, size * rng.uniform(0.1, 0.13), COLOURS[colour][0])
+        _draw_shape(draw, shape, cx, cy, size * rng.uniform(0.14, 0.16), COLOURS[colour][0])
         noun, gender = SHAPES[shape]
         parts.append(f"{COLOURS[colour][GENDER_INDEX[gender]]} {noun} {pos_ru}")
     caption = f"на картинке {' и '.join(parts)} на {COLOURS[bg][4]} фоне."

@@ -34,12 +34,16 @@ def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
     return ImageTransform(encoder.image_size, tuple(encoder.mean), tuple(encoder.std), resize_mode=cfg.resize_mode)
 
 
-def load_decoder(cfg: ModelConfig, source: Optional[Path] = None):
-    """GPT-2 LM and its tokenizer from the Hub id / folder in the config (or a saved full decoder)."""
-    name = str(source) if source is not None else cfg.decoder.name
-    revision = None if source is not None else cfg.decoder.revision
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    decoder = GPT2LMHeadModel.from_pretrained(name, revision=revision)
+def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
+    """GPT-2 LM and its tokenizer from the Hub id / folder in the config, or from an export
+    (its `decoder/` when the decoder was fully trained, its `tokenizer/` always)."""
+    name, revision = cfg.decoder.name, cfg.decoder.revision
+    tokenizer_dir = export / "tokenizer" if export is not None and (export / "tokenizer").is_dir() else None
+    decoder_dir = export / "decoder" if export is not None and (export / "decoder").is_dir() else None
+    tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
+                 else AutoTokenizer.from_pretrained(name, revision=revision))
+    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir) if decoder_dir
+               else GPT2LMHeadModel.from_pretrained(name, revision=revision))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
     return decoder, tokenizer
@@ -231,9 +235,8 @@ class ClipCap(nn.Module):
             raise FileNotFoundError(f"{folder} is not a memecap ClipCap export: {CONFIG_FILE} is missing")
         meta = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         cfg = config_from_dict({"model": meta["model"]}).model
-        full = folder / "decoder"
-        model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable,
-                              decoder_source=full if full.is_dir() else None, apply_mode=False)
+        model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable, export=folder,
+                              apply_mode=False)
         model.mapper.load_state_dict(load_file(str(folder / MAPPER_FILE)))
         if (folder / ENCODER_FILE).is_file() and model.encoder is not None:
             model.encoder.load_state_dict(load_file(str(folder / ENCODER_FILE)))
@@ -264,7 +267,7 @@ def materialize_tiny_bases(cfg: ModelConfig, work_dir: Path, train_texts: Sequen
     return cfg
 
 
-def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, decoder_source: Optional[Path] = None,
+def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, export: Optional[Path] = None,
                   apply_mode: bool = True) -> ClipCap:
     """Load the bases named in `cfg` and put a fresh mapping network between them.
 
@@ -278,7 +281,7 @@ def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, deco
     transform = encoder_transform(encoder, cfg.encoder)
     encoder.requires_grad_(cfg.encoder.trainable)
     keep_encoder = cfg.encoder.trainable or bool(with_encoder)
-    decoder, tokenizer = load_decoder(cfg, decoder_source)
+    decoder, tokenizer = load_decoder(cfg, export)
     mapper = build_mapper(cfg.mapper, image_dim, decoder.config.n_embd)
     if apply_mode:
         decoder = apply_decoder_mode(decoder, cfg)

@@ -1,0 +1,181 @@
+"""ClipCap through its real loading path, on tiny random ruCLIP and ruGPT-3-class models."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from memecap.config import GenerationConfig, load_config
+from memecap.data.tables import load_split
+from memecap.features import FeatureCache
+from memecap.models import build_model, load_model
+from memecap.models.clipcap import CaptionEvalSet
+
+RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora"]
+
+
+def recipe_with_tiny_bases(recipe, ruclip_dir, gpt2_dir, *overrides):
+    """A shipped recipe with its Hub ids swapped for tiny models saved in the same layouts."""
+    return load_config(recipe, [f"model.encoder.name={ruclip_dir}", f"model.decoder.name={gpt2_dir}",
+                                "model.mapper.num_heads=2", "model.mapper.num_layers=1", *overrides])
+
+
+@pytest.fixture()
+def examples(synthetic_data):
+    return load_split(synthetic_data["train"], log=None)[0]
+
+
+def make_batch(model, examples, n=4, cache_dir=None):
+    images = model.image_inputs([e.image_path for e in examples[:n]], cache_dir=cache_dir, device="cpu", progress=False)
+    items = [{"image": images[i], "input_ids": model.encode_caption(e.captions[0], 64)} for i, e in enumerate(examples[:n])]
+    return model.collate(items)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("mapper.") for n in trainable)
+    assert model.encoder is None  # frozen encoder: features come from the cache, not the trained module
+    decoder_trainable = {n for n in trainable if n.startswith("decoder.")}
+    mode = cfg.model.decoder.mode
+    if mode == "frozen":
+        assert not decoder_trainable
+    elif mode == "lora":
+        assert decoder_trainable and all("lora_" in n for n in decoder_trainable)
+    else:
+        assert len(decoder_trainable) == sum(1 for _ in model.decoder.parameters())
+
+    batch = make_batch(model, examples)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    out = model(batch)
+    out["loss"].backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == trainable, (changed ^ trainable)
+
+
+def test_loss_masks_padding_not_real_tokens(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
+    short, long = "кек", examples[0].captions[0]
+    ids_short, ids_long = model.encode_caption(short, 64), model.encode_caption(long, 64)
+    assert ids_short[-1] == model.eos_id and ids_long[-1] == model.eos_id
+    feats = model.image_inputs([examples[0].image_path] * 2, cache_dir=None, device="cpu", progress=False)
+    batch = model.collate([{"image": feats[0], "input_ids": ids_short}, {"image": feats[1], "input_ids": ids_long}])
+    assert (batch["labels"][0, len(ids_short):] == -100).all()
+    assert batch["labels"][0, :len(ids_short)].tolist() == ids_short
+    # The pad id is a real token (id 0 here); a row that contains it is still scored in full.
+    assert model.pad_id == 0
+    with_zero = ids_short[:-1] + [0] + [model.eos_id]
+    batch0 = model.collate([{"image": feats[0], "input_ids": with_zero}])
+    assert (batch0["labels"] != -100).sum() == len(with_zero)
+
+    # Normalised by caption tokens: equals the token-mean of per-token cross-entropies.
+    model.eval()
+    out = model(batch)
+    assert out["num_tokens"] == len(ids_short) + len(ids_long)
+    single = [model(model.collate([{"image": feats[i], "input_ids": ids}]))["loss"] * len(ids)
+              for i, ids in enumerate([ids_short, ids_long])]
+    assert out["loss"].item() == pytest.approx((sum(single) / (len(ids_short) + len(ids_long))).item(), rel=1e-5)
+
+
+def test_truncation_keeps_the_end_token(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model, work_dir=tmp_path)
+    ids = model.encode_caption(examples[0].captions[0] * 5, 10)
+    assert len(ids) == 10 and ids[-1] == model.eos_id
+
+
+@pytest.mark.parametrize("generation", [
+    GenerationConfig(strategy="greedy", max_new_tokens=6),
+    GenerationConfig(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=6),
+    GenerationConfig(strategy="sample", top_k=5, top_p=0.9, num_return_sequences=3, max_new_tokens=6),
+])
+def test_generation_strategies(generation, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    model = build_model(recipe_with_tiny_bases("clipcap_transformer_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model,
+                        work_dir=tmp_path).eval()
+    feats = model.image_inputs([e.image_path for e in examples[:3]], cache_dir=None, device="cpu", progress=False)
+    batch = model.collate([CaptionEvalSet(feats)[i] for i in range(3)])
+    captions = model.generate(batch, generation)
+    assert len(captions) == 3 and all(len(c) == generation.num_return_sequences for c in captions)
+    assert all(isinstance(t, str) for c in captions for t in c)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_export_reloads_to_the_same_captions(recipe, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
+    with torch.no_grad():  # move every trained part away from its initial value
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    out = tmp_path / "export"
+    model.save_pretrained(out)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "memecap.yaml" in files and "mapper.safetensors" in files
+    assert ("adapter/adapter_model.safetensors" in files) == (cfg.model.decoder.mode == "lora")
+    assert ("decoder/model.safetensors" in files) == (cfg.model.decoder.mode == "full")
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)  # safetensors only, nothing to unpickle
+
+    loaded = load_model(out, with_encoder=True)
+    assert loaded.encoder is not None  # captions raw images
+    paths = [e.image_path for e in examples[:3]]
+    gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
+    feats = model.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    expected = model.generate(model.collate([CaptionEvalSet(feats)[i] for i in range(3)]), gen)
+    pixels = loaded.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    assert torch.allclose(pixels, feats, atol=1e-5)
+    got = loaded.generate(loaded.collate([CaptionEvalSet(pixels)[i] for i in range(3)]), gen)
+    assert got == expected
+    mapper = load_file(out / "mapper.safetensors")
+    for name, tensor in model.mapper.state_dict().items():
+        assert torch.equal(mapper[name], tensor)
+
+
+def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
+    cache_dir = tmp_path / "cache"
+    paths = [e.image_path for e in examples[:6]]
+    first = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    assert (model.last_cache.hits, model.last_cache.misses) == (0, 6)
+    second = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    assert (model.last_cache.hits, model.last_cache.misses) == (6, 0)
+    assert torch.equal(first, second)
+
+    # Another transform (crop instead of pad) is another key: nothing stale is reused.
+    cropped = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
+                                                 "model.encoder.resize_mode=crop").model, work_dir=tmp_path)
+    cropped.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    assert (cropped.last_cache.hits, cropped.last_cache.misses) == (0, 6)
+
+    # Changed image bytes miss; the other images still hit.
+    copy = tmp_path / "changed.jpg"
+    copy.write_bytes(paths[1].read_bytes() + b"\0")
+    model.image_inputs([paths[0], copy], cache_dir=cache_dir, device="cpu", progress=False)
+    assert (model.last_cache.hits, model.last_cache.misses) == (1, 1)
+
+
+def test_cache_key_includes_encoder_weights(tmp_path):
+    a = FeatureCache(tmp_path, "weights-a", "transform")
+    b = FeatureCache(tmp_path, "weights-b", "transform")
+    a.put("img", torch.ones(3))
+    assert a.get("img") is not None and b.get("img") is None
+
+
+def test_pinned_regression_loss(tiny_ruclip_dir, examples, tmp_path):
+    """A fixed-seed tiny model on fixed inputs: refactors must not change the math silently."""
+    from memecap.config import TinyConfig
+    from memecap.models.tiny import save_tiny_gpt2
+
+    texts = ["на картинке красный круг слева на белом фоне.", 'на картинке синяя звезда. подпись: "кек"'] * 20
+    gpt = save_tiny_gpt2(tmp_path / "gpt", TinyConfig(gpt_width=32, gpt_layers=2, gpt_heads=2, vocab_size=300), texts)
+    torch.manual_seed(0)
+    model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, gpt).model, work_dir=tmp_path).eval()
+    batch = model.collate([{"image": torch.linspace(-1, 1, model.image_dim) * (i + 1),
+                            "input_ids": model.encode_caption(t, 32)} for i, t in enumerate(texts[:2])])
+    loss = model(batch)["loss"].item()
+    assert loss == pytest.approx(5.72443, abs=1e-4)

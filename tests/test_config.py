@@ -1,0 +1,85 @@
+"""Every shipped recipe loads and binds; bad keys and values fail with the key's name."""
+from __future__ import annotations
+
+import pytest
+
+from memecap.config import ConfigError, list_recipes, load_config, load_saved_config, save_config
+
+REQUIRED_RECIPES = {"demo", "clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora"}
+
+
+def test_required_recipes_ship():
+    assert REQUIRED_RECIPES <= set(list_recipes())
+
+
+@pytest.mark.parametrize("recipe", list_recipes())
+def test_every_recipe_loads(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.family == "clipcap"
+    assert cfg.train.output_dir
+
+
+def test_real_recipes_name_the_real_hub_models():
+    cfg = load_config("clipcap_mlp_frozen")
+    assert (cfg.model.encoder.kind, cfg.model.encoder.name) == ("ruclip", "ai-forever/ruclip-vit-base-patch32-384")
+    assert cfg.model.decoder.name == "ai-forever/rugpt3small_based_on_gpt2"
+    assert (cfg.model.mapper.type, cfg.model.decoder.mode) == ("mlp", "frozen")
+    assert load_config("clipcap_transformer_frozen").model.mapper.type == "transformer"
+    assert load_config("clipcap_mlp_finetune").model.decoder.mode == "full"
+    lora = load_config("clipcap_lora").model.decoder
+    assert lora.mode == "lora" and lora.lora.r == 16
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("clipcap_lora", ["optim.lr=3e-4", "model.decoder.lora.r=4", "train.trackers=[]",
+                                       "train.max_steps=null", "model.decoder.lora.target_modules=[c_attn]"])
+    assert cfg.optim.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string; it must still be a float
+    assert cfg.model.decoder.lora.r == 4
+    assert cfg.train.trackers == [] and cfg.train.max_steps is None
+    assert cfg.model.decoder.lora.target_modules == ["c_attn"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "optim.lrr"),
+    ("model.decoder.moed=lora", "model.decoder.moed"),
+    ("train.batch_size=big", "train.batch_size"),
+    ("train.batch_size=1.5", "train.batch_size"),
+    ("model.decoder.mode=half", "model.decoder.mode"),
+    ("data.on_bad_row=ignore", "data.on_bad_row"),
+    ("train.best_metric=cider", "train.best_metric"),
+    ("generation.strategy=beam_search", "generation.strategy"),
+    ("notasection.x=1", "notasection"),
+    ("train.epochs", "key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config("demo", [override])
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="clipcap_lora"):
+        load_config("clipcap_nonexistent")
+
+
+def test_yaml_file_recipe_with_extends(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("extends: clipcap_lora\noptim:\n  lr: 1.0e-5\n")
+    cfg = load_config(str(recipe))
+    assert cfg.model.decoder.mode == "lora" and cfg.optim.lr == pytest.approx(1e-5)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  decoder:\n    lora_rank: 3\n")
+    with pytest.raises(ConfigError, match="model.decoder.lora_rank"):
+        load_config(str(bad))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config("clipcap_transformer_frozen", ["train.seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_saved_config(tmp_path / "config.yaml") == cfg
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="data.val"):
+        load_config("demo", ["data.train=a.tsv", "data.val="])
+    with pytest.raises(ConfigError, match="num_return_sequences"):
+        load_config("demo", ["generation.strategy=greedy", "generation.num_return_sequences=3"])
