@@ -63,16 +63,18 @@ class EncoderConfig:
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trainable: bool = False  # frozen encoders are run once per image and cached
     resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
+    features: str = "pooled"  # pooled: one vector per image (ClipCap); patches: every last-layer token
 
     def __post_init__(self) -> None:
         _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip"))
+        _one_of("model.encoder.features", self.features, ("pooled", "patches"))
         _one_of("model.encoder.resize_mode", self.resize_mode, ("pad", "crop", "squash"))
 
 
 @dataclass
 class MapperConfig:
     type: str = "mlp"  # mlp | transformer
-    prefix_length: int = 10  # number of GPT input embeddings made from one image
+    prefix_length: int = 10  # GPT input embeddings made from one image (patches + mlp: one per patch)
     clip_length: int = 10  # transformer mapper: tokens the image vector is first expanded to
     num_layers: int = 8  # transformer mapper: encoder layers
     num_heads: int = 8  # transformer mapper: attention heads

@@ -329,6 +329,12 @@ def main(cfg: Config) -> dict:
         (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
         log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "
                  f"exported to {out_dir / 'best'} and {out_dir / 'final'}")
+        if constant is not None:
+            best = max(h["bleu4"] for h in state.history)
+            log.info(f"best bleu4 {best:.4f} vs {constant['bleu4']:.4f} for the best constant caption "
+                     f"({best - constant['bleu4']:+.4f}): "
+                     + ("the model reads the images" if best - constant["bleu4"] >= 0.05 else
+                        "the model has not learnt more than the caption template yet"))
     return summary
 
 

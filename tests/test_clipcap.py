@@ -104,9 +104,10 @@ def test_generation_strategies(generation, tiny_ruclip_dir, tiny_gpt2_dir, examp
     assert all(isinstance(t, str) for c in captions for t in c)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_export_reloads_to_the_same_captions(recipe, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
-    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir)
+@pytest.mark.parametrize("recipe, features", [(r, "pooled") for r in RECIPES] + [
+    ("clipcap_mlp_frozen", "patches"), ("clipcap_transformer_frozen", "patches")])
+def test_export_reloads_to_the_same_captions(recipe, features, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir, f"model.encoder.features={features}")
     model = build_model(cfg.model, work_dir=tmp_path)
     with torch.no_grad():  # move every trained part away from its initial value
         for p in model.trainable_parameters():
@@ -133,6 +134,21 @@ def test_export_reloads_to_the_same_captions(recipe, tiny_ruclip_dir, tiny_gpt2_
     mapper = load_file(out / "mapper.safetensors")
     for name, tensor in model.mapper.state_dict().items():
         assert torch.equal(mapper[name], tensor)
+
+
+@pytest.mark.parametrize("mapper, expected_prefix", [("mlp", 17), ("transformer", 20)])
+def test_patch_features_feed_the_decoder_one_token_per_patch(mapper, expected_prefix, tiny_ruclip_dir,
+                                                              tiny_gpt2_dir, examples, tmp_path):
+    cfg = recipe_with_tiny_bases(f"clipcap_{mapper}_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
+                                 "model.encoder.features=patches")
+    model = build_model(cfg.model, work_dir=tmp_path)
+    batch = make_batch(model, examples, n=2, cache_dir=tmp_path / "cache")
+    assert batch["image"].shape == (2, 17, 64)  # 4x4 patches + class token, width 64, cached as such
+    # mlp: every patch becomes a prefix token; transformer: prefix_length queries read the patches.
+    assert model.prefix(batch["image"]).shape[:2] == (2, expected_prefix)
+    out = model(batch)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.mapper.parameters())
 
 
 def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):

@@ -93,7 +93,7 @@ def test_ruclip_matches_original_encode_image(tmp_path, vision_width, fmt):
     assert (encoder.embed_dim, encoder.image_size) == (16, 32)
     assert encoder.mean == pytest.approx(RUCLIP_MEAN) and encoder.std == pytest.approx(RUCLIP_STD)
     assert encoder.describe() == {
-        "kind": "ruclip", "name": str(tmp_path), "revision": None, "embed_dim": 16, "image_size": 32,
+        "kind": "ruclip", "name": str(tmp_path), "revision": None, "embed_dim": 16, "image_size": 32, "features": "pooled",
     }
 
 
@@ -256,3 +256,18 @@ def test_hf_folder_missing_files(tmp_path, kind):
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors") as err:
         build_image_encoder(kind, str(tmp_path))
     assert str(tmp_path) in str(err.value)
+
+
+def test_patch_features_are_the_last_layer_tokens(tmp_path):
+    clip = _save_ruclip(tmp_path, _tiny_ruclip_config(64))
+    encoder = build_image_encoder("ruclip", str(tmp_path), features="patches")
+    x = torch.randn(2, 3, 32, 32)
+    tokens = encoder(x)
+    assert tokens.shape == (2, (32 // 8) ** 2 + 1, 64) and encoder.embed_dim == 64
+    # The pooled embedding is ln_post(class token) @ proj: recompute it from the tokens.
+    visual = clip.visual
+    pooled = visual.ln_post(tokens[:, 0]) @ visual.proj
+    torch.testing.assert_close(pooled, clip.encode_image(x), atol=1e-5, rtol=1e-4)
+    assert encoder.describe()["features"] == "patches"
+    with pytest.raises(ValueError, match="pooled or patches"):
+        build_image_encoder("ruclip", str(tmp_path), features="grid")

@@ -20,7 +20,7 @@ COLOURS = {
     "white": ((250, 250, 250), "белый", "белая", "белое", "белом"),
     "black": ((20, 20, 20), "чёрный", "чёрная", "чёрное", "чёрном"),
 }
-DARK = {"red", "blue", "black"}  # backgrounds that need white text
+LIGHT = {"white", "yellow"}  # backgrounds that get a black caption bar (the rest a white one)
 GENDER_INDEX = {"m": 1, "f": 2, "n": 3}
 # Shapes cover all three genders so the colour adjective must agree with the noun.
 SHAPES = {
@@ -31,11 +31,11 @@ SHAPES = {
 }
 # Centres as fractions of the side; far enough apart that two shapes never overlap.
 POSITIONS = {
-    "left": ((0.25, 0.5), "слева"),
-    "right": ((0.75, 0.5), "справа"),
-    "top": ((0.5, 0.25), "сверху"),
-    "bottom": ((0.5, 0.75), "снизу"),
-    "center": ((0.5, 0.5), "в центре"),
+    "left": ((0.25, 0.42), "слева"),
+    "right": ((0.75, 0.42), "справа"),
+    "top": ((0.5, 0.2), "сверху"),
+    "bottom": ((0.5, 0.62), "снизу"),
+    "center": ((0.5, 0.42), "в центре"),
 }
 PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
 PHRASES = ("привет мир", "ой всё", "жиза", "кек", "да ладно", "ну и ну")
@@ -97,13 +97,15 @@ def _sample(rng: random.Random, size: int, font) -> tuple[Image.Image, str]:
         (fx, fy), pos_ru = POSITIONS[pos]
         jitter = size * 0.02
         cx, cy = fx * size + rng.uniform(-jitter, jitter), fy * size + rng.uniform(-jitter, jitter)
-        _draw_shape(draw, shape, cx, cy, size * rng.uniform(0.14, 0.16), COLOURS[colour][0])
+        _draw_shape(draw, shape, cx, cy, size * rng.uniform(0.13, 0.15), COLOURS[colour][0])
         noun, gender = SHAPES[shape]
         parts.append(f"{COLOURS[colour][GENDER_INDEX[gender]]} {noun} {pos_ru}")
     caption = f"на картинке {' и '.join(parts)} на {COLOURS[bg][4]} фоне."
     if rng.random() < 0.5:
         phrase = rng.choice(PHRASES)
-        ink = (255, 255, 255) if bg in DARK else (0, 0, 0)
+        # Like a meme's caption bar: a full-width band that contrasts with the background.
+        band, ink = ((0, 0, 0), (255, 255, 255)) if bg in LIGHT else ((255, 255, 255), (0, 0, 0))
+        draw.rectangle((0, round(size * 0.8), size, size), fill=band)
         _draw_text(draw, phrase, size, font, ink)
         caption += f' подпись: "{phrase}"'
     return img, caption
@@ -128,7 +130,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def _draw_text(draw: ImageDraw.ImageDraw, phrase: str, size: int, font, ink) -> None:
-    band_top = round(size * 0.84)
+    band_top = round(size * 0.8)
     if font is None:
         # Without a Cyrillic font, a distinct stripe count per phrase keeps captions learnable.
         k = PHRASES.index(phrase) + 2

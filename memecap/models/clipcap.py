@@ -166,7 +166,7 @@ class ClipCap(nn.Module):
     # -- model ------------------------------------------------------------------------------
     def prefix(self, image: torch.Tensor) -> torch.Tensor:
         """Decoder input embeddings [B, prefix_length, width] from features or pixels."""
-        if image.dim() == 4:
+        if image.dim() == 4:  # pixels [B, 3, H, W]; features are [B, D] (pooled) or [B, N, D] (patches)
             if self.encoder is None:
                 raise ValueError("this ClipCap was built without its image encoder; "
                                  "load it with with_encoder=True to caption raw images")
@@ -276,13 +276,14 @@ def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, expo
     """
     if TINY in (cfg.encoder.name, cfg.decoder.name):
         raise ValueError("call materialize_tiny_bases() before building a model with tiny-random bases")
-    encoder = build_image_encoder(cfg.encoder.kind, cfg.encoder.name, cfg.encoder.revision)
+    encoder = build_image_encoder(cfg.encoder.kind, cfg.encoder.name, cfg.encoder.revision,
+                                  features=cfg.encoder.features)
     image_dim = encoder.embed_dim
     transform = encoder_transform(encoder, cfg.encoder)
     encoder.requires_grad_(cfg.encoder.trainable)
     keep_encoder = cfg.encoder.trainable or bool(with_encoder)
     decoder, tokenizer = load_decoder(cfg, export)
-    mapper = build_mapper(cfg.mapper, image_dim, decoder.config.n_embd)
+    mapper = build_mapper(cfg.mapper, image_dim, decoder.config.n_embd, patches=cfg.encoder.features == "patches")
     if apply_mode:
         decoder = apply_decoder_mode(decoder, cfg)
     return ClipCap(cfg, mapper, decoder, tokenizer, encoder if keep_encoder else None, image_dim, transform,

@@ -64,6 +64,13 @@ class ImageEncoder(nn.Module):
         self.std = tuple(float(v) for v in std)
         self.kind, self.name, self.revision = kind, name, revision
 
+    def use_patches(self) -> "ImageEncoder":
+        """Return every token of the last layer ([B, tokens, width]) instead of one pooled vector:
+        the decoder then sees where things are and the strokes of the meme's text."""
+        self.output_key = "last_hidden_state"
+        self.embed_dim = self.model.config.hidden_size
+        return self
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
         outputs = self.model(pixel_values=pixel_values.to(dtype))
@@ -76,6 +83,7 @@ class ImageEncoder(nn.Module):
             "revision": self.revision,
             "embed_dim": self.embed_dim,
             "image_size": self.image_size,
+            "features": "patches" if self.output_key == "last_hidden_state" else "pooled",
         }
 
 
@@ -171,12 +179,17 @@ ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
 
 
 def build_image_encoder(
-    kind: str, name: str, revision: str | None = None, dtype: torch.dtype | None = None
+    kind: str, name: str, revision: str | None = None, dtype: torch.dtype | None = None,
+    features: str = "pooled",
 ) -> ImageEncoder:
     """Load an image encoder of `kind` ("clip", "siglip", "ruclip") from a local folder or Hub id.
 
+    `features="pooled"` gives one vector per image, `"patches"` every token of the last layer.
     `dtype` defaults to float32. Parameters keep requires_grad; the caller freezes what it freezes.
     """
     if kind not in ENCODERS:
         raise ValueError(f"unknown image encoder kind {kind!r}; known kinds: {sorted(ENCODERS)}")
-    return ENCODERS[kind](name, revision=revision, dtype=dtype)
+    if features not in ("pooled", "patches"):
+        raise ValueError(f"unknown image features {features!r}; use pooled or patches")
+    encoder = ENCODERS[kind](name, revision=revision, dtype=dtype)
+    return encoder.use_patches() if features == "patches" else encoder
