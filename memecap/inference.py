@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from memecap.checkpoint import STATE_FILE
 from memecap.config import GenerationConfig
 from memecap.data.tables import load_split
 from memecap.evaluation import compute_metrics, write_predictions
@@ -21,12 +22,40 @@ def default_device() -> torch.device:
 
 
 def resolve_export(path: Path) -> Path:
-    """Accept an export folder or a run folder (then its best export, else its final one)."""
+    """Accept an export folder, a training checkpoint (exported next to it on first use), or a
+    run folder (then its best export, else its final one)."""
     path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return export_checkpoint(path)
     for candidate in (path, path / "best", path / "final"):
         if (candidate / "memecap.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"{path}: no exported model here or in its best/ or final/ folder")
+
+
+def export_checkpoint(checkpoint: Path) -> Path:
+    """Turn a training checkpoint (Accelerate state + config.yaml) into an export folder beside it."""
+    out = checkpoint / "export"
+    if (out / "memecap.yaml").is_file():
+        return out
+    from safetensors.torch import load_file
+
+    from memecap.config import load_saved_config
+    from memecap.models import build_model
+
+    cfg = load_saved_config(checkpoint / "config.yaml")
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no model.safetensors (a sharded DeepSpeed checkpoint? "
+                                "use the run's best/ or final/ export)")
+    model = build_model(cfg.model, work_dir=checkpoint.parent.parent)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    tied = {"decoder.lm_head.weight", "decoder.base_model.model.lm_head.weight"}
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{checkpoint}: weights do not fit the model of its config.yaml "
+                         f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    model.save_pretrained(out, generation=cfg.generation)
+    return out
 
 
 def exported_generation(folder: Path) -> Optional[GenerationConfig]:

@@ -53,6 +53,18 @@ def test_eval_scores_a_table_and_writes_predictions(trained_run, synthetic_data,
     assert len(rows) == 13 and all(r["references"] for r in rows)
 
 
+def test_eval_accepts_a_training_checkpoint(trained_run, synthetic_data, tmp_path, capsys):
+    checkpoint = sorted((trained_run / "checkpoints").iterdir())[-1]
+    out = tmp_path / "preds.jsonl"
+    assert cli.main(["eval", str(checkpoint), "--data", str(synthetic_data["val"]), "--out", str(out),
+                     "--strategy", "greedy", "--max-new-tokens", "6"]) == 0
+    from_checkpoint = [r["prediction"] for r in read_predictions(out)]
+    # The run's final export holds the same weights as its last checkpoint: same captions.
+    assert cli.main(["eval", str(trained_run / "final"), "--data", str(synthetic_data["val"]), "--out",
+                     str(tmp_path / "final.jsonl"), "--strategy", "greedy", "--max-new-tokens", "6"]) == 0
+    assert from_checkpoint == [r["prediction"] for r in read_predictions(tmp_path / "final.jsonl")]
+
+
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["caption", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
     assert "no exported model" in capsys.readouterr().err

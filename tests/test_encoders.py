@@ -271,3 +271,18 @@ def test_patch_features_are_the_last_layer_tokens(tmp_path):
     assert encoder.describe()["features"] == "patches"
     with pytest.raises(ValueError, match="pooled or patches"):
         build_image_encoder("ruclip", str(tmp_path), features="grid")
+
+
+def test_patch_mode_keeps_only_parameters_that_shape_the_tokens(tmp_path):
+    """Every parameter left must receive a gradient from the patch tokens (DDP fails otherwise)."""
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=16, patch_size=8, projection_dim=8)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    siglip = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=16, patch_size=8)
+    SiglipVisionModel(siglip).save_pretrained(tmp_path / "siglip")
+    for kind in ("clip", "siglip"):
+        encoder = build_image_encoder(kind, str(tmp_path / kind), features="patches")
+        encoder(torch.randn(2, 3, 16, 16)).sum().backward()
+        no_grad = [n for n, p in encoder.named_parameters() if p.grad is None]
+        assert not no_grad, (kind, no_grad)

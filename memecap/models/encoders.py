@@ -69,6 +69,14 @@ class ImageEncoder(nn.Module):
         the decoder then sees where things are and the strokes of the meme's text."""
         self.output_key = "last_hidden_state"
         self.embed_dim = self.model.config.hidden_size
+        # Layers that only shape the pooled vector would get no gradient from patch features, which
+        # DDP rejects as unused parameters; the tower keeps only what it uses.
+        if hasattr(self.model, "visual_projection"):  # CLIP / ruCLIP: post-norm acts on the class token only
+            self.model.visual_projection = nn.Identity()
+            self.model.vision_model.post_layernorm = nn.Identity()
+        if getattr(self.model, "use_head", False):  # SigLIP's attention-pooling head
+            self.model.use_head = False
+            del self.model.head
         return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
