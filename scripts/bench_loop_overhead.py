@@ -29,8 +29,13 @@ def loop_step_time(cfg, out_dir: Path) -> float:
     train.main(cfg)
     records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     times = [(r["step"], r["time"]) for r in records if r["kind"] == "train"]
-    (s0, t0), (s1, t1) = times[1], times[-1]  # skip the first window (warm-up)
-    return (t1 - t0) / (s1 - s0)
+    return window_median(times[1:])  # the first window holds the warm-up
+
+
+def window_median(stamps: list) -> float:
+    """Median seconds per step over consecutive logging windows: robust to a stray hiccup of a
+    shared machine, which a plain mean over the run is not."""
+    return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:]))
 
 
 def bare_step_time(cfg, out_dir: Path, steps: int) -> float:
@@ -57,19 +62,19 @@ def bare_step_time(cfg, out_dir: Path, steps: int) -> float:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss.item()  # the loop reads the loss every step for logging; so does this one
-            stamps.append(time.perf_counter())
             done += 1
+            if done % cfg.train.log_every == 0:
+                stamps.append((done, time.time()))
             if done >= steps:
                 break
-    gaps = [b - a for a, b in zip(stamps[10:], stamps[11:])]
-    return statistics.mean(gaps)
+    return window_median(stamps[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = []

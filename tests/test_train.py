@@ -31,8 +31,9 @@ def train_losses(out_dir):
 
 def test_demo_recipe_smoke_run_writes_everything(tmp_path, synthetic_data):
     out = tmp_path / "run"
-    cfg = tiny_run_config(out, synthetic_data, "train.epochs=2", "optim.lr=3e-3")
+    cfg = tiny_run_config(out, synthetic_data, "train.epochs=2", "optim.lr=3e-3", "train.trackers=[tensorboard]")
     summary = train.main(cfg)
+    assert list((out / "memecap").glob("events.out.tfevents.*"))  # TensorBoard through Accelerate's tracker
 
     assert summary["optimizer_steps"] == 2 * 6  # 48 captions / batch 8, two epochs
     losses = train_losses(out)
