@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config,
+from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config,
                           GPT2LMHeadModel, GPT2TokenizerFast)
 
 from memecap.config import TinyConfig
@@ -37,7 +37,7 @@ def save_tiny_clip_vision(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path
         torch.nn.init.normal_(model.vision_model.embeddings.position_embedding.weight, std=1.0)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
+    CLIPImageProcessorPil(size={"shortest_edge": cfg.image_size},
                        crop_size={"height": cfg.image_size, "width": cfg.image_size}).save_pretrained(out_dir)
     return out_dir
 
