@@ -14,8 +14,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -128,14 +130,15 @@ def is_better(metric: str, new: float, best: Optional[float]) -> bool:
 
 
 def export_model(accelerator, model, out_dir: Path, cfg: Config) -> None:
-    """Write the publishable model atomically (a crash keeps the previous export intact)."""
+    """Write the publishable model atomically (a crash keeps the previous export intact). The
+    weights are consolidated first (every rank takes part under ZeRO-3), so the export loads
+    without DeepSpeed."""
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, generation=cfg.generation)
+        accelerator.unwrap_model(model).save_pretrained(tmp, generation=cfg.generation, state_dict=state_dict)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     accelerator.wait_for_everyone()
@@ -153,6 +156,26 @@ def replicas_in_sync(accelerator, model) -> Optional[bool]:
     return len(set(digests)) == 1
 
 
+@contextmanager
+def whole_weights(accelerator: Accelerator, log: "RunLog"):
+    """Build models with whole tensors, also under ZeRO-3: the frozen encoder feeds the feature
+    cache outside DeepSpeed's engine and tiny bases are made on one process, so neither may be
+    partitioned at construction. `prepare` partitions the trained module afterwards."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or not plugin.hf_ds_config.is_zero3():
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    if plugin.zero3_init_flag:
+        log.info("zero3_init_flag is ignored: models are loaded whole on each process, then partitioned")
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 def main(cfg: Config) -> dict:
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +191,7 @@ def main(cfg: Config) -> dict:
     with accelerator.main_process_first():
         train_examples, val_examples = load_train_val(cfg.data, work_dir=out_dir, log=log.info)
     train_texts = [c for ex in train_examples for c in ex.captions]
-    with accelerator.main_process_first():  # the first process writes tiny bases / the feature cache
+    with whole_weights(accelerator, log), accelerator.main_process_first():  # the first process writes caches
         model = build_model(cfg.model, work_dir=out_dir, train_texts=train_texts)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
         show = cfg.train.progress_bar and accelerator.is_local_main_process
@@ -205,8 +228,9 @@ def main(cfg: Config) -> dict:
 
     optimizer = build_optimizer(cfg.optim, model.trainable_parameters())
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps, accelerator.num_processes)
-    model, optimizer, train_loader, val_loss_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loss_loader, eval_loader, scheduler)
+    # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
     synced_gpus = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
 
     # Fail fast: a forward pass and a short generation on real validation items, before step 0.

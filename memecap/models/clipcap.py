@@ -124,6 +124,11 @@ class ClipCap(nn.Module):
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    @property
+    def config(self):
+        """The decoder's config: DeepSpeed's "auto" bucket sizes are derived from its hidden size."""
+        return self.decoder.config
+
     # -- data -------------------------------------------------------------------------------
     def encode_caption(self, text: str, max_tokens: int) -> list[int]:
         """Token ids of a caption, cut to `max_tokens` with the end-of-text token always last."""
@@ -209,23 +214,32 @@ class ClipCap(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- save / load ------------------------------------------------------------------------
-    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None) -> None:
+    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
+                        state_dict: Optional[dict] = None) -> None:
         """Only what training changed: mapper, LoRA adapter or full decoder, trained encoder; plus the
-        config that names the frozen bases and the tokenizer."""
+        config that names the frozen bases and the tokenizer.
+
+        `state_dict` is this module's full state dict when the live parameters are not whole, as
+        under ZeRO-3 (`accelerator.get_state_dict` gathers it); otherwise it is read from the module.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in state_dict.items()
+                    if k.startswith(prefix)}
+
         meta = {"family": "clipcap", "model": to_dict(self.cfg),
                 "generation": to_dict(generation) if generation else None, "image_dim": self.image_dim}
         (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()},
-                  str(out_dir / MAPPER_FILE))
+        save_file(part("mapper."), str(out_dir / MAPPER_FILE))
         if self.cfg.encoder.trainable and self.encoder is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()},
-                      str(out_dir / ENCODER_FILE))
+            save_file(part("encoder."), str(out_dir / ENCODER_FILE))
         if self.cfg.decoder.mode == "lora":
-            self.decoder.save_pretrained(out_dir / "adapter")
+            self.decoder.save_pretrained(out_dir / "adapter", state_dict=part("decoder."))
         elif self.cfg.decoder.mode == "full":
-            self.decoder.save_pretrained(out_dir / "decoder")
+            self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")
 
     @classmethod
