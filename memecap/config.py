@@ -100,10 +100,14 @@ class DecoderConfig:
     revision: Optional[str] = None  # Hub revision
     mode: str = "frozen"  # frozen | full | lora
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    quantization: str = "none"  # none | 8bit | 4bit: load the frozen base with bitsandbytes (QLoRA with mode=lora)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         _one_of("model.decoder.mode", self.mode, ("frozen", "full", "lora"))
+        _one_of("model.decoder.quantization", self.quantization, ("none", "8bit", "4bit"))
+        if self.quantization != "none" and self.mode == "full":
+            raise ConfigError("model.decoder.quantization needs mode=lora or frozen: quantized weights cannot be trained")
 
 
 @dataclass

@@ -12,7 +12,8 @@ from memecap.features import FeatureCache
 from memecap.models import build_model, load_model
 from memecap.models.clipcap import CaptionEvalSet
 
-RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora"]
+RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
+           "clipcap_qlora_large"]
 
 
 def recipe_with_tiny_bases(recipe, ruclip_dir, gpt2_dir, *overrides):
@@ -45,6 +46,8 @@ def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_ruclip_d
         assert not decoder_trainable
     elif mode == "lora":
         assert decoder_trainable and all("lora_" in n for n in decoder_trainable)
+        if cfg.model.decoder.quantization == "4bit":
+            assert any(type(m).__name__ == "Linear4bit" for m in model.decoder.modules())
     else:
         assert len(decoder_trainable) == sum(1 for _ in model.decoder.parameters())
 

@@ -43,13 +43,36 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
                  else AutoTokenizer.from_pretrained(name, revision=revision))
     decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir) if decoder_dir
-               else GPT2LMHeadModel.from_pretrained(name, revision=revision))
+               else GPT2LMHeadModel.from_pretrained(name, revision=revision, **quantization_kwargs(cfg)))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
     return decoder, tokenizer
 
 
+def quantization_kwargs(cfg: ModelConfig) -> dict:
+    """bitsandbytes loading of the frozen base: 8-bit, or 4-bit NF4 with double quantization (QLoRA)."""
+    if cfg.decoder.quantization == "none":
+        return {}
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    if cfg.decoder.quantization == "8bit":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+    # Quantized weights are placed at load time, on this process's device.
+    return {"quantization_config": quant, "device_map": {"": PartialState().device}}
+
+
 def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
+    if cfg.decoder.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and lets gradients reach the inputs (the image prefix) through frozen k-bit layers.
+        decoder = prepare_model_for_kbit_training(decoder, use_gradient_checkpointing=cfg.decoder.gradient_checkpointing,
+                                                  gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.decoder.gradient_checkpointing:
         decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         decoder.config.use_cache = False
