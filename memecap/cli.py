@@ -3,6 +3,7 @@
     memecap train RECIPE_OR_YAML [key=value ...]
     memecap eval RUN_OR_EXPORT --data TABLE [--scoring seed] [--out predictions.jsonl]
     memecap caption IMAGE_OR_FOLDER --model RUN_OR_EXPORT [--out captions.jsonl] [--num-beams 5]
+    memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
     memecap recipes            # list shipped recipes
     memecap config RECIPE [key=value ...]   # print the resolved config without running
 """
@@ -24,6 +25,17 @@ def _train(args) -> int:
 
 def _config(args) -> int:
     print(to_yaml(load_config(args.recipe, args.overrides)), end="")
+    return 0
+
+
+def _plan(args) -> int:
+    from memecap.plan import plan_memory
+
+    cfg = load_config(args.recipe, args.overrides)
+    plan = plan_memory(cfg, processes=args.processes, zero_stage=args.zero, offload_optimizer=args.offload_optimizer,
+                       offload_params=args.offload_params, seq_len=args.seq_len, mixed_precision=args.mixed_precision)
+    print(f"memory plan for {args.recipe} ({args.processes} process(es), ZeRO {args.zero or 'off'}):")
+    print(plan.format())
     return 0
 
 
@@ -107,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_config)
+
+    p = sub.add_parser("plan", help="estimate accelerator memory of a recipe before downloading anything")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--processes", type=int, default=1, help="data-parallel processes (GPUs)")
+    p.add_argument("--zero", type=int, choices=[0, 2, 3], default=0, help="DeepSpeed ZeRO stage (0 = off)")
+    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO: optimizer states in CPU RAM")
+    p.add_argument("--offload-params", action="store_true", help="ZeRO-3: parameters in CPU RAM")
+    p.add_argument("--seq-len", type=int, help="tokens per sample (default: prefix + data.max_caption_tokens)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="activation precision (default: the recipe's)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=_recipes)

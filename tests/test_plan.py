@@ -1,0 +1,64 @@
+"""`memecap plan`: exact parameter counts and the arithmetic of each memory mode."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from memecap.config import load_config
+from memecap.models import build_model
+from memecap.plan import GIB, plan_memory
+from tests.test_clipcap import recipe_with_tiny_bases
+
+
+def rows(plan):
+    return {what.split(" (")[0].split(",")[0]: (b, where) for what, b, where in plan.rows}
+
+
+@pytest.mark.parametrize("recipe", ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune",
+                                    "clipcap_lora"])
+def test_trainable_count_matches_the_built_model(recipe, tiny_ruclip_dir, tiny_gpt2_dir, tmp_path):
+    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
+    built = sum(p.numel() for p in model.trainable_parameters())
+    assert plan_memory(cfg).trainable == built
+
+
+def test_modes_move_and_shrink_what_they_should():
+    cfg = load_config("clipcap_mlp_finetune")  # ruGPT-3 small, fully trained: shapes ship, nothing downloaded
+    base = plan_memory(cfg)
+    n = base.trainable
+    r = rows(base)
+    assert r["trained weights"][0] == r["gradients"][0] == 4 * n
+    assert r["optimizer states"][0] == 8 * n  # Adam's two fp32 moments
+
+    zero2 = rows(plan_memory(cfg, processes=4, zero_stage=2, offload_optimizer=True))
+    assert zero2["gradients"][0] == n and zero2["optimizer states"] == (2 * n, "CPU")
+    assert zero2["trained weights"][0] == 4 * n  # ZeRO-2 keeps whole weights on each GPU
+
+    zero3 = rows(plan_memory(cfg, processes=4, zero_stage=3, offload_optimizer=True, offload_params=True))
+    assert zero3["trained weights"] == (n, "CPU")
+
+    eight_bit = rows(plan_memory(load_config("clipcap_mlp_finetune", ["optim.name=bitsandbytes.optim.AdamW8bit"])))
+    assert eight_bit["optimizer states"][0] == 2 * n
+
+    plain = plan_memory(cfg)
+    checkpointed = plan_memory(load_config("clipcap_mlp_finetune", ["model.decoder.gradient_checkpointing=true"]))
+    assert rows(checkpointed)["activations"][0] < rows(plain)["activations"][0] / 3
+
+
+def test_quantized_base_costs_a_fraction():
+    fp32 = rows(plan_memory(load_config("clipcap_lora")))["decoder weights"][0]
+    nf4 = rows(plan_memory(load_config("clipcap_lora", ["model.decoder.quantization=4bit"])))["decoder weights"][0]
+    int8 = rows(plan_memory(load_config("clipcap_lora", ["model.decoder.quantization=8bit"])))["decoder weights"][0]
+    assert nf4 < int8 < fp32 / 2
+    # ruGPT-3 small: 125.2M parameters in fp32 -> about 0.47 GiB.
+    assert fp32 / GIB == pytest.approx(125.2e6 * 4 / GIB, rel=0.02)
+
+
+def test_plan_command_runs_offline_for_the_real_recipes():
+    proc = subprocess.run([sys.executable, "-m", "memecap", "plan", "clipcap_qlora_large", "--mixed-precision", "bf16"],
+                          capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "total on each accelerator" in proc.stdout and "decoder weights, frozen (4bit)" in proc.stdout
