@@ -1,0 +1,136 @@
+"""Peak memory and step time of every memory mode, through the real loop, beside `memecap plan`.
+
+    .venv/bin/python scripts/bench_memory.py --decoder small            # CPU: peak RSS
+    .venv/bin/python scripts/bench_memory.py --decoder large --batch-size 8 --caption-tokens 128   # on a GPU
+
+Each mode is one `memecap.train` run in its own process (DeepSpeed modes under `accelerate
+launch` with the shipped ZeRO configs) on a random-initialised decoder of ruGPT-3's real shape
+(small 125M, medium 355M, large 760M), a tiny frozen CLIP tower (cached, so it does not count)
+and synthetic captions padded to the requested length. Peak memory is CUDA
+`max_memory_allocated` on a GPU, else the process's peak RSS (which includes Python and torch
+themselves, about 0.5 GiB). Step time is the median over logging windows after the first.
+Prints a Markdown table for docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {"small": dict(n_embd=768, n_layer=12, n_head=12), "medium": dict(n_embd=1024, n_layer=24, n_head=16),
+          "large": dict(n_embd=1536, n_layer=24, n_head=16)}
+MODES = {  # name -> (overrides, accelerate config or None)
+    "plain (full fine-tune)": (["model.decoder.mode=full"], None),
+    "LoRA": (["model.decoder.mode=lora"], None),
+    "LoRA + 8-bit base": (["model.decoder.mode=lora", "model.decoder.quantization=8bit"], None),
+    "LoRA + 4-bit base": (["model.decoder.mode=lora", "model.decoder.quantization=4bit"], None),
+    "full + 8-bit AdamW": (["model.decoder.mode=full", "optim.name=bitsandbytes.optim.AdamW8bit"], None),
+    "full + ZeRO-2 offload": (["model.decoder.mode=full"], "deepspeed_zero2_offload.yaml"),
+    "full + ZeRO-3 offload": (["model.decoder.mode=full"], "deepspeed_zero3_offload.yaml"),
+}
+
+CHILD = r"""
+import json, resource, sys, torch
+from memecap import train
+from memecap.config import load_config
+cfg = load_config(sys.argv[1], sys.argv[2:])
+summary = train.main(cfg)
+peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+json.dump({"peak": peak, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+          open(cfg.train.output_dir + f"/peak{int(__import__('os').environ.get('RANK', 0))}.json", "w"))
+"""
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def make_decoder(folder: Path, shape: str, texts: list[str]) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from memecap.models.tiny import train_tokenizer
+
+    tok = train_tokenizer(texts, 1000)
+    config = GPT2Config(vocab_size=50257, n_positions=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, **SHAPES[shape])
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def run_mode(overrides, accel_config, base: list[str], out: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    script = out.parent / "child.py"
+    script.write_text(CHILD)
+    cmd = [sys.executable, str(script)]
+    if accel_config:
+        env.pop("ACCELERATE_USE_CPU", None)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs" / accel_config), "--num_processes", "1", str(script)]
+    proc = subprocess.run(cmd + ["demo", *base, *overrides, f"train.output_dir={out}"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stamps = [(r["step"], r["time"]) for r in records if r["kind"] == "train"][1:]
+    step = statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:]))
+    return {**json.loads((out / "peak0.json").read_text()), "step_s": step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder", choices=list(SHAPES), default="small")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--caption-tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), help="subset of mode names")
+    args = parser.parse_args()
+
+    from memecap.config import load_config
+    from memecap.data.synthetic import make_synthetic_dataset
+    from memecap.plan import GIB, plan_memory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tables = make_synthetic_dataset(tmp / "data", n_train=64, n_val=4, image_size=64)
+        # Captions repeated past the cap and truncated by it: every sample is exactly --caption-tokens long.
+        for table in tables.values():
+            lines = table.read_text(encoding="utf-8").splitlines()
+            table.write_text("\n".join([lines[0]] + [f"{uid}\t{' '.join([text] * 12)}" for uid, text in
+                                                        (line.split("\t", 1) for line in lines[1:])]) + "\n",
+                             encoding="utf-8")
+        texts = [line.split("\t", 1)[1] for line in tables["train"].read_text(encoding="utf-8").splitlines()[1:]]
+        make_decoder(tmp / "decoder", args.decoder, texts)
+        long = args.caption_tokens
+        base = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"model.decoder.name={tmp / 'decoder'}",
+                "model.encoder.trainable=false", "model.encoder.features=pooled", "model.mapper.prefix_length=10",
+                f"data.max_caption_tokens={long}", f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}",
+                "train.log_every=1", "train.trackers=[]", "train.progress_bar=false", "eval.compare_constant=false",
+                "train.save_every=1000000", "generation.max_new_tokens=2", f"cache.dir={tmp / 'cache'}"]
+        print(f"| mode | checkpointing | peak | plan | step | samples/s |\n| --- | --- | --- | --- | --- | --- |")
+        for name in args.modes:
+            overrides, accel = MODES[name]
+            for ckpt in (False, True):
+                extra = [*overrides, f"model.decoder.gradient_checkpointing={str(ckpt).lower()}"]
+                result = run_mode(extra, accel, base, tmp / f"run-{len(os.listdir(tmp))}")
+                cfg = load_config("demo", base + extra)
+                zero = {"deepspeed_zero2_offload.yaml": 2, "deepspeed_zero3_offload.yaml": 3}.get(accel, 0)
+                planned = plan_memory(cfg, zero_stage=zero, offload_optimizer=bool(zero), offload_params=zero == 3,
+                                      mixed_precision=None if torch_cuda() else "no").total()
+                if "error" in result:
+                    print(f"| {name} | {ckpt} | failed: {result['error']} | {planned / GIB:.2f} GiB | | |")
+                    continue
+                print(f"| {name} | {'yes' if ckpt else 'no'} | {result['peak'] / GIB:.2f} GiB ({result['device']}) "
+                      f"| {planned / GIB:.2f} GiB | {result['step_s'] * 1000:.0f} ms | "
+                      f"{args.batch_size / result['step_s']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
