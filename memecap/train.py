@@ -31,6 +31,7 @@ from memecap.checkpoint import TrainState, find_resume_point, load_checkpoint, s
 from memecap.config import Config, ConfigError, load_config, save_config, to_dict, to_yaml
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
+from memecap.generation import with_overrides
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
@@ -209,6 +210,7 @@ def main(cfg: Config) -> dict:
         return CaptionTrainSet(images, ids, owners)
 
     train_set, val_loss_set = caption_set(train_examples, train_images), caption_set(val_examples, val_images)
+
     def loader(dataset, batch_size, shuffle):
         # A private generator: creating an iterator then draws from it, not from the global RNG
         # that dropout uses, so a resumed run's random stream matches the uninterrupted one.
@@ -239,10 +241,8 @@ def main(cfg: Config) -> dict:
         probe = send_to_device(net.collate([val_loss_set[i] for i in range(min(2, len(val_loss_set)))]), accelerator.device)
         probe_loss = net(probe)["loss"].item()
         probe_eval = send_to_device(net.collate([CaptionEvalSet(val_images)[0]]), accelerator.device)
-        from dataclasses import replace
-
-        probe_caption = net.generate(probe_eval, replace(cfg.generation, max_new_tokens=8, num_return_sequences=1,
-                                                           strategy="greedy"), synced_gpus=synced_gpus)[0][0]
+        quick = with_overrides(cfg.generation, strategy="greedy", max_new_tokens=8, num_return_sequences=1)
+        probe_caption = net.generate(probe_eval, quick, synced_gpus=synced_gpus)[0][0]
     if not math.isfinite(probe_loss):
         raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
     log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
