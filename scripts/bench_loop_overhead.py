@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from memecap import train
 from memecap.config import load_config
@@ -87,9 +88,7 @@ def main() -> None:
                                        "model.encoder.trainable=false",
                                        f"cache.dir={Path(tmp) / 'cache'}", "generation.max_new_tokens=4"])
             loop = loop_step_time(cfg, out)
-            from accelerate.state import AcceleratorState, GradientState, PartialState
-
-            AcceleratorState._reset_state(True)
+            AcceleratorState._reset_state(True)  # the loop's Accelerator is a process-wide singleton
             GradientState._reset_state()
             PartialState._reset_state()
             bare = bare_step_time(cfg, out, args.steps)

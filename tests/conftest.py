@@ -68,6 +68,15 @@ def tiny_gpt2_dir(tmp_path_factory, synthetic_data) -> Path:
     return folder
 
 
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; each in-process run needs a clean slate."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 def tiny_run_config(out_dir: Path, synthetic_data: dict, *overrides: str, recipe: str = "demo"):
     """The demo recipe shrunk to seconds: tiny sizes, small data, no trackers or progress bars."""
     tiny = [f"model.tiny.{k}={v}" for k, v in vars(TEST_TINY).items()]

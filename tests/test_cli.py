@@ -7,18 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from memecap import cli, train
 from memecap.data.validation import DataError
 from memecap.evaluation import read_predictions
-from tests.conftest import tiny_run_config
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+from tests.conftest import reset_accelerate, tiny_run_config
 
 
 @pytest.fixture(scope="module")

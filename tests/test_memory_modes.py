@@ -107,11 +107,9 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_ruc
 
 def test_loop_runs_qlora_with_8bit_optimizer_and_checkpointing(tmp_path, synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir):
     """The modes combine through the one loop: 4-bit base + LoRA + AdamW8bit + gradient checkpointing."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     from memecap import train
     from memecap.models import load_model
-    from tests.conftest import tiny_run_config
+    from tests.conftest import reset_accelerate, tiny_run_config
 
     out = tmp_path / "run"
     cfg = tiny_run_config(out, synthetic_data, "train.max_steps=4", "eval.compare_constant=false",
@@ -123,9 +121,7 @@ def test_loop_runs_qlora_with_8bit_optimizer_and_checkpointing(tmp_path, synthet
     try:
         summary = train.main(cfg)
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_accelerate()
     assert summary["optimizer_steps"] == 4
     files = {p.relative_to(out / "final").as_posix() for p in (out / "final").rglob("*") if p.is_file()}
     assert "adapter/adapter_model.safetensors" in files and not any(f.startswith("decoder/") for f in files)

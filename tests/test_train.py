@@ -6,22 +6,18 @@ import shutil
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from safetensors.torch import load_file
 
 from memecap import train
 from memecap.checkpoint import list_checkpoints
 from memecap.evaluation import read_predictions
-from tests.conftest import tiny_run_config
+from tests.conftest import reset_accelerate, tiny_run_config
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    # Accelerate keeps process-wide singletons; each run in one test process needs a clean slate.
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
 
 
 def train_losses(out_dir):
@@ -57,7 +53,7 @@ def test_resume_continues_exactly(tmp_path, synthetic_data):
               "train.eval_every=100", "eval.compare_constant=false")
     straight = tmp_path / "straight"
     train.main(tiny_run_config(straight, synthetic_data, *common))
-    fresh_accelerate_state_reset()
+    reset_accelerate()
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -79,17 +75,11 @@ def test_resume_continues_exactly(tmp_path, synthetic_data):
         torch.testing.assert_close(da[key], db[key], rtol=0, atol=1e-6)
 
 
-def fresh_accelerate_state_reset():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def test_resume_auto_picks_newest_complete_checkpoint(tmp_path, synthetic_data):
     out = tmp_path / "run"
     train.main(tiny_run_config(out, synthetic_data, "train.max_steps=4", "train.save_every=2",
                                "eval.compare_constant=false", "train.eval_every=100"))
-    fresh_accelerate_state_reset()
+    reset_accelerate()
     # A half-written checkpoint (crash mid-save) must be ignored, not resumed from.
     (out / "checkpoints" / "step_0000009.tmp").mkdir()
     summary = train.main(tiny_run_config(out, synthetic_data, "train.max_steps=6", "train.save_every=2",
