@@ -374,6 +374,10 @@ def cli(argv: Optional[list[str]] = None) -> int:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
     main(cfg)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Left to interpreter exit, gloo's threads can abort the process ("terminate called without
+        # an active exception") after a run that succeeded.
+        torch.distributed.destroy_process_group()
     return 0
 
 
