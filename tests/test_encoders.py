@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -25,21 +24,10 @@ from transformers import (
 
 from memecap.models.encoders import ImageEncoder, build_image_encoder
 from memecap.models.ruclip_weights import RUCLIP_MEAN, RUCLIP_STD
+from tests.conftest import ruclip_model_module as _ruclip_module
 
 CUSTOM_MEAN = [0.1, 0.2, 0.3]
 CUSTOM_STD = [0.4, 0.5, 0.6]
-
-
-def _ruclip_module():
-    # The ruclip package's __init__ imports torchvision/youtokentome; its model.py needs neither.
-    spec = importlib.util.find_spec("ruclip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("ruclip package not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model.py"
-    module_spec = importlib.util.spec_from_file_location("_ruclip_model_for_tests", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_ruclip_config(vision_width: int) -> dict:
