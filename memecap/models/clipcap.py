@@ -138,6 +138,7 @@ class ClipCap(nn.Module):
         # Held in a tuple so it is not a submodule: a frozen encoder only feeds the feature cache and
         # must stay out of the trained module's parameters, state dict and device placement.
         self._feature_encoder = (feature_encoder,)
+        self._encoder_fingerprint: Optional[str] = None
         self.mapper = mapper
         self.decoder = decoder
         self.encoder = encoder
@@ -166,8 +167,9 @@ class ClipCap(nn.Module):
         encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
         home = next(encoder.parameters()).device
         encoder.to(device)
-        cache = (FeatureCache(cache_dir, module_fingerprint(encoder), self.transform.signature())
-                 if cache_dir else None)
+        if cache_dir and self._encoder_fingerprint is None:  # frozen weights: hash them once, not per split
+            self._encoder_fingerprint = module_fingerprint(encoder)
+        cache = FeatureCache(cache_dir, self._encoder_fingerprint, self.transform.signature()) if cache_dir else None
         feats = encode_images(encoder, self.transform, paths, cache=cache, device=device,
                               progress=progress, desc=desc)
         encoder.to(home)  # the frozen encoder must not hold accelerator memory during training
