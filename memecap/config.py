@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # storage of frozen weights (memecap/models/dtypes.py)
 
 
 class ConfigError(ValueError):
@@ -64,9 +65,14 @@ class EncoderConfig:
     trainable: bool = False  # frozen encoders are run once per image and cached
     resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
     features: str = "pooled"  # pooled: one vector per image (ClipCap); patches: every last-layer token
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen weights; auto = bf16 on a bf16 GPU
 
     def __post_init__(self) -> None:
         _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip"))
+        _one_of("model.encoder.dtype", self.dtype, WEIGHT_DTYPES)
+        if self.trainable and self.dtype not in ("auto", "float32"):
+            raise ConfigError("model.encoder.dtype: a trainable encoder keeps float32 weights "
+                              "(use train.mixed_precision=bf16 for 16-bit compute)")
         _one_of("model.encoder.features", self.features, ("pooled", "patches"))
         _one_of("model.encoder.resize_mode", self.resize_mode, ("pad", "crop", "squash"))
 
@@ -101,10 +107,15 @@ class DecoderConfig:
     mode: str = "frozen"  # frozen | full | lora
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     quantization: str = "none"  # none | 8bit | 4bit: load the frozen base with bitsandbytes (QLoRA with mode=lora)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen (non-quantized) weights; auto = bf16 on a bf16 GPU
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         _one_of("model.decoder.mode", self.mode, ("frozen", "full", "lora"))
+        _one_of("model.decoder.dtype", self.dtype, WEIGHT_DTYPES)
+        if self.mode == "full" and self.dtype not in ("auto", "float32"):
+            raise ConfigError("model.decoder.dtype: a fully trained decoder keeps float32 weights "
+                              "(use train.mixed_precision=bf16 for 16-bit compute)")
         _one_of("model.decoder.quantization", self.quantization, ("none", "8bit", "4bit"))
         if self.quantization != "none" and self.mode == "full":
             raise ConfigError("model.decoder.quantization needs mode=lora or frozen: quantized weights cannot be trained")

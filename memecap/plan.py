@@ -18,6 +18,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from memecap.config import Config
+from memecap.models.dtypes import weights_dtype
 from memecap.models.mapping import build_mapper
 from memecap.models.tiny import TINY
 
@@ -135,8 +136,11 @@ def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload
 
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
-    quant = {"none": 4.0, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + its block constants
-    frozen_weights = linear_params * quant + (decoder_params - linear_params) * 4.0
+    # peft's k-bit preparation casts the layers that are not quantized back to fp32.
+    frozen_dtype = (weights_dtype(dec.dtype, trains=False, sixteen_bit=act_bytes == 2)
+                    if dec.quantization == "none" else torch.float32)
+    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
+    frozen_weights = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
     trainable = mapper_params
     if dec.mode == "full":
         trainable += decoder_params
@@ -145,7 +149,8 @@ def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload
         trainable += lora_parameters(config, dec.lora.r, list(dec.lora.target_modules))
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
     if frozen_weights:
-        plan.add(f"decoder weights, frozen ({dec.quantization if dec.quantization != 'none' else 'fp32'})",
+        stored = dec.quantization if dec.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
+        plan.add(f"decoder weights, frozen ({stored})",
                  frozen_weights / shard, where_params)
     plan.trainable = trainable
     plan.add(f"trained weights, fp32 ({trainable:,} parameters)", trainable * 4.0 / shard, where_params)

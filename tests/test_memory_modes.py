@@ -127,3 +127,37 @@ def test_loop_runs_qlora_with_8bit_optimizer_and_checkpointing(tmp_path, synthet
     assert "adapter/adapter_model.safetensors" in files and not any(f.startswith("decoder/") for f in files)
     reloaded = load_model(out / "final")
     assert any("Linear4bit" in type(m).__name__ for m in reloaded.decoder.modules())  # base re-quantized on load
+
+
+def test_bf16_frozen_base_under_lora(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
+    """Frozen weights stored in bf16 (half the memory) while the LoRA adapter and mapper train in fp32."""
+    cfg = recipe_with_tiny_bases("clipcap_lora", tiny_ruclip_dir, tiny_gpt2_dir,
+                                 "model.decoder.dtype=bfloat16", "model.encoder.dtype=bfloat16")
+    model = build_model(cfg.model, work_dir=tmp_path)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(dtypes[n] == torch.float32 for n in trainable)
+    assert {dtypes[n] for n in dtypes if n.startswith("decoder.") and n not in trainable} == {torch.bfloat16}
+    assert next(model._feature_encoder[0].parameters()).dtype == torch.bfloat16
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    before = snapshot(model)
+    losses = train_steps(model, make_batch(model, examples), opt, steps=12)
+    assert losses[-1] < losses[0] - 0.2, losses
+    assert changed(before, model) == trainable
+
+
+@pytest.mark.parametrize("override", ["model.decoder.dtype=bfloat16", "model.encoder.dtype=float16"])
+def test_16bit_trained_weights_are_rejected(override):
+    from memecap.config import load_config
+
+    with pytest.raises(ConfigError, match="float32"):
+        load_config("clipcap_mlp_finetune", [override, "model.encoder.trainable=true"])
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_for_trained_weights():
+    from memecap.models.dtypes import weights_dtype
+
+    assert weights_dtype("auto", trains=False, sixteen_bit=False) == torch.float32
+    assert weights_dtype("auto", trains=False, sixteen_bit=True) == torch.bfloat16
+    assert weights_dtype("auto", trains=True, sixteen_bit=True) == torch.float32
+    assert weights_dtype("float16", trains=False) == torch.float16

@@ -55,6 +55,11 @@ def test_quantized_base_costs_a_fraction():
     assert nf4 < int8 < fp32 / 2
     # ruGPT-3 small: 125.2M parameters in fp32 -> about 0.47 GiB.
     assert fp32 / GIB == pytest.approx(125.2e6 * 4 / GIB, rel=0.02)
+    bf16 = rows(plan_memory(load_config("clipcap_lora", ["model.decoder.dtype=bfloat16"])))["decoder weights"][0]
+    assert bf16 == fp32 / 2
+    # auto: bf16 storage when the run computes in 16 bit, fp32 otherwise
+    assert rows(plan_memory(load_config("clipcap_lora"), mixed_precision="bf16"))["decoder weights"][0] == bf16
+    assert rows(plan_memory(load_config("clipcap_lora"), mixed_precision="no"))["decoder weights"][0] == fp32
 
 
 def test_plan_command_runs_offline_for_the_real_recipes():

@@ -21,6 +21,7 @@ from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_
 from memecap.data.images import ImageTransform, load_rgb
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
+from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.mapping import build_mapper
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -42,8 +43,9 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     decoder_dir = export / "decoder" if export is not None and (export / "decoder").is_dir() else None
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
                  else AutoTokenizer.from_pretrained(name, revision=revision))
-    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir) if decoder_dir
-               else GPT2LMHeadModel.from_pretrained(name, revision=revision, **quantization_kwargs(cfg)))
+    dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode == "full")
+    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
+               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
     return decoder, tokenizer
@@ -74,7 +76,7 @@ def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
         decoder = prepare_model_for_kbit_training(decoder, use_gradient_checkpointing=cfg.decoder.gradient_checkpointing,
                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.decoder.gradient_checkpointing:
-        decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         decoder.config.use_cache = False
     if cfg.decoder.mode == "full":
         return decoder
@@ -316,6 +318,7 @@ def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, expo
     if TINY in (cfg.encoder.name, cfg.decoder.name):
         raise ValueError("call materialize_tiny_bases() before building a model with tiny-random bases")
     encoder = build_image_encoder(cfg.encoder.kind, cfg.encoder.name, cfg.encoder.revision,
+                                  dtype=weights_dtype(cfg.encoder.dtype, trains=cfg.encoder.trainable),
                                   features=cfg.encoder.features)
     image_dim = encoder.embed_dim
     transform = encoder_transform(encoder, cfg.encoder)
