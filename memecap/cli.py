@@ -2,7 +2,9 @@
 
     memecap train RECIPE_OR_YAML [key=value ...]
     memecap eval RUN_OR_EXPORT --data TABLE [--scoring seed] [--out predictions.jsonl]
-    memecap caption IMAGE_OR_FOLDER --model RUN_OR_EXPORT [--out captions.jsonl] [--num-beams 5]
+    memecap caption IMAGE_OR_FOLDER --model RUN_OR_EXPORT_OR_REPO [--out captions.jsonl] [--num-beams 5]
+    memecap push RUN_OR_EXPORT --repo user/name [--private]
+    memecap report PREDICTIONS --images DIR --out report.html
     memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
     memecap recipes            # list shipped recipes
     memecap config RECIPE [key=value ...]   # print the resolved config without running
@@ -73,25 +75,42 @@ def _eval(args) -> int:
 
 
 def _caption(args) -> int:
-    from memecap.config import GenerationConfig
-    from memecap.inference import caption_paths, default_device, exported_generation, find_images, resolve_export
-    from memecap.models import load_model
+    from memecap.caption_folder import caption_folder
+    from memecap.captioner import Captioner
 
-    export = resolve_export(args.model)
-    generation = _generation_overrides(args)(exported_generation(export) or GenerationConfig())
-    paths = find_images(Path(args.target))
-    if not paths:
-        print(f"memecap: no images found in {args.target}", file=sys.stderr)
+    captioner = Captioner.from_pretrained(args.model, revision=args.revision, device=args.device)
+    generation = _generation_overrides(args)(captioner.generation)
+
+    def show(row: dict) -> None:
+        if not args.out:
+            print(f"{row['image']}\t{row['caption']}" + "".join(f"\n\t{c}" for c in row.get("alternatives", [])))
+
+    report = caption_folder(captioner.model, Path(args.target), generation, device=captioner.device,
+                            out=Path(args.out) if args.out else None, batch_size=args.batch_size,
+                            progress=not args.quiet, emit=show)
+    print(report.format(Path(args.out) if args.out else None), file=sys.stderr)
+    return 1 if report.captioned + report.already_done == 0 else 0
+
+
+def _push(args) -> int:
+    from memecap.hub import PushError, push
+
+    try:
+        push(Path(args.model), args.repo, private=args.private, license=args.license, datasets=args.dataset,
+             commit_message=args.message)
+    except PushError as err:
+        print(f"memecap: {err}", file=sys.stderr)
         return 1
-    model = load_model(export, with_encoder=True)
-    captions = caption_paths(model, paths, generation, device=default_device(), batch_size=args.batch_size)
-    lines = [json.dumps({"image": str(p), "captions": caps}, ensure_ascii=False) for p, caps in zip(paths, captions)]
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print(f"wrote {len(lines)} captions to {args.out}")
-    else:
-        for p, caps in zip(paths, captions):
-            print(f"{p}\t{caps[0]}" + "".join(f"\n\t{c}" for c in caps[1:]))
+    return 0
+
+
+def _report(args) -> int:
+    from memecap.report import write_report
+
+    summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
+                           log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring)
+    missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
+    print(f"wrote {args.out}: {summary['examples']} examples{missing}")
     return 0
 
 
@@ -147,10 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption an image or every image in a folder")
     p.add_argument("target", help="image file or folder")
-    p.add_argument("--model", required=True, help="run folder or exported model folder")
-    p.add_argument("--out", help="write JSON Lines here instead of printing")
+    p.add_argument("--model", required=True, help="run, export or checkpoint folder, or a Hub repo id")
+    p.add_argument("--revision", help="Hub revision of --model")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    p.add_argument("--out", help="append JSON Lines here (resumable: images already in it are skipped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_generation_flags(p)
     p.set_defaults(func=_caption)
+
+    p = sub.add_parser("push", help="upload a trained model (adapter, config, tokenizer, model card) to the Hub")
+    p.add_argument("model", help="run, export or checkpoint folder")
+    p.add_argument("--repo", required=True, help="user/name on the Hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--license", default="apache-2.0", help="license in the model card (check the base models')")
+    p.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card (repeatable)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser("report", help="one HTML page: images, captions, scores, training curves")
+    p.add_argument("predictions", help="predictions file of a run/eval, or a captions file of `memecap caption`")
+    p.add_argument("--images", help="folder holding <uid>.<ext> images")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--log", help="training log.jsonl (default: the run's, when predictions are in a run)")
+    p.add_argument("--title")
+    p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
+    p.set_defaults(func=_report)
     return parser
 
 
@@ -158,7 +198,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"memecap: {err}", file=sys.stderr)
         return 2
 

@@ -210,9 +210,17 @@ class TrainConfig:
     resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
     trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
     progress_bar: bool = True
+    push_to_hub: bool = False  # upload the best export at the end (token: HF_TOKEN or `hf auth login`)
+    hub_repo: Optional[str] = None  # "user/name" the export is pushed to
+    hub_private: bool = False  # create the Hub repo as private
+    hub_license: str = "apache-2.0"  # the model card's license (check the base models' licenses)
 
     def __post_init__(self) -> None:
         _one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        if self.push_to_hub and not self.hub_repo:
+            raise ConfigError("train.push_to_hub=true needs train.hub_repo=user/name")
+        if self.hub_repo is not None and self.hub_repo.count("/") != 1:
+            raise ConfigError(f"train.hub_repo={self.hub_repo!r}: expected user/name")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
         if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "val_loss"):

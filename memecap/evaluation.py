@@ -26,7 +26,7 @@ import evaluate
 from nltk.stem import PorterStemmer
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from memecap.metrics.bleu import bleu_from_stats, closest_length, max_reference_counts, ngram_counts
+from memecap.metrics.bleu import bleu_from_stats, closest_length, corpus_bleu, max_reference_counts, ngram_counts
 from memecap.metrics.meteor import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
@@ -83,6 +83,22 @@ def compute_metrics(predictions: list[str], references: list[list[str]], scoring
         bleus = nltk_corpus_bleu(refs, hyps, weights=[(1.0,), (1 / 2,) * 2, (1 / 3,) * 3, (1 / 4,) * 4])
     meteor = mean_meteor(hyps, refs, stemmer=_PORTER)
     return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor)}
+
+
+def example_scores(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> list[dict]:
+    """Per-example sentence BLEU-4 and METEOR, for reading results one meme at a time.
+
+    Sentence BLEU-4 is add-one smoothed above unigrams: unsmoothed, almost every single caption
+    scores 0 for lacking one matching 4-gram. Corpus BLEU (`compute_metrics`) is not the mean of these.
+    """
+    _check_inputs(predictions, references, scoring)
+    tok = _tokenizer(scoring)
+    stemmer = _PORTER if scoring == "seed" else RUSSIAN_STEMMER
+    out = []
+    for hyp, refs in zip((tok(p) for p in predictions), _reference_tokens(references, scoring)):
+        bleu = corpus_bleu([hyp], [refs], max_order=4, smooth=True)
+        out.append({"bleu4": float(bleu["bleu4"]), "meteor": float(mean_meteor([hyp], [refs], stemmer=stemmer))})
+    return out
 
 
 def _constant_scores(candidates: list[str], references: list[list[str]], scoring: str, metric: str) -> list[float]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from memecap.data.images import load_rgb
+from memecap.data.images import read_image
 
 
 def file_digest(path: Path) -> str:
@@ -75,15 +76,19 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence[Path], *,
+def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence["Path | Image.Image"], *,
                   cache: Optional[FeatureCache], device: torch.device, batch_size: int = 64,
                   progress: bool = True, desc: str = "encoding images") -> torch.Tensor:
     """Embeddings [N, D] of the images at `paths`, from the cache where present, else computed
     (and stored). Images are read and transformed in threads while the encoder runs."""
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, Image.Image) else Path(p) for p in paths]
+
+    def digest(source) -> Optional[str]:  # in-memory images (the Python API) are not cached
+        return None if cache is None or isinstance(source, Image.Image) else file_digest(source)
+
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        digests = list(pool.map(file_digest, paths)) if cache is not None else [None] * len(paths)
-        out: list[Optional[torch.Tensor]] = [cache.get(d) if cache is not None else None for d in digests]
+        digests = list(pool.map(digest, paths))
+        out: list[Optional[torch.Tensor]] = [cache.get(d) if d is not None else None for d in digests]
         todo = [i for i, v in enumerate(out) if v is None]
         was_training = encoder.training
         encoder.eval()
@@ -91,11 +96,11 @@ def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence
         bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            pixels = torch.stack(list(pool.map(lambda i: transform(load_rgb(paths[i])), chunk)))
+            pixels = torch.stack(list(pool.map(lambda i: transform(read_image(paths[i])), chunk)))
             embeds = encoder(pixels.to(device=device, dtype=dtype)).float().cpu()
             for i, e in zip(chunk, embeds):
                 out[i] = e
-                if cache is not None:
+                if digests[i] is not None:
                     cache.put(digests[i], e)
             bar.update(len(chunk))
         bar.close()

@@ -1,13 +1,17 @@
 """Decoding settings shared by the models that decode with a transformers language model."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from memecap.config import GenerationConfig
 
 
 def with_overrides(cfg: GenerationConfig, **overrides) -> GenerationConfig:
     """A copy of `cfg` with the given fields changed (re-validated)."""
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -13,12 +13,18 @@ from memecap.data.tables import load_split
 from memecap.evaluation import compute_metrics, write_predictions
 from memecap.models import load_model
 from memecap.models.clipcap import CaptionEvalSet
+from memecap.models.export import CONFIG_FILE, read_export_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The best accelerator present: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def resolve_export(path: Path) -> Path:
@@ -28,7 +34,7 @@ def resolve_export(path: Path) -> Path:
     if (path / STATE_FILE).is_file():
         return export_checkpoint(path)
     for candidate in (path, path / "best", path / "final"):
-        if (candidate / "memecap.yaml").is_file():
+        if (candidate / CONFIG_FILE).is_file():
             return candidate
     raise FileNotFoundError(f"{path}: no exported model here or in its best/ or final/ folder")
 
@@ -36,7 +42,7 @@ def resolve_export(path: Path) -> Path:
 def export_checkpoint(checkpoint: Path) -> Path:
     """Turn a training checkpoint (Accelerate state + config.yaml) into an export folder beside it."""
     out = checkpoint / "export"
-    if (out / "memecap.yaml").is_file():
+    if (out / CONFIG_FILE).is_file():
         return out
     from safetensors.torch import load_file
 
@@ -59,18 +65,16 @@ def export_checkpoint(checkpoint: Path) -> Path:
 
 
 def exported_generation(folder: Path) -> Optional[GenerationConfig]:
-    import yaml
-
     from memecap.config import config_from_dict
 
-    meta = yaml.safe_load((Path(folder) / "memecap.yaml").read_text(encoding="utf-8"))
+    meta = read_export_config(folder)
     return config_from_dict({"generation": meta["generation"]}).generation if meta.get("generation") else None
 
 
 @torch.no_grad()
-def caption_paths(model, paths: Sequence[Path], generation: GenerationConfig, *, device: torch.device,
+def caption_paths(model, paths: Sequence, generation: GenerationConfig, *, device: torch.device,
                   batch_size: int = 32, cache_dir: Optional[str] = None, progress: bool = True) -> list[list[str]]:
-    """Captions for each image path (a list of `num_return_sequences` strings per image)."""
+    """Captions for each image (a path or a PIL image): `num_return_sequences` strings per image."""
     model.to(device).eval()
     images = model.image_inputs(list(paths), cache_dir=cache_dir, device=device, progress=progress)
     dataset = CaptionEvalSet(images)

@@ -32,6 +32,8 @@ from memecap.config import Config, ConfigError, load_config, save_config, to_dic
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
 from memecap.generation import with_overrides
+from memecap.hub import EVALUATION_FILE, push_run, require_hub_token
+from memecap.model_card import training_summary
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
@@ -130,16 +132,18 @@ def is_better(metric: str, new: float, best: Optional[float]) -> bool:
     return new < best if metric == "val_loss" else new > best
 
 
-def export_model(accelerator, model, out_dir: Path, cfg: Config) -> None:
-    """Write the publishable model atomically (a crash keeps the previous export intact). The
-    weights are consolidated first (every rank takes part under ZeRO-3), so the export loads
-    without DeepSpeed."""
+def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Optional[dict]) -> None:
+    """Write the publishable model atomically (a crash keeps the previous export intact), with
+    the evaluation that scored it (for the model card). The weights are consolidated first
+    (every rank takes part under ZeRO-3), so the export loads without DeepSpeed."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.unwrap_model(model).save_pretrained(tmp, generation=cfg.generation, state_dict=state_dict)
+        if evaluation is not None:
+            (tmp / EVALUATION_FILE).write_text(json.dumps(evaluation, ensure_ascii=False, indent=1), encoding="utf-8")
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     accelerator.wait_for_everyone()
@@ -261,8 +265,13 @@ def main(cfg: Config) -> dict:
         constant = {"caption": caption, **scores}
         log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
 
+    last_evaluation: dict = {}
+
     def run_evaluation() -> dict:
         metrics, rows = evaluate(accelerator, model, eval_loader, val_loss_loader, val_examples, cfg, synced_gpus)
+        last_evaluation.update(step=state.optimizer_step, metrics=metrics, samples=rows[:5],
+                               data={"train": cfg.data.train, "val": cfg.data.val, "val_examples": len(rows)},
+                               training=training_summary(cfg, state.optimizer_step))
         if accelerator.is_main_process:
             write_predictions(out_dir / "predictions" / f"step_{state.optimizer_step:07d}.jsonl", rows)
             table = format_metrics_table(metrics, title=f"evaluation at optimizer step {state.optimizer_step}")
@@ -274,7 +283,7 @@ def main(cfg: Config) -> dict:
         score = metrics[cfg.train.best_metric]
         if is_better(cfg.train.best_metric, score, state.best_score):
             state.best_score, state.best_step, state.evals_without_improvement = score, state.optimizer_step, 0
-            export_model(accelerator, model, out_dir / "best", cfg)
+            export_model(accelerator, model, out_dir / "best", cfg, last_evaluation)
         else:
             state.evals_without_improvement += 1
         return metrics
@@ -341,7 +350,7 @@ def main(cfg: Config) -> dict:
     final = state.history[-1] if state.history and last_evaluated == state.optimizer_step else run_evaluation()
     if last_saved != state.optimizer_step:
         save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
-    export_model(accelerator, model, out_dir / "final", cfg)
+    export_model(accelerator, model, out_dir / "final", cfg, last_evaluation)
     in_sync = replicas_in_sync(accelerator, model)
     accelerator.end_training()
     summary = {"final": {k: v for k, v in final.items() if k != "step"}, "best_step": state.best_step,
@@ -349,6 +358,8 @@ def main(cfg: Config) -> dict:
                "optimizer_steps": state.optimizer_step, "constant": constant,
                "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes,
                "replicas_in_sync": in_sync}
+    if cfg.train.push_to_hub and accelerator.is_main_process:
+        summary["push"] = push_run(out_dir, cfg, log.info)
     if accelerator.is_main_process:
         (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
         log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "
@@ -370,15 +381,16 @@ def cli(argv: Optional[list[str]] = None) -> int:
         return 0 if argv else 2
     try:
         cfg = load_config(argv[0], argv[1:])
+        require_hub_token(cfg)
     except ConfigError as err:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
-    main(cfg)
+    summary = main(cfg)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Left to interpreter exit, gloo's threads can abort the process ("terminate called without
         # an active exception") after a run that succeeded.
         torch.distributed.destroy_process_group()
-    return 0
+    return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 
 if __name__ == "__main__":

@@ -77,6 +77,21 @@ def reset_accelerate() -> None:
     PartialState._reset_state()
 
 
+# A quick LoRA run on the synthetic set: frozen cached encoder, one epoch.
+LORA_RUN = ("model.decoder.mode=lora", "model.encoder.trainable=false", "model.encoder.features=pooled",
+            "train.epochs=1", "eval.compare_constant=false", "generation.max_new_tokens=8")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory, synthetic_data) -> Path:
+    """A finished run folder (exports, predictions, log) that tests read but never change."""
+    from memecap.train import main
+
+    out = tmp_path_factory.mktemp("lora_run") / "run"
+    main(tiny_run_config(out, synthetic_data, *LORA_RUN))
+    return out
+
+
 def tiny_run_config(out_dir: Path, synthetic_data: dict, *overrides: str, recipe: str = "demo"):
     """The demo recipe shrunk to seconds: tiny sizes, small data, no trackers or progress bars."""
     tiny = [f"model.tiny.{k}={v}" for k, v in vars(TEST_TINY).items()]

@@ -34,6 +34,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from None
 
 
+def read_image(source: "str | os.PathLike | Image.Image") -> Image.Image:
+    """An image file (see `load_rgb`) or an in-memory PIL image, as RGB."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    return load_rgb(source)
+
+
 def _oriented(img: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(img)

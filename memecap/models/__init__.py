@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from memecap.config import ModelConfig
-from memecap.models.clipcap import CONFIG_FILE, ClipCap, build_clipcap, materialize_tiny_bases
+from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_bases
+from memecap.models.export import read_export_config
 
 
 def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
@@ -32,8 +31,7 @@ def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] 
 
 def load_model(folder: Path, with_encoder: bool = True):
     """A model exported by `save_pretrained`, whatever its family."""
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} holds no exported memecap model ({CONFIG_FILE} missing)")
-    family = yaml.safe_load(path.read_text(encoding="utf-8")).get("family", "clipcap")
+    family = read_export_config(folder).get("family", "clipcap")
+    if family not in LOADERS:
+        raise ValueError(f"{folder}: model family {family!r} is not known to this memecap version")
     return LOADERS[family](folder, with_encoder=with_encoder)

@@ -11,22 +11,21 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
-from memecap.data.images import ImageTransform, load_rgb
+from memecap.data.images import ImageTransform, read_image
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
+from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.mapping import build_mapper
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 
-CONFIG_FILE = "memecap.yaml"
 MAPPER_FILE = "mapper.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 
@@ -121,14 +120,14 @@ class CaptionEvalSet(Dataset):
 class LazyPixels:
     """Pixels loaded when an item is read: used when the encoder trains and cannot be cached."""
 
-    def __init__(self, paths: Sequence[Path], transform: ImageTransform):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, sources: Sequence, transform: ImageTransform):
+        self.sources, self.transform = list(sources), transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.paths[i]))
+        return self.transform(read_image(self.sources[i]))
 
 
 class ClipCap(nn.Module):
@@ -161,9 +160,10 @@ class ClipCap(nn.Module):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[: max_tokens - 1] + [self.eos_id]
 
-    def image_inputs(self, paths: Sequence[Path], *, cache_dir: Optional[str], device, progress: bool,
+    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "encoding images"):
-        """What the model reads per image: cached embeddings for a frozen encoder, lazy pixels otherwise."""
+        """What the model reads per image (a path or a PIL image): cached embeddings for a frozen
+        encoder, lazy pixels otherwise."""
         if self.cfg.encoder.trainable:
             return LazyPixels(paths, self.transform)
         encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
@@ -257,9 +257,6 @@ class ClipCap(nn.Module):
             return {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in state_dict.items()
                     if k.startswith(prefix)}
 
-        meta = {"family": "clipcap", "model": to_dict(self.cfg),
-                "generation": to_dict(generation) if generation else None, "image_dim": self.image_dim}
-        (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
         save_file(part("mapper."), str(out_dir / MAPPER_FILE))
         if self.cfg.encoder.trainable and self.encoder is not None:
             save_file(part("encoder."), str(out_dir / ENCODER_FILE))
@@ -268,13 +265,18 @@ class ClipCap(nn.Module):
         elif self.cfg.decoder.mode == "full":
             self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")
+        enc, dec = self.cfg.encoder, self.cfg.decoder
+        bases = {"encoder": base_entry("encoder", enc.name, enc.revision, needed_to_load=True),
+                 # a fully trained decoder is exported whole; the base only says where it started
+                 "decoder": base_entry("decoder", dec.name, dec.revision, needed_to_load=dec.mode != "full")}
+        write_export_config(out_dir, {"family": "clipcap", "model": to_dict(self.cfg), "bases": bases,
+                                      "generation": to_dict(generation) if generation else None,
+                                      "image_dim": self.image_dim})
 
     @classmethod
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":
         folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{folder} is not a memecap ClipCap export: {CONFIG_FILE} is missing")
-        meta = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        meta = read_export_config(folder)
         cfg = config_from_dict({"model": meta["model"]}).model
         model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable, export=folder,
                               apply_mode=False)

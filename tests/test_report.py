@@ -1,0 +1,90 @@
+"""`memecap report`: one self-contained HTML page, checked as text and rendered in a real
+headless Chromium (Debian's `chromium`, which .ci/run and scripts/setup.sh install)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from memecap.cli import main as cli
+from memecap.evaluation import compute_metrics, read_predictions, write_predictions
+from memecap.report import write_report
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+ROWS = [  # predictions of different quality, so sorting has something to do
+    {"uid": "red", "references": ["на фото красный квадрат. подпись: \"жиза\""], "prediction": "на фото красный квадрат. подпись: \"жиза\""},
+    {"uid": "green", "references": ["на фото зелёный круг на белом фоне"], "prediction": "на фото синий круг"},
+    {"uid": "blue", "references": ["на фото синее кольцо", "синее кольцо на картинке"], "prediction": "кот"},
+    {"uid": "lost", "references": ["на фото ничего"], "prediction": "на фото что-то"},
+]
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "headless Chromium is needed: apt-get install chromium (scripts/setup.sh and .ci/run do)"
+    return path
+
+
+def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    # Flags for a closed network, as root, with no display: see the machine notes in README's Development.
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=3000"]
+    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def predictions(tmp_path) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, colour in COLOURS.items():
+        Image.new("RGB", (200, 200), colour).save(images / f"{name}.jpg", quality=95)
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(path, ROWS)
+    return path, images
+
+
+def test_report_html_is_self_contained_and_complete(predictions, tiny_lora_run, tmp_path):
+    path, images = predictions
+    out = tmp_path / "report.html"
+    summary = write_report(path, out, images_dir=images, log_path=tiny_lora_run / "log.jsonl")
+    html = out.read_text(encoding="utf-8")
+    assert summary["examples"] == 4 and summary["images_missing"] == 1
+    assert html.count('src="data:image/jpeg;base64,') == 3 and html.count("image not found") == 1
+    assert not re.search(r'(src|href)="(https?:|file:|/)', html)  # nothing fetched from anywhere
+    corpus = compute_metrics([r["prediction"] for r in ROWS], [r["references"] for r in ROWS])
+    assert f"<td>{corpus['bleu4']:.4f}</td>" in html and f"<td>{corpus['meteor']:.4f}</td>" in html
+    assert html.count("<svg") == 2 and "train loss" in html and "validation metrics" in html
+    assert "жиза" in html and "синее кольцо на картинке" in html  # every reference is shown
+
+
+def test_report_renders_in_headless_chromium(predictions, tmp_path):
+    path, images = predictions
+    out = tmp_path / "report.html"
+    assert cli(["report", str(path), "--images", str(images), "--out", str(out), "--title", "Отчёт"]) == 0
+
+    dom = run_chromium(tmp_path, "--dump-dom", out.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "4 of 4 shown" in dom.stdout  # the page's script ran
+    order = re.findall(r'class="example" data-uid="(\w+)"', dom.stdout)
+    assert order[0] == "red" and order.index("blue") > order.index("green")  # best BLEU-4 first
+
+    shot = tmp_path / "report.png"
+    rendered = run_chromium(tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", out.as_uri())
+    assert rendered.returncode == 0 and shot.is_file(), rendered.stderr[-2000:]
+    pixels = Image.open(shot).convert("RGB")
+    counts = {name: 0 for name in COLOURS}
+    for r, g, b in pixels.getdata():
+        for name, (cr, cg, cb) in COLOURS.items():
+            if abs(r - cr) + abs(g - cg) + abs(b - cb) < 60:
+                counts[name] += 1
+    # Each 200 px image is shown as a 240 px thumbnail: tens of thousands of its pixels must be on screen.
+    assert all(n > 20_000 for n in counts.values()), counts
+    # Text: dark glyph pixels in the caption column beside the thumbnails, where nothing else is dark.
+    column = pixels.crop((290, 250, 1000, 1300))
+    glyphs = sum(r + g + b < 200 for r, g, b in column.getdata())
+    assert glyphs > 2_000, glyphs
