@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,6 +21,23 @@ from memecap.inference import caption_paths, default_device, exported_generation
 from memecap.models import load_model
 
 ImageLike = Union[str, os.PathLike, Image.Image]
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def download(repo_id: str, **kwargs) -> Path:
+    """A Hub model repo's files, through huggingface_hub's cache; a clear error when it has none."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, **kwargs))
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{repo_id}: no such local folder, and no model repo by that id on the Hub "
+                                "(or it is private: log in with `hf auth login` or set HF_TOKEN)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError) as err:
+        raise FileNotFoundError(f"{repo_id}: no such local folder, and the Hub could not provide it: {err}") from None
 
 
 class Captioner:
@@ -42,11 +60,10 @@ class Captioner:
         local = Path(name_or_path)
         if local.exists():
             folder = resolve_export(local)
+        elif HUB_ID.match(str(name_or_path)):
+            folder = download(str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
         else:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(str(name_or_path), revision=revision, token=token,
-                                            cache_dir=cache_dir, endpoint=endpoint))
+            raise FileNotFoundError(f"{name_or_path}: no exported model here (no such folder, and not a Hub id user/name)")
         model = load_model(folder, with_encoder=True)
         generation = exported_generation(folder) or GenerationConfig()
         return cls(model, generation, device=device, batch_size=batch_size, source=str(name_or_path))

@@ -93,8 +93,19 @@ def _caption(args) -> int:
 
 
 def _push(args) -> int:
-    from memecap.hub import PushError, push
+    from memecap.hub import PushError, push, stage_export
+    from memecap.inference import resolve_export
 
+    if args.dry_run:  # what would be uploaded, staged locally; nothing is sent
+        import tempfile
+
+        export = resolve_export(Path(args.model))
+        with tempfile.TemporaryDirectory(prefix="memecap-dry-run-") as staging:
+            files = stage_export(export, Path(staging), repo_id=args.repo, license=args.license, datasets=args.dataset)
+        width = max(len(name) for name, _ in files)
+        print("\n".join(f"{name:<{width}}  {size:>13,} bytes" for name, size in files))
+        print(f"{len(files)} files, {sum(size for _, size in files):,} bytes would be pushed from {export} to {args.repo}")
+        return 0
     try:
         push(Path(args.model), args.repo, private=args.private, license=args.license, datasets=args.dataset,
              commit_message=args.message)
@@ -181,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="apache-2.0", help="license in the model card (check the base models')")
     p.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card (repeatable)")
     p.add_argument("--message", help="commit message")
+    p.add_argument("--dry-run", action="store_true", help="list the files and sizes that would be pushed; send nothing")
     p.set_defaults(func=_push)
 
     p = sub.add_parser("report", help="one HTML page: images, captions, scores, training curves")

@@ -5,6 +5,7 @@ the end of training."""
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 from pathlib import Path
@@ -135,3 +136,13 @@ def test_training_pushes_at_the_end(synthetic_data, standin_hub, tmp_path, monke
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
     rc = train_cli(["demo", f"train.output_dir={tmp_path / 'never'}", "train.push_to_hub=true", "train.hub_repo=bob/memes"])
     assert rc == 2 and not (tmp_path / "never").exists()  # refused before any training
+
+
+def test_push_dry_run_lists_the_files_and_sends_nothing(lora_run, capsys):
+    from memecap.cli import main as cli
+
+    assert cli(["push", str(lora_run), "--repo", "alice/memes-lora", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPECTED_FILES:
+        assert re.search(rf"^{re.escape(name)}\s+[\d,]+ bytes$", out, re.M), name
+    assert "would be pushed" in out
