@@ -4,6 +4,7 @@
 #   bash scripts/setup.sh            # then: .venv/bin/memecap train demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_packages.sh  # Tesseract + Russian data for OCR, DejaVu font for its tests
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
