@@ -27,7 +27,7 @@ def test_the_white_caption_needs_the_mask_reading(text_images):
     from memecap.data.images import load_rgb
 
     image = load_rgb(text_images["paths"][1])
-    gray_only = clean_text(TesseractEngine(["rus", "eng"])._words(image.convert("L")), 60)
+    gray_only = clean_text(TesseractEngine(["rus", "eng"]).readings(image)[0], 60)
     assert cer(gray_only, "ТЫ ОПЯТЬ ПОВЕРИЛ") > 0.3
     assert cer(text_images["texts"][1], "ТЫ ОПЯТЬ ПОВЕРИЛ") <= MAX_CER
 

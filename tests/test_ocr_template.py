@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from memecap import cli
-from memecap.config import ConfigError, load_config
+from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.evaluation import read_predictions
+from memecap.metrics.quote import quote_spans
 from memecap.models import build_model
 from tests.ocr_images import MAX_CER
 
@@ -20,7 +21,13 @@ def test_ocr_template_baseline_scores_through_eval(text_images, capsys):
     assert [r["prediction"] for r in rows] == [f'подпись: "{t}"' for t in text_images["texts"]]
     metrics = dict(line.split() for line in printed.splitlines() if line.startswith(("quote", "bleu1")))
     assert float(metrics["quote"]) <= MAX_CER  # it quotes what the OCR read, which is nearly exact
-    assert build_model(load_config("ocr_template").model, work_dir=out.parent).trainable_parameters() == []
+
+    model = build_model(load_config("ocr_template").model, work_dir=out.parent)
+    assert model.trainable_parameters() == []
+    batch = model.collate([{"image": 'он сказал "да" и «нет»', "index": 0}])
+    caption = model.generate(batch, GenerationConfig(strategy="greedy"))[0][0]
+    assert caption == 'подпись: "он сказал да и нет"'  # OCR's quote marks cannot end the quote early
+    assert quote_spans(caption) == ["он сказал да и нет"]
 
 
 def test_ocr_template_cannot_be_trained(capsys):

@@ -20,6 +20,9 @@ from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_d
 
 CONFIG_FILE = "memecap.yaml"
 TEMPLATE = 'подпись: "{text}"'
+# Quote marks the OCR read would end the template's quote early (`подпись: "он сказал "да""`);
+# they are dropped, which costs nothing in the quote metric (it ignores quote marks).
+_QUOTE_MARKS = str.maketrans("", "", '"«»“”„')
 NOTHING_TO_TRAIN = ("model.family=ocr_template is a baseline with nothing to train; "
                     "score it with: memecap eval ocr_template --data TABLE")
 
@@ -55,7 +58,8 @@ class OcrTemplate(nn.Module):
 
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
         """The template around each image's text; decoding settings do not apply."""
-        return [[TEMPLATE.format(text=text)] * generation.num_return_sequences for text in batch["text"]]
+        captions = [TEMPLATE.format(text=text.translate(_QUOTE_MARKS)) for text in batch["text"]]
+        return [[caption] * generation.num_return_sequences for caption in captions]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return []

@@ -74,12 +74,14 @@ class TesseractEngine:
                 f"white={self.WHITE_LEVEL},{self.WHITE_SPREAD}|v{self.VERSION}")
 
     def read(self, image: Image.Image) -> list[Word]:
-        gray = image.convert("L")
+        return max(self.readings(image), key=_evidence)
+
+    def readings(self, image: Image.Image) -> tuple[list[Word], list[Word]]:
+        """The grayscale reading and the white-text mask reading."""
         rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
         white = (rgb.min(axis=2) >= self.WHITE_LEVEL) & (np.ptp(rgb, axis=2) < self.WHITE_SPREAD)
         mask = Image.fromarray(np.where(white, 0, 255).astype(np.uint8))
-        readings = [self._words(gray), self._words(mask)]
-        return max(readings, key=_evidence)
+        return self._words(image.convert("L")), self._words(mask)
 
     def _words(self, image: Image.Image) -> list[Word]:
         pytesseract = self._pytesseract()
