@@ -74,19 +74,17 @@ class InferenceModel:
 def open_model(target: str, overrides: Sequence[str] = ()) -> InferenceModel:
     """A run, export or checkpoint folder; or, when no such folder exists, a recipe naming a
     baseline family (`memecap eval ocr_template --data ...`), with `key=value` overrides."""
-    from memecap.config import ConfigError, load_config
+    from memecap.config import ConfigError, list_recipes, load_config
     from memecap.models import BASELINES, build_model
 
-    if Path(target).exists():
+    is_recipe = not Path(target).exists() and (target in list_recipes() or target.endswith((".yaml", ".yml")))
+    if not is_recipe:
         if overrides:
             raise ConfigError(f"key=value overrides ({' '.join(overrides)}) apply to baseline recipes only, "
                               f"not to the exported model in {target}")
         export = resolve_export(Path(target))
         return InferenceModel(load_model(export, with_encoder=True), exported_generation(export), export)
-    try:
-        cfg = load_config(target, list(overrides))
-    except ConfigError as err:
-        raise FileNotFoundError(f"{target}: no such run or export folder, nor a baseline recipe ({err})") from None
+    cfg = load_config(target, list(overrides))
     if cfg.model.family not in BASELINES:
         raise FileNotFoundError(f"{target}: no such run or export folder; recipe {target!r} must be trained first "
                                 f"(memecap train {target} ...): only {', '.join(sorted(BASELINES))} run untrained")
