@@ -77,12 +77,12 @@ def _caption(args) -> int:
     from memecap.config import GenerationConfig
     from memecap.inference import caption_paths, default_device, find_images, open_model
 
+    loaded = open_model(args.model)  # a wrong --model is reported before the images are looked at
+    generation = _generation_overrides(args)(loaded.generation or GenerationConfig())
     paths = find_images(Path(args.target))
     if not paths:
         print(f"memecap: no images found in {args.target}", file=sys.stderr)
         return 1
-    loaded = open_model(args.model)
-    generation = _generation_overrides(args)(loaded.generation or GenerationConfig())
     captions = caption_paths(loaded.model, paths, generation, device=default_device(), batch_size=args.batch_size,
                              cache_dir=loaded.cache_dir)
     lines = [json.dumps({"image": str(p), "captions": caps}, ensure_ascii=False) for p, caps in zip(paths, captions)]
