@@ -17,7 +17,7 @@ from PIL import Image
 
 from memecap.config import GenerationConfig
 from memecap.generation import with_overrides
-from memecap.inference import caption_paths, default_device, exported_generation, resolve_export
+from memecap.inference import caption_paths, default_device, exported_generation, open_model
 from memecap.models import load_model
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -57,16 +57,14 @@ class Captioner:
         """A local run/export/checkpoint folder, or a Hub repo id (downloaded and cached; its base
         models are fetched by the ids and revisions its config names). `token` defaults to
         HF_TOKEN or the stored Hub login."""
-        local = Path(name_or_path)
-        if local.exists():
-            folder = resolve_export(local)
-        elif HUB_ID.match(str(name_or_path)):
-            folder = download(str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
+        if Path(name_or_path).exists() or not HUB_ID.match(str(name_or_path)):
+            loaded = open_model(str(name_or_path))  # a folder, or a baseline recipe such as ocr_template
+            model, generation = loaded.model, loaded.generation
         else:
-            raise FileNotFoundError(f"{name_or_path}: no exported model here (no such folder, and not a Hub id user/name)")
-        model = load_model(folder, with_encoder=True)
-        generation = exported_generation(folder) or GenerationConfig()
-        return cls(model, generation, device=device, batch_size=batch_size, source=str(name_or_path))
+            folder = download(str(name_or_path), revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint)
+            model, generation = load_model(folder, with_encoder=True), exported_generation(folder)
+        return cls(model, generation or GenerationConfig(), device=device, batch_size=batch_size,
+                   source=str(name_or_path))
 
     def __call__(self, images: Union[ImageLike, Sequence[ImageLike]], *, batch_size: Optional[int] = None,
                  progress: bool = False, **generation) -> Union[str, list[str], list[list[str]]]:

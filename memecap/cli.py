@@ -3,6 +3,7 @@
     memecap train RECIPE_OR_YAML [key=value ...]
     memecap eval RUN_OR_EXPORT --data TABLE [--scoring seed] [--out predictions.jsonl]
     memecap caption IMAGE_OR_FOLDER --model RUN_OR_EXPORT_OR_REPO [--out captions.jsonl] [--num-beams 5]
+    memecap eval ocr_template [key=value ...] --data TABLE      # a baseline recipe: nothing to train
     memecap push RUN_OR_EXPORT --repo user/name [--private]
     memecap report PREDICTIONS --images DIR --out report.html
     memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
@@ -60,16 +61,16 @@ def _generation_overrides(args):
 
 
 def _eval(args) -> int:
-    from memecap.evaluation import format_metrics_table
-    from memecap.inference import evaluate_export, exported_generation, resolve_export
     from memecap.config import GenerationConfig
+    from memecap.evaluation import format_metrics_table
+    from memecap.inference import evaluate_model, open_model
 
-    export = resolve_export(args.model)
-    generation = _generation_overrides(args)(exported_generation(export) or GenerationConfig())
-    metrics, path = evaluate_export(export, args.data, out_path=args.out, scoring=args.scoring,
-                                    generation=generation, max_rows=args.max_rows, image_dir=args.image_dir,
-                                    on_bad_row=args.on_bad_row, batch_size=args.batch_size)
-    print(format_metrics_table(metrics, title=f"{export} on {args.data} ({args.scoring} scoring)"))
+    loaded = open_model(args.model, args.overrides)
+    generation = _generation_overrides(args)(loaded.generation or GenerationConfig())
+    metrics, path = evaluate_model(loaded, args.data, out_path=args.out, scoring=args.scoring,
+                                   generation=generation, max_rows=args.max_rows, image_dir=args.image_dir,
+                                   on_bad_row=args.on_bad_row, batch_size=args.batch_size)
+    print(format_metrics_table(metrics, title=f"{loaded.home} on {args.data} ({args.scoring} scoring)"))
     print(f"predictions: {path}")
     return 0
 
@@ -157,15 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=int, choices=[0, 2, 3], default=0, help="DeepSpeed ZeRO stage (0 = off)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO: optimizer states in CPU RAM")
     p.add_argument("--offload-params", action="store_true", help="ZeRO-3: parameters in CPU RAM")
-    p.add_argument("--seq-len", type=int, help="tokens per sample (default: prefix + data.max_caption_tokens)")
+    p.add_argument("--seq-len", type=int, help="tokens per sample (default: prefix + OCR prompt + data.max_caption_tokens)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="activation precision (default: the recipe's)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=_recipes)
 
-    p = sub.add_parser("eval", help="score an exported model (or a run's best) on a table")
-    p.add_argument("model", help="run folder or exported model folder")
+    p = sub.add_parser("eval", help="score an exported model (or a run's best, or a baseline recipe) on a table")
+    p.add_argument("model", help="run folder, exported model folder, or a baseline recipe (ocr_template)")
+    p.add_argument("overrides", nargs="*", help="baseline recipes only: e.g. model.ocr.min_confidence=50")
     p.add_argument("--data", required=True, help="table (.tsv/.csv/.jsonl) or hf:...")
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
     p.add_argument("--out", help="predictions file (JSON Lines)")
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption an image or every image in a folder")
     p.add_argument("target", help="image file or folder")
-    p.add_argument("--model", required=True, help="run, export or checkpoint folder, or a Hub repo id")
+    p.add_argument("--model", required=True, help="run, export or checkpoint folder, a Hub repo id, or a baseline recipe (ocr_template)")
     p.add_argument("--revision", help="Hub revision of --model")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     p.add_argument("--out", help="append JSON Lines here (resumable: images already in it are skipped)")
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # FileNotFoundError includes OcrUnavailable
         print(f"memecap: {err}", file=sys.stderr)
         return 2
 

@@ -137,12 +137,41 @@ class TinyConfig:
 
 
 @dataclass
+class OcrConfig:
+    """Reading the meme's own text and showing it to the decoder (ClipCap) or quoting it (ocr_template)."""
+
+    enabled: bool = False  # condition the decoder: image prefix, then the OCR text as prompt tokens, then the caption
+    engine: str = "tesseract"  # key of memecap.ocr.ENGINES, or a dotted path to an engine class
+    languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
+    min_confidence: float = 60.0  # words read with a lower confidence (0-100) are dropped
+    max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
+    template: str = "Текст на картинке: {text}\nОписание: "  # the prompt around the text; the caption follows
+    workers: Optional[int] = None  # OCR processes; null: one per CPU core
+
+    def __post_init__(self) -> None:
+        if self.template.count("{text}") != 1:
+            raise ConfigError("model.ocr.template must contain {text} exactly once")
+        if "\n" not in self.template.split("{text}")[1]:
+            # Cleaned OCR text has no line breaks, so a break after it marks where the text ends.
+            raise ConfigError("model.ocr.template needs a line break after {text}: it separates the text from the caption")
+        if not 0 <= self.min_confidence <= 100:
+            raise ConfigError("model.ocr.min_confidence must be between 0 and 100")
+        if self.max_tokens < 1:
+            raise ConfigError("model.ocr.max_tokens must be >= 1")
+        if not self.languages:
+            raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("model.ocr.workers must be >= 1 or null")
+
+
+@dataclass
 class ModelConfig:
-    family: str = "clipcap"  # key of memecap.models.MODELS
+    family: str = "clipcap"  # key of memecap.models.MODELS (clipcap; ocr_template: a baseline with nothing to train)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     mapper: MapperConfig = field(default_factory=MapperConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
 
 
 @dataclass
@@ -205,7 +234,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # optimizer steps between evaluations (null: each epoch's end)
     save_every: Optional[int] = None  # optimizer steps between checkpoints (null: each evaluation)
     keep_checkpoints: int = 2  # newest step checkpoints kept (the best is kept apart)
-    best_metric: str = "bleu4"  # chooses the best checkpoint
+    best_metric: str = "bleu4"  # chooses the best checkpoint (val_loss and quote: lower is better)
     early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
     resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
     trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
@@ -223,13 +252,13 @@ class TrainConfig:
             raise ConfigError(f"train.hub_repo={self.hub_repo!r}: expected user/name")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
-        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "val_loss"):
-            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor or val_loss")
+        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote", "val_loss"):
+            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, quote or val_loss")
 
 
 @dataclass
 class CacheConfig:
-    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings, keyed by weights, image and transform
+    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (and OCR results, in ocr/), keyed by what made them
     enabled: bool = True
 
 
@@ -246,6 +275,9 @@ class Config:
     def __post_init__(self) -> None:
         if not self.data.train:
             return  # a config used only for inference needs no data
+        if self.model.family == "ocr_template":
+            raise ConfigError("model.family=ocr_template is a baseline with nothing to train; "
+                              "score it with: memecap eval ocr_template --data TABLE")
         if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
             raise ConfigError("data.train and data.val must both be 'synthetic' or both be real tables")
         if not self.data.val:

@@ -1,4 +1,7 @@
-"""Caption metrics (BLEU-1..4, METEOR), the best-constant-caption baseline, predictions files.
+"""Caption metrics (BLEU-1..4, METEOR, quote), the best-constant-caption baseline, predictions files.
+
+`quote` (memecap/metrics/quote.py) is the mean character error rate of the text a caption quotes
+against the text its reference quotes (lower is better); it is the same in both scorings.
 
 Two scorings:
 
@@ -28,6 +31,7 @@ from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
 from memecap.metrics.bleu import bleu_from_stats, closest_length, corpus_bleu, max_reference_counts, ngram_counts
 from memecap.metrics.meteor import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
+from memecap.metrics.quote import mean_quote_cer
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
 METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")
@@ -71,18 +75,22 @@ def _reference_tokens(references: list[list[str]], scoring: str) -> list[list[li
 
 
 def compute_metrics(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> dict[str, float]:
-    """BLEU-1..4 (corpus) and METEOR (mean of sentences) of `predictions`, each in [0, 1]."""
+    """BLEU-1..4 (corpus) and METEOR (mean of sentences) of `predictions`, each in [0, 1] (higher is
+    better), and `quote`, the mean capped CER of the quoted text, in [0, 1] (lower is better)."""
     _check_inputs(predictions, references, scoring)
+    # The quote metric reads the raw captions, not word tokens; the scorings differ only in BLEU/METEOR.
+    quote = {"quote": float(mean_quote_cer(predictions, references)[0])}
     if scoring == "memecap":
         bleu = _metric("bleu").compute(predictions=predictions, references=references, max_order=4)
         meteor = _metric("meteor").compute(predictions=predictions, references=references)
-        return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)}, "meteor": float(meteor["meteor"])}
+        return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)}, "meteor": float(meteor["meteor"]),
+                **quote}
     hyps, refs = [tokenize_nltk(p) for p in predictions], _reference_tokens(references, scoring)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NLTK warns once per order without a match
         bleus = nltk_corpus_bleu(refs, hyps, weights=[(1.0,), (1 / 2,) * 2, (1 / 3,) * 3, (1 / 4,) * 4])
     meteor = mean_meteor(hyps, refs, stemmer=_PORTER)
-    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor)}
+    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor), **quote}
 
 
 def example_scores(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> list[dict]:

@@ -1,10 +1,13 @@
-"""Captioning and scoring with an exported model (the `best/` or `final/` folder of a run)."""
+"""Captioning and scoring with an exported model (the `best/` or `final/` folder of a run), or
+with a baseline recipe that needs no training (`ocr_template`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from memecap.checkpoint import STATE_FILE
@@ -64,6 +67,38 @@ def export_checkpoint(checkpoint: Path) -> Path:
     return out
 
 
+@dataclass
+class InferenceModel:
+    """A model ready to caption, where its outputs go by default, and its OCR/feature cache."""
+
+    model: object
+    generation: Optional[GenerationConfig]
+    home: Path  # predictions land here unless --out says otherwise
+    cache_dir: Optional[str] = None
+
+
+def open_model(target: str, overrides: Sequence[str] = ()) -> InferenceModel:
+    """A run, export or checkpoint folder; or, when no such folder exists, a recipe naming a
+    baseline family (`memecap eval ocr_template --data ...`), with `key=value` overrides."""
+    from memecap.config import ConfigError, list_recipes, load_config
+    from memecap.models import BASELINES, build_model
+
+    is_recipe = not Path(target).exists() and (target in list_recipes() or target.endswith((".yaml", ".yml")))
+    if not is_recipe:
+        if overrides:
+            raise ConfigError(f"key=value overrides ({' '.join(overrides)}) apply to baseline recipes only, "
+                              f"not to the exported model in {target}")
+        export = resolve_export(Path(target))
+        return InferenceModel(load_model(export, with_encoder=True), exported_generation(export), export)
+    cfg = load_config(target, list(overrides))
+    if cfg.model.family not in BASELINES:
+        raise FileNotFoundError(f"{target}: no such run or export folder; recipe {target!r} must be trained first "
+                                f"(memecap train {target} ...): only {', '.join(sorted(BASELINES))} run untrained")
+    home = Path(cfg.train.output_dir)
+    return InferenceModel(build_model(cfg.model, work_dir=home), cfg.generation, home,
+                          cfg.cache.dir if cfg.cache.enabled else None)
+
+
 def exported_generation(folder: Path) -> Optional[GenerationConfig]:
     from memecap.config import config_from_dict
 
@@ -81,7 +116,7 @@ def caption_paths(model, paths: Sequence, generation: GenerationConfig, *, devic
     out: list[list[str]] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="captioning", disable=not progress, unit="batch"):
         batch = model.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = send_to_device(batch, device)  # tensors only: a baseline's batch also holds text
         out.extend(model.generate(batch, generation))
     return out
 
@@ -92,16 +127,26 @@ def evaluate_export(export: Path, table: str, *, out_path: Optional[Path] = None
                     cache_dir: Optional[str] = None, progress: bool = True) -> tuple[dict, Path]:
     """Score an exported model on a table; returns the metrics and the predictions file."""
     export = resolve_export(export)
+    loaded = InferenceModel(load_model(export, with_encoder=True), exported_generation(export), export, cache_dir)
+    return evaluate_model(loaded, table, out_path=out_path, scoring=scoring, generation=generation,
+                          max_rows=max_rows, image_dir=image_dir, on_bad_row=on_bad_row, batch_size=batch_size,
+                          progress=progress)
+
+
+def evaluate_model(loaded: InferenceModel, table: str, *, out_path: Optional[Path] = None, scoring: str = "memecap",
+                   generation: Optional[GenerationConfig] = None, max_rows: Optional[int] = None,
+                   image_dir: Optional[str] = None, on_bad_row: str = "error", batch_size: int = 32,
+                   progress: bool = True) -> tuple[dict, Path]:
+    """Score a model (an export or a baseline) on a table; returns the metrics and the predictions file."""
     examples, _ = load_split(table, image_dir=image_dir, on_bad_row=on_bad_row, max_rows=max_rows,
                              log=print if progress else None)
-    model = load_model(export, with_encoder=True)
-    generation = generation or exported_generation(export) or GenerationConfig()
-    captions = caption_paths(model, [ex.image_path for ex in examples], generation, device=default_device(),
-                             batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    generation = generation or loaded.generation or GenerationConfig()
+    captions = caption_paths(loaded.model, [ex.image_path for ex in examples], generation, device=default_device(),
+                             batch_size=batch_size, cache_dir=loaded.cache_dir, progress=progress)
     rows = [{"uid": ex.uid, "references": list(ex.captions), "prediction": caps[0]}
             for ex, caps in zip(examples, captions)]
     metrics = compute_metrics([r["prediction"] for r in rows], [r["references"] for r in rows], scoring=scoring)
-    out_path = Path(out_path) if out_path else export / f"predictions-{Path(str(table)).stem}.jsonl"
+    out_path = Path(out_path) if out_path else loaded.home / f"predictions-{Path(str(table)).stem}.jsonl"
     write_predictions(out_path, rows)
     return metrics, out_path
 

@@ -132,7 +132,9 @@ def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
     batch = batch_size or cfg.train.batch_size
     prefix = tokens if (cfg.model.encoder.features == "patches" and cfg.model.mapper.type == "mlp") else cfg.model.mapper.prefix_length
-    seq = seq_len or prefix + cfg.data.max_caption_tokens
+    ocr = cfg.model.ocr
+    prompt = ocr.max_tokens + 16 if ocr.enabled else 0  # the OCR text and the template around it (a bound)
+    seq = seq_len or prefix + prompt + cfg.data.max_caption_tokens
 
     plan = Plan()
     shard = processes if zero_stage == 3 else 1

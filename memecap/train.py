@@ -126,10 +126,13 @@ def evaluate(accelerator, model, eval_loader, loss_loader, examples, cfg: Config
     return metrics, rows
 
 
+LOWER_IS_BETTER = ("val_loss", "quote")  # a loss and an error rate
+
+
 def is_better(metric: str, new: float, best: Optional[float]) -> bool:
     if best is None:
         return True
-    return new < best if metric == "val_loss" else new > best
+    return new < best if metric in LOWER_IS_BETTER else new > best
 
 
 def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Optional[dict]) -> None:

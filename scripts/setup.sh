@@ -4,6 +4,7 @@
 #   bash scripts/setup.sh            # then: .venv/bin/memecap train demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_packages.sh  # Tesseract + Russian data (OCR), DejaVu font, Chromium (report test)
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
@@ -13,6 +14,4 @@ PYTHON=${PYTHON:-python3}
 # numerically. Its own pins (transformers 4.10, torchvision, ...) cannot install on this stack,
 # and its model file needs none of them.
 .venv/bin/python -m pip install -q --no-deps "ruclip==0.0.2"
-# Debian packages for the tests (headless Chromium for the HTML report), where we may install them.
-bash scripts/system_packages.sh
 echo "memecap installed in .venv"

@@ -1,21 +1,44 @@
 #!/usr/bin/env bash
-# Debian packages memecap's tests need beside Python: headless Chromium renders the HTML report
-# (tests/test_report.py). Installs what is missing when run as root or with sudo; otherwise it
-# prints the command and carries on (everything else works without them).
+# Debian packages memecap uses beside Python: Tesseract with Russian (and English) data for OCR,
+# the DejaVu font (Cyrillic glyphs, for OCR test images and the rendered report), and headless
+# Chromium, which the tests render the HTML report with. Installs what is missing with apt-get
+# when it can (root, or sudo without a password); otherwise prints the command and carries on:
+# memecap itself runs without them; only OCR (model.ocr.enabled, ocr_template) and the tests need them.
+#   bash scripts/system_packages.sh        # setup.sh runs it
 set -uo pipefail
 
 missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-# Cyrillic glyphs for the rendered report
-{ command -v fc-list >/dev/null && fc-list | grep -qi dejavu; } || missing+=(fonts-dejavu-core)
-[ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
-else
-  echo "memecap: please install the Debian packages: sudo apt-get install -y ${missing[*]}" >&2
-  exit 0
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx rus; then
+    missing+=(tesseract-ocr-rus)
 fi
-export DEBIAN_FRONTEND=noninteractive
-# Package lists can be missing or stale on a fresh machine: refresh only when the install fails.
-$SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
-  || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null; } \
-  || echo "memecap: could not install ${missing[*]} with apt-get" >&2
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "system packages: tesseract ($(tesseract --version 2>&1 | head -n1)) with rus, DejaVu font, chromium: present"
+    exit 0
+fi
+
+command="apt-get install -y ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "system packages: no apt-get here; install yourself (Debian names): ${missing[*]}." \
+         "memecap runs without them; OCR and some tests do not." >&2
+    exit 0
+fi
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo="sudo -n"
+else
+    echo "system packages: missing ${missing[*]}; run:  sudo $command" >&2
+    exit 0
+fi
+echo "system packages: installing ${missing[*]}"
+# A failed install must not stop the Python setup: these serve single features and the tests.
+# Package lists can be missing or stale on a fresh machine: refresh them only when needed.
+if ! DEBIAN_FRONTEND=noninteractive $sudo $command -qq >/dev/null 2>&1; then
+    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo $command -qq >/dev/null; }; then
+        echo "system packages: the install failed; run:  sudo $command" >&2
+    fi
+fi
+exit 0

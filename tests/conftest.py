@@ -102,3 +102,18 @@ def tiny_run_config(out_dir: Path, synthetic_data: dict, *overrides: str, recipe
         "optim.warmup_steps=2", "generation.max_new_tokens=12", "train.log_every=1", "eval.samples_to_show=1",
         *tiny, *overrides,
     ])
+
+
+@pytest.fixture(scope="session")
+def text_images(tmp_path_factory) -> dict:
+    """Images with known Cyrillic text (tests/ocr_images.py), a table describing them, and one
+    Tesseract pass over them in the process pool, whose cache the other OCR tests reuse."""
+    from memecap.config import OcrConfig
+    from memecap.ocr import read_texts
+    from tests.ocr_images import make_text_images
+
+    root = tmp_path_factory.mktemp("ocr")
+    paths, table = make_text_images(root)
+    cache = root / "cache"
+    texts = read_texts(paths, OcrConfig(workers=2), cache_dir=cache / "ocr", progress=False)
+    return {"root": root, "paths": paths, "table": table, "texts": texts, "cache": cache}

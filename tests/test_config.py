@@ -15,7 +15,7 @@ def test_required_recipes_ship():
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_every_recipe_loads(recipe):
     cfg = load_config(recipe)
-    assert cfg.model.family == "clipcap"
+    assert cfg.model.family == ("ocr_template" if recipe == "ocr_template" else "clipcap")
     assert cfg.train.output_dir
 
 
@@ -50,6 +50,12 @@ def test_overrides_are_typed_and_nested():
     ("generation.strategy=beam_search", "generation.strategy"),
     ("notasection.x=1", "notasection"),
     ("train.epochs", "key=value"),
+    ("model.ocr.enable=true", "model.ocr.enable"),
+    ("model.ocr.template=no_slot", "model.ocr.template"),
+    ("model.ocr.template='{text} Описание:'", "model.ocr.template"),
+    ("model.ocr.min_confidence=150", "model.ocr.min_confidence"),
+    ("model.ocr.max_tokens=0", "model.ocr.max_tokens"),
+    ("model.ocr.languages=[]", "model.ocr.languages"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

@@ -103,7 +103,8 @@ def test_perfect_match_and_no_overlap():
     perfect = compute_metrics(["На фото кот спит на диване", "Подпись: когда пятница"], refs)
     assert all(perfect[b] == pytest.approx(1.0) for b in BLEUS)
     nothing = compute_metrics(["собака лает", "птица поёт"], refs)
-    assert nothing == {"bleu1": 0.0, "bleu2": 0.0, "bleu3": 0.0, "bleu4": 0.0, "meteor": 0.0}
+    # quote: no reference quotes anything, so nothing can be misquoted.
+    assert nothing == {"bleu1": 0.0, "bleu2": 0.0, "bleu3": 0.0, "bleu4": 0.0, "meteor": 0.0, "quote": 0.0}
 
 
 def test_multiple_references_memecap_uses_all_seed_only_the_first():
@@ -238,7 +239,7 @@ def test_best_constant_caption_is_fast_and_subsamples():
     start = time.perf_counter()
     caption, metrics = best_constant_caption(train, refs, max_candidates=200)
     assert time.perf_counter() - start < 10
-    assert caption in train and set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor"}
+    assert caption in train and set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote"}
     assert best_constant_caption(train, refs, max_candidates=200)[0] == caption  # deterministic
 
 

@@ -4,6 +4,9 @@ Every model the loop trains offers: `forward(batch) -> {"loss", "num_tokens"}` (
 `generate(batch, generation) -> list[list[str]]`, `trainable_parameters()`, `collate(items)`,
 `image_inputs(paths, ...)`, `encode_caption(text, max_tokens)`, `save_pretrained(dir)` and the
 family's `from_pretrained(dir)`. The loop never asks which family it has.
+
+`BASELINES` are families with nothing to train (`trainable_parameters()` is empty): they are
+scored with `memecap eval <recipe> --data TABLE`, never trained.
 """
 from __future__ import annotations
 
@@ -13,14 +16,16 @@ from typing import Sequence
 from memecap.config import ModelConfig
 from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_bases
 from memecap.models.export import read_export_config
+from memecap.models.ocr_template import OcrTemplate, build_ocr_template
 
 
 def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
     return build_clipcap(materialize_tiny_bases(cfg, work_dir, train_texts))
 
 
-MODELS = {"clipcap": _build_clipcap}
-LOADERS = {"clipcap": ClipCap.from_pretrained}
+MODELS = {"clipcap": _build_clipcap, "ocr_template": build_ocr_template}
+LOADERS = {"clipcap": ClipCap.from_pretrained, "ocr_template": OcrTemplate.from_pretrained}
+BASELINES = {"ocr_template"}
 
 
 def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):

@@ -3,6 +3,10 @@
 The decoder is frozen, fully trained, or adapted with LoRA. When the encoder is frozen (the
 usual case) it is not part of the trained module at all: its embeddings come from the feature
 cache, so it costs no GPU memory during training and runs once per image.
+
+With `model.ocr.enabled` the decoder also reads the meme's text: after the image prefix come
+the OCR text's tokens inside `model.ocr.template` (cut to `model.ocr.max_tokens`, the line break
+that ends it always kept), then the caption. Only the caption's tokens are scored.
 """
 from __future__ import annotations
 
@@ -130,6 +134,29 @@ class LazyPixels:
         return self.transform(read_image(self.sources[i]))
 
 
+class PromptedImages:
+    """Per image: what the encoder gives (features or lazy pixels) and the token ids of its OCR
+    prompt. Items are dicts, so the prompt travels with its image through any dataset."""
+
+    def __init__(self, images, prompt_ids: list[list[int]], texts: list[str]):
+        self.images, self.prompt_ids, self.texts = images, prompt_ids, texts
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "prompt_ids": self.prompt_ids[i]}
+
+
+def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's padding (mask 0, at its right end) to its left end: generation continues
+    from the last position of every row, which must be the row's last real token."""
+    length = mask.shape[1]
+    shift = length - mask.sum(dim=1, keepdim=True)
+    index = (torch.arange(length, device=mask.device)[None] - shift) % length
+    return embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1])), mask.gather(1, index)
+
+
 class ClipCap(nn.Module):
     def __init__(self, cfg: ModelConfig, mapper: nn.Module, decoder: nn.Module, tokenizer,
                  encoder: Optional[nn.Module], image_dim: int, transform: ImageTransform,
@@ -160,10 +187,28 @@ class ClipCap(nn.Module):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[: max_tokens - 1] + [self.eos_id]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of the OCR prompt: the template around the text, the text cut to `max_tokens`.
+        The template's parts are tokenised apart, so a cut never removes the separator."""
+        before, after = self.cfg.ocr.template.split("{text}")
+        text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.cfg.ocr.max_tokens]
+        return (self.tokenizer(before, add_special_tokens=False)["input_ids"] + text_ids
+                + self.tokenizer(after, add_special_tokens=False)["input_ids"])
+
     def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "encoding images"):
         """What the model reads per image (a path or a PIL image): cached embeddings for a frozen
-        encoder, lazy pixels otherwise."""
+        encoder, lazy pixels otherwise; with OCR conditioning, each with the token ids of its OCR prompt."""
+        images = self._visual_inputs(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
+        if not self.cfg.ocr.enabled:
+            return images
+        from memecap.ocr import read_texts
+
+        texts = read_texts(paths, self.cfg.ocr, cache_dir=Path(cache_dir) / "ocr" if cache_dir else None,
+                           progress=progress, desc=f"{desc}: OCR")
+        return PromptedImages(images, [self.encode_prompt(t) for t in texts], texts)
+
+    def _visual_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str):
         if self.cfg.encoder.trainable:
             return LazyPixels(paths, self.transform)
         encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
@@ -179,21 +224,34 @@ class ClipCap(nn.Module):
         return feats
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {"image": torch.stack([it["image"] for it in items])}
+        images = [it["image"] for it in items]
+        prompts = None
+        if isinstance(images[0], dict):  # OCR conditioning: PromptedImages items
+            prompts = [im["prompt_ids"] for im in images]
+            images = [im["image"] for im in images]
+        batch = {"image": torch.stack(images)}
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items])
         if "input_ids" in items[0]:
-            width = max(len(it["input_ids"]) for it in items)
-            ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-            labels = torch.full((len(items), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(items), width), dtype=torch.long)
-            for row, it in enumerate(items):
-                n = len(it["input_ids"])
-                ids[row, :n] = torch.tensor(it["input_ids"])
-                labels[row, :n] = ids[row, :n]  # padding stays -100, whatever its id
-                mask[row, :n] = 1
-            batch.update(input_ids=ids, labels=labels, attention_mask=mask)
+            # The decoder reads prompt + caption; only the caption is scored.
+            prompts = prompts or [[] for _ in items]
+            ids, mask = self._pad_right([p + it["input_ids"] for p, it in zip(prompts, items)])
+            labels = torch.full_like(ids, -100)
+            for row, (p, it) in enumerate(zip(prompts, items)):
+                labels[row, len(p):len(p) + len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            batch.update(input_ids=ids, labels=labels, attention_mask=mask)  # padding stays -100, whatever its id
+        elif prompts is not None:
+            batch["prompt_ids"], batch["prompt_mask"] = self._pad_right(prompts)
         return batch
+
+    def _pad_right(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, r in enumerate(rows):
+            ids[row, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[row, :len(r)] = 1
+        return ids, mask
 
     # -- model ------------------------------------------------------------------------------
     def prefix(self, image: torch.Tensor) -> torch.Tensor:
@@ -209,7 +267,8 @@ class ClipCap(nn.Module):
         return self.loss(batch)
 
     def loss(self, batch: dict) -> dict:
-        """Cross-entropy of the caption tokens given the image prefix, averaged over caption tokens."""
+        """Cross-entropy of the caption tokens given the image prefix (and the OCR prompt, which is
+        part of `input_ids` with label -100), averaged over caption tokens."""
         prefix = self.prefix(batch["image"])
         embed = self.decoder.get_input_embeddings()
         tokens = embed(batch["input_ids"])
@@ -228,10 +287,13 @@ class ClipCap(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
         """`num_return_sequences` captions for each image of the batch."""
-        prefix = self.prefix(batch["image"])
-        dtype = self.decoder.get_input_embeddings().weight.dtype
-        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        ids = self.decoder.generate(inputs_embeds=prefix.to(dtype), attention_mask=mask, synced_gpus=synced_gpus,
+        embed = self.decoder.get_input_embeddings()
+        inputs = self.prefix(batch["image"]).to(embed.weight.dtype)
+        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        if "prompt_ids" in batch:  # OCR conditioning: the prompt follows the image prefix
+            inputs = torch.cat([inputs, embed(batch["prompt_ids"]).to(inputs.dtype)], dim=1)
+            inputs, mask = pad_left(inputs, torch.cat([mask, batch["prompt_mask"].to(mask.dtype)], dim=1))
+        ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus,
                                     **hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id))
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         k = generation.num_return_sequences

@@ -1,0 +1,90 @@
+"""Reading the text of many images: cached, in a pool of processes, with a progress bar."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from memecap.config import OcrConfig
+from memecap.features import file_digest
+from memecap.ocr.cache import OcrCache
+from memecap.ocr.cleaning import clean_text
+from memecap.ocr.engines import Word, build_engine, limit_engine_threads
+
+_ENGINES: dict = {}  # per process: an engine is built once, not once per image
+
+
+def _read_one(engine_name: str, languages: tuple, source) -> list[Word]:
+    """Words of one image: a file path, or a PIL image handed in through the Python API."""
+    from memecap.data.images import read_image
+
+    key = (engine_name, languages)
+    if key not in _ENGINES:
+        _ENGINES[key] = build_engine(engine_name, list(languages))
+    try:
+        return list(_ENGINES[key].read(read_image(source)))
+    except Exception as err:  # noqa: BLE001 - name the image; the pool would otherwise hide which one
+        name = source if isinstance(source, str) else "an in-memory image"
+        raise RuntimeError(f"OCR failed on {name}: {type(err).__name__}: {err}") from err
+
+
+def _pool_context():
+    """fork on Linux, as torch's DataLoader workers: a worker starts in milliseconds instead of
+    importing torch again (seconds each), and it runs no torch code, so the parent's torch
+    threads cannot hang it. Elsewhere (macOS, Windows) fork is unsafe or absent: spawn."""
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.PathLike] = None,
+               progress: bool = True, desc: str = "reading text") -> tuple[list[list[Word]], Optional[OcrCache]]:
+    """The engine's words for each image (from the cache where present) and the cache used."""
+    engine = build_engine(cfg.engine, list(cfg.languages))
+    engine.check()  # a missing binary or language fails here, in words, before any work
+    cache = OcrCache(cache_dir, engine.signature()) if cache_dir else None
+    # in-memory images (the Python API) have no file to key the cache with: they are read every time
+    digests = [file_digest(p) if cache and not isinstance(p, Image.Image) else None for p in paths]
+    out: list[Optional[list[Word]]] = [cache.get(d) if d else None for d in digests]
+    todo = [i for i, words in enumerate(out) if words is None]
+    workers = min(cfg.workers or _cpu_count(), len(todo))
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
+
+    def done(i: int, words: list[Word]) -> None:
+        out[i] = words
+        if digests[i]:
+            cache.put(digests[i], words)
+        bar.update(1)
+
+    languages = tuple(cfg.languages)
+
+    def source(i: int):
+        return paths[i] if isinstance(paths[i], Image.Image) else str(paths[i])
+
+    if workers <= 1:
+        for i in todo:
+            done(i, _read_one(cfg.engine, languages, source(i)))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=limit_engine_threads) as pool:
+            futures = {pool.submit(_read_one, cfg.engine, languages, source(i)): i for i in todo}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    bar.close()
+    return out, cache
+
+
+def read_texts(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.PathLike] = None,
+               progress: bool = True, desc: str = "reading text") -> list[str]:
+    """The cleaned text written on each image ("" where none was read)."""
+    words, _ = read_words(paths, cfg, cache_dir=cache_dir, progress=progress, desc=desc)
+    return [clean_text(w, cfg.min_confidence) for w in words]
