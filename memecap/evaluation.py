@@ -31,7 +31,7 @@ from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
 from memecap.metrics.bleu import bleu_from_stats, closest_length, corpus_bleu, max_reference_counts, ngram_counts
 from memecap.metrics.meteor import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
-from memecap.metrics.quote import mean_quote_cer
+from memecap.metrics.quote import mean_quote_cer, quote_cer
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
 METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")
@@ -94,7 +94,7 @@ def compute_metrics(predictions: list[str], references: list[list[str]], scoring
 
 
 def example_scores(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> list[dict]:
-    """Per-example sentence BLEU-4 and METEOR, for reading results one meme at a time.
+    """Per-example sentence BLEU-4, METEOR and quote CER, for reading results one meme at a time.
 
     Sentence BLEU-4 is add-one smoothed above unigrams: unsmoothed, almost every single caption
     scores 0 for lacking one matching 4-gram. Corpus BLEU (`compute_metrics`) is not the mean of these.
@@ -106,6 +106,9 @@ def example_scores(predictions: list[str], references: list[list[str]], scoring:
     for hyp, refs in zip((tok(p) for p in predictions), _reference_tokens(references, scoring)):
         bleu = corpus_bleu([hyp], [refs], max_order=4, smooth=True)
         out.append({"bleu4": float(bleu["bleu4"]), "meteor": float(mean_meteor([hyp], [refs], stemmer=stemmer))})
+    for row, prediction, refs in zip(out, predictions, references):
+        quotes = [q for q in (quote_cer(prediction, r) for r in refs) if q is not None]
+        row["quote"] = min(quotes) if quotes else None  # None: no reference quotes any text
     return out
 
 

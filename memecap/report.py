@@ -56,7 +56,8 @@ function apply() {
   });
   let shown = 0;
   for (const el of sorted) {
-    const score = parseFloat(el.dataset[field === 'uid' ? 'bleu4' : field]);
+    // the min-score filter reads BLEU-4 unless another higher-is-better score is the sort key
+    const score = parseFloat(el.dataset[field === 'meteor' ? 'meteor' : 'bleu4']);
     const visible = (isNaN(score) || score >= min) && (!text || el.textContent.toLowerCase().includes(text));
     el.style.display = visible ? '' : 'none';
     shown += visible ? 1 : 0;
@@ -138,11 +139,13 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                    else '<div class="missing">image not found</div>')
         refs = "".join(f'<div class="reference">{escape(r)}</div>' for r in row.get("references") or [])
         alts = "".join(f'<div class="reference">{escape(a)}</div>' for a in row.get("alternatives") or [])
-        score_line = (f'<div class="scores">BLEU-4 <b>{scores["bleu4"]:.3f}</b> · METEOR <b>{scores["meteor"]:.3f}</b></div>'
+        quote = scores.get("quote")
+        score_line = (f'<div class="scores">BLEU-4 <b>{scores["bleu4"]:.3f}</b> · METEOR <b>{scores["meteor"]:.3f}</b>'
+                      + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + "</div>"
                       if scores else "")
         cards.append(
             f'<div class="example" data-uid="{escape(str(row["uid"]))}" data-bleu4="{scores.get("bleu4", "NaN")}" '
-            f'data-meteor="{scores.get("meteor", "NaN")}">{picture}<div>'
+            f'data-meteor="{scores.get("meteor", "NaN")}" data-quote="{"NaN" if quote is None else quote}">{picture}<div>'
             f'<div class="uid">{escape(str(row["uid"]))}</div>'
             f'<div class="label">generated</div><div class="generated">{escape(row["prediction"])}</div>'
             + (f'<div class="label">other candidates</div>{alts}' if alts else "")
@@ -153,11 +156,12 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
         names = list(metrics)
         metrics_html = ('<table class="metrics"><tr>' + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr><tr>"
                         + "".join(f"<td>{metrics[n]:.4f}</td>" for n in names) + "</tr></table>"
-                        f'<div class="sub">corpus BLEU and mean METEOR over {len(rows)} examples ({scoring} scoring); '
-                        "per-example BLEU-4 is add-one smoothed</div>")
+                        f'<div class="sub">corpus BLEU, mean METEOR and mean quote CER (lower is better) over {len(rows)} '
+                        f"examples ({scoring} scoring); per-example BLEU-4 is add-one smoothed</div>")
     charts = training_curves(log_path)
     sort_options = ([("bleu4:desc", "BLEU-4, best first"), ("bleu4:asc", "BLEU-4, worst first"),
-                     ("meteor:desc", "METEOR, best first"), ("meteor:asc", "METEOR, worst first")] if scored else [])
+                     ("meteor:desc", "METEOR, best first"), ("meteor:asc", "METEOR, worst first"),
+                     ("quote:asc", "quote CER, best first"), ("quote:desc", "quote CER, worst first")] if scored else [])
     sort_options.append(("uid:asc", "id"))
     html = f"""<!DOCTYPE html>
 <html lang="ru"><head><meta charset="utf-8"><title>{escape(title)}</title>

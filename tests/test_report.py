@@ -61,6 +61,8 @@ def test_report_html_is_self_contained_and_complete(predictions, tiny_lora_run, 
     assert f"<td>{corpus['bleu4']:.4f}</td>" in html and f"<td>{corpus['meteor']:.4f}</td>" in html
     assert html.count("<svg") == 2 and "train loss" in html and "validation metrics" in html
     assert "жиза" in html and "синее кольцо на картинке" in html  # every reference is shown
+    assert html.count("quote CER <b>") == 1 and "quote CER <b>0.000</b>" in html  # only "red" quotes a text
+    assert f"<td>{corpus['quote']:.4f}</td>" in html
 
 
 def test_report_renders_in_headless_chromium(predictions, tmp_path):
