@@ -174,6 +174,21 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_rud
         torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_autocast_and_a_bf16_base_train(tiny_rudolph, examples, tmp_path):
+    """Mixed precision as Accelerate applies it (autocast), and a half-precision frozen base under LoRA."""
+    model = build(tiny_rudolph, work_dir=tmp_path)
+    batch = make_batch(model, examples)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.trainable_parameters()[:5])
+    lora = build(tiny_rudolph, "rudolph_1.3b", work_dir=tmp_path)  # base_dtype: bfloat16, no autocast
+    assert base_model(lora.rudolph).text_embeddings.weight.dtype == torch.bfloat16
+    out = lora(make_batch(lora, examples))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in lora.trainable_parameters())
+
+
 # -- inputs -----------------------------------------------------------------------------------
 
 def test_long_captions_are_truncated_keeping_the_end_token_or_rejected_with_a_count(tiny_rudolph, examples, tmp_path):
@@ -301,3 +316,25 @@ def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(ov
     gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
     assert loaded.generate(eval_batch(loaded, examples), gen) == model.generate(eval_batch(model, examples), gen)
     assert loaded.cfg.rudolph.name == str(tiny_rudolph["name"])  # the base is named, not copied
+
+
+# -- memecap plan -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [[], ["model.rudolph.mode=subset", "model.rudolph.trainable=[transformer.layers.1]"],
+                                       ["model.rudolph.mode=lora", "model.rudolph.lora.r=4"]])
+def test_plan_counts_exactly_what_the_built_model_trains(overrides, tiny_rudolph, tmp_path):
+    from memecap.plan import plan_memory
+
+    cfg = load_config("rudolph_350m", [*rudolph_overrides(tiny_rudolph), *overrides])
+    built = sum(p.numel() for p in build_model(cfg.model, work_dir=tmp_path).trainable_parameters())
+    assert plan_memory(cfg).trainable == built
+
+
+def test_plan_of_the_real_recipes_needs_no_download():
+    from memecap.plan import GIB, plan_memory
+
+    plan = plan_memory(load_config("rudolph_350m"), mixed_precision="bf16")
+    assert plan.trainable == 353_065_024  # RuDOLPH-350M, from the rudolph package's shape table
+    assert 2 < plan.total() / GIB < 8
+    with pytest.raises(ValueError, match="matches no module"):
+        plan_memory(load_config("rudolph_350m", ["model.rudolph.mode=subset", "model.rudolph.trainable=[layers.99]"]))
