@@ -214,6 +214,26 @@ def test_long_captions_are_truncated_keeping_the_end_token_or_rejected_with_a_co
     assert owners == [0, 1, 1, 2] and all(i[-1] == model.eos_id for i in ids)
 
 
+def test_bases_that_do_not_belong_together_or_are_incomplete_are_refused(tiny_rudolph, tmp_path):
+    import shutil
+
+    from memecap.models.rudolph_tiny import save_tiny_vqgan
+
+    other = save_tiny_vqgan(tmp_path / "other-vqgan", 32, n_embed=32)  # RuDOLPH reads 64 codes
+    with pytest.raises(ValueError, match="has 32 codes but RuDOLPH reads 64"):
+        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.vqgan={other}", work_dir=tmp_path)
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    shutil.copy(Path(tiny_rudolph["name"]) / "config.json", empty)
+    with pytest.raises(FileNotFoundError, match="no 'pytorch_model.bin'"):
+        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
+    (empty / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="set model.rudolph.shape"):
+        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
+    with pytest.raises(ValueError, match="not a RuDOLPH repo the rudolph package knows"):
+        build(tiny_rudolph, "rudolph_350m", "model.rudolph.name=someone/RuDOLPH-9B", work_dir=tmp_path)
+
+
 def test_images_are_letterboxed_not_squashed(tiny_rudolph, tmp_path):
     model = build(tiny_rudolph, work_dir=tmp_path)
     assert model.transform.size == 32  # 4x4 codes from an 8x-downsampling VQGAN
@@ -267,7 +287,7 @@ def test_cached_decoding_equals_full_recomputation(tiny_rudolph, examples, tmp_p
     with torch.no_grad():
         for _ in range(10):
             logits, _ = model.rudolph(out, mask, return_loss=False)
-            scores = logits[:, -1, :model.text_vocab].clone()
+            scores = logits[:, -1, :model.bpe_vocab].clone()
             scores[:, :3] = float("-inf")
             token = torch.where(done, torch.zeros(3, dtype=torch.long), scores.argmax(-1))
             out, done = torch.cat([out, token[:, None]], 1), done | (token == model.eos_id)

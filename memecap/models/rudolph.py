@@ -80,7 +80,8 @@ class RuDolph(nn.Module):
         self.l_len, self.r_len, self.image_len = base.l_text_seq_length, base.r_text_seq_length, base.image_seq_length
         # Text ids: BPE vocabulary, then text special tokens, then one id per left-text position.
         self.text_vocab = base.vocab_size - base.l_text_seq_length - base.text_special_tokens
-        if tokenizer.vocab_size() > self.text_vocab:
+        self.bpe_vocab = tokenizer.vocab_size()  # decoding chooses among these (the published BPE fills text_vocab)
+        if self.bpe_vocab > self.text_vocab:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size()} tokens but this RuDOLPH only "
                              f"{self.text_vocab} text ids: model.rudolph.tokenizer does not belong to model.rudolph.name")
         special = base.text_special_tokens > 0
@@ -182,7 +183,7 @@ class RuDolph(nn.Module):
         start = out.shape[1]
         for _ in range(steps):
             logits, cache = self.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
-            scores = logits[:, -1, :self.text_vocab].float()
+            scores = logits[:, -1, :self.bpe_vocab].float()
             scores[:, [PAD, UNK, BOS]] = float("-inf")  # only words or the end of the caption
             scores = processors(out[:, start - len(self.right_prefix):], scores)
             if generation.strategy == "sample":
