@@ -59,12 +59,12 @@ def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
                  offload_params: bool = False, batch_size: Optional[int] = None,
                  mixed_precision: Optional[str] = None) -> Plan:
     from memecap.models.rudolph import select_trainable
-    from memecap.models.rudolph_weights import build_rudolph
+    from memecap.models.rudolph_weights import rudolph_of_shape
 
     r = cfg.model.rudolph
     p = rudolph_params(cfg)
     with torch.device("meta"):  # shapes only
-        model = build_rudolph(p)
+        model = rudolph_of_shape(p)
     total = sum(t.numel() for t in model.parameters())
     if r.mode == "full":
         trainable = total

@@ -316,7 +316,7 @@ def test_decoding_stops_at_the_end_token(tiny_rudolph, examples, tmp_path):
     (["model.rudolph.mode=lora", "model.rudolph.lora.r=4"], "adapter/adapter_model.safetensors"),
 ])
 def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(overrides, expected_file, tiny_rudolph,
-                                                                            examples, tmp_path):
+                                                                            examples, tmp_path, monkeypatch):
     model = build(tiny_rudolph, "rudolph_350m", *overrides, work_dir=tmp_path)
     with torch.no_grad():  # move every trained part away from its initial value
         for p in model.trainable_parameters():
@@ -332,6 +332,8 @@ def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(ov
     if expected_file == "trained.safetensors":
         assert set(saved) == {n[len("rudolph."):] for n, p in model.named_parameters() if p.requires_grad}
 
+    if expected_file == "model.safetensors":  # every weight is in the export: the base checkpoint is not read
+        monkeypatch.setattr("memecap.models.rudolph.load_rudolph", lambda *a: pytest.fail("base weights loaded"))
     loaded = load_model(out)
     gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
     assert loaded.generate(eval_batch(loaded, examples), gen) == model.generate(eval_batch(model, examples), gen)
@@ -358,3 +360,12 @@ def test_plan_of_the_real_recipes_needs_no_download():
     assert 2 < plan.total() / GIB < 8
     with pytest.raises(ValueError, match="matches no module"):
         plan_memory(load_config("rudolph_350m", ["model.rudolph.mode=subset", "model.rudolph.trainable=[layers.99]"]))
+
+
+def test_tiny_random_names_build_a_tiny_rudolph_in_the_run_folder(examples, tmp_path):
+    cfg = load_config("rudolph_350m", ["model.rudolph.name=tiny-random", "model.rudolph.vqgan=tiny-random",
+                                       "model.rudolph.tokenizer=tiny-random", "model.tiny.image_size=32",
+                                       "model.tiny.gpt_width=32", "model.tiny.gpt_heads=2"])
+    model = build_model(cfg.model, work_dir=tmp_path, train_texts=[c for e in examples for c in e.captions])
+    assert Path(cfg.model.rudolph.name).is_relative_to(tmp_path) and model.image_len == 16
+    assert model(make_batch(model, examples, n=2))["loss"].isfinite()

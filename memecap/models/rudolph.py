@@ -33,7 +33,7 @@ from memecap.data.images import ImageTransform
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
 from memecap.models.rudolph_compat import checkpoint_layers, follow_device
-from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan
+from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 
 CONFIG_FILE = "memecap.yaml"  # the same export conventions as ClipCap, so load_model finds the family
@@ -243,9 +243,10 @@ class RuDolph(nn.Module):
             raise FileNotFoundError(f"{folder} is not a memecap RuDOLPH export: {CONFIG_FILE} is missing")
         meta = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         cfg = config_from_dict({"model": meta["model"]}).model
-        model = build_rudolph(cfg, export=folder, apply_mode=False)
+        whole = (folder / WEIGHTS_FILE).is_file()  # every weight is here: the base checkpoint is not downloaded
+        model = build_rudolph(cfg, export=folder, apply_mode=False, base_weights=not whole)
         base = model.rudolph
-        if (folder / WEIGHTS_FILE).is_file():
+        if whole:
             base.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         elif (folder / SUBSET_FILE).is_file():
             missing, unexpected = base.load_state_dict(load_file(str(folder / SUBSET_FILE)), strict=False)
@@ -308,13 +309,19 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     return get_peft_model(model, peft_cfg)
 
 
-def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode: bool = True) -> RuDolph:
+def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode: bool = True,
+                  base_weights: bool = True) -> RuDolph:
     """Load RuDOLPH, its VQGAN and tokenizer as named in `cfg` (the tokenizer from an export when
-    given), and set what trains."""
+    given), and set what trains. `base_weights=False` builds the shape only, for an export that
+    holds every weight itself."""
     r = cfg.rudolph
     if TINY in (r.name, r.vqgan, r.tokenizer):
         raise ValueError("call materialize_tiny_rudolph() before building a RuDOLPH with tiny-random bases")
-    model, params = load_rudolph(r.name, r.revision, r.shape)
+    if base_weights:
+        model, params = load_rudolph(r.name, r.revision, r.shape)
+    else:
+        params = model_params(r.name, r.shape, r.revision)
+        model = rudolph_of_shape(params)
     vae = load_vqgan(r.vqgan, r.vqgan_revision)
     if vae.num_tokens != params["image_vocab_size"]:
         raise ValueError(f"the VQGAN at {r.vqgan!r} has {vae.num_tokens} codes but RuDOLPH reads "

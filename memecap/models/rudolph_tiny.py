@@ -21,7 +21,7 @@ import torch
 from memecap.config import TinyConfig
 from memecap.models.rudolph_compat import import_rudolph
 from memecap.models.rudolph_weights import (BPE_FILE, MODEL_CONFIG, MODEL_WEIGHTS, VQGAN_CONFIG, VQGAN_WEIGHTS,
-                                            build_rudolph)
+                                            rudolph_of_shape)
 
 
 def save_tiny_tokenizer(folder: Path, texts: Iterable[str], vocab_size: int) -> Path:
@@ -94,7 +94,7 @@ def save_tiny_rudolph(folder: Path, params: dict, seed: int = 0, dtype: Optional
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_rudolph(params)
+        model = rudolph_of_shape(params)
     state = model.state_dict()
     if dtype is not None:  # the published checkpoints are fp16
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

@@ -88,7 +88,7 @@ def model_params(name: str, shape: Optional[str] = None, revision: Optional[str]
     return shape_params(key)
 
 
-def build_rudolph(params: dict) -> torch.nn.Module:
+def rudolph_of_shape(params: dict) -> torch.nn.Module:
     """A random-initialised ruDolphModel (the package's class) of the given shape."""
     return import_rudolph().model.ruDolphModel(device="cpu", **params)
 
@@ -96,7 +96,7 @@ def build_rudolph(params: dict) -> torch.nn.Module:
 def load_rudolph(name: str, revision: Optional[str] = None, shape: Optional[str] = None) -> tuple[torch.nn.Module, dict]:
     """ruDolphModel with the weights at `name` (fp16 checkpoints are widened to fp32), and its shape."""
     params = model_params(name, shape, revision)
-    model = build_rudolph(params)
+    model = rudolph_of_shape(params)
     state = torch.load(resolve_file(name, MODEL_WEIGHTS, revision, "RuDOLPH"), map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - MASK_BUFFERS or unexpected:
