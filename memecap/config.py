@@ -47,12 +47,14 @@ class DataConfig:
     on_bad_row: str = "error"  # error: stop and list every bad row; skip: drop them, count and log each
     max_train_rows: Optional[int] = None  # cap for quick experiments
     max_val_rows: Optional[int] = None  # cap on evaluated examples
-    max_caption_tokens: int = 128  # longer captions are truncated, keeping the end-of-text token
+    max_caption_tokens: int = 128  # caption length cap in tokens, end-of-text token included (a model may allow fewer)
+    long_captions: str = "truncate"  # truncate: cut, keeping the end-of-text token; reject: stop and say how many are too long
     num_workers: int = 0  # DataLoader workers
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         _one_of("data.on_bad_row", self.on_bad_row, ("error", "skip"))
+        _one_of("data.long_captions", self.long_captions, ("truncate", "reject"))
         if self.max_caption_tokens < 2:
             raise ConfigError("data.max_caption_tokens must be >= 2 (one word and the end token)")
 
@@ -134,6 +136,59 @@ class TinyConfig:
     gpt_layers: int = 2
     gpt_heads: int = 4
     vocab_size: int = 512  # BPE vocabulary trained on the training captions
+    rudolph_text_tokens: int = 64  # tiny RuDOLPH: right-text (caption) positions; its image grid is image_size / 8
+
+
+@dataclass
+class RudolphLossWeights:
+    """Weights of RuDOLPH's three cross-entropies; captioning trains on the right text."""
+
+    left_text: float = 0.01  # the (constant) left text before the image
+    image: float = 1.0  # the image's VQGAN codes
+    right_text: float = 7.0  # the caption
+
+
+@dataclass
+class RudolphLoraConfig:
+    r: int = 8  # rank
+    alpha: int = 16  # scaling numerator
+    dropout: float = 0.05  # dropout on the LoRA branch
+    # RuDOLPH's attention (query_key_value, dense) and MLP (dense_h_to_4h, dense_4h_to_h) projections.
+    target_modules: list = field(default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
+
+
+@dataclass
+class RudolphConfig:
+    """RuDOLPH (left text, image as VQGAN codes, right text = the caption), used when model.family=rudolph."""
+
+    name: str = "ai-forever/RUDOLPH-350M"  # Hub id or folder holding pytorch_model.bin; "tiny-random" builds one
+    revision: Optional[str] = None  # Hub revision of the RuDOLPH weights
+    shape: Optional[str] = None  # key of rudolph.model.MODELS (350M_v1, 350M, 1.3B, 2.7B, 2.7B_fbc2); null: from the Hub id or the folder's config.json
+    vqgan: str = "ai-forever/rudalle-utils"  # Hub id or folder with vqgan.gumbelf8-sber.{config.yml,model.ckpt}
+    vqgan_revision: Optional[str] = None
+    tokenizer: str = "ai-forever/rudalle-utils"  # Hub id or folder with the YouTokenToMe bpe.model
+    tokenizer_revision: Optional[str] = None
+    mode: str = "full"  # full: every weight trains | subset: only `trainable` | lora: adapters on `lora.target_modules`
+    trainable: list = field(default_factory=list)  # mode=subset: glob patterns of module or parameter names; each must match
+    lora: RudolphLoraConfig = field(default_factory=RudolphLoraConfig)
+    gradient_checkpointing: bool = False  # recompute each transformer layer in backward
+    base_dtype: str = "float32"  # mode=lora: dtype of the frozen base weights (bfloat16 halves their memory)
+    loss_weights: RudolphLossWeights = field(default_factory=RudolphLossWeights)
+
+    def __post_init__(self) -> None:
+        _one_of("model.rudolph.mode", self.mode, ("full", "subset", "lora"))
+        _one_of("model.rudolph.base_dtype", self.base_dtype, ("float32", "bfloat16", "float16"))
+        if self.mode == "subset" and not self.trainable:
+            raise ConfigError("model.rudolph.mode=subset needs model.rudolph.trainable: module name patterns, "
+                              "e.g. [transformer.layers.23, to_logits]")
+        if self.mode != "subset" and self.trainable:
+            raise ConfigError("model.rudolph.trainable is only read with model.rudolph.mode=subset")
+        if self.base_dtype != "float32" and self.mode != "lora":
+            raise ConfigError("model.rudolph.base_dtype applies to the frozen base of mode=lora; "
+                              "trained weights stay float32 (use train.mixed_precision for half-precision compute)")
+        w = self.loss_weights
+        if min(w.left_text, w.image, w.right_text) < 0 or w.left_text + w.image + w.right_text <= 0:
+            raise ConfigError("model.rudolph.loss_weights must be >= 0 with a positive sum")
 
 
 @dataclass
@@ -166,10 +221,11 @@ class OcrConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "clipcap"  # key of memecap.models.MODELS (clipcap; ocr_template: a baseline with nothing to train)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | rudolph | ocr_template (a baseline, nothing to train)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's image encoder; rudolph reads resize_mode
     mapper: MapperConfig = field(default_factory=MapperConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    rudolph: RudolphConfig = field(default_factory=RudolphConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
 
@@ -278,6 +334,9 @@ class Config:
         if self.model.family == "ocr_template":
             raise ConfigError("model.family=ocr_template is a baseline with nothing to train; "
                               "score it with: memecap eval ocr_template --data TABLE")
+        if self.model.family == "rudolph" and self.generation.strategy == "beam":
+            raise ConfigError("generation.strategy=beam: RuDOLPH decodes with greedy or sample (top-k/top-p); "
+                              "set generation.strategy=greedy or sample")
         if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
             raise ConfigError("data.train and data.val must both be 'synthetic' or both be real tables")
         if not self.data.val:

@@ -38,3 +38,26 @@ def hf_generate_kwargs(cfg: GenerationConfig, *, eos_token_id: int, pad_token_id
         kwargs.update(do_sample=True, num_beams=1, top_k=cfg.top_k or None, top_p=cfg.top_p,
                       temperature=cfg.temperature)
     return kwargs
+
+
+def logits_processors(cfg: GenerationConfig):
+    """The score adjustments of `cfg` for a hand-written decoding loop (RuDOLPH's), as transformers'
+    own processors, so both families share one meaning of each setting. Sampling settings apply
+    only with strategy=sample."""
+    from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
+                                                        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    processors = LogitsProcessorList()
+    if cfg.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    if cfg.no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
+    if cfg.strategy == "sample":
+        if cfg.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k:
+            processors.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p < 1.0:
+            processors.append(TopPLogitsWarper(cfg.top_p))
+    return processors

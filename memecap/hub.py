@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from memecap.model_card import model_card
-from memecap.models.export import BUNDLED_DIR, CONFIG_FILE, export_files
+from memecap.models.export import BUNDLED_DIR, CONFIG_FILE, export_files, set_base
 
 EVALUATION_FILE = "eval.json"  # written beside an export by the training loop; read for the card
 
@@ -46,7 +46,6 @@ def stage_export(export: Path, staging: Path, *, repo_id: str, license: str, dat
     for name in export_files(export)[1:]:
         _place(export / name, staging / name)
     for role, base in (meta.get("bases") or {}).items():
-        section = meta["model"][base["section"]]
         if Path(str(base["name"])).is_dir():
             if not base["needed_to_load"]:
                 continue
@@ -56,10 +55,10 @@ def stage_export(export: Path, staging: Path, *, repo_id: str, license: str, dat
                 "it is not on the Hub")
             for path in sorted(p for p in source.rglob("*") if p.is_file()):
                 _place(path, staging / BUNDLED_DIR / role / path.relative_to(source))
-            base["name"] = section["name"] = f"{BUNDLED_DIR}/{role}"
+            set_base(meta, base, name=f"{BUNDLED_DIR}/{role}")
         elif base.get("revision") is None and api is not None:
             try:
-                base["revision"] = section["revision"] = api.model_info(base["name"]).sha
+                set_base(meta, base, revision=api.model_info(base["name"]).sha)
                 log(f"pinned {base['name']} to revision {base['revision']}")
             except Exception as err:  # noqa: BLE001 - pinning is a courtesy; the push itself still works
                 log(f"warning: could not pin a revision of {base['name']} ({type(err).__name__}); "

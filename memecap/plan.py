@@ -119,6 +119,11 @@ def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, c
 def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
                 offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                 mixed_precision: Optional[str] = None) -> Plan:
+    if cfg.model.family == "rudolph":
+        from memecap.plan_rudolph import plan_rudolph
+
+        return plan_rudolph(cfg, processes=processes, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
+                            offload_params=offload_params, batch_size=batch_size, mixed_precision=mixed_precision)
     dec = cfg.model.decoder
     config = decoder_config(dec.name, cfg)
     with torch.device("meta"):  # shapes only: nothing is allocated or downloaded

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from memecap.checkpoint import TrainState, find_resume_point, load_checkpoint, save_checkpoint
 from memecap.config import Config, ConfigError, load_config, save_config, to_dict, to_yaml
+from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
 from memecap.generation import with_overrides
@@ -208,15 +209,12 @@ def main(cfg: Config) -> dict:
         val_images = model.image_inputs([ex.image_path for ex in val_examples], cache_dir=cache_dir,
                                         device=accelerator.device, progress=show, desc="val images")
 
-    def caption_set(examples, images):
-        ids, owners = [], []
-        for i, ex in enumerate(examples):
-            for caption in ex.captions:
-                ids.append(model.encode_caption(caption, cfg.data.max_caption_tokens))
-                owners.append(i)
+    def caption_set(examples, images, split):
+        ids, owners = encode_captions(model, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
         return CaptionTrainSet(images, ids, owners)
 
-    train_set, val_loss_set = caption_set(train_examples, train_images), caption_set(val_examples, val_images)
+    train_set = caption_set(train_examples, train_images, "train")
+    val_loss_set = caption_set(val_examples, val_images, "validation")
 
     def loader(dataset, batch_size, shuffle):
         # A private generator: creating an iterator then draws from it, not from the global RNG

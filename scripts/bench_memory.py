@@ -2,6 +2,15 @@
 
     .venv/bin/python scripts/bench_memory.py --decoder small            # CPU: peak RSS
     .venv/bin/python scripts/bench_memory.py --decoder large --batch-size 8 --caption-tokens 128   # on a GPU
+    .venv/bin/python scripts/bench_memory.py --rudolph small --steps 4   # RuDOLPH, 350M's sequence, reduced depth/width
+    .venv/bin/python scripts/bench_memory.py --rudolph 350M_v1 --modes "full fine-tune" "full + 8-bit AdamW"   # on a GPU
+    .venv/bin/python scripts/bench_memory.py --rudolph 2.7B --batch-size 1 --modes "LoRA, bf16 base" "full + ZeRO-3 offload"
+
+With --rudolph SHAPE the model is a random-initialised RuDOLPH of that shape (a key of the
+rudolph package's MODELS table, or `small`), saved fp16 in the published layout beside a tiny
+random VQGAN with the real 8192 codes (it only runs once per image: codes are cached) and a BPE
+fit on the synthetic captions; every sample fills the whole fixed-length sequence, so caption
+length does not matter. Modes are RUDOLPH_MODES.
 
 Each mode is one `memecap.train` run in its own process (DeepSpeed modes under `accelerate
 launch` with the shipped ZeRO configs) on a random-initialised decoder of ruGPT-3's real shape
@@ -35,6 +44,16 @@ MODES = {  # name -> (overrides, accelerate config or None)
     "full + ZeRO-3 offload": (["model.decoder.mode=full"], "deepspeed_zero3_offload.yaml"),
 }
 
+RUDOLPH_MODES = {  # name -> (overrides, accelerate config or None)
+    "full fine-tune": (["model.rudolph.mode=full", "optim.name=torch.optim.AdamW"], None),
+    "full + 8-bit AdamW": (["model.rudolph.mode=full", "optim.name=bitsandbytes.optim.AdamW8bit"], None),
+    "LoRA, fp32 base": (["model.rudolph.mode=lora", "optim.name=torch.optim.AdamW"], None),
+    "LoRA, bf16 base": (["model.rudolph.mode=lora", "model.rudolph.base_dtype=bfloat16", "optim.name=torch.optim.AdamW"], None),
+    "full + ZeRO-3 offload": (["model.rudolph.mode=full", "optim.name=torch.optim.AdamW"], "deepspeed_zero3_offload.yaml"),
+}
+# RuDOLPH-350M's sequence and vocabularies (64 + 16x16 + 64 tokens) at a depth and width a CPU trains.
+RUDOLPH_SMALL = dict(num_layers=4, hidden_size=256, num_attention_heads=4)
+
 CHILD = r"""
 import json, resource, sys, torch
 from memecap import train
@@ -65,7 +84,24 @@ def make_decoder(folder: Path, shape: str, texts: list[str]) -> None:
     tok.save_pretrained(folder)
 
 
-def run_mode(overrides, accel_config, base: list[str], out: Path) -> dict:
+def make_rudolph(folder: Path, shape: str, texts: list[str]) -> list[str]:
+    """Random RuDOLPH of `shape` + tiny VQGAN + BPE in the published layouts; returns the overrides naming them."""
+    import torch
+
+    from memecap.models.rudolph_tiny import save_tiny_rudolph, save_tiny_tokenizer, save_tiny_vqgan
+    from memecap.models.rudolph_weights import shape_params
+
+    params = shape_params("350M_v1" if shape == "small" else shape)
+    if shape == "small":
+        params.update(RUDOLPH_SMALL)
+    utils = folder / "rudalle-utils"
+    save_tiny_tokenizer(utils, texts, 1000)
+    save_tiny_vqgan(utils, params["image_tokens_per_dim"] * 8, params["image_vocab_size"])
+    save_tiny_rudolph(folder / "rudolph", params, dtype=torch.float16)
+    return [f"model.rudolph.name={folder / 'rudolph'}", f"model.rudolph.vqgan={utils}", f"model.rudolph.tokenizer={utils}"]
+
+
+def run_mode(overrides, accel_config, base: list[str], out: Path, recipe: str = "demo") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     script = out.parent / "child.py"
     script.write_text(CHILD)
@@ -74,7 +110,7 @@ def run_mode(overrides, accel_config, base: list[str], out: Path) -> dict:
         env.pop("ACCELERATE_USE_CPU", None)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs" / accel_config), "--num_processes", "1", str(script)]
-    proc = subprocess.run(cmd + ["demo", *base, *overrides, f"train.output_dir={out}"], cwd=REPO, env=env,
+    proc = subprocess.run(cmd + [recipe, *base, *overrides, f"train.output_dir={out}"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
@@ -90,8 +126,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--caption-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--modes", nargs="*", default=list(MODES), help="subset of mode names")
+    parser.add_argument("--rudolph", help="benchmark RuDOLPH of this shape (350M_v1, 1.3B, 2.7B, ... or small)")
+    parser.add_argument("--modes", nargs="*", help="subset of mode names")
     args = parser.parse_args()
+    modes = RUDOLPH_MODES if args.rudolph else MODES
+    args.modes = args.modes or list(modes)
 
     from memecap.config import load_config
     from memecap.data.synthetic import make_synthetic_dataset
@@ -107,20 +146,26 @@ def main() -> None:
                                                         (line.split("\t", 1) for line in lines[1:])]) + "\n",
                              encoding="utf-8")
         texts = [line.split("\t", 1)[1] for line in tables["train"].read_text(encoding="utf-8").splitlines()[1:]]
-        make_decoder(tmp / "decoder", args.decoder, texts)
-        long = args.caption_tokens
-        base = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"model.decoder.name={tmp / 'decoder'}",
-                "model.encoder.trainable=false", "model.encoder.features=pooled", "model.mapper.prefix_length=10",
-                f"data.max_caption_tokens={long}", f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}",
-                "train.log_every=1", "train.trackers=[]", "train.progress_bar=false", "eval.compare_constant=false",
-                "train.save_every=1000000", "generation.max_new_tokens=2", f"cache.dir={tmp / 'cache'}"]
+        common = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"train.batch_size={args.batch_size}",
+                  f"train.max_steps={args.steps}", "train.grad_accum=1", "train.log_every=1", "train.trackers=[]",
+                  "train.progress_bar=false", "eval.compare_constant=false", "train.save_every=1000000",
+                  "generation.max_new_tokens=2", f"cache.dir={tmp / 'cache'}"]
+        if args.rudolph:
+            recipe, ckpt_key = "rudolph_350m", "model.rudolph.gradient_checkpointing"
+            base = [*common, *make_rudolph(tmp / "rudolph", args.rudolph, texts)]
+        else:
+            recipe, ckpt_key = "demo", "model.decoder.gradient_checkpointing"
+            make_decoder(tmp / "decoder", args.decoder, texts)
+            base = [*common, f"model.decoder.name={tmp / 'decoder'}", "model.encoder.trainable=false",
+                    "model.encoder.features=pooled", "model.mapper.prefix_length=10",
+                    f"data.max_caption_tokens={args.caption_tokens}"]
         print(f"| mode | checkpointing | peak | plan | step | samples/s |\n| --- | --- | --- | --- | --- | --- |")
         for name in args.modes:
-            overrides, accel = MODES[name]
+            overrides, accel = modes[name]
             for ckpt in (False, True):
-                extra = [*overrides, f"model.decoder.gradient_checkpointing={str(ckpt).lower()}"]
-                result = run_mode(extra, accel, base, tmp / f"run-{len(os.listdir(tmp))}")
-                cfg = load_config("demo", base + extra)
+                extra = [*overrides, f"{ckpt_key}={str(ckpt).lower()}"]
+                result = run_mode(extra, accel, base, tmp / f"run-{len(os.listdir(tmp))}", recipe)
+                cfg = load_config(recipe, base + extra)
                 zero = {"deepspeed_zero2_offload.yaml": 2, "deepspeed_zero3_offload.yaml": 3}.get(accel, 0)
                 planned = plan_memory(cfg, zero_stage=zero, offload_optimizer=bool(zero), offload_params=zero == 3,
                                       mixed_precision=None if torch_cuda() else "no").total()

@@ -19,7 +19,7 @@ from memecap.data.tables import load_split  # noqa: E402
 from memecap.models.tiny import save_tiny_gpt2  # noqa: E402
 
 TEST_TINY = TinyConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, embed_dim=32,
-                       gpt_width=32, gpt_layers=2, gpt_heads=2, vocab_size=300)
+                       gpt_width=32, gpt_layers=2, gpt_heads=2, vocab_size=300, rudolph_text_tokens=24)
 
 
 def ruclip_model_module():
@@ -66,6 +66,24 @@ def tiny_gpt2_dir(tmp_path_factory, synthetic_data) -> Path:
     folder = tmp_path_factory.mktemp("gpt2") / "rugpt3-tiny"
     save_tiny_gpt2(folder, TEST_TINY, [c for ex in examples for c in ex.captions])
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_rudolph(tmp_path_factory, synthetic_data) -> dict:
+    """A tiny random RuDOLPH (3 layers, width 32, 4x4 image codes, 24 caption positions), its
+    VQGAN and a BPE fit on the synthetic captions, in the published layouts."""
+    from memecap.models.rudolph_tiny import save_tiny_rudolph_bases
+
+    examples, _ = load_split(synthetic_data["train"], log=None)
+    model_dir, utils = save_tiny_rudolph_bases(tmp_path_factory.mktemp("rudolph"), TEST_TINY,
+                                               [c for ex in examples for c in ex.captions])
+    return {"name": model_dir, "utils": utils}
+
+
+def rudolph_overrides(tiny: dict) -> list[str]:
+    """Point a RuDOLPH recipe at the tiny model instead of the Hub ids."""
+    return [f"model.rudolph.name={tiny['name']}", f"model.rudolph.vqgan={tiny['utils']}",
+            f"model.rudolph.tokenizer={tiny['utils']}"]
 
 
 def reset_accelerate() -> None:

@@ -5,7 +5,8 @@ import pytest
 
 from memecap.config import ConfigError, list_recipes, load_config, load_saved_config, save_config
 
-REQUIRED_RECIPES = {"demo", "clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora"}
+REQUIRED_RECIPES = {"demo", "clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
+                    "rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"}
 
 
 def test_required_recipes_ship():
@@ -15,7 +16,8 @@ def test_required_recipes_ship():
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_every_recipe_loads(recipe):
     cfg = load_config(recipe)
-    assert cfg.model.family == ("ocr_template" if recipe == "ocr_template" else "clipcap")
+    expected = {"ocr_template": "ocr_template"}.get(recipe, "rudolph" if recipe.startswith("rudolph") else "clipcap")
+    assert cfg.model.family == expected
     assert cfg.train.output_dir
 
 
@@ -82,6 +84,21 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config("clipcap_transformer_frozen", ["train.seed=7"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_saved_config(tmp_path / "config.yaml") == cfg
+
+
+def test_rudolph_recipes_name_the_real_hub_models_and_weight_the_caption():
+    cfg = load_config("rudolph_350m")
+    r = cfg.model.rudolph
+    assert (r.name, r.vqgan, r.tokenizer) == ("ai-forever/RUDOLPH-350M", "ai-forever/rudalle-utils", "ai-forever/rudalle-utils")
+    assert r.loss_weights.right_text > 5 * max(r.loss_weights.left_text, r.loss_weights.image)
+    assert load_config("rudolph_1.3b").model.rudolph.name == "ai-forever/RUDOLPH-1.3B"
+    assert load_config("rudolph_2.7b").model.rudolph.mode == "lora"
+    with pytest.raises(ConfigError, match="beam"):
+        load_config("rudolph_350m", ["data.train=a.tsv", "data.val=b.tsv", "generation.strategy=beam"])
+    with pytest.raises(ConfigError, match="data.long_captions"):
+        load_config("rudolph_350m", ["data.long_captions=drop"])
+    with pytest.raises(ConfigError, match="base_dtype"):
+        load_config("rudolph_350m", ["model.rudolph.base_dtype=bfloat16"])  # mode full trains fp32 weights
 
 
 def test_cross_field_rules():

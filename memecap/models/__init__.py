@@ -23,8 +23,21 @@ def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[st
     return build_clipcap(materialize_tiny_bases(cfg, work_dir, train_texts))
 
 
-MODELS = {"clipcap": _build_clipcap, "ocr_template": build_ocr_template}
-LOADERS = {"clipcap": ClipCap.from_pretrained, "ocr_template": OcrTemplate.from_pretrained}
+def _build_rudolph(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
+    # Imported here: the rudolph/rudalle packages load only when a RuDOLPH is asked for.
+    from memecap.models.rudolph import build_rudolph, materialize_tiny_rudolph
+
+    return build_rudolph(materialize_tiny_rudolph(cfg, work_dir, train_texts))
+
+
+def _load_rudolph(folder: Path, with_encoder: bool = True):
+    from memecap.models.rudolph import RuDolph
+
+    return RuDolph.from_pretrained(folder, with_encoder=with_encoder)
+
+
+MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "ocr_template": build_ocr_template}
+LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "ocr_template": OcrTemplate.from_pretrained}
 BASELINES = {"ocr_template"}
 
 

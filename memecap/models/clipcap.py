@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform, read_image
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
@@ -182,9 +183,12 @@ class ClipCap(nn.Module):
         return self.decoder.config
 
     # -- data -------------------------------------------------------------------------------
-    def encode_caption(self, text: str, max_tokens: int) -> list[int]:
-        """Token ids of a caption, cut to `max_tokens` with the end-of-text token always last."""
+    def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
+        """Token ids of a caption, cut to `max_tokens` with the end-of-text token always last
+        (or CaptionTooLong when `truncate` is false and it does not fit)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not truncate and len(ids) + 1 > max_tokens:
+            raise CaptionTooLong(len(ids) + 1, max_tokens)
         return ids[: max_tokens - 1] + [self.eos_id]
 
     def encode_prompt(self, text: str) -> list[int]:

@@ -18,9 +18,20 @@ BUNDLED_DIR = "bases"
 NOT_EXPORTED = {"README.md"}
 
 
-def base_entry(section: str, name: str, revision: Optional[str], needed_to_load: bool) -> dict:
-    """One base model: `section` is the key of the model config holding its `name` and `revision`."""
-    return {"section": section, "name": name, "revision": revision, "needed_to_load": needed_to_load}
+def base_entry(section: str, name: str, revision: Optional[str], needed_to_load: bool,
+               name_key: str = "name", revision_key: str = "revision") -> dict:
+    """One base model: the model config's `section` holds its name and revision under these keys."""
+    return {"section": section, "name": name, "revision": revision, "needed_to_load": needed_to_load,
+            "name_key": name_key, "revision_key": revision_key}
+
+
+def set_base(meta: dict, base: dict, *, name: Optional[str] = None, revision: Optional[str] = None) -> None:
+    """Change a base's name or revision in the entry and in the model config it mirrors."""
+    section = meta["model"][base["section"]]
+    if name is not None:
+        base["name"] = section[base.get("name_key", "name")] = name
+    if revision is not None:
+        base["revision"] = section[base.get("revision_key", "revision")] = revision
 
 
 def write_export_config(out_dir: Path, meta: dict) -> None:
@@ -41,9 +52,7 @@ def read_export_config(folder: Path) -> dict:
     meta = yaml.safe_load(path.read_text(encoding="utf-8"))
     for base in (meta.get("bases") or {}).values():
         if str(base["name"]).startswith(BUNDLED_DIR + "/"):
-            local = str((folder / base["name"]).resolve())
-            base["name"] = local
-            meta["model"][base["section"]]["name"] = local
+            set_base(meta, base, name=str((folder / base["name"]).resolve()))
     return meta
 
 
