@@ -52,7 +52,11 @@ def test_recipe_smoke_trains_evaluates_exports_and_captions(tmp_path, synthetic_
 
     final = out / "final"
     files = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
-    assert files == {"memecap.yaml", "model.safetensors", "tokenizer/bpe.model"}
+    assert files == {"memecap.yaml", "model.safetensors", "tokenizer/bpe.model", "eval.json"}
+    # what a push uploads: the weights and the BPE (the tiny bases are local folders, so bundled)
+    from memecap.models.export import export_files
+
+    assert set(export_files(final)) == {"memecap.yaml", "model.safetensors", "tokenizer/bpe.model"}
     model = load_model(final)
     images = [synthetic_data["val"].parent / "images" / f"{r['uid']}.jpg" for r in rows]
     codes = model.image_inputs(images, cache_dir=None, device="cpu", progress=False)
