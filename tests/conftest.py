@@ -80,6 +80,16 @@ def tiny_rudolph(tmp_path_factory, synthetic_data) -> dict:
     return {"name": model_dir, "utils": utils}
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine two threads that
+    wait for each other make every small op slow (5-10x measured under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def rudolph_overrides(tiny: dict) -> list[str]:
     """Point a RuDOLPH recipe at the tiny model instead of the Hub ids."""
     return [f"model.rudolph.name={tiny['name']}", f"model.rudolph.vqgan={tiny['utils']}",

@@ -22,6 +22,7 @@ from memecap.models.rudolph_compat import import_rudolph
 from tests.conftest import rudolph_overrides
 
 RECIPES = ["rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

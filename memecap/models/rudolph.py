@@ -115,7 +115,8 @@ class RuDolph(nn.Module):
         vqgan.to(device)
         if cache_dir and self._vqgan_fingerprint is None:  # frozen weights: hash them once, not per split
             self._vqgan_fingerprint = module_fingerprint(vqgan)
-        cache = FeatureCache(cache_dir, self._vqgan_fingerprint, "vqgan-codes|" + self.transform.signature()) if cache_dir else None
+        cache = (FeatureCache(cache_dir, self._vqgan_fingerprint, "vqgan-codes|" + self.transform.signature())
+                 if cache_dir else None)
         codes = encode_images(vqgan, self.transform, paths, cache=cache, device=device, progress=progress, desc=desc)
         vqgan.to(home)  # the VQGAN must not hold accelerator memory during training
         self.last_cache = cache

@@ -39,6 +39,13 @@ with `--no-deps`. What then breaks, and what this module does about it, one shim
    position ids) that only its own `.to()` updates; Accelerate moves the wrapping module, which
    leaves it stale (CPU ids for CUDA embeddings). Shim: `follow_device` sets it from the
    input tensors before each forward.
+
+Not shims, installed instead (pinned in pyproject.toml): einops 0.8 (the packages pin 0.3; the
+`rearrange` they use is unchanged), omegaconf 2.4 (the VQGAN config), PyWavelets 1.9
+(`rudalle.vae.model` imports the wavelet decoder at module level, though memecap uses the plain
+one). taming-transformers goes in with --no-deps: only its encoder/decoder blocks
+(`taming.modules.diffusionmodules.model`, torch and numpy only) are imported, not its
+pytorch-lightning training code.
 """
 from __future__ import annotations
 
