@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "ruclip"  # ruclip | clip | siglip
+    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel, for the LSTM baselines)
     name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trainable: bool = False  # frozen encoders are run once per image and cached
@@ -68,7 +68,7 @@ class EncoderConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen weights; auto = bf16 on a bf16 GPU
 
     def __post_init__(self) -> None:
-        _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip"))
+        _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip", "resnet"))
         _one_of("model.encoder.dtype", self.dtype, WEIGHT_DTYPES)
         if self.trainable and self.dtype not in ("auto", "float32"):
             raise ConfigError("model.encoder.dtype: a trainable encoder keeps float32 weights "
@@ -134,14 +134,44 @@ class TinyConfig:
     gpt_layers: int = 2
     gpt_heads: int = 4
     vocab_size: int = 512  # BPE vocabulary trained on the training captions
+    resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
+    resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
+
+
+@dataclass
+class LstmConfig:
+    """The CNN + LSTM baselines (family: lstm): projection with batch norm, a word-level LSTM decoder."""
+
+    embed_dim: int = 300  # word embeddings (and the projected image vector); navec vectors are 300-d
+    hidden_dim: int = 512  # LSTM state
+    num_layers: int = 2  # stacked LSTM layers
+    dropout: float = 0.3  # between LSTM layers and before the output layer
+    attention: bool = False  # soft attention over the encoder's spatial grid (Show, Attend and Tell)
+    attention_dim: int = 256  # attention MLP width
+    min_word_count: int = 1  # training-caption words seen fewer times become <unk>
+    max_vocab: Optional[int] = None  # keep only the most frequent words (null: all)
+    navec: Optional[str] = None  # local navec file (navec_hudlit_v1_12B_500K_300d_100q.tar) to initialise embeddings
+    train_embeddings: bool = True  # false keeps the (navec) word vectors fixed
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or self.hidden_dim < 1 or self.embed_dim < 1:
+            raise ConfigError("model.lstm.num_layers, hidden_dim and embed_dim must be >= 1")
+        if self.min_word_count < 1:
+            raise ConfigError("model.lstm.min_word_count must be >= 1")
 
 
 @dataclass
 class ModelConfig:
-    family: str = "clipcap"  # key of memecap.models.MODELS
+    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | lstm
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    mapper: MapperConfig = field(default_factory=MapperConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)  # clipcap only
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # clipcap only
+    lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
+
+    def __post_init__(self) -> None:
+        if self.family == "lstm" and self.lstm.attention and self.encoder.features != "patches":
+            raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
+                              "set model.encoder.features=patches")
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 

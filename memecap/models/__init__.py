@@ -13,14 +13,19 @@ from typing import Sequence
 from memecap.config import ModelConfig
 from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_bases
 from memecap.models.export import read_export_config
+from memecap.models.lstm import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
 
 
 def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
     return build_clipcap(materialize_tiny_bases(cfg, work_dir, train_texts))
 
 
-MODELS = {"clipcap": _build_clipcap}
-LOADERS = {"clipcap": ClipCap.from_pretrained}
+def _build_lstm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
+    return build_lstm(materialize_tiny_encoder(cfg, work_dir), run_vocab(cfg, work_dir, train_texts))
+
+
+MODELS = {"clipcap": _build_clipcap, "lstm": _build_lstm}
+LOADERS = {"clipcap": ClipCap.from_pretrained, "lstm": LstmCaptioner.from_pretrained}
 
 
 def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
