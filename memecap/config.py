@@ -258,6 +258,28 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a multi-stage run: its data, length, learning rate and what stays frozen.
+    Each stage continues from the weights the previous one ended with."""
+
+    name: str = ""  # shown in logs ("general", "memes", ...)
+    train: list = field(default_factory=list)  # training tables of this stage, concatenated (data.train forms)
+    val: str = ""  # validation table of this stage (evaluation and best-checkpoint choice)
+    epochs: Optional[int] = None  # epochs of this stage (null: train.epochs)
+    max_steps: Optional[int] = None  # optimizer steps of this stage; overrides epochs when set
+    lr: Optional[float] = None  # peak learning rate of this stage (null: optim.lr); the schedule restarts
+    freeze: list = field(default_factory=list)  # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
+
+    def __post_init__(self) -> None:
+        if not self.train or not self.val:
+            raise ConfigError(f"stages: stage {self.name or '(unnamed)'} needs train: [tables] and val: table")
+        if any(not isinstance(t, str) or t == "synthetic" for t in self.train) or self.val == "synthetic":
+            raise ConfigError("stages: train and val are table paths or hf: datasets (not 'synthetic')")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("stages: lr must be > 0")
+
+
+@dataclass
 class CacheConfig:
     dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings, keyed by weights, image and transform
     enabled: bool = True
@@ -272,8 +294,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
+        if self.stages:
+            if self.data.train or self.data.val:
+                raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
+            return
         if not self.data.train:
             return  # a config used only for inference needs no data
         if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
@@ -337,6 +364,9 @@ def _coerce(hint, value, key: str):
     if hint is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r}: expected a list, e.g. [a, b]")
+        item = (typing.get_args(hint) or (None,))[0]
+        if item is not None and dataclasses.is_dataclass(item):
+            return [_bind(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return list(value)
     return value
 
