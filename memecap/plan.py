@@ -119,6 +119,9 @@ def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, c
 def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
                 offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                 mixed_precision: Optional[str] = None) -> Plan:
+    if cfg.model.family != "clipcap":
+        # The LSTM baselines are a few million parameters: they fit any GPU, and the estimate is ClipCap's.
+        raise ValueError(f"memecap plan estimates ClipCap models; model.family={cfg.model.family!r} is not one")
     dec = cfg.model.decoder
     config = decoder_config(dec.name, cfg)
     with torch.device("meta"):  # shapes only: nothing is allocated or downloaded

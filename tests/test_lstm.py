@@ -14,7 +14,9 @@ import torch
 from memecap import train
 from memecap.config import GenerationConfig, load_config
 from memecap.data.tables import load_split
+from memecap.captioner import Captioner
 from memecap.evaluation import read_predictions
+from memecap.hub import stage_export
 from memecap.inference import evaluate_export
 from memecap.models import build_model, load_model
 from memecap.models.clipcap import CaptionEvalSet
@@ -175,15 +177,15 @@ def fresh_accelerate_state():
 
 def test_loop_trains_exports_and_scores_against_original_references(tmp_path, synthetic_data, fresh_accelerate_state):
     out = tmp_path / "run"
-    cfg = tiny_run_config(out, synthetic_data, "model.encoder.name=tiny-random", "model.lstm.attention=true",
-                          "model.encoder.features=patches", *SMALL, "train.epochs=3", "optim.lr=1e-2",
-                          "optim.warmup_steps=1", "eval.compare_constant=false", "generation.num_beams=2",
-                          recipe="lstm_resnet50")
+    # Pooled features keep this run short; the attention path is tested step by step above.
+    cfg = tiny_run_config(out, synthetic_data, "model.encoder.name=tiny-random", *SMALL, "train.epochs=2",
+                          "optim.lr=1e-2", "optim.warmup_steps=1", "eval.compare_constant=false",
+                          "generation.strategy=greedy", recipe="lstm_resnet50")
     summary = train.main(cfg)
-    assert summary["optimizer_steps"] == 3 * 6
+    assert summary["optimizer_steps"] == 2 * 6
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "train"]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
     files = {p.relative_to(out / "best").as_posix() for p in (out / "best").rglob("*") if p.is_file()}
     assert {"memecap.yaml", "lstm.safetensors", "vocab.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
@@ -199,3 +201,12 @@ def test_loop_trains_exports_and_scores_against_original_references(tmp_path, sy
     final_preds = read_predictions(sorted((out / "predictions").glob("*.jsonl"))[-1])
     assert [p["prediction"] for p in read_predictions(path)] == [p["prediction"] for p in final_preds]
     assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor"} and model.encoder is not None
+
+    # Published as ClipCap exports are: the local tiny ResNet is bundled, and the staged folder loads alone.
+    staged = tmp_path / "staged"
+    files = {name for name, _ in stage_export(out / "final", staged, repo_id="you/lstm", license="apache-2.0",
+                                               log=lambda m: None)}
+    assert {"README.md", "memecap.yaml", "lstm.safetensors", "vocab.json", "bases/encoder/config.json"} <= files
+    captioner = Captioner.from_pretrained(staged)
+    image = load_split(synthetic_data["val"], log=None)[0][0].image_path
+    assert captioner(str(image)) == read_predictions(path)[0]["prediction"]
