@@ -150,6 +150,7 @@ def test_generation_strategies(generation, tiny_resnet_dir, examples, tmp_path):
     captions = model.generate(model.collate([CaptionEvalSet(feats)[i] for i in range(3)]), generation)
     assert len(captions) == 3 and all(len(c) == generation.num_return_sequences for c in captions)
     assert all(isinstance(t, str) and len(t.split()) <= 6 for c in captions for t in c)
+    assert not any("<" in t for c in captions for t in c)  # never <unk>, <pad> or <bos>
 
 
 def test_beam_of_one_is_greedy(tiny_resnet_dir, examples, tmp_path):

@@ -180,14 +180,19 @@ class LstmCaptioner(nn.Module):
             keys = self.att_image(grid) if self.cfg.lstm.attention else None
             carry = {"grid": grid, "keys": keys}
 
+            # <pad>, <bos> and <unk> are never output: a caption is made of real words and the end token.
+            never = [self.vocab.pad_id, self.vocab.bos_id, self.vocab.unk_id]
+
             def begin():
                 state, first = self._start(grid)
                 logits, state = self._run(first, state, grid, keys)
-                return logits[:, -1], {"lstm": state, **carry}
+                return logits[:, -1].index_fill(1, torch.tensor(never, device=grid.device), float("-inf")), \
+                    {"lstm": state, **carry}
 
             def step(tokens, st):
                 logits, state = self._run(self.embed(tokens), st["lstm"], st["grid"], st["keys"])
-                return logits[:, -1], {**st, "lstm": state}
+                return logits[:, -1].index_fill(1, torch.tensor(never, device=grid.device), float("-inf")), \
+                    {**st, "lstm": state}
 
             def reorder(st, rows):
                 h, c = st["lstm"]
