@@ -22,7 +22,9 @@ PREFIX = "step_"
 
 @dataclass
 class TrainState:
-    epoch: int = 0  # epochs fully done
+    stage: int = 0  # index into cfg.stages of the stage in progress (0 for a run without stages)
+    stage_start_step: int = 0  # optimizer_step at which that stage began
+    epoch: int = 0  # epochs of the current stage fully done
     batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     micro_step: int = 0  # micro-batches seen in total
     optimizer_step: int = 0  # optimizer updates done

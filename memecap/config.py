@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "ruclip"  # ruclip | clip | siglip
+    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel, for the LSTM baselines)
     name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trainable: bool = False  # frozen encoders are run once per image and cached
@@ -70,7 +70,7 @@ class EncoderConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen weights; auto = bf16 on a bf16 GPU
 
     def __post_init__(self) -> None:
-        _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip"))
+        _one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip", "resnet"))
         _one_of("model.encoder.dtype", self.dtype, WEIGHT_DTYPES)
         if self.trainable and self.dtype not in ("auto", "float32"):
             raise ConfigError("model.encoder.dtype: a trainable encoder keeps float32 weights "
@@ -217,17 +217,47 @@ class OcrConfig:
             raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("model.ocr.workers must be >= 1 or null")
+    resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
+    resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
+
+
+@dataclass
+class LstmConfig:
+    """The CNN + LSTM baselines (family: lstm): projection with batch norm, a word-level LSTM decoder."""
+
+    embed_dim: int = 300  # word embeddings (and the projected image vector); navec vectors are 300-d
+    hidden_dim: int = 512  # LSTM state
+    num_layers: int = 2  # stacked LSTM layers
+    dropout: float = 0.3  # between LSTM layers and before the output layer
+    attention: bool = False  # soft attention over the encoder's spatial grid (Show, Attend and Tell)
+    attention_dim: int = 256  # attention MLP width
+    min_word_count: int = 1  # training-caption words seen fewer times become <unk>
+    max_vocab: Optional[int] = None  # keep only the most frequent words (null: all)
+    navec: Optional[str] = None  # local navec file (navec_hudlit_v1_12B_500K_300d_100q.tar) to initialise embeddings
+    train_embeddings: bool = True  # false keeps the (navec) word vectors fixed
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or self.hidden_dim < 1 or self.embed_dim < 1:
+            raise ConfigError("model.lstm.num_layers, hidden_dim and embed_dim must be >= 1")
+        if self.min_word_count < 1:
+            raise ConfigError("model.lstm.min_word_count must be >= 1")
 
 
 @dataclass
 class ModelConfig:
-    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | rudolph | ocr_template (a baseline, nothing to train)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's image encoder; rudolph reads resize_mode
-    mapper: MapperConfig = field(default_factory=MapperConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    rudolph: RudolphConfig = field(default_factory=RudolphConfig)
+    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | rudolph | lstm | ocr_template (a baseline, nothing to train)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's and lstm's image encoder; rudolph reads resize_mode
+    mapper: MapperConfig = field(default_factory=MapperConfig)  # clipcap only
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # clipcap only
+    rudolph: RudolphConfig = field(default_factory=RudolphConfig)  # rudolph only
+    lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
     tiny: TinyConfig = field(default_factory=TinyConfig)
-    ocr: OcrConfig = field(default_factory=OcrConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt) and ocr_template
+
+    def __post_init__(self) -> None:
+        if self.family == "lstm" and self.lstm.attention and self.encoder.features != "patches":
+            raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
+                              "set model.encoder.features=patches")
 
 
 @dataclass
@@ -313,6 +343,28 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a multi-stage run: its data, length, learning rate and what stays frozen.
+    Each stage continues from the weights the previous one ended with."""
+
+    name: str = ""  # shown in logs ("general", "memes", ...)
+    train: list = field(default_factory=list)  # training tables of this stage, concatenated (data.train forms)
+    val: str = ""  # validation table of this stage (evaluation and best-checkpoint choice)
+    epochs: Optional[int] = None  # epochs of this stage (null: train.epochs)
+    max_steps: Optional[int] = None  # optimizer steps of this stage; overrides epochs when set
+    lr: Optional[float] = None  # peak learning rate of this stage (null: optim.lr); the schedule restarts
+    freeze: list = field(default_factory=list)  # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
+
+    def __post_init__(self) -> None:
+        if not self.train or not self.val:
+            raise ConfigError(f"stages: stage {self.name or '(unnamed)'} needs train: [tables] and val: table")
+        if any(not isinstance(t, str) or t == "synthetic" for t in self.train) or self.val == "synthetic":
+            raise ConfigError("stages: train and val are table paths or hf: datasets (not 'synthetic')")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("stages: lr must be > 0")
+
+
+@dataclass
 class CacheConfig:
     dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (and OCR results, in ocr/), keyed by what made them
     enabled: bool = True
@@ -327,8 +379,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
+        if self.stages:
+            if self.data.train or self.data.val:
+                raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
+            return
         if not self.data.train:
             return  # a config used only for inference needs no data
         if self.model.family == "ocr_template":
@@ -398,6 +455,9 @@ def _coerce(hint, value, key: str):
     if hint is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r}: expected a list, e.g. [a, b]")
+        item = (typing.get_args(hint) or (None,))[0]
+        if item is not None and dataclasses.is_dataclass(item):
+            return [_bind(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return list(value)
     return value
 

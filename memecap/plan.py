@@ -124,6 +124,9 @@ def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload
 
         return plan_rudolph(cfg, processes=processes, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
                             offload_params=offload_params, batch_size=batch_size, mixed_precision=mixed_precision)
+    if cfg.model.family != "clipcap":
+        # The LSTM baselines are a few million parameters: they fit any GPU, and the estimate is ClipCap's.
+        raise ValueError(f"memecap plan estimates ClipCap and RuDOLPH models; model.family={cfg.model.family!r} is neither")
     dec = cfg.model.decoder
     config = decoder_config(dec.name, cfg)
     with torch.device("meta"):  # shapes only: nothing is allocated or downloaded

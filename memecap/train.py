@@ -27,7 +27,7 @@ from accelerate.utils import gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from memecap.checkpoint import TrainState, find_resume_point, load_checkpoint, save_checkpoint
+from memecap.checkpoint import STATE_FILE, TrainState, find_resume_point, load_checkpoint, save_checkpoint
 from memecap.config import Config, ConfigError, load_config, save_config, to_dict, to_yaml
 from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
@@ -38,6 +38,7 @@ from memecap.model_card import training_summary
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
+from memecap.stages import apply_freeze, load_stage_examples, plan_stages
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -185,6 +186,14 @@ def whole_weights(accelerator: Accelerator, log: "RunLog"):
         plugin.set_deepspeed_weakref()
 
 
+def forget_prepared(accelerator: Accelerator) -> None:
+    """Before a new stage prepares its own optimizer, scheduler and loaders (and re-wraps the model,
+    whose trainable parameters may have changed): Accelerate checkpoints every object it has
+    prepared, and a resumed run must find exactly the objects of the stage it resumes."""
+    for registry in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
+        registry.clear()
+
+
 def main(cfg: Config) -> dict:
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,26 +204,32 @@ def main(cfg: Config) -> dict:
              f"mixed precision {accelerator.mixed_precision}\n--- resolved config ---\n{to_yaml(cfg)}")
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
+    stages = plan_stages(cfg)
+    if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
+        raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
+    resume_from = find_resume_point(cfg.train.resume, out_dir)
+    state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
 
-    # Data: read and validate every row before anything heavy happens.
+    # Data: read and validate every row of every stage before anything heavy happens.
     with accelerator.main_process_first():
-        train_examples, val_examples = load_train_val(cfg.data, work_dir=out_dir, log=log.info)
-    train_texts = [c for ex in train_examples for c in ex.captions]
+        data = [load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages]
+    train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
+    cache_dir = cfg.cache.dir if cfg.cache.enabled else None
+    show = cfg.train.progress_bar and accelerator.is_local_main_process
+
+    def stage_images(net, stage):
+        return [net.image_inputs([ex.image_path for ex in examples], cache_dir=cache_dir, device=accelerator.device,
+                                 progress=show, desc=f"{split} images")
+                for split, examples in zip(("train", "val"), data[stage.index])]
+
     with whole_weights(accelerator, log), accelerator.main_process_first():  # the first process writes caches
         model = build_model(cfg.model, work_dir=out_dir, train_texts=train_texts)
-        cache_dir = cfg.cache.dir if cfg.cache.enabled else None
-        show = cfg.train.progress_bar and accelerator.is_local_main_process
-        train_images = model.image_inputs([ex.image_path for ex in train_examples], cache_dir=cache_dir,
-                                          device=accelerator.device, progress=show, desc="train images")
-        val_images = model.image_inputs([ex.image_path for ex in val_examples], cache_dir=cache_dir,
-                                        device=accelerator.device, progress=show, desc="val images")
+        images = stage_images(model, stages[state.stage])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
 
     def caption_set(examples, images, split):
         ids, owners = encode_captions(model, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
         return CaptionTrainSet(images, ids, owners)
-
-    train_set = caption_set(train_examples, train_images, "train")
-    val_loss_set = caption_set(val_examples, val_images, "validation")
 
     def loader(dataset, batch_size, shuffle):
         # A private generator: creating an iterator then draws from it, not from the global RNG
@@ -222,135 +237,164 @@ def main(cfg: Config) -> dict:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=model.collate,
                           num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.train.seed))
 
-    train_loader = loader(train_set, cfg.train.batch_size, True)
-    val_loss_loader = loader(val_loss_set, cfg.eval.batch_size, False)
-    eval_loader = loader(CaptionEvalSet(val_images), cfg.eval.batch_size, False)
-
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
-    n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    n_total = sum(p.numel() for p in model.parameters())
-    log.info(f"data: {len(train_examples)} train images ({len(train_set)} captions), {len(val_examples)} val; "
-             f"model: {n_trainable:,} trainable of {n_total:,} parameters; {total_steps} optimizer steps")
-
-    optimizer = build_optimizer(cfg.optim, model.trainable_parameters())
-    scheduler = build_scheduler(cfg.optim, optimizer, total_steps, accelerator.num_processes)
-    # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
-    synced_gpus = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
-
-    # Fail fast: a forward pass and a short generation on real validation items, before step 0.
-    net = accelerator.unwrap_model(model)
-    with torch.no_grad(), accelerator.autocast():
-        probe = send_to_device(net.collate([val_loss_set[i] for i in range(min(2, len(val_loss_set)))]), accelerator.device)
-        probe_loss = net(probe)["loss"].item()
-        probe_eval = send_to_device(net.collate([CaptionEvalSet(val_images)[0]]), accelerator.device)
-        quick = with_overrides(cfg.generation, strategy="greedy", max_new_tokens=8, num_return_sequences=1)
-        probe_caption = net.generate(probe_eval, quick, synced_gpus=synced_gpus)[0][0]
-    if not math.isfinite(probe_loss):
-        raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
-    log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
-
-    state = TrainState()
-    resume_from = find_resume_point(cfg.train.resume, out_dir)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        log.info(f"resumed from {resume_from}: epoch {state.epoch}, optimizer step {state.optimizer_step}")
-    accelerator.init_trackers("memecap", config=flat_hparams(cfg))
-
     constant = None
-    if cfg.eval.compare_constant and accelerator.is_main_process:
-        caption, scores = best_constant_caption(train_texts, [list(ex.captions) for ex in val_examples],
-                                                scoring=cfg.eval.scoring)
-        constant = {"caption": caption, **scores}
-        log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
-
+    synced_gpus = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
     last_evaluation: dict = {}
+    final: dict = {}
+    first = True  # the first stage this process runs (the one a resume lands in)
+    for stage in stages[state.stage:]:
+        train_examples, val_examples = data[stage.index]
+        if not first:
+            model = accelerator.unwrap_model(model)
+            with accelerator.main_process_first():
+                images = stage_images(model, stage)
+        train_images, val_images = images
+        apply_freeze(model, trainable, stage)
+        train_set = caption_set(train_examples, train_images, "train")
+        val_loss_set = caption_set(val_examples, val_images, "validation")
+        train_loader = loader(train_set, cfg.train.batch_size, True)
+        val_loss_loader = loader(val_loss_set, cfg.eval.batch_size, False)
+        eval_loader = loader(CaptionEvalSet(val_images), cfg.eval.batch_size, False)
 
-    def run_evaluation() -> dict:
-        metrics, rows = evaluate(accelerator, model, eval_loader, val_loss_loader, val_examples, cfg, synced_gpus)
-        last_evaluation.update(step=state.optimizer_step, metrics=metrics, samples=rows[:5],
-                               data={"train": cfg.data.train, "val": cfg.data.val, "val_examples": len(rows)},
-                               training=training_summary(cfg, state.optimizer_step))
-        if accelerator.is_main_process:
-            write_predictions(out_dir / "predictions" / f"step_{state.optimizer_step:07d}.jsonl", rows)
-            table = format_metrics_table(metrics, title=f"evaluation at optimizer step {state.optimizer_step}")
-            samples = "\n".join(f"  [{r['uid']}] {r['prediction']}\n      ref: {r['references'][0]}"
-                                for r in rows[: cfg.eval.samples_to_show])
-            log.info(f"{table}\n{samples}")
-        log.record("eval", state.optimizer_step, metrics)
-        state.history.append({"step": state.optimizer_step, **metrics})
-        score = metrics[cfg.train.best_metric]
-        if is_better(cfg.train.best_metric, score, state.best_score):
-            state.best_score, state.best_step, state.evals_without_improvement = score, state.optimizer_step, 0
-            export_model(accelerator, model, out_dir / "best", cfg, last_evaluation)
-        else:
-            state.evals_without_improvement += 1
-        return metrics
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+        total_steps = stage.max_steps or steps_per_epoch * stage.epochs
+        n_trainable = sum(p.numel() for p in model.trainable_parameters())
+        n_total = sum(p.numel() for p in model.parameters())
+        log.info(f"{stage.label + ': ' if len(stages) > 1 else ''}data: {len(train_examples)} train images "
+                 f"({len(train_set)} captions), {len(val_examples)} val; model: {n_trainable:,} trainable of "
+                 f"{n_total:,} parameters; {total_steps} optimizer steps")
 
-    model.train()
-    bar = tqdm(total=total_steps, initial=state.optimizer_step, desc="training", unit="step",
-               disable=not (cfg.train.progress_bar and accelerator.is_main_process))
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    stop = state.optimizer_step >= total_steps
-    last_saved = last_evaluated = state.optimizer_step
-    while not stop and state.epoch < (cfg.train.epochs if cfg.train.max_steps is None else 10**9):
-        train_loader.set_epoch(state.epoch)
-        batches = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-                   if state.batches_in_epoch else train_loader)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                out = model(batch)
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.micro_step += 1
-            state.batches_in_epoch += 1
-            window_loss += out["loss"].item() * out["num_tokens"].item()
-            window_tokens += out["num_tokens"].item()
-            if not accelerator.sync_gradients:
-                continue
-            state.optimizer_step += 1
-            bar.update(1)
-            if state.optimizer_step % cfg.train.log_every == 0:
-                elapsed = time.perf_counter() - window_start
-                record = {"loss": window_loss / max(window_tokens, 1), "lr": scheduler.get_last_lr()[0],
-                          "epoch": state.epoch, "tokens_per_s": window_tokens * accelerator.num_processes / elapsed}
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                log.record("train", state.optimizer_step, record)
-                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-            stop = state.optimizer_step >= total_steps
-            if cfg.train.eval_every and state.optimizer_step % cfg.train.eval_every == 0:
-                run_evaluation()
-                last_evaluated = state.optimizer_step
-            patience = cfg.train.early_stopping_patience
-            if patience is not None and state.evals_without_improvement >= patience:
-                log.info(f"early stopping: {patience} evaluations without a better {cfg.train.best_metric}")
-                stop = True
-            save_now = cfg.train.save_every and state.optimizer_step % cfg.train.save_every == 0
-            if save_now or (not cfg.train.save_every and last_evaluated == state.optimizer_step != last_saved):
-                save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
-                last_saved = state.optimizer_step
-            if stop:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-            if not cfg.train.eval_every and last_evaluated != state.optimizer_step:
-                run_evaluation()
-                last_evaluated = state.optimizer_step
-                if not cfg.train.save_every:
+        optimizer = build_optimizer(stage.optim, model.trainable_parameters())
+        scheduler = build_scheduler(stage.optim, optimizer, total_steps, accelerator.num_processes)
+        if not first:
+            forget_prepared(accelerator)
+        # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+        val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
+
+        if first:
+            # Fail fast: a forward pass and a short generation on real validation items, before step 0.
+            net = accelerator.unwrap_model(model)
+            with torch.no_grad(), accelerator.autocast():
+                probe = send_to_device(net.collate([val_loss_set[i] for i in range(min(2, len(val_loss_set)))]),
+                                       accelerator.device)
+                probe_loss = net(probe)["loss"].item()
+                probe_eval = send_to_device(net.collate([CaptionEvalSet(val_images)[0]]), accelerator.device)
+                quick = with_overrides(cfg.generation, strategy="greedy", max_new_tokens=8, num_return_sequences=1)
+                probe_caption = net.generate(probe_eval, quick, synced_gpus=synced_gpus)[0][0]
+            if not math.isfinite(probe_loss):
+                raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
+            log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
+
+            if resume_from is not None:
+                state = load_checkpoint(accelerator, resume_from)
+                log.info(f"resumed from {resume_from}: {stage.label + ', ' if len(stages) > 1 else ''}"
+                         f"epoch {state.epoch}, optimizer step {state.optimizer_step}")
+            accelerator.init_trackers("memecap", config=flat_hparams(cfg))
+            if cfg.eval.compare_constant and accelerator.is_main_process:
+                # Against the data the run ends on: the last stage's.
+                last_train, last_val = data[-1]
+                caption, scores = best_constant_caption([c for ex in last_train for c in ex.captions],
+                                                        [list(ex.captions) for ex in last_val], scoring=cfg.eval.scoring)
+                constant = {"caption": caption, **scores}
+                log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
+        elif len(stages) > 1:
+            log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step {state.optimizer_step}")
+
+        def run_evaluation() -> dict:
+            metrics, rows = evaluate(accelerator, model, eval_loader, val_loss_loader, val_examples, cfg, synced_gpus)
+            last_evaluation.update(step=state.optimizer_step, metrics=metrics, samples=rows[:5],
+                                   data={"train": stage.train or cfg.data.train, "val": stage.val,
+                                         "val_examples": len(rows)},
+                                   training=training_summary(cfg, state.optimizer_step))
+            if accelerator.is_main_process:
+                write_predictions(out_dir / "predictions" / f"step_{state.optimizer_step:07d}.jsonl", rows)
+                table = format_metrics_table(metrics, title=f"evaluation at optimizer step {state.optimizer_step}")
+                samples = "\n".join(f"  [{r['uid']}] {r['prediction']}\n      ref: {r['references'][0]}"
+                                    for r in rows[: cfg.eval.samples_to_show])
+                log.info(f"{table}\n{samples}")
+            log.record("eval", state.optimizer_step, metrics)
+            state.history.append({"step": state.optimizer_step, **metrics})
+            score = metrics[cfg.train.best_metric]
+            if is_better(cfg.train.best_metric, score, state.best_score):
+                state.best_score, state.best_step, state.evals_without_improvement = score, state.optimizer_step, 0
+                export_model(accelerator, model, out_dir / "best", cfg, last_evaluation)
+            else:
+                state.evals_without_improvement += 1
+            return metrics
+
+        model.train()
+        stage_step = state.optimizer_step - state.stage_start_step
+        bar = tqdm(total=total_steps, initial=stage_step, desc="training", unit="step",
+                   disable=not (cfg.train.progress_bar and accelerator.is_main_process))
+        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        stop = stage_step >= total_steps
+        last_saved = last_evaluated = state.optimizer_step
+        while not stop and state.epoch < (stage.epochs if stage.max_steps is None else 10**9):
+            train_loader.set_epoch(state.epoch)
+            batches = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                       if state.batches_in_epoch else train_loader)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    out = model(batch)
+                    accelerator.backward(out["loss"])
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.micro_step += 1
+                state.batches_in_epoch += 1
+                window_loss += out["loss"].item() * out["num_tokens"].item()
+                window_tokens += out["num_tokens"].item()
+                if not accelerator.sync_gradients:
+                    continue
+                state.optimizer_step += 1
+                bar.update(1)
+                if state.optimizer_step % cfg.train.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"loss": window_loss / max(window_tokens, 1), "lr": scheduler.get_last_lr()[0],
+                              "epoch": state.epoch, "tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                              **({"stage": state.stage} if len(stages) > 1 else {})}
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    log.record("train", state.optimizer_step, record)
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                stop = state.optimizer_step - state.stage_start_step >= total_steps
+                if cfg.train.eval_every and state.optimizer_step % cfg.train.eval_every == 0:
+                    run_evaluation()
+                    last_evaluated = state.optimizer_step
+                patience = cfg.train.early_stopping_patience
+                if patience is not None and state.evals_without_improvement >= patience:
+                    log.info(f"early stopping: {patience} evaluations without a better {cfg.train.best_metric}")
+                    stop = True
+                save_now = cfg.train.save_every and state.optimizer_step % cfg.train.save_every == 0
+                if save_now or (not cfg.train.save_every and last_evaluated == state.optimizer_step != last_saved):
                     save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
                     last_saved = state.optimizer_step
-    bar.close()
+                if stop:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+                if not cfg.train.eval_every and last_evaluated != state.optimizer_step:
+                    run_evaluation()
+                    last_evaluated = state.optimizer_step
+                    if not cfg.train.save_every:
+                        save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+                        last_saved = state.optimizer_step
+        bar.close()
 
-    final = state.history[-1] if state.history and last_evaluated == state.optimizer_step else run_evaluation()
-    if last_saved != state.optimizer_step:
-        save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+        # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
+        final = state.history[-1] if state.history and last_evaluated == state.optimizer_step else run_evaluation()
+        if last_saved != state.optimizer_step:
+            save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+        first = False
+        if stage.index + 1 < len(stages):
+            # The next stage has its own data: its best checkpoint is chosen on its own validation set.
+            state.stage, state.stage_start_step = stage.index + 1, state.optimizer_step
+            state.epoch = state.batches_in_epoch = 0
+            state.best_score, state.best_step, state.evals_without_improvement = None, None, 0
+
     export_model(accelerator, model, out_dir / "final", cfg, last_evaluation)
     in_sync = replicas_in_sync(accelerator, model)
     accelerator.end_training()
@@ -366,7 +410,8 @@ def main(cfg: Config) -> dict:
         log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "
                  f"exported to {out_dir / 'best'} and {out_dir / 'final'}")
         if constant is not None:
-            best = max(h["bleu4"] for h in state.history)
+            best = max((h["bleu4"] for h in state.history if h["step"] > state.stage_start_step or not state.stage),
+                       default=final["bleu4"])
             log.info(f"best bleu4 {best:.4f} vs {constant['bleu4']:.4f} for the best constant caption "
                      f"({best - constant['bleu4']:+.4f}): "
                      + ("the model reads the images" if best - constant["bleu4"] >= 0.05 else

@@ -17,6 +17,7 @@ from memecap.config import ModelConfig
 from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_bases
 from memecap.models.export import read_export_config
 from memecap.models.ocr_template import OcrTemplate, build_ocr_template
+from memecap.models.lstm import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
 
 
 def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
@@ -36,8 +37,13 @@ def _load_rudolph(folder: Path, with_encoder: bool = True):
     return RuDolph.from_pretrained(folder, with_encoder=with_encoder)
 
 
-MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "ocr_template": build_ocr_template}
-LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "ocr_template": OcrTemplate.from_pretrained}
+def _build_lstm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
+    return build_lstm(materialize_tiny_encoder(cfg, work_dir), run_vocab(cfg, work_dir, train_texts))
+
+
+MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "lstm": _build_lstm, "ocr_template": build_ocr_template}
+LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "lstm": LstmCaptioner.from_pretrained,
+           "ocr_template": OcrTemplate.from_pretrained}
 BASELINES = {"ocr_template"}
 
 

@@ -18,11 +18,13 @@ from torch import nn
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionModelWithProjection,
+    ConvNextImageProcessorPil,
     PreTrainedModel,
+    ResNetModel,
     SiglipImageProcessorPil,
     SiglipVisionModel,
 )
-from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from memecap.models.ruclip_weights import load_ruclip_vision, ruclip_normalisation
 
@@ -68,6 +70,8 @@ class ImageEncoder(nn.Module):
         """Return every token of the last layer ([B, tokens, width]) instead of one pooled vector:
         the decoder then sees where things are and the strokes of the meme's text."""
         self.output_key = "last_hidden_state"
+        if isinstance(self.model, ResNetModel):  # the grid is the last stage's map; pooling has no weights
+            return self
         self.embed_dim = self.model.config.hidden_size
         # Layers that only shape the pooled vector would get no gradient from patch features, which
         # DDP rejects as unused parameters; the tower keeps only what it uses.
@@ -82,7 +86,10 @@ class ImageEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
         outputs = self.model(pixel_values=pixel_values.to(dtype))
-        return getattr(outputs, self.output_key)
+        out = getattr(outputs, self.output_key)
+        if out.dim() == 4:  # a CNN's [B, C, H, W] map: pooled -> [B, C], grid -> [B, H*W, C] like patch tokens
+            out = out.flatten(1) if self.output_key == "pooler_output" else out.flatten(2).transpose(1, 2)
+        return out
 
     def describe(self) -> dict:
         return {
@@ -179,10 +186,25 @@ def build_ruclip(name: str, revision: str | None = None, dtype: torch.dtype | No
     )
 
 
+def build_resnet(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
+    """A transformers ResNet (`microsoft/resnet-50`, `-101`); returns the pooled last-stage vector."""
+    _check_local_folder(name)
+    model = ResNetModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    processor = _load_processor(ConvNextImageProcessorPil, name, revision)
+    # ResNet is fully convolutional; 224 is the size it was trained at when no processor says otherwise.
+    size = _processor_image_size(processor) if processor is not None else 224
+    image_size, mean, std = _settings(size, processor, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, name)
+    return ImageEncoder(
+        model, output_key="pooler_output", embed_dim=model.config.hidden_sizes[-1], image_size=image_size,
+        mean=mean, std=std, kind="resnet", name=name, revision=revision,
+    )
+
+
 ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
     "clip": build_clip,
     "siglip": build_siglip,
     "ruclip": build_ruclip,
+    "resnet": build_resnet,
 }
 
 

@@ -11,8 +11,10 @@ from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config,
-                          GPT2LMHeadModel, GPT2TokenizerFast)
+from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection,
+                          ConvNextImageProcessorPil, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, ResNetConfig,
+                          ResNetModel)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from memecap.config import TinyConfig
 
@@ -66,4 +68,19 @@ def save_tiny_gpt2(out_dir: Path, cfg: TinyConfig, texts: Iterable[str], seed: i
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def save_tiny_resnet(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path:
+    """A ResNet (microsoft/resnet-50's class) with random weights, basic blocks and few channels,
+    and the image processor settings the real checkpoints ship."""
+    config = ResNetConfig(embedding_size=cfg.resnet_widths[0], hidden_sizes=list(cfg.resnet_widths),
+                          depths=list(cfg.resnet_depths), layer_type="basic")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ResNetModel(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    ConvNextImageProcessorPil(size={"shortest_edge": cfg.image_size}, image_mean=list(IMAGENET_DEFAULT_MEAN),
+                              image_std=list(IMAGENET_DEFAULT_STD)).save_pretrained(out_dir)
     return out_dir

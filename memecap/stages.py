@@ -1,0 +1,84 @@
+"""The stages of a run: one per `stages:` entry, or a single one made of data/train/optim.
+
+    stages:
+      - {name: general, train: [flickr30k_ru/train.jsonl, vizwiz_ru/train.jsonl], val: flickr30k_ru/val.jsonl, epochs: 30}
+      - {name: memes, train: [memes/train.tsv], val: memes/val.tsv, epochs: 20, lr: 3.0e-4, freeze: [embed]}
+
+Each stage has its own data, length, learning rate (with a fresh schedule) and frozen parameters;
+the model carries over, so a stage starts from the weights the previous one ended with.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Callable, Optional
+
+from torch import nn
+
+from memecap.config import Config, ConfigError, OptimConfig
+from memecap.data.sources import load_train_val
+from memecap.data.tables import Example, load_split
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str
+    train: list  # tables; empty for a run without stages (its data config says everything)
+    val: str
+    epochs: int
+    max_steps: Optional[int]
+    optim: OptimConfig
+    freeze: list
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.index + 1} ({self.name})" if self.name else f"stage {self.index + 1}"
+
+
+def plan_stages(cfg: Config) -> list[Stage]:
+    if not cfg.stages:
+        return [Stage(0, "", [], cfg.data.val, cfg.train.epochs, cfg.train.max_steps, cfg.optim, [])]
+    return [Stage(i, s.name, list(s.train), s.val, s.epochs if s.epochs is not None else cfg.train.epochs,
+                  s.max_steps, dataclasses.replace(cfg.optim, lr=s.lr) if s.lr is not None else cfg.optim,
+                  list(s.freeze))
+            for i, s in enumerate(cfg.stages)]
+
+
+def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Callable[[str], None]
+                        ) -> tuple[list[Example], list[Example]]:
+    """The stage's train examples (its tables concatenated) and val examples, every row validated."""
+    if not stage.train:
+        return load_train_val(cfg.data, work_dir=work_dir, log=log)
+    d = cfg.data
+    splits = []
+    for name, tables, cap in (("train", stage.train, d.max_train_rows), ("val", [stage.val], d.max_val_rows)):
+        examples = []
+        for table in tables:
+            found, _ = load_split(table, image_dir=d.image_dir, on_bad_row=d.on_bad_row, max_rows=cap,
+                                  cache_dir=Path(work_dir) / "data", log=log)
+            if not found:
+                raise ValueError(f"stages[{stage.index}].{name}: {table}: no usable rows")
+            log(f"{stage.label} {name}: {table}: {len(found)} images, {sum(len(e.captions) for e in found)} captions")
+            examples.extend(found)
+        splits.append(examples)
+    return splits[0], splits[1]
+
+
+def apply_freeze(model: nn.Module, trainable: set[str], stage: Stage) -> None:
+    """Train what the model trains by itself (`trainable`: names of its trainable parameters) minus
+    the stage's `freeze` patterns; a pattern that matches no parameter is an error, not a no-op."""
+    names = [n for n, _ in model.named_parameters()]
+
+    def frozen_by(pattern: str, name: str) -> bool:
+        return fnmatch(name, pattern) or fnmatch(name, pattern + ".*")
+
+    for pattern in stage.freeze:
+        if not any(frozen_by(pattern, n) for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(f"stages[{stage.index}].freeze: {pattern!r} matches no parameter of the model; "
+                              f"its modules are {', '.join(tops)}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable and not any(frozen_by(p, name) for p in stage.freeze))
