@@ -77,7 +77,7 @@ def image_features(cfg: Config) -> tuple[int, int]:
     elif enc.kind == "ruclip":
         import json
 
-        from memecap.models.ruclip_weights import resolve_file
+        from memecap.models.hub_files import resolve_file
 
         with open(resolve_file(enc.name, "config.json", enc.revision), encoding="utf-8") as f:
             rc = json.load(f)

@@ -10,12 +10,11 @@ the same function: pre-LN ViT, QuickGELU, LayerNorm eps 1e-5, `ln_post(x[:, 0]) 
 from __future__ import annotations
 
 import json
-import os
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from memecap.models.hub_files import resolve_file
 
 # ruCLIP's RuCLIPProcessor uses these when config.json has no "mean"/"std" (the OpenAI CLIP values).
 RUCLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,28 +25,12 @@ WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # first one found wi
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size")
 
 
-def resolve_file(name: str, filename: str, revision: str | None = None) -> str:
-    """Path of `filename` from a local folder `name`, or downloaded (cached) from the Hub repo `name`.
-
-    Raises FileNotFoundError naming the folder/repo and the file when it is absent.
-    """
-    if os.path.isdir(name):
-        path = os.path.join(name, filename)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"ruCLIP folder {name!r} has no {filename!r}")
-        return path
-    try:
-        return hf_hub_download(name, filename, revision=revision)
-    except (EntryNotFoundError, RemoteEntryNotFoundError) as err:
-        raise FileNotFoundError(f"ruCLIP repo {name!r} (revision {revision or 'main'}) has no {filename!r}") from err
-
-
 def _resolve_weights(name: str, revision: str | None) -> str:
     """model.safetensors when the source has it, else pytorch_model.bin."""
     missing = []
     for filename in WEIGHTS_NAMES:
         try:
-            return resolve_file(name, filename, revision)
+            return resolve_file(name, filename, revision, "ruCLIP")
         except FileNotFoundError as err:
             missing.append(str(err))
     raise FileNotFoundError(f"no ruCLIP weights found ({' ; '.join(missing)})")
@@ -156,7 +139,7 @@ def load_ruclip_vision(
 
     `name` is a local folder or a Hub repo id such as `ai-forever/ruclip-vit-base-patch32-384`.
     """
-    with open(resolve_file(name, CONFIG_NAME, revision), encoding="utf-8") as f:
+    with open(resolve_file(name, CONFIG_NAME, revision, "ruCLIP"), encoding="utf-8") as f:
         config = json.load(f)
     vision_config = ruclip_vision_config(config)
     state_dict = convert_ruclip_visual_state_dict(

@@ -21,9 +21,8 @@ import os
 from typing import Optional
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
+from memecap.models.hub_files import resolve_file
 from memecap.models.rudolph_compat import import_rudolph
 
 logger = logging.getLogger(__name__)
@@ -35,19 +34,6 @@ VQGAN_WEIGHTS = "vqgan.gumbelf8-sber.model.ckpt"
 BPE_FILE = "bpe.model"
 # Buffers ruDolphModel computes from its shape (sparse attention masks); older checkpoints may lack them.
 MASK_BUFFERS = {f"transformer.{m}" for m in ("row_mask", "col_mask", "conv_mask", "last_conv_mask")}
-
-
-def resolve_file(name: str, filename: str, revision: Optional[str], what: str) -> str:
-    """Path of `filename` in the local folder `name`, or downloaded from the Hub repo `name`."""
-    if os.path.isdir(name):
-        path = os.path.join(name, filename)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{what} folder {name!r} has no {filename!r}")
-        return path
-    try:
-        return hf_hub_download(name, filename, revision=revision)
-    except (EntryNotFoundError, RemoteEntryNotFoundError) as err:
-        raise FileNotFoundError(f"{what} repo {name!r} (revision {revision or 'main'}) has no {filename!r}") from err
 
 
 def known_shapes() -> dict[str, str]:
