@@ -137,6 +137,8 @@ class TinyConfig:
     gpt_heads: int = 4
     vocab_size: int = 512  # BPE vocabulary trained on the training captions
     rudolph_text_tokens: int = 64  # tiny RuDOLPH: right-text (caption) positions; its image grid is image_size / 8
+    resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
+    resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
 
 
 @dataclass
@@ -217,8 +219,6 @@ class OcrConfig:
             raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("model.ocr.workers must be >= 1 or null")
-    resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
-    resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
 
 
 @dataclass
