@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.data.captions import CaptionTooLong
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.models.clipcap import LazyPixels, encoder_transform
 from memecap.models.dtypes import weights_dtype
@@ -73,9 +74,13 @@ class LstmCaptioner(nn.Module):
         self.eos_id, self.pad_id = vocab.eos_id, vocab.pad_id
 
     # -- data -------------------------------------------------------------------------------
-    def encode_caption(self, text: str, max_tokens: int) -> list[int]:
-        """Word ids, cut to `max_tokens` with the end token always last."""
-        return self.vocab.encode(text)[: max_tokens - 1] + [self.eos_id]
+    def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
+        """Word ids, cut to `max_tokens` with the end token always last (or CaptionTooLong when
+        `truncate` is false and the caption does not fit)."""
+        ids = self.vocab.encode(text)
+        if not truncate and len(ids) + 1 > max_tokens:
+            raise CaptionTooLong(len(ids) + 1, max_tokens)
+        return ids[: max_tokens - 1] + [self.eos_id]
 
     def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "encoding images"):
