@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -19,11 +18,9 @@ from memecap.config import GenerationConfig
 from memecap.generation import with_overrides
 from memecap.inference import caption_paths, default_device, exported_generation, open_model
 from memecap.models import load_model
+from memecap.models.export import HUB_ID
 
 ImageLike = Union[str, os.PathLike, Image.Image]
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def download(repo_id: str, **kwargs) -> Path:

@@ -149,12 +149,3 @@ def evaluate_model(loaded: InferenceModel, table: str, *, out_path: Optional[Pat
     out_path = Path(out_path) if out_path else loaded.home / f"predictions-{Path(str(table)).stem}.jsonl"
     write_predictions(out_path, rows)
     return metrics, out_path
-
-
-def find_images(target: Path) -> list[Path]:
-    target = Path(target)
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise FileNotFoundError(f"{target}: no such image or folder")
-    return sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

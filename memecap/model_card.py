@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 
 import yaml
 
+from memecap.models.export import BUNDLED_DIR, HUB_ID
+
 METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR",
                 "val_loss": "val loss"}
 
@@ -27,7 +29,7 @@ def hub_bases(meta: dict) -> list[str]:
     names = []
     for base in (meta.get("bases") or {}).values():
         name = str(base["name"])
-        if not name.startswith("bases/") and not Path(name).is_absolute() and name.count("/") == 1:
+        if not name.startswith(BUNDLED_DIR + "/") and not Path(name).exists() and HUB_ID.match(name):
             names.append(name)
     return names
 

@@ -7,12 +7,14 @@ the export (`bases/<role>`), which loaders resolve against the folder.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
 CONFIG_FILE = "memecap.yaml"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name; folders and bundled paths do not match
 BUNDLED_DIR = "bases"
 # PEFT writes a generic model card beside every adapter; an export's card is memecap's own, at the top.
 NOT_EXPORTED = {"README.md"}
