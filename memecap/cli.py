@@ -22,8 +22,9 @@ from memecap.config import ConfigError, list_recipes, load_config, to_yaml
 
 def _train(args) -> int:
     from memecap import train
+    from memecap.process_exit import end_launched_process
 
-    return train.cli([args.recipe, *args.overrides])
+    return end_launched_process(train.cli([args.recipe, *args.overrides]))
 
 
 def _config(args) -> int:

@@ -38,6 +38,7 @@ from memecap.model_card import training_summary
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
+from memecap.process_exit import end_launched_process
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
 
 
@@ -431,13 +432,9 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
-    summary = main(cfg)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Left to interpreter exit, gloo's threads can abort the process ("terminate called without
-        # an active exception") after a run that succeeded.
-        torch.distributed.destroy_process_group()
+    summary = main(cfg)  # its end_training() destroys the process group
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(end_launched_process(cli()))

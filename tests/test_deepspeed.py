@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from memecap.evaluation import read_predictions
 from memecap.models import load_model
 from memecap.models.clipcap import CaptionEvalSet
 from tests.conftest import tiny_run_config
+from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,11 +34,9 @@ def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_da
     # Under ZeRO-3 the ranks are made to generate captions of different lengths (rank 0 stops after
     # 2 tokens): the case where unsynced generation deadlocks. A hang fails on the timeout.
     entry = [str(REPO / "tests" / "probes" / "uneven_generation.py")] if stage == 3 else ["-m", "memecap.train"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config_file),
-           "--num_processes", "2", *entry, str(recipe), f"train.output_dir={out}"]
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = accelerate_launch(config_file, [*entry, str(recipe), f"train.output_dir={out}"], env, processes=2)
+    assert proc.returncode == 0, launch_failure(proc)
     if stage == 3:
         rank0, rank1 = (json.loads((out / f"generated_lengths.rank{r}.json").read_text()) for r in (0, 1))
         # Lengths are re-tokenised decoded text, so a 2-token caption can count a few more.

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from memecap.config import save_config
 from memecap.evaluation import read_predictions
 from tests.conftest import tiny_run_config
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.launching import accelerate_launch, launch_failure
 
 
 def test_two_process_ddp_run(tmp_path, synthetic_data):
@@ -21,10 +17,8 @@ def test_two_process_ddp_run(tmp_path, synthetic_data):
     recipe = tmp_path / "run.yaml"
     save_config(cfg, recipe)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "-m", "memecap.train", str(recipe)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = accelerate_launch("cpu_ddp.yaml", ["-m", "memecap.train", str(recipe)], env)
+    assert proc.returncode == 0, launch_failure(proc)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2

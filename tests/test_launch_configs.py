@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from memecap.config import save_config
 from tests.conftest import tiny_run_config
+from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
@@ -63,10 +62,8 @@ def test_gpu_configs_launch_a_tiny_run_on_cpu(name, use_cpu, processes, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if use_cpu:
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / name),
-           "-m", "memecap.train", str(recipe)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = accelerate_launch(name, ["-m", "memecap.train", str(recipe)], env)
+    assert proc.returncode == 0, launch_failure(proc)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == processes and summary["optimizer_steps"] == 2
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from memecap.inference import exported_generation
 from memecap.models import load_model
 from memecap.models.clipcap import CaptionEvalSet
 from tests.conftest import reset_accelerate, rudolph_overrides
+from tests.launching import REPO, accelerate_launch, launch_failure
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -79,13 +77,6 @@ def test_recipe_smoke_trains_evaluates_exports_and_captions(tmp_path, synthetic_
     assert written["caption"] and len(written["alternatives"]) == 1
 
 
-def launch(recipe_file: Path, accelerate_config: str, env: dict) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / accelerate_config), "--num_processes", "2", "-m", "memecap.train",
-           str(recipe_file)]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
 def check_distributed_run(out: Path, distributed_type: str) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["distributed_type"] == distributed_type
@@ -104,8 +95,8 @@ def test_two_process_ddp_run(tmp_path, synthetic_data, tiny_rudolph):
                              "eval.compare_constant=false")
     save_config(cfg, tmp_path / "run.yaml")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = launch(tmp_path / "run.yaml", "cpu_ddp.yaml", env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = accelerate_launch("cpu_ddp.yaml", ["-m", "memecap.train", str(tmp_path / "run.yaml")], env, processes=2)
+    assert proc.returncode == 0, launch_failure(proc)
     summary = check_distributed_run(out, "DistributedType.MULTI_CPU")
     assert summary["replicas_in_sync"] is True  # gradients (through checkpointed layers) were all-reduced
     assert summary["optimizer_steps"] == 6  # 48 captions, batch 8 per rank, 2 ranks -> 3 steps an epoch
@@ -120,8 +111,9 @@ def test_two_process_zero3_offload_run(tmp_path, synthetic_data, tiny_rudolph):
     save_config(cfg, tmp_path / "run.yaml")
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # DeepSpeed must not see it
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"))
-    proc = launch(tmp_path / "run.yaml", "deepspeed_zero3_offload.yaml", env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    proc = accelerate_launch("deepspeed_zero3_offload.yaml", ["-m", "memecap.train", str(tmp_path / "run.yaml")], env,
+                             processes=2)
+    assert proc.returncode == 0, launch_failure(proc)
     check_distributed_run(out, "DistributedType.DEEPSPEED")
     model = load_model(out / "final")  # whole tensors, loadable without DeepSpeed
     assert model.rudolph.to_logits[1].weight.numel() > 0

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from memecap.models.clipcap import ClipCap
+from memecap.process_exit import end_launched_process
 from memecap.train import cli
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -38,4 +39,5 @@ if __name__ == "__main__":
     out_dir = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("train.output_dir="))
     code = cli(sys.argv[1:])
     Path(out_dir, f"generated_lengths.rank{RANK}.json").write_text(json.dumps(lengths))
+    sys.exit(end_launched_process(code))
     sys.exit(code)
