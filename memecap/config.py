@@ -195,14 +195,15 @@ class RudolphConfig:
 
 @dataclass
 class OcrConfig:
-    """Reading the meme's own text and showing it to the decoder (ClipCap) or quoting it (ocr_template)."""
+    """Reading the meme's own text and showing it to the decoder (ClipCap's prompt, RuDOLPH's left
+    text) or quoting it (ocr_template)."""
 
-    enabled: bool = False  # condition the decoder: image prefix, then the OCR text as prompt tokens, then the caption
+    enabled: bool = False  # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
     engine: str = "tesseract"  # key of memecap.ocr.ENGINES, or a dotted path to an engine class
     languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
     min_confidence: float = 60.0  # words read with a lower confidence (0-100) are dropped
     max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
-    template: str = "Текст на картинке: {text}\nОписание: "  # the prompt around the text; the caption follows
+    template: str = "Текст на картинке: {text}\nОписание: "  # ClipCap's prompt around the text; the caption follows
     workers: Optional[int] = None  # OCR processes; null: one per CPU core
 
     def __post_init__(self) -> None:
@@ -252,9 +253,12 @@ class ModelConfig:
     rudolph: RudolphConfig = field(default_factory=RudolphConfig)  # rudolph only
     lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
     tiny: TinyConfig = field(default_factory=TinyConfig)
-    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt) and ocr_template
+    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt), rudolph (left text) and ocr_template
 
     def __post_init__(self) -> None:
+        if self.family == "lstm" and self.ocr.enabled:
+            raise ConfigError("model.ocr.enabled=true: the LSTM baselines do not read OCR text; "
+                              "use a ClipCap or RuDOLPH recipe (e.g. clipcap_ocr_lora), or set model.ocr.enabled=false")
         if self.family == "lstm" and self.lstm.attention and self.encoder.features != "patches":
             raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
                               "set model.encoder.features=patches")

@@ -10,25 +10,22 @@ models follow the protocol in memecap/models/__init__.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import gather_object, send_to_device, set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from memecap.accelerate_setup import forget_prepared, make_accelerator, replicas_in_sync, whole_weights
 from memecap.checkpoint import STATE_FILE, TrainState, find_resume_point, load_checkpoint, save_checkpoint
-from memecap.config import Config, ConfigError, load_config, save_config, to_dict, to_yaml
+from memecap.config import Config, ConfigError, load_config, save_config, to_yaml
 from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
@@ -39,61 +36,8 @@ from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
 from memecap.process_exit import end_launched_process
+from memecap.run_log import RunLog, flat_hparams
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    handlers = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # DeepSpeed picks NCCL unless told otherwise; on CPU-only machines gloo is the one that works.
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        mixed_precision=precision,
-        log_with=list(cfg.train.trackers) or None,
-        project_dir=cfg.train.output_dir,
-        kwargs_handlers=handlers,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
-    )
-
-
-class RunLog:
-    """Console lines on the main process and one JSON object per record in `log.jsonl`."""
-
-    def __init__(self, accelerator: Accelerator, path: Path):
-        self.accelerator = accelerator
-        self.path = path
-
-    def info(self, text: str) -> None:
-        if self.accelerator.is_main_process:
-            tqdm.write(text, file=sys.stderr)
-
-    def record(self, kind: str, step: int, values: dict) -> None:
-        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        self.accelerator.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
-        if self.accelerator.is_main_process:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
-
-
-def flat_hparams(cfg: Config) -> dict:
-    out = {}
-
-    def walk(prefix, node):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(name + ".", value)
-            elif isinstance(value, (int, float, str, bool)):
-                out[name] = value
-            else:
-                out[name] = str(value)
-
-    walk("", to_dict(cfg))
-    return out
 
 
 @torch.no_grad()
@@ -153,46 +97,6 @@ def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Opt
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     accelerator.wait_for_everyone()
-
-
-def replicas_in_sync(accelerator, model) -> Optional[bool]:
-    """Whether every process ends with identical trained weights (a broken gradient all-reduce
-    shows here); None where weights are sharded (DeepSpeed) and a copy per rank does not exist."""
-    if accelerator.num_processes == 1 or accelerator.state.deepspeed_plugin is not None:
-        return None
-    digest = hashlib.sha256()
-    for p in accelerator.unwrap_model(model).trainable_parameters():
-        digest.update(p.detach().float().cpu().numpy().tobytes())
-    digests = gather_object([digest.hexdigest()])
-    return len(set(digests)) == 1
-
-
-@contextmanager
-def whole_weights(accelerator: Accelerator, log: "RunLog"):
-    """Build models with whole tensors, also under ZeRO-3: the frozen encoder feeds the feature
-    cache outside DeepSpeed's engine and tiny bases are made on one process, so neither may be
-    partitioned at construction. `prepare` partitions the trained module afterwards."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or not plugin.hf_ds_config.is_zero3():
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    if plugin.zero3_init_flag:
-        log.info("zero3_init_flag is ignored: models are loaded whole on each process, then partitioned")
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
-
-
-def forget_prepared(accelerator: Accelerator) -> None:
-    """Before a new stage prepares its own optimizer, scheduler and loaders (and re-wraps the model,
-    whose trainable parameters may have changed): Accelerate checkpoints every object it has
-    prepared, and a resumed run must find exactly the objects of the stage it resumes."""
-    for registry in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
-        registry.clear()
 
 
 def main(cfg: Config) -> dict:

@@ -65,6 +65,11 @@ def test_bad_overrides_name_the_key(override, message):
         load_config("demo", [override])
 
 
+def test_ocr_on_an_lstm_baseline_is_an_error_not_a_silent_no_op():
+    with pytest.raises(ConfigError, match=r"model\.ocr\.enabled=true: the LSTM baselines"):
+        load_config("lstm_resnet50", ["model.ocr.enabled=true"])
+
+
 def test_unknown_recipe_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match="clipcap_lora"):
         load_config("clipcap_nonexistent")

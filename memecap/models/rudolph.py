@@ -12,6 +12,11 @@ Sequence layout, as in rudolph.api's captioning:
     image = image_tokens_per_dim**2 VQGAN codes
     right = <BOS> [<RT_I2T>] caption tokens <EOS> then zeros (ignored by the loss)
 The bracketed special tokens exist in models published with text_special_tokens > 0.
+
+With `model.ocr.enabled` the left text carries the meme's OCR text, lower-cased and cut to
+`model.ocr.max_tokens` and to what the left part holds: <BOS> [<LT_I2T>] OCR tokens <EOS> zeros.
+The left text is RuDOLPH's own slot for text that comes before the image, so no prompt template
+is needed; the caption attends to it like to the image.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
+from memecap.models.clipcap import PromptedImages
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.rudolph_compat import checkpoint_layers, follow_device
 from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
@@ -107,8 +113,28 @@ class RuDolph(nn.Module):
             ids = ids[: limit - 1]
         return ids + [EOS]
 
-    def image_inputs(self, paths: Sequence[Path], *, cache_dir: Optional[str], device, progress: bool,
-                     desc: str = "encoding images") -> torch.Tensor:
+    def encode_left(self, text: str) -> list[int]:
+        """The left text holding a meme's OCR text (see the module docstring), `l_len` ids."""
+        head = self.left[: self.left.index(EOS)]  # <BOS> [<LT_I2T>]
+        room = min(self.l_len - len(head) - 1, self.cfg.ocr.max_tokens)
+        ids = self.tokenizer.tokenizer.encode([text.lower().strip()])[0][:room] if text.strip() else []
+        row = head + ids + [EOS]
+        return row + [PAD] * (self.l_len - len(row))
+
+    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
+                     desc: str = "encoding images"):
+        """What the model reads per image (a path or a PIL image): its VQGAN codes, from the cache
+        where present; with OCR conditioning, each with the left text holding its OCR text."""
+        codes = self._codes(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
+        if not self.cfg.ocr.enabled:
+            return codes
+        from memecap.ocr import read_texts
+
+        texts = read_texts(paths, self.cfg.ocr, cache_dir=Path(cache_dir) / "ocr" if cache_dir else None,
+                           progress=progress, desc=f"{desc}: OCR")
+        return PromptedImages(codes, [self.encode_left(t) for t in texts], texts)
+
+    def _codes(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str) -> torch.Tensor:
         """VQGAN codes [N, image tokens] of each image, from the cache where present."""
         vqgan = self._vqgan[0]
         home = next(vqgan.parameters()).device
@@ -125,7 +151,14 @@ class RuDolph(nn.Module):
         return codes.long()
 
     def collate(self, items: list[dict]) -> dict:
-        batch = {"image": torch.stack([it["image"] for it in items]).long()}
+        images = [it["image"] for it in items]
+        left = None
+        if isinstance(images[0], dict):  # OCR conditioning: PromptedImages items carry their left text
+            left = torch.tensor([im["prompt_ids"] for im in images], dtype=torch.long)
+            images = [im["image"] for im in images]
+        batch = {"image": torch.stack(images).long()}
+        if left is not None:
+            batch["left"] = left
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items])
         if "input_ids" in items[0]:
@@ -137,9 +170,10 @@ class RuDolph(nn.Module):
         return batch
 
     # -- model ------------------------------------------------------------------------------
-    def _inputs(self, codes: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        left = torch.tensor(self.left, device=codes.device).expand(codes.shape[0], -1)
-        return torch.cat([left, codes, right], dim=1)
+    def _inputs(self, codes: torch.Tensor, right: torch.Tensor, left: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if left is None:
+            left = torch.tensor(self.left, device=codes.device).expand(codes.shape[0], -1)
+        return torch.cat([left.to(codes.device), codes, right], dim=1)
 
     def _causal_mask(self, length: int, device) -> torch.Tensor:
         """One [1, 1, S, S] mask broadcast over the batch; ruDolphModel multiplies in its sparse masks.
@@ -154,7 +188,7 @@ class RuDolph(nn.Module):
     def loss(self, batch: dict) -> dict:
         """ruDolphModel's loss: the weighted mean of the left-text, image and caption cross-entropies
         (the caption's averaged over its real tokens, padding ignored)."""
-        inputs = self._inputs(batch["image"], batch["input_ids"])
+        inputs = self._inputs(batch["image"], batch["input_ids"], batch.get("left"))
         follow_device(base_model(self.rudolph), inputs)
         w = self.cfg.rudolph.loss_weights
         loss, _ = self.rudolph(inputs, self._causal_mask(inputs.shape[1], inputs.device), return_loss=True,
@@ -172,7 +206,8 @@ class RuDolph(nn.Module):
         codes = batch["image"].repeat_interleave(k, dim=0)
         n, device = codes.shape[0], codes.device
         prefix = torch.tensor(self.right_prefix, device=device).expand(n, -1)
-        out = self._inputs(codes, prefix)
+        left = batch.get("left")
+        out = self._inputs(codes, prefix, None if left is None else left.repeat_interleave(k, dim=0))
         base = base_model(self.rudolph)
         follow_device(base, out)
         mask = self._causal_mask(self.l_len + self.image_len + self.r_len, device)

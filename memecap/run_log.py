@@ -1,0 +1,48 @@
+"""What a run reports: console lines on the main process, `log.jsonl`, and the trackers."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from memecap.config import Config, to_dict
+
+
+class RunLog:
+    """Console lines on the main process and one JSON object per record in `log.jsonl`."""
+
+    def __init__(self, accelerator: Accelerator, path: Path):
+        self.accelerator = accelerator
+        self.path = path
+
+    def info(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text, file=sys.stderr)
+
+    def record(self, kind: str, step: int, values: dict) -> None:
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        self.accelerator.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
+
+
+def flat_hparams(cfg: Config) -> dict:
+    out = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(name + ".", value)
+            elif isinstance(value, (int, float, str, bool)):
+                out[name] = value
+            else:
+                out[name] = str(value)
+
+    walk("", to_dict(cfg))
+    return out
