@@ -8,7 +8,8 @@ import torch
 from memecap import train
 from memecap.data.tables import load_split
 from memecap.models import load_model
-from memecap.models.clipcap import CaptionEvalSet, PromptedImages
+from memecap.models.clipcap import CaptionEvalSet
+from memecap.models.prompted import PromptedImages
 from memecap.models.rudolph import EOS, PAD
 from tests.conftest import reset_accelerate
 from tests.test_rudolph import build, no_dropout

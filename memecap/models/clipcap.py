@@ -29,6 +29,7 @@ from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.mapping import build_mapper
+from memecap.models.prompted import with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 
 MAPPER_FILE = "mapper.safetensors"
@@ -135,20 +136,6 @@ class LazyPixels:
         return self.transform(read_image(self.sources[i]))
 
 
-class PromptedImages:
-    """Per image: what the encoder gives (features or lazy pixels) and the token ids of its OCR
-    prompt. Items are dicts, so the prompt travels with its image through any dataset."""
-
-    def __init__(self, images, prompt_ids: list[list[int]], texts: list[str]):
-        self.images, self.prompt_ids, self.texts = images, prompt_ids, texts
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "prompt_ids": self.prompt_ids[i]}
-
-
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's padding (mask 0, at its right end) to its left end: generation continues
     from the last position of every row, which must be the row's last real token."""
@@ -204,13 +191,8 @@ class ClipCap(nn.Module):
         """What the model reads per image (a path or a PIL image): cached embeddings for a frozen
         encoder, lazy pixels otherwise; with OCR conditioning, each with the token ids of its OCR prompt."""
         images = self._visual_inputs(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
-        if not self.cfg.ocr.enabled:
-            return images
-        from memecap.ocr import read_texts
-
-        texts = read_texts(paths, self.cfg.ocr, cache_dir=Path(cache_dir) / "ocr" if cache_dir else None,
-                           progress=progress, desc=f"{desc}: OCR")
-        return PromptedImages(images, [self.encode_prompt(t) for t in texts], texts)
+        return with_ocr_prompts(images, paths, self.cfg.ocr, self.encode_prompt, cache_dir=cache_dir,
+                                progress=progress, desc=desc)
 
     def _visual_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str):
         if self.cfg.encoder.trainable:

@@ -17,6 +17,7 @@ from torch import nn
 
 from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
 from memecap.models.export import read_export_config, write_export_config
+from memecap.models.prompted import read_ocr_texts
 
 TEMPLATE = 'подпись: "{text}"'
 # Quote marks the OCR read would end the template's quote early (`подпись: "он сказал "да""`);
@@ -34,10 +35,7 @@ class OcrTemplate(nn.Module):
     def image_inputs(self, paths: Sequence[Path], *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "reading text") -> list[str]:
         """The cleaned OCR text of each image (cached under `cache_dir/ocr`)."""
-        from memecap.ocr import read_texts
-
-        return read_texts(paths, self.cfg.ocr, cache_dir=Path(cache_dir) / "ocr" if cache_dir else None,
-                          progress=progress, desc=f"{desc}: OCR")
+        return read_ocr_texts(paths, self.cfg.ocr, cache_dir=cache_dir, progress=progress, desc=desc)
 
     def collate(self, items: list[dict]) -> dict:
         if "input_ids" in items[0]:

@@ -36,8 +36,8 @@ from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
-from memecap.models.clipcap import PromptedImages
 from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.prompted import with_ocr_prompts
 from memecap.models.rudolph_compat import checkpoint_layers, follow_device
 from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
@@ -126,13 +126,8 @@ class RuDolph(nn.Module):
         """What the model reads per image (a path or a PIL image): its VQGAN codes, from the cache
         where present; with OCR conditioning, each with the left text holding its OCR text."""
         codes = self._codes(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
-        if not self.cfg.ocr.enabled:
-            return codes
-        from memecap.ocr import read_texts
-
-        texts = read_texts(paths, self.cfg.ocr, cache_dir=Path(cache_dir) / "ocr" if cache_dir else None,
-                           progress=progress, desc=f"{desc}: OCR")
-        return PromptedImages(codes, [self.encode_left(t) for t in texts], texts)
+        return with_ocr_prompts(codes, paths, self.cfg.ocr, self.encode_left, cache_dir=cache_dir,
+                                progress=progress, desc=desc)
 
     def _codes(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str) -> torch.Tensor:
         """VQGAN codes [N, image tokens] of each image, from the cache where present."""
