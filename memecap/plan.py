@@ -164,7 +164,9 @@ def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload
                  frozen_weights / shard, where_params)
     plan.trainable = trainable
     plan.add(f"trained weights, fp32 ({trainable:,} parameters)", trainable * 4.0 / shard, where_params)
-    plan.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1))
+    # ZeRO-Offload moves the fp32 gradients to CPU RAM with the optimizer (a bucket stays behind).
+    plan.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1),
+             "CPU" if offload_optimizer and zero_stage else "accelerator")
     opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in cfg.optim.name.lower() else "32bit"]
     plan.add(f"optimizer states ({cfg.optim.name.rsplit('.', 1)[-1]})", trainable * opt_bytes / (processes if zero_stage else 1),
              "CPU" if offload_optimizer and zero_stage else "accelerator")

@@ -34,7 +34,9 @@ def test_modes_move_and_shrink_what_they_should():
     assert r["optimizer states"][0] == 8 * n  # Adam's two fp32 moments
 
     zero2 = rows(plan_memory(cfg, processes=4, zero_stage=2, offload_optimizer=True))
-    assert zero2["gradients"][0] == n and zero2["optimizer states"] == (2 * n, "CPU")
+    # ZeRO-Offload keeps the fp32 gradient partitions with the optimizer, in CPU RAM.
+    assert zero2["gradients"] == (n, "CPU") and zero2["optimizer states"] == (2 * n, "CPU")
+    assert rows(plan_memory(cfg, processes=4, zero_stage=2))["gradients"] == (n, "accelerator")
     assert zero2["trained weights"][0] == 4 * n  # ZeRO-2 keeps whole weights on each GPU
 
     zero3 = rows(plan_memory(cfg, processes=4, zero_stage=3, offload_optimizer=True, offload_params=True))
