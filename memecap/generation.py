@@ -41,7 +41,7 @@ def hf_generate_kwargs(cfg: GenerationConfig, *, eos_token_id: int, pad_token_id
 
 
 def logits_processors(cfg: GenerationConfig):
-    """The score adjustments of `cfg` for a hand-written decoding loop (RuDOLPH's), as transformers'
+    """The score adjustments of `cfg` for a hand-written decoding loop (RuDOLPH's, the LSTM's), as transformers'
     own processors, so both families share one meaning of each setting. Sampling settings apply
     only with strategy=sample."""
     from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
