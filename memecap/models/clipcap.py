@@ -28,6 +28,7 @@ from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.mapping import build_mapper
 from memecap.models.prompted import with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -53,6 +54,8 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
                else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
+    if cfg.decoder.quantization == "4bit":
+        keep_4bit_layers_on_generic_cpu_path(decoder)
     return decoder, tokenizer
 
 

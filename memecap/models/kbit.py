@@ -1,0 +1,31 @@
+"""bitsandbytes 4-bit layers that train and evaluate alike on every x86-64 CPU.
+
+On a CPU with AVX-512 BF16 (Sapphire Rapids and later), bitsandbytes 0.50's `Linear4bit`
+repacks its weight for a fast bf16 kernel the first time it runs without gradients, which in
+memecap is the first evaluation. Two things then go wrong:
+- layers whose `in_features` is not a multiple of the quantization block (64) or whose
+  `out_features` is not a multiple of 32 fail to repack ("shape '[96, 0]' is invalid");
+- the repacked layout is an inference format that stays after `model.train()`: the next
+  training step takes the inference kernel, which adds the bias in place on a tensor autograd
+  tracks and computes no gradient for the layer's input.
+memecap alternates training and evaluation on the same model, so every 4-bit layer is kept on
+bitsandbytes' generic path, which computes the same product on any CPU and on GPUs is unused.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def keep_4bit_layers_on_generic_cpu_path(model: nn.Module) -> int:
+    """Turn off bitsandbytes' AVX-512 BF16 repacking in every 4-bit layer; returns how many
+    layers had it on. A no-op without bitsandbytes, without 4-bit layers, or on other CPUs."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    turned_off = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            turned_off += 1
+    return turned_off

@@ -1,0 +1,48 @@
+"""4-bit bases train, evaluate and train again with the same gradients on any x86-64 CPU, at
+ruGPT-3 large's width (1536) as at the tiny test widths.
+
+On an AVX-512 BF16 CPU, bitsandbytes repacks 4-bit weights for an inference kernel at the first
+no-grad forward; without memecap's guard the tiny widths fail to repack and the real widths keep
+the inference layout in training (an in-place error, no input gradient).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memecap.config import TinyConfig, load_config
+from memecap.models.clipcap import apply_decoder_mode, load_decoder
+from memecap.models.tiny import save_tiny_gpt2
+
+bnb = pytest.importorskip("bitsandbytes")  # an optional extra (memory); setup.sh installs it
+
+
+def lora_grads(decoder, ids) -> dict:
+    decoder.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # the same dropout masks
+    decoder(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("width,heads", [(32, 2), (1536, 16)], ids=["tiny", "rugpt3large-width"])
+def test_4bit_lora_trains_the_same_after_an_evaluation(tmp_path, width, heads, one_thread):
+    folder = save_tiny_gpt2(tmp_path / "gpt2", TinyConfig(gpt_width=width, gpt_layers=1, gpt_heads=heads,
+                                                          vocab_size=300),
+                            ["кот сидит за столом", "подпись: мем про понедельник"] * 20)
+    cfg = load_config("clipcap_qlora_large", [f"model.decoder.name={folder}", "model.decoder.lora.dropout=0"]).model
+    decoder, tokenizer = load_decoder(cfg)
+    decoder = apply_decoder_mode(decoder, cfg)
+    layers = [m for m in decoder.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    ids = torch.tensor([tokenizer("подпись: кот сидит")["input_ids"]])
+    decoder.train()
+    before = lora_grads(decoder, ids)
+    assert before and all("lora_" in n for n in before)
+    decoder.eval()
+    with torch.no_grad():
+        decoder(input_ids=ids)  # where bitsandbytes would repack for its inference kernel
+    decoder.train()
+    after = lora_grads(decoder, ids)
+    assert after.keys() == before.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name])
