@@ -551,6 +551,13 @@ def save_config(cfg: Config, path: Path) -> None:
     Path(path).write_text(to_yaml(cfg), encoding="utf-8")
 
 
-def load_saved_config(path: Path) -> Config:
+def load_saved_config(path: Path, *, published: bool = False) -> Config:
+    """A config saved with a run. `published`: the file may be someone else's (a checkpoint
+    given to `memecap caption`), so it may not name code to import (memecap/untrusted.py)."""
     with open(path, encoding="utf-8") as f:
-        return config_from_dict(yaml.safe_load(f) or {})
+        values = yaml.safe_load(f) or {}
+    if published:
+        from memecap.untrusted import check_published_config
+
+        check_published_config(values, Path(path))
+    return config_from_dict(values)

@@ -52,7 +52,7 @@ def export_checkpoint(checkpoint: Path) -> Path:
     from memecap.config import load_saved_config
     from memecap.models import build_model
 
-    cfg = load_saved_config(checkpoint / "config.yaml")
+    cfg = load_saved_config(checkpoint / "config.yaml", published=True)
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors (a sharded DeepSpeed checkpoint? "

@@ -13,6 +13,8 @@ from typing import Optional
 
 import yaml
 
+from memecap.untrusted import check_published_config
+
 CONFIG_FILE = "memecap.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name; folders and bundled paths do not match
 BUNDLED_DIR = "bases"
@@ -52,6 +54,9 @@ def read_export_config(folder: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no exported memecap model ({CONFIG_FILE} missing)")
     meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
+        raise ValueError(f"{path}: not a memecap export config (expected a mapping with a model section)")
+    check_published_config(meta, path)
     for base in (meta.get("bases") or {}).values():
         if str(base["name"]).startswith(BUNDLED_DIR + "/"):
             set_base(meta, base, name=str((folder / base["name"]).resolve()))
