@@ -2,11 +2,14 @@
 
 A checkpoint is `output_dir/checkpoints/step_0000120/`: Accelerate's state (model, optimizer,
 scheduler, RNG, gradient-accumulation counter), `trainer_state.json` (counters, data position,
-best score, history) and the resolved `config.yaml`. It is written under a `.tmp` name and
-renamed when complete, so a crash mid-write never leaves a checkpoint that looks valid.
+best score, history), the resolved `config.yaml` and, written last, `manifest.json`: the size
+and SHA-256 of every other file. It is written under a `.tmp` name and renamed when complete,
+so a crash mid-write never leaves a checkpoint that looks valid, and a checkpoint is verified
+against its manifest before a resume uses it (a truncated or damaged file is found by name).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +20,12 @@ from typing import Optional
 from memecap.config import Config, save_config
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose files do not match its manifest (or that has none to check)."""
 
 
 @dataclass
@@ -32,13 +40,17 @@ class TrainState:
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
     history: list = field(default_factory=list)  # evaluation records
+    world_size: Optional[int] = None  # processes that wrote it (a resume with another count is not exact)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
 
     @classmethod
     def from_file(cls, path: Path) -> "TrainState":
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        try:
+            return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as err:  # JSONDecodeError and unknown fields
+            raise DamagedCheckpoint(f"{path}: not a readable trainer state ({err})") from None
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -55,33 +67,90 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def find_resume_point(resume: Optional[str], output_dir: Path) -> Optional[Path]:
-    """`None` -> start fresh; `auto` -> newest checkpoint if any; a path -> that checkpoint."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Sizes and hashes of every file in the checkpoint; written last, so its presence means the
+    rest was complete."""
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    tmp = folder / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / MANIFEST_FILE)
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise DamagedCheckpoint naming the first file that is missing, truncated or changed."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        # Written by a memecap before manifests: a renamed folder was complete when renamed.
+        TrainState.from_file(folder / STATE_FILE)
+        return
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DamagedCheckpoint(f"{manifest}: unreadable ({err})") from None
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path}: missing from the checkpoint")
+        if path.stat().st_size != entry["bytes"]:
+            raise DamagedCheckpoint(f"{path}: {path.stat().st_size} bytes, the checkpoint wrote {entry['bytes']}")
+        if _sha256(path) != entry["sha256"]:
+            raise DamagedCheckpoint(f"{path}: its contents changed since the checkpoint was written")
+    TrainState.from_file(folder / STATE_FILE)
+
+
+def find_resume_point(resume: Optional[str], output_dir: Path, log=print) -> Optional[Path]:
+    """`None` -> start fresh; `auto` -> the newest checkpoint that verifies (damaged newer ones
+    are skipped, and said so); a path -> that checkpoint, which must verify."""
     if resume is None:
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        for path in reversed(list_checkpoints(output_dir)):
+            try:
+                verify_checkpoint(path)
+                return path
+            except DamagedCheckpoint as err:
+                log(f"train.resume=auto: skipping a damaged checkpoint: {err}")
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint ({STATE_FILE} missing)")
+    verify_checkpoint(path)
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Config, keep: int) -> Path:
-    """Every process takes part (DeepSpeed shards are saved by each rank); the main one renames."""
+def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Config, keep: int,
+                    writer: Optional[bool] = None) -> Path:
+    """Every process takes part (DeepSpeed shards are saved by each rank); the `writer` (the
+    main process, or each machine's first one when machines keep their own) renames."""
+    writer = accelerator.is_main_process if writer is None else writer
+    from memecap.nonfinite import ensure_finite_weights
+
+    for model in accelerator._models:
+        ensure_finite_weights(accelerator, model, f"checkpoint at optimizer step {state.optimizer_step}")
     root = checkpoints_dir(output_dir)
     final = root / f"{PREFIX}{state.optimizer_step:07d}"
     tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
+    if writer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if writer:
+        state.world_size = accelerator.num_processes
         (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
         save_config(cfg, tmp / "config.yaml")
+        write_manifest(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -94,3 +163,37 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
 def load_checkpoint(accelerator, path: Path) -> TrainState:
     accelerator.load_state(str(path))
     return TrainState.from_file(Path(path) / STATE_FILE)
+
+
+# Settings that define the steps already taken: resuming with other values would not continue
+# the same run (another batch or data order, model, optimizer or schedule shape).
+EXACT_RESUME_KEYS = ("data.train", "data.val", "data.max_train_rows", "data.max_caption_tokens",
+                     "data.long_captions", "data.synthetic", "model", "optim", "stages", "train.seed",
+                     "train.batch_size", "train.grad_accum", "train.mixed_precision")
+# Settings whose change is allowed but alters the learning-rate schedule from the resume on.
+SCHEDULE_KEYS = ("train.epochs", "train.max_steps")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _under(key: str, prefixes: tuple) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def resume_changes(saved: Config, now: Config) -> tuple[list[str], list[str]]:
+    """(keys that make the resume inexact, schedule keys that changed), as `key: old -> new`."""
+    from memecap.config import to_dict
+
+    old, new = _flat(to_dict(saved)), _flat(to_dict(now))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    exact = [c for c in changed if _under(c.split(":")[0], EXACT_RESUME_KEYS)
+             and not _under(c.split(":")[0], ("model.ocr.workers",))]  # how many processes read, not what
+    schedule = [c for c in changed if _under(c.split(":")[0], SCHEDULE_KEYS)]
+    return exact, schedule

@@ -8,6 +8,7 @@ recipe never silently trains the default. Cross-field rules live in `__post_init
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,26 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
 
 
+def _at_least(key: str, value: Optional[float], low: float, *, optional: bool = False) -> None:
+    """`value >= low` (None passes where the setting is optional: null means off)."""
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key}={value!r}: must be >= {low}" + (" or null" if optional else ""))
+
+
+def _dropout(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key}={value!r}: a dropout probability is in [0, 1)")
+
+
+def _above(key: str, value: Optional[float], low: float, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value <= low:
+        raise ConfigError(f"{key}={value!r}: must be > {low}" + (" or null" if optional else ""))
+
+
 @dataclass
 class SyntheticConfig:
     """The built-in demo set: coloured shapes with Cyrillic captions, generated on first use."""
@@ -37,6 +58,11 @@ class SyntheticConfig:
     n_val: int = 200  # held-out images
     image_size: int = 64  # side of the generated square images
     seed: int = 0  # generator seed (independent of the training seed)
+
+    def __post_init__(self) -> None:
+        _at_least("data.synthetic.n_train", self.n_train, 1)
+        _at_least("data.synthetic.n_val", self.n_val, 1)
+        _at_least("data.synthetic.image_size", self.image_size, 16)
 
 
 @dataclass
@@ -57,6 +83,9 @@ class DataConfig:
         _one_of("data.long_captions", self.long_captions, ("truncate", "reject"))
         if self.max_caption_tokens < 2:
             raise ConfigError("data.max_caption_tokens must be >= 2 (one word and the end token)")
+        _at_least("data.max_train_rows", self.max_train_rows, 1, optional=True)
+        _at_least("data.max_val_rows", self.max_val_rows, 1, optional=True)
+        _at_least("data.num_workers", self.num_workers, 0)
 
 
 @dataclass
@@ -92,6 +121,17 @@ class MapperConfig:
         _one_of("model.mapper.type", self.type, ("mlp", "transformer"))
         if self.prefix_length < 1 or self.clip_length < 1:
             raise ConfigError("model.mapper.prefix_length and clip_length must be >= 1")
+        _at_least("model.mapper.num_layers", self.num_layers, 1)
+        _at_least("model.mapper.num_heads", self.num_heads, 1)
+        _dropout("model.mapper.dropout", self.dropout)
+
+
+def _check_lora(prefix: str, lora) -> None:
+    _at_least(f"{prefix}.r", lora.r, 1)
+    _above(f"{prefix}.alpha", lora.alpha, 0)
+    _dropout(f"{prefix}.dropout", lora.dropout)
+    if not lora.target_modules:
+        raise ConfigError(f"{prefix}.target_modules is empty: name the modules that get adapters")
 
 
 @dataclass
@@ -100,6 +140,9 @@ class LoraConfig:
     alpha: int = 16  # scaling numerator
     dropout: float = 0.05  # dropout on the LoRA branch
     target_modules: list = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])  # GPT-2 Conv1D names
+
+    def __post_init__(self) -> None:
+        _check_lora("model.decoder.lora", self)
 
 
 @dataclass
@@ -140,6 +183,13 @@ class TinyConfig:
     resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
     resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
 
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "vision_width", "vision_layers", "embed_dim", "gpt_width",
+                     "gpt_layers", "gpt_heads", "vocab_size", "rudolph_text_tokens"):
+            _at_least(f"model.tiny.{name}", getattr(self, name), 1)
+        if self.gpt_width % self.gpt_heads:
+            raise ConfigError(f"model.tiny.gpt_width={self.gpt_width} must be a multiple of gpt_heads={self.gpt_heads}")
+
 
 @dataclass
 class RudolphLossWeights:
@@ -157,6 +207,9 @@ class RudolphLoraConfig:
     dropout: float = 0.05  # dropout on the LoRA branch
     # RuDOLPH's attention (query_key_value, dense) and MLP (dense_h_to_4h, dense_4h_to_h) projections.
     target_modules: list = field(default_factory=lambda: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
+
+    def __post_init__(self) -> None:
+        _check_lora("model.rudolph.lora", self)
 
 
 @dataclass
@@ -242,6 +295,9 @@ class LstmConfig:
             raise ConfigError("model.lstm.num_layers, hidden_dim and embed_dim must be >= 1")
         if self.min_word_count < 1:
             raise ConfigError("model.lstm.min_word_count must be >= 1")
+        _dropout("model.lstm.dropout", self.dropout)
+        _at_least("model.lstm.attention_dim", self.attention_dim, 1)
+        _at_least("model.lstm.max_vocab", self.max_vocab, 1, optional=True)
 
 
 @dataclass
@@ -279,6 +335,12 @@ class OptimConfig:
         _one_of("optim.scheduler", self.scheduler, ("linear", "cosine", "constant"))
         if self.lr <= 0:
             raise ConfigError("optim.lr must be > 0")
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _above("optim.eps", self.eps, 0)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r}: two numbers in [0, 1), e.g. [0.9, 0.999]")
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _above("optim.max_grad_norm", self.max_grad_norm, 0, optional=True)
 
 
 @dataclass
@@ -296,6 +358,15 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         _one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
+        _at_least("generation.num_beams", self.num_beams, 1)
+        _at_least("generation.top_k", self.top_k, 0)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"generation.top_p={self.top_p!r}: must be in (0, 1]")
+        _above("generation.temperature", self.temperature, 0)
+        _at_least("generation.num_return_sequences", self.num_return_sequences, 1)
+        _at_least("generation.max_new_tokens", self.max_new_tokens, 1)
+        _above("generation.repetition_penalty", self.repetition_penalty, 0)
+        _at_least("generation.no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
             raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
 
@@ -309,6 +380,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _one_of("eval.scoring", self.scoring, ("memecap", "seed"))
+        _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.samples_to_show", self.samples_to_show, 0)
 
 
 @dataclass
@@ -333,6 +406,9 @@ class TrainConfig:
     hub_repo: Optional[str] = None  # "user/name" the export is pushed to
     hub_private: bool = False  # create the Hub repo as private
     hub_license: str = "apache-2.0"  # the model card's license (check the base models' licenses)
+    overwrite: bool = False  # start afresh in an output_dir that holds an earlier run (its run files are deleted first)
+    max_bad_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm skipped before the run stops
+    save_on_each_node: bool = False  # machines without a shared output_dir: each keeps its own checkpoints to resume from
 
     def __post_init__(self) -> None:
         _one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
@@ -342,6 +418,16 @@ class TrainConfig:
             raise ConfigError(f"train.hub_repo={self.hub_repo!r}: expected user/name")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.max_steps", self.max_steps, 1, optional=True)
+        _at_least("train.log_every", self.log_every, 1)
+        _at_least("train.eval_every", self.eval_every, 1, optional=True)
+        _at_least("train.save_every", self.save_every, 1, optional=True)
+        _at_least("train.keep_checkpoints", self.keep_checkpoints, 0)
+        _at_least("train.early_stopping_patience", self.early_stopping_patience, 1, optional=True)
+        _at_least("train.max_bad_steps", self.max_bad_steps, 0)
+        if self.overwrite and self.resume is not None:
+            raise ConfigError("train.overwrite=true deletes the earlier run; it cannot be combined with train.resume")
         if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote", "val_loss"):
             raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, quote or val_loss")
 
@@ -366,6 +452,8 @@ class StageConfig:
             raise ConfigError("stages: train and val are table paths or hf: datasets (not 'synthetic')")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("stages: lr must be > 0")
+        _at_least(f"stages[{self.name or '?'}].epochs", self.epochs, 1, optional=True)
+        _at_least(f"stages[{self.name or '?'}].max_steps", self.max_steps, 1, optional=True)
 
 
 @dataclass
@@ -451,6 +539,8 @@ def _coerce(hint, value, key: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -493,16 +583,31 @@ def list_recipes() -> list[str]:
 def _read_recipe(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise ConfigError(f"recipe {path} extends itself through {' -> '.join(map(str, seen))}")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    raw = _load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends={parent!r}: name one recipe (extends: clipcap_lora) or one YAML file")
     is_file = parent.endswith((".yaml", ".yml"))
     parent_path = resolve_recipe_path(str(path.parent / parent) if is_file else parent)
     return _merge(_read_recipe(parent_path, seen + (path,)), raw)
+
+
+def _load_yaml(path: Path):
+    """A YAML file; a syntax error names the file, line and column instead of PyYAML's traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -554,8 +659,7 @@ def save_config(cfg: Config, path: Path) -> None:
 def load_saved_config(path: Path, *, published: bool = False) -> Config:
     """A config saved with a run. `published`: the file may be someone else's (a checkpoint
     given to `memecap caption`), so it may not name code to import (memecap/untrusted.py)."""
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
+    values = _load_yaml(path) or {}
     if published:
         from memecap.untrusted import check_published_config
 

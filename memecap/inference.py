@@ -52,6 +52,9 @@ def export_checkpoint(checkpoint: Path) -> Path:
     from memecap.config import load_saved_config
     from memecap.models import build_model
 
+    from memecap.checkpoint import verify_checkpoint
+
+    verify_checkpoint(checkpoint)
     cfg = load_saved_config(checkpoint / "config.yaml", published=True)
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():

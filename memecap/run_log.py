@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,27 @@ class RunLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
+
+
+    def forget_after(self, step: int) -> int:
+        """After a resume at `step`: drop the records the interrupted attempt wrote past it (the
+        resumed run writes them again), so each step is in the log once. Returns how many."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) is None or _step_of(line) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return len(lines) - len(kept)
+
+
+def _step_of(line: str):
+    try:
+        return json.loads(line).get("step")
+    except ValueError:  # a line torn by the crash
+        return 10**18
 
 
 def flat_hparams(cfg: Config) -> dict:

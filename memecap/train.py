@@ -10,6 +10,7 @@ models follow the protocol in memecap/models/__init__.py.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -24,8 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from memecap.accelerate_setup import forget_prepared, make_accelerator, replicas_in_sync, whole_weights
-from memecap.checkpoint import STATE_FILE, TrainState, find_resume_point, load_checkpoint, save_checkpoint
-from memecap.config import Config, ConfigError, load_config, save_config, to_yaml
+from memecap.checkpoint import (STATE_FILE, DamagedCheckpoint, TrainState, find_resume_point, list_checkpoints, load_checkpoint,
+                                resume_changes, save_checkpoint)
+from memecap.config import Config, ConfigError, load_config, load_saved_config, save_config, to_yaml
 from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
@@ -34,8 +36,10 @@ from memecap.hub import EVALUATION_FILE, push_run, require_hub_token
 from memecap.model_card import training_summary
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
+from memecap.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
 from memecap.optim import build_optimizer, build_scheduler
 from memecap.process_exit import end_launched_process
+from memecap.run_folder import claim_run_folder, output_is_shared, preparing, writes_checkpoints
 from memecap.run_log import RunLog, flat_hparams
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
 
@@ -77,6 +81,8 @@ LOWER_IS_BETTER = ("val_loss", "quote")  # a loss and an error rate
 
 
 def is_better(metric: str, new: float, best: Optional[float]) -> bool:
+    if not math.isfinite(new):
+        return False  # a NaN score is never the best
     if best is None:
         return True
     return new < best if metric in LOWER_IS_BETTER else new > best
@@ -87,6 +93,7 @@ def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Opt
     the evaluation that scored it (for the model card). The weights are consolidated first
     (every rank takes part under ZeRO-3), so the export loads without DeepSpeed."""
     accelerator.wait_for_everyone()
+    ensure_finite_weights(accelerator, model, f"export to {out_dir}")
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -107,16 +114,21 @@ def main(cfg: Config) -> dict:
     set_seed(cfg.train.seed)
     log.info(f"memecap: {accelerator.distributed_type} x{accelerator.num_processes}, device {accelerator.device}, "
              f"mixed precision {accelerator.mixed_precision}\n--- resolved config ---\n{to_yaml(cfg)}")
+    shared = output_is_shared(accelerator, cfg, out_dir)
+    writer = writes_checkpoints(accelerator, shared)
+    claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=bool(list_checkpoints(out_dir)))
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
     stages = plan_stages(cfg)
     if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
         raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
-    resume_from = find_resume_point(cfg.train.resume, out_dir)
+    resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
     state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
+    if resume_from is not None:
+        check_resume(cfg, resume_from, state, accelerator.num_processes, log)
 
     # Data: read and validate every row of every stage before anything heavy happens.
-    with accelerator.main_process_first():
+    with preparing(accelerator, shared):
         data = [load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages]
     train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
@@ -127,8 +139,9 @@ def main(cfg: Config) -> dict:
                                  progress=show, desc=f"{split} images")
                 for split, examples in zip(("train", "val"), data[stage.index])]
 
-    with whole_weights(accelerator, log), accelerator.main_process_first():  # the first process writes caches
-        model = build_model(cfg.model, work_dir=out_dir, train_texts=train_texts)
+    with whole_weights(accelerator, log), preparing(accelerator, shared):  # the first process writes caches
+        # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
+        model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)
         images = stage_images(model, stages[state.stage])
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
 
@@ -151,7 +164,7 @@ def main(cfg: Config) -> dict:
         train_examples, val_examples = data[stage.index]
         if not first:
             model = accelerator.unwrap_model(model)
-            with accelerator.main_process_first():
+            with preparing(accelerator, shared):
                 images = stage_images(model, stage)
         train_images, val_images = images
         apply_freeze(model, trainable, stage)
@@ -185,7 +198,8 @@ def main(cfg: Config) -> dict:
                                        accelerator.device)
                 probe_loss = net(probe)["loss"].item()
                 probe_eval = send_to_device(net.collate([CaptionEvalSet(val_images)[0]]), accelerator.device)
-                quick = with_overrides(cfg.generation, strategy="greedy", max_new_tokens=8, num_return_sequences=1)
+                # The configured decoding (beam width, sampling filters), only shorter.
+                quick = with_overrides(cfg.generation, max_new_tokens=min(8, cfg.generation.max_new_tokens))
                 probe_caption = net.generate(probe_eval, quick, synced_gpus=synced_gpus)[0][0]
             if not math.isfinite(probe_loss):
                 raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
@@ -193,8 +207,11 @@ def main(cfg: Config) -> dict:
 
             if resume_from is not None:
                 state = load_checkpoint(accelerator, resume_from)
+                replayed = log.forget_after(state.optimizer_step)
                 log.info(f"resumed from {resume_from}: {stage.label + ', ' if len(stages) > 1 else ''}"
-                         f"epoch {state.epoch}, optimizer step {state.optimizer_step}")
+                         f"epoch {state.epoch}, optimizer step {state.optimizer_step}"
+                         + (f" ({replayed} log records of the interrupted attempt after it were dropped)"
+                            if replayed else ""))
             accelerator.init_trackers("memecap", config=flat_hparams(cfg))
             if cfg.eval.compare_constant and accelerator.is_main_process:
                 # Against the data the run ends on: the last stage's.
@@ -233,6 +250,7 @@ def main(cfg: Config) -> dict:
         bar = tqdm(total=total_steps, initial=stage_step, desc="training", unit="step",
                    disable=not (cfg.train.progress_bar and accelerator.is_main_process))
         window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        guard = BadStepGuard(accelerator, cfg.train.max_bad_steps)
         stop = stage_step >= total_steps
         last_saved = last_evaluated = state.optimizer_step
         while not stop and state.epoch < (stage.epochs if stage.max_steps is None else 10**9):
@@ -243,18 +261,30 @@ def main(cfg: Config) -> dict:
                 with accelerator.accumulate(model):
                     out = model(batch)
                     accelerator.backward(out["loss"])
+                    loss, tokens = out["loss"].item(), out["num_tokens"].item()
+                    finite = guard.see_loss(loss)
+                    grad_norm = None
                     if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                    optimizer.step()
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    bad_step = accelerator.sync_gradients and guard.step_is_bad(grad_norm)
+                    if not bad_step:
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 state.micro_step += 1
                 state.batches_in_epoch += 1
-                window_loss += out["loss"].item() * out["num_tokens"].item()
-                window_tokens += out["num_tokens"].item()
+                if finite:
+                    window_loss += loss * tokens
+                    window_tokens += tokens
                 if not accelerator.sync_gradients:
                     continue
                 state.optimizer_step += 1
+                if bad_step:
+                    newest = list_checkpoints(out_dir)
+                    guard.after_bad_step(state.optimizer_step, str(newest[-1]) if newest else None)
+                    log.info(f"optimizer step {state.optimizer_step}: non-finite loss or gradient norm, step skipped "
+                             f"({guard.bad_steps} of train.max_bad_steps={cfg.train.max_bad_steps})")
+                    log.record("skipped", state.optimizer_step, {"bad_steps": guard.bad_steps})
                 bar.update(1)
                 if state.optimizer_step % cfg.train.log_every == 0:
                     elapsed = time.perf_counter() - window_start
@@ -274,7 +304,7 @@ def main(cfg: Config) -> dict:
                     stop = True
                 save_now = cfg.train.save_every and state.optimizer_step % cfg.train.save_every == 0
                 if save_now or (not cfg.train.save_every and last_evaluated == state.optimizer_step != last_saved):
-                    save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+                    save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints, writer)
                     last_saved = state.optimizer_step
                 if stop:
                     break
@@ -285,14 +315,14 @@ def main(cfg: Config) -> dict:
                     run_evaluation()
                     last_evaluated = state.optimizer_step
                     if not cfg.train.save_every:
-                        save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+                        save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints, writer)
                         last_saved = state.optimizer_step
         bar.close()
 
         # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
         final = state.history[-1] if state.history and last_evaluated == state.optimizer_step else run_evaluation()
         if last_saved != state.optimizer_step:
-            save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints)
+            save_checkpoint(accelerator, out_dir, state, cfg, cfg.train.keep_checkpoints, writer)
         first = False
         if stage.index + 1 < len(stages):
             # The next stage has its own data: its best checkpoint is chosen on its own validation set.
@@ -324,6 +354,21 @@ def main(cfg: Config) -> dict:
     return summary
 
 
+def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes: int, log: RunLog) -> None:
+    """Refuse a resume whose settings would not continue the same run; warn where only the
+    schedule from here on changes."""
+    exact, schedule = resume_changes(load_saved_config(checkpoint / "config.yaml"), cfg)
+    if state.world_size is not None and state.world_size != num_processes:
+        exact.append(f"processes: {state.world_size} -> {num_processes} (the global batch and data order)")
+    if exact:
+        raise ConfigError(f"train.resume: {checkpoint} was written with other settings, and resuming with these would "
+                          f"not continue the same run: {'; '.join(exact)}. Resume with the checkpoint's settings, "
+                          f"or start a new run (a new train.output_dir)")
+    if schedule:
+        log.info(f"train.resume: {'; '.join(schedule)}: the learning-rate schedule from step "
+                 f"{state.optimizer_step} on follows the new length")
+
+
 def cli(argv: Optional[list[str]] = None) -> int:
     """`python -m memecap.train RECIPE [key=value ...]` (what `accelerate launch -m` runs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -336,7 +381,14 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
-    summary = main(cfg)  # its end_training() destroys the process group
+    try:
+        summary = main(cfg)  # its end_training() destroys the process group
+    except ConfigError as err:  # found once the run folder or checkpoint is read
+        print(f"memecap: config error: {err}", file=sys.stderr)
+        return 2
+    except (NonFiniteTraining, DamagedCheckpoint) as err:
+        print(f"memecap: {err}", file=sys.stderr)
+        return 1
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 
