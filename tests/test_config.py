@@ -112,3 +112,50 @@ def test_cross_field_rules():
         load_config("demo", ["data.train=a.tsv", "data.val="])
     with pytest.raises(ConfigError, match="num_return_sequences"):
         load_config("demo", ["generation.strategy=greedy", "generation.num_return_sequences=3"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.max_steps=0", "train.max_steps"), ("train.max_steps=-5", "train.max_steps"),
+    ("train.epochs=0", "train.epochs"), ("train.log_every=0", "train.log_every"),
+    ("train.eval_every=0", "train.eval_every"), ("train.save_every=-1", "train.save_every"),
+    ("generation.num_beams=0", "generation.num_beams"), ("generation.max_new_tokens=0", "generation.max_new_tokens"),
+    ("generation.top_p=0", "generation.top_p"), ("generation.temperature=0", "generation.temperature"),
+    ("optim.lr=.nan", "optim.lr"), ("optim.lr=.inf", "optim.lr"), ("optim.lr=nan", "optim.lr"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps"), ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.max_grad_norm=0", "optim.max_grad_norm"), ("eval.batch_size=0", "eval.batch_size"),
+    ("model.decoder.lora.r=0", "model.decoder.lora.r"), ("model.mapper.dropout=1.5", "model.mapper.dropout"),
+    ("data.num_workers=-1", "data.num_workers"), ("train.max_bad_steps=-1", "train.max_bad_steps"),
+    ("model.tiny.gpt_heads=3", "model.tiny.gpt_width"),
+])
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("demo", [override])
+
+
+def test_overwrite_and_resume_exclude_each_other():
+    with pytest.raises(ConfigError, match=r"train\.overwrite=true.*train\.resume"):
+        load_config("demo", ["train.overwrite=true", "train.resume=auto"])
+
+
+def test_invalid_yaml_recipe_names_file_line_and_column(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("extends: demo\ntrain:\n  epochs: 2\n   batch_size: [1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 4, column \d+: invalid YAML"):
+        load_config(str(recipe))
+
+
+def test_extends_must_name_one_recipe(tmp_path):
+    recipe = tmp_path / "list.yaml"
+    recipe.write_text("extends: [demo]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"extends=\['demo'\]: name one recipe"):
+        load_config(str(recipe))
+
+
+def test_config_command_reports_a_bad_recipe_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train: {epochs: 2\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "memecap", "config", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,140 @@
+"""Nothing lost: one run per folder, verified checkpoints, non-finite losses stop the run, a
+resume with other settings is refused, and each step is in the log once."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from memecap import train
+from memecap.checkpoint import DamagedCheckpoint, list_checkpoints
+from memecap.config import ConfigError
+from memecap.nonfinite import NonFiniteTraining
+from tests.conftest import reset_accelerate, tiny_run_config
+
+QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state(one_thread):
+    yield
+    reset_accelerate()
+
+
+def log_rows(out, kind="train"):
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def run(out, data, *overrides):
+    try:
+        return train.main(tiny_run_config(out, data, *QUICK, *overrides))
+    finally:
+        reset_accelerate()
+
+
+@pytest.fixture()
+def four_steps(tmp_path, synthetic_data):
+    out = tmp_path / "run"
+    run(out, synthetic_data, "train.max_steps=4")
+    return out
+
+
+def test_a_second_run_into_the_same_folder_is_refused(four_steps, synthetic_data):
+    before = (four_steps / "log.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"holds an earlier run.*train\.resume=auto.*train\.overwrite=true"):
+        run(four_steps, synthetic_data, "train.max_steps=2")
+    assert (four_steps / "log.jsonl").read_text() == before  # nothing of the old run was touched
+
+
+def test_overwrite_starts_afresh_with_new_tiny_bases(four_steps, synthetic_data):
+    old_width = json.loads((four_steps / "base_models" / "decoder" / "config.json").read_text())["n_embd"]
+    run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true", "model.tiny.gpt_width=48",
+        "model.tiny.gpt_heads=2")
+    assert [r["step"] for r in log_rows(four_steps)] == [1, 2]
+    assert [p.name for p in list_checkpoints(four_steps)] == ["step_0000002"]
+    new_width = json.loads((four_steps / "base_models" / "decoder" / "config.json").read_text())["n_embd"]
+    assert (old_width, new_width) == (32, 48)
+
+
+def test_resume_auto_without_a_checkpoint_starts_over(tmp_path, synthetic_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')  # an attempt killed early
+    summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+    assert summary["optimizer_steps"] == 2
+    assert [r["loss"] != 9.0 for r in log_rows(out)] == [True, True]
+
+
+def test_non_finite_loss_stops_the_run_and_saves_nothing_more(tmp_path, synthetic_data):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteTraining, match=r"optimizer step 2: .*not finite.*step_0000001"):
+        run(out, synthetic_data, "train.max_steps=8", "train.save_every=1", "optim.lr=1e6", "optim.warmup_steps=0")
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000001"]
+    weights = load_file(list_checkpoints(out)[0] / "model.safetensors")
+    assert all(t.isfinite().all() for t in weights.values())
+    assert not (out / "best").exists() and not (out / "final").exists()
+
+
+def test_a_few_bad_steps_may_be_skipped(tmp_path, synthetic_data):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteTraining, match="4 bad steps"):
+        run(out, synthetic_data, "train.max_steps=8", "optim.lr=1e6", "optim.warmup_steps=0", "train.max_bad_steps=3")
+    assert [r["step"] for r in log_rows(out, "skipped")] == [2, 3, 4]
+
+
+def test_a_nan_score_is_never_the_best():
+    assert not train.is_better("bleu4", math.nan, None)
+    assert not train.is_better("val_loss", math.nan, 2.0)
+    assert train.is_better("val_loss", 1.0, 2.0)
+
+
+def damage(path, how):
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "delete":
+        path.unlink()
+
+
+@pytest.mark.parametrize("name,how", [("model.safetensors", "truncate"), ("optimizer.bin", "empty"),
+                                      ("trainer_state.json", "truncate"), ("random_states_0.pkl", "delete")])
+def test_resume_auto_skips_a_damaged_checkpoint_and_says_so(four_steps, synthetic_data, name, how, capsys):
+    damage(four_steps / "checkpoints" / "step_0000004" / name, how)
+    summary = run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    assert summary["optimizer_steps"] == 4
+    err = capsys.readouterr().err
+    assert "skipping a damaged checkpoint" in err and f"step_0000004/{name}" in err
+    assert "resumed from" in err and "step_0000002" in err
+
+
+def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(four_steps, synthetic_data):
+    checkpoint = four_steps / "checkpoints" / "step_0000004"
+    damage(checkpoint / "model.safetensors", "truncate")
+    with pytest.raises(DamagedCheckpoint, match=r"step_0000004/model\.safetensors"):
+        run(four_steps, synthetic_data, "train.max_steps=6", f"train.resume={checkpoint}")
+
+
+def test_resume_refuses_settings_that_change_the_math(four_steps, synthetic_data):
+    with pytest.raises(ConfigError, match=r"model\.decoder\.mode: .full. -> .lora.; train\.batch_size: 8 -> 4"):
+        run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto", "train.batch_size=4",
+            "model.decoder.mode=lora")
+
+
+def test_resume_may_extend_the_run_and_says_what_changes(four_steps, synthetic_data, capsys):
+    summary = run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto")
+    assert summary["optimizer_steps"] == 6
+    assert "train.max_steps: 4 -> 6" in capsys.readouterr().err
+
+
+def test_replayed_steps_are_logged_once(four_steps, synthetic_data):
+    # A kill after step 4 was logged, before its checkpoint was written.
+    shutil.rmtree(four_steps / "checkpoints" / "step_0000004")
+    before = {r["step"]: r["loss"] for r in log_rows(four_steps)}
+    run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    rows = log_rows(four_steps)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {r["step"]: r["loss"] for r in rows} == pytest.approx(before, abs=1e-6)  # the replay is exact
