@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import ProjectConfiguration
 from accelerate.utils import gather_object
 
 from memecap.config import Config
@@ -28,7 +29,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=precision,
         log_with=list(cfg.train.trackers) or None,
-        project_dir=cfg.train.output_dir,
+        project_config=ProjectConfiguration(project_dir=cfg.train.output_dir,
+                                            save_on_each_node=cfg.train.save_on_each_node),
         kwargs_handlers=handlers,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
     )

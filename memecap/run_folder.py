@@ -39,6 +39,16 @@ def agree(accelerator, problem: Optional[str]) -> Optional[str]:
     return found[0] if found else None
 
 
+def same_everywhere(accelerator, value, what: str) -> None:
+    """Every process must hold the same `value` (e.g. the checkpoint each machine resumes from)."""
+    if accelerator.num_processes == 1:
+        return
+    values = gather_object([value])
+    if len(set(values)) > 1:
+        raise ConfigError(f"the processes disagree on {what}: {', '.join(sorted(set(map(str, values))))}; "
+                          "each machine must hold the same checkpoints")
+
+
 def holds_a_run(folder: Path) -> list[str]:
     return [name for name in HOLDS_A_RUN if (folder / name).exists()]
 

@@ -39,7 +39,7 @@ from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
 from memecap.optim import build_optimizer, build_scheduler
 from memecap.process_exit import end_launched_process
-from memecap.run_folder import claim_run_folder, output_is_shared, preparing, writes_checkpoints
+from memecap.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
 from memecap.run_log import RunLog, flat_hparams
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
 
@@ -123,6 +123,7 @@ def main(cfg: Config) -> dict:
     if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
         raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
     resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
+    same_everywhere(accelerator, resume_from.name if resume_from else None, "the checkpoint to resume from")
     state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
     if resume_from is not None:
         check_resume(cfg, resume_from, state, accelerator.num_processes, log)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection,
                           ConvNextImageProcessorPil, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, ResNetConfig,
@@ -21,6 +22,24 @@ from memecap.config import TinyConfig
 TINY = "tiny-random"
 EOS = "<|endoftext|>"
 PAD = "<pad>"
+
+
+def save_on_any_process(model, out_dir: Path) -> None:
+    """`save_pretrained`'s files, written by whichever process calls this. Under torch.distributed
+    transformers 5 writes weights on global rank 0 only, and on several machines with their own
+    folders each machine's first process makes its own tiny bases."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out_dir)
+    weights, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:  # a tied weight (GPT-2's lm_head is its input embedding)
+            continue
+        seen.add(tensor.data_ptr())
+        weights[name] = tensor.detach().contiguous()
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
 def save_tiny_clip_vision(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path:
@@ -38,7 +57,7 @@ def save_tiny_clip_vision(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path
         # enough to amplify it; at unit scale a from-scratch tower learns "where" within minutes.
         torch.nn.init.normal_(model.vision_model.embeddings.position_embedding.weight, std=1.0)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    save_on_any_process(model, out_dir)
     CLIPImageProcessorPil(size={"shortest_edge": cfg.image_size},
                        crop_size={"height": cfg.image_size, "width": cfg.image_size}).save_pretrained(out_dir)
     return out_dir
@@ -66,7 +85,7 @@ def save_tiny_gpt2(out_dir: Path, cfg: TinyConfig, texts: Iterable[str], seed: i
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    save_on_any_process(model, out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -80,7 +99,7 @@ def save_tiny_resnet(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = ResNetModel(config)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    save_on_any_process(model, out_dir)
     ConvNextImageProcessorPil(size={"shortest_edge": cfg.image_size}, image_mean=list(IMAGENET_DEFAULT_MEAN),
                               image_std=list(IMAGENET_DEFAULT_STD)).save_pretrained(out_dir)
     return out_dir
