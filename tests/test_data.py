@@ -163,6 +163,24 @@ def test_stray_quote_never_swallows_rows_silently(tmp_path, body, bad_line):
     assert all("\n" not in c for r in rows for c in r.captions)
 
 
+def test_a_field_opening_a_quote_counts_every_row_it_swallows(tmp_path):
+    # A caption that starts with & opens a quoted field: the rows after it vanish into it.
+    body = b"uid\ttext\n1\tgood\n2\t&amp starts here\n" + b"".join(b"%d\ttext %d\n" % (i, i) for i in range(3, 13))
+    path = _table(tmp_path, body, images=range(1, 13))
+    logged = []
+    examples, report = load_split(path, on_bad_row="skip", log=logged.append)
+    assert [e.uid for e in examples] == ["1"]
+    assert (report.skipped_rows, report.n_rows) == (11, 12)
+    assert logged[-1].startswith(f"{path}: skipped 11 of 12 rows")
+    assert "lines 3-13 (11 rows)" in logged[0] and "field 2 of line 3 starts with &, which opens a quoted field" in logged[0]
+
+    # Closed lines later, the swallowed span is one legal field: counted the same way.
+    body = b"uid\ttext\n1\t&opens\n2\tb\n3\tand closes&\n4\tok\n"
+    examples, report = load_split(_table(tmp_path, body, images=range(1, 5)), on_bad_row="skip", log=None)
+    assert [e.uid for e in examples] == ["4"] and (report.skipped_rows, report.n_rows) == (3, 4)
+    assert "lines 2-4 (3 rows)" in report.problems[0].detail
+
+
 def test_max_rows_and_check_images_off(tmp_path):
     path = _table(tmp_path, b"uid\ttext\n1\ta\n2\tb\n3\tc\n", images=[1, 2, 3])
     (tmp_path / "images" / "3.jpg").write_bytes(b"junk")

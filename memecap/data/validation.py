@@ -135,7 +135,9 @@ def validate_rows(
         bad.update(users)
 
     problems.sort(key=lambda p: (p.source, p.line))
-    report = ValidationReport(source, len(rows), problems, skipped_rows=len(bad))
+    # A record that swallowed rows counts as all of them, so "skipped N of M" is true of the table.
+    report = ValidationReport(source, sum(r.covers for r in rows), problems,
+                              skipped_rows=sum(rows[i].covers for i in bad))
     if problems and on_bad_row == "error":
         raise DataError(problems, hint="fix the data or set on_bad_row='skip'")
     if log is not None:
