@@ -127,7 +127,9 @@ def _report(args) -> int:
     summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
                            log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring)
     missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
-    print(f"wrote {args.out}: {summary['examples']} examples{missing}")
+    refused = (f" ({summary['images_refused']} named a path outside {args.images or 'the predictions folder'}, "
+               "not read)" if summary["images_refused"] else "")
+    print(f"wrote {args.out}: {summary['examples']} examples{missing}{refused}")
     return 0
 
 
