@@ -18,7 +18,7 @@ from typing import Callable, Optional
 from tqdm.auto import tqdm
 
 from memecap.config import GenerationConfig
-from memecap.data.images import ImageReadError, load_rgb
+from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 from memecap.file_names import json_line, shown
 from memecap.inference import IMAGE_SUFFIXES, caption_paths
 
@@ -29,6 +29,7 @@ class FolderReport:
     already_done: int = 0
     unreadable: list = field(default_factory=list)  # (relative path, reason)
     not_images: list = field(default_factory=list)  # relative paths
+    reduced: list = field(default_factory=list)  # (relative path, original size) of images read reduced
 
     def format(self, out: Optional[Path]) -> str:
         lines = [f"captioned {self.captioned} image(s)" + (f" into {out}" if out else "")
@@ -36,6 +37,10 @@ class FolderReport:
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} unreadable image(s), skipped (a rerun retries them):")
             lines += [f"  {shown(path)}: {reason}" for path, reason in self.unreadable]
+        if self.reduced:
+            names = ", ".join(f"{shown(path)} ({w} x {h})" for path, (w, h) in self.reduced[:10])
+            lines.append(f"{len(self.reduced)} image(s) larger than {MAX_SIDE} px on a side were read reduced: {names}"
+                         + (" ..." if len(self.reduced) > 10 else ""))
         if self.not_images:
             names = ", ".join(shown(name) for name in self.not_images[:10]) + (" ..." if len(self.not_images) > 10 else "")
             lines.append(f"{len(self.not_images)} file(s) are not images by their extension, skipped: {names}")
@@ -130,6 +135,7 @@ def caption_folder(model, target: Path, generation: GenerationConfig, *, device,
                 loaded = list(pool.map(read, todo[start:start + batch_size]))
                 report.unreadable += [(rel, reason) for rel, _, reason in loaded if reason]
                 good = [(rel, img) for rel, img, reason in loaded if not reason]
+                report.reduced += [(rel, img.info[REDUCED_FROM]) for rel, img in good if REDUCED_FROM in img.info]
                 captions = caption_paths(model, [img for _, img in good], generation, device=device,
                                          batch_size=batch_size, progress=False) if good else []
                 for (rel, _), caps in zip(good, captions):

@@ -333,6 +333,31 @@ def test_load_rgb_applies_exif_orientation(tmp_path):
     assert out.getpixel((0, 0)) == (255, 0, 0) and out.getpixel((1, 3)) == (0, 0, 255)
 
 
+def test_huge_images_are_decoded_reduced_or_refused_without_a_bomb_warning(tmp_path):
+    import warnings
+
+    from memecap.data.images import MAX_SIDE, REDUCED_FROM
+
+    big = Image.new("L", (12000, 9000), 200)
+    big.save(tmp_path / "big.jpg", quality=50)
+    big.save(tmp_path / "big.png")
+    del big
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here
+        img = load_rgb(tmp_path / "big.jpg")
+    # Decoded at 1/4 scale by libjpeg itself (a full decode then a resize would give 4096 wide).
+    assert img.size == (3000, 2250) and img.mode == "RGB" and img.info[REDUCED_FROM] == (12000, 9000)
+    with pytest.raises(ImageReadError, match=r"12000 x 9000 pixels is too large to decode"):
+        load_rgb(tmp_path / "big.png")
+    # Training data says which images were read reduced; caption/report/OCR read them through load_rgb.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "big.jpg").rename(tmp_path / "images" / "1.jpg")
+    logged = []
+    load_split(_table(tmp_path, b"uid\ttext\n1\ta huge meme\n"), log=logged.append)
+    assert any(f"1 image(s) larger than {MAX_SIDE} px on a side are read reduced" in line
+               and "(12000 x 9000)" in line for line in logged)
+
+
 def test_load_rgb_errors_name_the_file(tmp_path):
     (tmp_path / "text.jpg").write_text("hello")
     good = io.BytesIO()
