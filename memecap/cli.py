@@ -232,12 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _written_places(args) -> dict:
+    """Where a command writes, by the flag that sets it, for disk errors (train names its own)."""
+    if args.command == "push":
+        import tempfile
+
+        return {"TMPDIR": tempfile.gettempdir()}  # the staging folder of the upload
+    return {"--out": getattr(args, "out", None)}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:  # FileNotFoundError includes OcrUnavailable
-        print(f"memecap: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - known failures become one line; the rest re-raise as they are
+        from memecap.os_errors import explain
+
+        message = explain(err, _written_places(args))
+        if message is None and isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
+            message = str(err)  # FileNotFoundError includes OcrUnavailable
+        if message is None:
+            raise
+        print(f"memecap: {message}", file=sys.stderr)
         return 2
 
 

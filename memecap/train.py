@@ -35,6 +35,7 @@ from memecap.model_card import training_summary
 from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
+from memecap.os_errors import explain, probe_writable
 from memecap.process_exit import end_launched_process
 from memecap.run_log import RunLog, flat_hparams
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
@@ -336,7 +337,16 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
-    summary = main(cfg)  # its end_training() destroys the process group
+    places = {"train.output_dir": cfg.train.output_dir, "cache.dir": cfg.cache.dir if cfg.cache.enabled else None}
+    try:
+        probe_writable(places)
+        summary = main(cfg)  # its end_training() destroys the process group
+    except Exception as err:  # noqa: BLE001 - a full disk or an unwritable folder is one line; the rest re-raise
+        message = explain(err, places)
+        if message is None:
+            raise
+        print(f"memecap: {message}", file=sys.stderr)
+        return 2
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 
