@@ -67,6 +67,7 @@ def _eval(args) -> int:
     from memecap.evaluation import format_metrics_table
     from memecap.inference import evaluate_model, open_model
 
+    _probe_out(args)
     loaded = open_model(args.model, args.overrides)
     generation = _generation_overrides(args)(loaded.generation or GenerationConfig())
     metrics, path = evaluate_model(loaded, args.data, out_path=args.out, scoring=args.scoring,
@@ -84,6 +85,7 @@ def _caption(args) -> int:
 
     if args.out:
         done_images(Path(args.out))  # refuse a file that is not ours before minutes of model loading
+    _probe_out(args)
     captioner = Captioner.from_pretrained(args.model, revision=args.revision, device=args.device)
     generation = _generation_overrides(args)(captioner.generation)
 
@@ -124,6 +126,7 @@ def _push(args) -> int:
 def _report(args) -> int:
     from memecap.report import write_report
 
+    _probe_out(args)
     summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
                            log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring)
     missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
@@ -230,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
     p.set_defaults(func=_report)
     return parser
+
+
+def _probe_out(args) -> None:
+    """An --out whose folder cannot be written fails now, not after the model has run."""
+    if getattr(args, "out", None):
+        from memecap.os_errors import probe_writable
+
+        probe_writable({"--out": str(Path(args.out).absolute().parent)})
 
 
 def _written_places(args) -> dict:

@@ -48,7 +48,9 @@ def explain(err: BaseException, places: dict[str, Optional[str]]) -> Optional[st
         free = ", ".join(f"{k}={v} ({_size(_free(v))} free)" for k, v in places.items())
         return f"no space left on device{where}: free space, or point one of these at another disk: {free}"
     if isinstance(err, OSError) and code in NOT_WRITABLE and filename:
-        reason = err.strerror or text
+        # mkdir under a file says "Not a directory" or "File exists", neither of which says what to fix.
+        reason = ("a file stands where a folder is needed" if code in (errno.ENOTDIR, errno.EEXIST)
+                  else err.strerror or text)
         if setting:
             return (f"cannot write {filename}: {reason}; {setting} is {places[setting]}: "
                     f"change {setting} to a folder you can write{HINTS.get(setting, '')}")

@@ -25,7 +25,8 @@ def test_unwritable_folders_name_their_setting_in_the_first_second(tmp_path, cap
     blocker.write_text("a file, so nothing can be created under it")
     assert cli.main(["train", "demo", f"train.output_dir={blocker / 'run'}", f"cache.dir={tmp_path / 'cache'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"memecap: cannot write {blocker / 'run'}: Not a directory; train.output_dir is {blocker / 'run'}: "
+    assert err == [f"memecap: cannot write {blocker / 'run'}: a file stands where a folder is needed; "
+                   f"train.output_dir is {blocker / 'run'}: "
                    "change train.output_dir to a folder you can write"]
     assert cli.main(["train", "demo", f"train.output_dir={tmp_path / 'run'}", f"cache.dir={blocker / 'cache'}"]) == 2
     err = capsys.readouterr().err
@@ -33,7 +34,7 @@ def test_unwritable_folders_name_their_setting_in_the_first_second(tmp_path, cap
     # With the cache off, that folder is not needed: the same command gets past the check.
     assert explain(NotADirectoryError(errno.ENOTDIR, "Not a directory", str(blocker / "cache")),
                    {"train.output_dir": str(tmp_path / "run"), "cache.dir": None}) == \
-        f"cannot write {blocker / 'cache'}: Not a directory"
+        f"cannot write {blocker / 'cache'}: a file stands where a folder is needed"
 
 
 def test_a_full_disk_mid_run_is_one_line(tmp_path, synthetic_data, monkeypatch, capsys):
@@ -85,3 +86,16 @@ def test_other_errors_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(memecap.report, "write_report", lambda *args, **kwargs: 1 / 0)  # a planted bug
     with pytest.raises(ZeroDivisionError):
         cli.main(["report", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "r.html")])
+
+
+@pytest.mark.parametrize("command", ["caption", "eval", "report"])
+def test_an_unwritable_out_fails_before_any_work(command, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "result"
+    extra = ["--model", str(tmp_path / "no-model")] if command == "caption" else (
+        ["--data", str(tmp_path / "no-table.tsv")] if command == "eval" else [])
+    target = {"caption": str(tmp_path), "eval": str(tmp_path / "no-model"), "report": str(tmp_path / "no.jsonl")}[command]
+    assert cli.main([command, target, *extra, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"memecap: cannot write {blocker}: a file stands where a folder is needed; --out is {out}: "
+                                               "change --out to a folder you can write")
