@@ -32,6 +32,7 @@ from memecap.models.export import base_entry, read_export_config, write_export_c
 from memecap.models.mapping import build_mapper
 from memecap.models.prompted import with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
+from memecap.quiet import quiet_weights
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ class ClipCap(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- save / load ------------------------------------------------------------------------
+    @quiet_weights()
     def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
                         state_dict: Optional[dict] = None) -> None:
         """Only what training changed: mapper, LoRA adapter or full decoder, trained encoder; plus the
