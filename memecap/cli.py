@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - known failures become one line; the rest re-raise as they are
+        from memecap.file_names import shown
         from memecap.os_errors import explain
 
         message = explain(err, _written_places(args))
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
             message = str(err)  # FileNotFoundError includes OcrUnavailable
         if message is None:
             raise
-        print(f"memecap: {message}", file=sys.stderr)
+        print(f"memecap: {shown(message)}", file=sys.stderr)  # a file name in it may not be UTF-8
         return 2
 
 

@@ -54,7 +54,7 @@ def explain(err: BaseException, places: dict[str, Optional[str]]) -> Optional[st
         if setting:
             return (f"cannot write {filename}: {reason}; {setting} is {places[setting]}: "
                     f"change {setting} to a folder you can write{HINTS.get(setting, '')}")
-        return f"cannot write {filename}: {reason}"
+        return f"{filename}: {reason}"  # not a place this command writes: perhaps a file it reads
     return None
 
 

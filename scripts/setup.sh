@@ -9,8 +9,8 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0" "cython==3.3.1"
-# setuptools' notice that an editable install is an editable install is the only thing it prints
-# (the license is an SPDX string, so no deprecation either): the output of setup is ours.
+# With the license an SPDX string, setuptools' only message here is a notice that the install is
+# editable; hidden, so what setup prints is ours.
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[memory,dev]"
 # ruCLIP's reference model code, used by the tests to check our ruCLIP loader against it
 # numerically. Its own pins (transformers 4.10, torchvision, ...) cannot install on this stack,
