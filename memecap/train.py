@@ -29,6 +29,7 @@ from memecap.config import Config, ConfigError, load_config, save_config, to_yam
 from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
+from memecap.file_names import shown
 from memecap.generation import with_overrides
 from memecap.hub import EVALUATION_FILE, push_run, require_hub_token
 from memecap.model_card import training_summary
@@ -345,7 +346,7 @@ def cli(argv: Optional[list[str]] = None) -> int:
         message = explain(err, places)
         if message is None:
             raise
-        print(f"memecap: {message}", file=sys.stderr)
+        print(f"memecap: {shown(message)}", file=sys.stderr)
         return 2
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
