@@ -32,7 +32,7 @@ class FolderReport:
     reduced: list = field(default_factory=list)  # (relative path, original size) of images read reduced
 
     def format(self, out: Optional[Path]) -> str:
-        lines = [f"captioned {self.captioned} image(s)" + (f" into {out}" if out else "")
+        lines = [f"captioned {self.captioned} image(s)" + (f" into {shown(str(out))}" if out else "")
                  + (f"; {self.already_done} were already there" if self.already_done else "")]
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} unreadable image(s), skipped (a rerun retries them):")

@@ -124,6 +124,7 @@ def _push(args) -> int:
 
 
 def _report(args) -> int:
+    from memecap.file_names import shown
     from memecap.report import write_report
 
     _probe_out(args)
@@ -132,7 +133,7 @@ def _report(args) -> int:
     missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
     refused = (f" ({summary['images_refused']} named a path outside {args.images or 'the predictions folder'}, "
                "not read)" if summary["images_refused"] else "")
-    print(f"wrote {args.out}: {summary['examples']} examples{missing}{refused}")
+    print(shown(f"wrote {args.out}: {summary['examples']} examples{missing}{refused}"))
     return 0
 
 

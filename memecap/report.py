@@ -220,7 +220,7 @@ def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = N
     if not rows:
         raise ValueError(f"{predictions}: no rows to report")
     html, summary = render_report(rows, images_dir=Path(images_dir) if images_dir else None, base=predictions.parent,
-                                  title=title or f"memecap report: {predictions.name}", log_path=log_path,
+                                  title=title or f"memecap report: {shown(predictions.name)}", log_path=log_path,
                                   scoring=scoring)
     out = Path(out)
     refuse_foreign_page(out)

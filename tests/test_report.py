@@ -122,3 +122,21 @@ def test_report_out_replaces_only_its_own_pages(predictions, tmp_path, capsys):
         assert cli(["report", str(path), "--images", str(images), "--out", str(victim)]) == 2
         assert "is not a page of `memecap report`; it was left unchanged" in capsys.readouterr().err
         assert victim.read_bytes() == before
+
+
+def test_report_reads_captions_of_file_names_that_are_not_utf8(tmp_path):
+    import os
+
+    from memecap.file_names import json_line
+
+    raw = b"\xcf\xf0\xe8\xe2\xe5\xf2.jpg"  # cp1251, not UTF-8
+    name = os.fsdecode(raw)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "images" / name, "JPEG")
+    captions = tmp_path / "captions.jsonl"
+    captions.write_bytes(json_line({"image": name, "caption": "на фото темнота"}))
+    out = tmp_path / "report.html"
+    summary = write_report(captions, out, images_dir=tmp_path / "images")
+    html = out.read_text(encoding="utf-8")
+    assert summary["images_missing"] == 0 and html.count('src="data:image/jpeg;base64,') == 1
+    assert "\\xcf\\xf0\\xe8\\xe2\\xe5\\xf2.jpg" in html and "на фото темнота" in html
