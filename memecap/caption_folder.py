@@ -3,7 +3,8 @@
 Each line is `{"image": <path relative to the folder>, "caption": ..., ["alternatives": [...]]}`,
 appended and flushed batch by batch, so an interrupted run loses at most one batch and a rerun
 captions only the images not yet in the file. Unreadable images and files that are not images
-are reported, never fatal.
+are reported, never fatal. File names that are not valid UTF-8 are written without loss (see
+`memecap.file_names`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Callable, Optional
 from tqdm.auto import tqdm
 
 from memecap.config import GenerationConfig
-from memecap.data.images import ImageReadError, load_rgb
+from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
+from memecap.file_names import json_line, shown
 from memecap.inference import IMAGE_SUFFIXES, caption_paths
 
 
@@ -27,16 +29,21 @@ class FolderReport:
     already_done: int = 0
     unreadable: list = field(default_factory=list)  # (relative path, reason)
     not_images: list = field(default_factory=list)  # relative paths
+    reduced: list = field(default_factory=list)  # (relative path, original size) of images read reduced
 
     def format(self, out: Optional[Path]) -> str:
-        lines = [f"captioned {self.captioned} image(s)" + (f" into {out}" if out else "")
+        lines = [f"captioned {self.captioned} image(s)" + (f" into {shown(str(out))}" if out else "")
                  + (f"; {self.already_done} were already there" if self.already_done else "")]
         if self.unreadable:
             lines.append(f"{len(self.unreadable)} unreadable image(s), skipped (a rerun retries them):")
-            lines += [f"  {path}: {reason}" for path, reason in self.unreadable]
+            lines += [f"  {shown(path)}: {reason}" for path, reason in self.unreadable]
+        if self.reduced:
+            names = ", ".join(f"{shown(path)} ({w} x {h})" for path, (w, h) in self.reduced[:10])
+            lines.append(f"{len(self.reduced)} image(s) larger than {MAX_SIDE} px on a side were read reduced: {names}"
+                         + (" ..." if len(self.reduced) > 10 else ""))
         if self.not_images:
-            shown = ", ".join(self.not_images[:10]) + (" ..." if len(self.not_images) > 10 else "")
-            lines.append(f"{len(self.not_images)} file(s) are not images by their extension, skipped: {shown}")
+            names = ", ".join(shown(name) for name in self.not_images[:10]) + (" ..." if len(self.not_images) > 10 else "")
+            lines.append(f"{len(self.not_images)} file(s) are not images by their extension, skipped: {names}")
         return "\n".join(lines)
 
 
@@ -55,25 +62,53 @@ def list_folder(target: Path) -> tuple[Path, list[str], list[str]]:
     return root, images, [f for f in files if Path(f).suffix.lower() not in IMAGE_SUFFIXES]
 
 
+RECORD_START = b'{"image": '  # how every line this module writes begins
+NEWLINE = b"\n"
+
+
 def done_images(out: Path) -> set[str]:
-    """Images already captioned in `out`. A torn last line (a crash mid-write) is cut off first,
-    so appending continues a valid file."""
-    if not out.is_file():
+    """Images already captioned in `out`. The whole file is checked to be a captions file of
+    memecap first; only then is a torn last line (a crash mid-write) cut off, so appending
+    continues a valid file and a file memecap did not write is never changed."""
+    out = Path(out)
+    if not out.exists():
         return set()
+    if not out.is_file():
+        raise ValueError(f"{out}: not a file; --out names the captions file (JSON Lines) to write")
     data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
+    end = data.rfind(NEWLINE) + 1
+    done = _caption_lines(out, data[:end])
+    torn = data[end:]
+    if torn and not (torn.startswith(RECORD_START) or RECORD_START.startswith(torn)):
+        raise ValueError(_not_ours(out, f"line {data[:end].count(NEWLINE) + 1} is not a caption line"))
+    if torn:
         with open(out, "r+b") as f:
-            f.truncate(len(data))
-    done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                done.add(json.loads(line)["image"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{out}:{number}: not a caption line of memecap; "
-                                 "pass another --out or remove the file") from None
+            f.truncate(end)
     return done
+
+
+def _caption_lines(out: Path, data: bytes) -> set[str]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(_not_ours(out, "it is not UTF-8 text")) from None
+    done = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
+            raise ValueError(_not_ours(out, f"line {number} is not a caption line"))
+        done.add(row["image"])
+    return done
+
+
+def _not_ours(out: Path, why: str) -> str:
+    return (f"{out}: not a captions file of `memecap caption` ({why}); it was left unchanged: "
+            "pass another --out, or remove the file if it is yours to lose")
 
 
 def caption_folder(model, target: Path, generation: GenerationConfig, *, device, out: Optional[Path] = None,
@@ -85,14 +120,14 @@ def caption_folder(model, target: Path, generation: GenerationConfig, *, device,
     done = done_images(Path(out)) if out else set()
     todo = [f for f in images if f not in done]
     report.already_done = len(images) - len(todo)
-    sink = open(out, "a", encoding="utf-8") if out else None
+    sink = open(out, "ab") if out else None
     bar = tqdm(total=len(todo), desc="captioning", unit="img", disable=not progress or not todo)
 
     def read(rel: str):
         try:
             return rel, load_rgb(root / rel), None
         except ImageReadError as err:
-            return rel, None, err.reason
+            return rel, None, shown(err.reason)
 
     try:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
@@ -100,13 +135,14 @@ def caption_folder(model, target: Path, generation: GenerationConfig, *, device,
                 loaded = list(pool.map(read, todo[start:start + batch_size]))
                 report.unreadable += [(rel, reason) for rel, _, reason in loaded if reason]
                 good = [(rel, img) for rel, img, reason in loaded if not reason]
+                report.reduced += [(rel, img.info[REDUCED_FROM]) for rel, img in good if REDUCED_FROM in img.info]
                 captions = caption_paths(model, [img for _, img in good], generation, device=device,
                                          batch_size=batch_size, progress=False) if good else []
                 for (rel, _), caps in zip(good, captions):
                     row = {"image": rel, "caption": caps[0], **({"alternatives": caps[1:]} if len(caps) > 1 else {})}
                     emit(row)
                     if sink:
-                        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        sink.write(json_line(row))
                 if sink:
                     sink.flush()
                     os.fsync(sink.fileno())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from memecap.config import Config, save_config
+from memecap.quiet import quiet_weights
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -144,7 +145,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with quiet_weights():
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if writer:
         state.world_size = accelerator.num_processes

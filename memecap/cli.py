@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def _eval(args) -> int:
     from memecap.evaluation import format_metrics_table
     from memecap.inference import evaluate_model, open_model
 
+    _probe_out(args)
     loaded = open_model(args.model, args.overrides)
     generation = _generation_overrides(args)(loaded.generation or GenerationConfig())
     metrics, path = evaluate_model(loaded, args.data, out_path=args.out, scoring=args.scoring,
@@ -77,15 +79,19 @@ def _eval(args) -> int:
 
 
 def _caption(args) -> int:
-    from memecap.caption_folder import caption_folder
+    from memecap.caption_folder import caption_folder, done_images
     from memecap.captioner import Captioner
+    from memecap.file_names import shown
 
+    if args.out:
+        done_images(Path(args.out))  # refuse a file that is not ours before minutes of model loading
+    _probe_out(args)
     captioner = Captioner.from_pretrained(args.model, revision=args.revision, device=args.device)
     generation = _generation_overrides(args)(captioner.generation)
 
     def show(row: dict) -> None:
         if not args.out:
-            print(f"{row['image']}\t{row['caption']}" + "".join(f"\n\t{c}" for c in row.get("alternatives", [])))
+            print(f"{shown(row['image'])}\t{row['caption']}" + "".join(f"\n\t{c}" for c in row.get("alternatives", [])))
 
     report = caption_folder(captioner.model, Path(args.target), generation, device=captioner.device,
                             out=Path(args.out) if args.out else None, batch_size=args.batch_size,
@@ -118,24 +124,45 @@ def _push(args) -> int:
 
 
 def _report(args) -> int:
+    from memecap.file_names import shown
     from memecap.report import write_report
 
+    _probe_out(args)
     summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
                            log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring)
     missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
-    print(f"wrote {args.out}: {summary['examples']} examples{missing}")
+    refused = (f" ({summary['images_refused']} named a path outside {args.images or 'the predictions folder'}, "
+               "not read)" if summary["images_refused"] else "")
+    print(shown(f"wrote {args.out}: {summary['examples']} examples{missing}{refused}"))
     return 0
+
+
+def _number(kind=int, low=None, high=None, above=None):
+    """An argparse type: a number in range, so `--batch-size 0` is a usage error, not a crash later."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if not ((low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)):
+            bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+                      f"<= {high}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+        return value
+    return parse
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["greedy", "beam", "sample"], help="decoding strategy")
-    p.add_argument("--num-beams", type=int, help="beam width (implies --strategy beam when > 1)")
-    p.add_argument("--max-new-tokens", type=int, help="caption length cap in tokens")
-    p.add_argument("--num-return-sequences", type=int, help="captions per image")
-    p.add_argument("--top-k", type=int, help="sampling: top-k")
-    p.add_argument("--top-p", type=float, help="sampling: nucleus mass")
-    p.add_argument("--temperature", type=float, help="sampling temperature")
-    p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
+    p.add_argument("--num-beams", type=_number(low=1), help="beam width (implies --strategy beam when > 1)")
+    p.add_argument("--max-new-tokens", type=_number(low=1), help="caption length cap in tokens")
+    p.add_argument("--num-return-sequences", type=_number(low=1), help="captions per image")
+    p.add_argument("--top-k", type=_number(low=0), help="sampling: top-k (0 = off)")
+    p.add_argument("--top-p", type=_number(float, above=0.0, high=1.0), help="sampling: nucleus mass")
+    p.add_argument("--temperature", type=_number(float, above=0.0), help="sampling temperature")
+    p.add_argument("--batch-size", type=_number(low=1), default=32, help="images per generation batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="estimate accelerator memory of a recipe before downloading anything")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--processes", type=int, default=1, help="data-parallel processes (GPUs)")
+    p.add_argument("--processes", type=_number(low=1), default=1, help="data-parallel processes (GPUs)")
     p.add_argument("--zero", type=int, choices=[0, 2, 3], default=0, help="DeepSpeed ZeRO stage (0 = off)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO: optimizer states in CPU RAM")
     p.add_argument("--offload-params", action="store_true", help="ZeRO-3: parameters in CPU RAM")
-    p.add_argument("--seq-len", type=int, help="tokens per sample (default: prefix + OCR prompt + data.max_caption_tokens)")
+    p.add_argument("--seq-len", type=_number(low=1), help="tokens per sample (default: prefix + OCR prompt + data.max_caption_tokens)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="activation precision (default: the recipe's)")
     p.set_defaults(func=_plan)
 
@@ -172,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="table (.tsv/.csv/.jsonl) or hf:...")
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
     p.add_argument("--out", help="predictions file (JSON Lines)")
-    p.add_argument("--max-rows", type=int)
+    p.add_argument("--max-rows", type=_number(low=1))
     p.add_argument("--image-dir")
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     _add_generation_flags(p)
@@ -209,12 +236,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _probe_out(args) -> None:
+    """An --out whose folder cannot be written fails now, not after the model has run."""
+    if getattr(args, "out", None):
+        from memecap.os_errors import probe_writable
+
+        probe_writable({"--out": str(Path(args.out).absolute().parent)})
+
+
+def _written_places(args) -> dict:
+    """Where a command writes, by the flag that sets it, for disk errors (train names its own)."""
+    if args.command == "push":
+        import tempfile
+
+        return {"TMPDIR": tempfile.gettempdir()}  # the staging folder of the upload
+    return {"--out": getattr(args, "out", None)}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:  # FileNotFoundError includes OcrUnavailable
-        print(f"memecap: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - known failures become one line; the rest re-raise as they are
+        from memecap.file_names import shown
+        from memecap.os_errors import explain
+
+        message = explain(err, _written_places(args))
+        if message is None and isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
+            message = str(err)  # FileNotFoundError includes OcrUnavailable
+        if message is None:
+            raise
+        print(f"memecap: {shown(message)}", file=sys.stderr)  # a file name in it may not be UTF-8
         return 2
 
 

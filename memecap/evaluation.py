@@ -179,6 +179,35 @@ def write_predictions(path: str | os.PathLike, rows: list[dict]) -> None:
         raise
 
 
+def refuse_foreign_predictions(path: str | os.PathLike) -> None:
+    """A predictions file may replace a new path or an earlier predictions file, never anything
+    else (the table being scored, an image, a document); that is refused before any work."""
+    path = Path(path)
+    if not path.exists():
+        return
+    why = "not a file" if not path.is_file() else _foreign_lines(path)
+    if why:
+        raise ValueError(f"{path}: not a predictions file ({why}); it was left unchanged: "
+                         "pass another --out, or remove the file if it is yours to lose")
+
+
+def _foreign_lines(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and "uid" in row and "prediction" in row):
+            return f"line {number} is not a predictions line"
+    return None
+
+
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """Rows of a file written by `write_predictions`."""
     with open(path, encoding="utf-8") as f:

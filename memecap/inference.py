@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from memecap.checkpoint import STATE_FILE
 from memecap.config import GenerationConfig
 from memecap.data.tables import load_split
-from memecap.evaluation import compute_metrics, write_predictions
+from memecap.evaluation import compute_metrics, refuse_foreign_predictions, write_predictions
 from memecap.models import load_model
 from memecap.models.clipcap import CaptionEvalSet
 from memecap.models.export import CONFIG_FILE, read_export_config
@@ -141,6 +141,8 @@ def evaluate_model(loaded: InferenceModel, table: str, *, out_path: Optional[Pat
                    image_dir: Optional[str] = None, on_bad_row: str = "error", batch_size: int = 32,
                    progress: bool = True) -> tuple[dict, Path]:
     """Score a model (an export or a baseline) on a table; returns the metrics and the predictions file."""
+    out_path = Path(out_path) if out_path else loaded.home / f"predictions-{Path(str(table)).stem}.jsonl"
+    refuse_foreign_predictions(out_path)
     examples, _ = load_split(table, image_dir=image_dir, on_bad_row=on_bad_row, max_rows=max_rows,
                              log=print if progress else None)
     generation = generation or loaded.generation or GenerationConfig()
@@ -149,6 +151,5 @@ def evaluate_model(loaded: InferenceModel, table: str, *, out_path: Optional[Pat
     rows = [{"uid": ex.uid, "references": list(ex.captions), "prediction": caps[0]}
             for ex, caps in zip(examples, captions)]
     metrics = compute_metrics([r["prediction"] for r in rows], [r["references"] for r in rows], scoring=scoring)
-    out_path = Path(out_path) if out_path else loaded.home / f"predictions-{Path(str(table)).stem}.jsonl"
     write_predictions(out_path, rows)
     return metrics, out_path

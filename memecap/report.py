@@ -16,10 +16,14 @@ from typing import Optional
 
 from memecap.data.images import ImageReadError, load_rgb
 from memecap.evaluation import compute_metrics, example_scores, read_predictions
+from memecap.file_names import shown
 from memecap.inference import IMAGE_SUFFIXES
 from memecap.svg_chart import line_chart
 
 CURVE_METRICS = ("bleu1", "bleu4", "meteor")
+# Marks a page as ours, so `--out` may replace it; any other file there is left alone.
+GENERATOR = '<meta name="generator" content="memecap report">'
+OLD_PAGE_START = '<!DOCTYPE html>\n<html lang="ru"><head><meta charset="utf-8"><title>memecap report'
 
 STYLE = """
 body { font-family: "DejaVu Sans", Arial, sans-serif; margin: 24px; color: #222; background: #fafafa; }
@@ -81,18 +85,34 @@ def thumbnail_data_uri(path: Path, max_side: int = 360) -> Optional[str]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def find_image(images_dir: Optional[Path], row: dict, base: Path) -> Optional[Path]:
-    """A row's image: its own `image` path (captions files), else `<images_dir>/<uid>.<ext>`."""
+def inside(root: Path, name: str) -> Optional[Path]:
+    """`root / name` when `name` is a relative path that stays inside `root`, else None: a
+    predictions file from elsewhere must not embed `/etc/...` or `../../` files into a page that
+    is then mailed around. Checked on the name, so a symlinked images folder still works."""
+    path = Path(name)
+    if not name or path.is_absolute() or path.anchor or ".." in path.parts:
+        return None
+    return root / path
+
+
+def find_image(images_dir: Optional[Path], row: dict, base: Path) -> tuple[Optional[Path], bool]:
+    """A row's image and whether a path was refused for leaving the images folder: its own
+    `image` path (captions files), else `<images_dir>/<uid>.<ext>`; both only inside
+    `images_dir` (or, without one, the predictions file's folder)."""
+    refused = False
     if row.get("image"):
-        for candidate in (Path(row["image"]), (images_dir or base) / row["image"]):
-            if candidate.is_file():
-                return candidate
+        candidate = inside(images_dir or base, str(row["image"]))
+        refused = candidate is None
+        if candidate is not None and candidate.is_file():
+            return candidate, False
     if images_dir is not None and "uid" in row:
         for suffix in sorted(IMAGE_SUFFIXES):
-            candidate = images_dir / f"{row['uid']}{suffix}"
+            candidate = inside(images_dir, f"{row['uid']}{suffix}")
+            if candidate is None:
+                return None, True
             if candidate.is_file():
-                return candidate
-    return None
+                return candidate, False
+    return None, refused
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -129,13 +149,14 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
         predictions, references = [r["prediction"] for r in rows], [list(r["references"]) for r in rows]
         metrics = compute_metrics(predictions, references, scoring=scoring)
         per_example = example_scores(predictions, references, scoring=scoring)
-    cards, missing = [], 0
+    cards, missing, refused = [], 0, 0
     for i, row in enumerate(rows):
-        image = find_image(images_dir, row, base)
+        image, outside = find_image(images_dir, row, base)
+        refused += outside
         uri = thumbnail_data_uri(image, max_side) if image else None
         missing += uri is None
         scores = per_example[i] if per_example else {}
-        picture = (f'<img src="{uri}" alt="{escape(str(row["uid"]))}">' if uri
+        picture = (f'<img src="{uri}" alt="{escape(shown(str(row["uid"])))}">' if uri
                    else '<div class="missing">image not found</div>')
         refs = "".join(f'<div class="reference">{escape(r)}</div>' for r in row.get("references") or [])
         alts = "".join(f'<div class="reference">{escape(a)}</div>' for a in row.get("alternatives") or [])
@@ -144,9 +165,9 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                       + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + "</div>"
                       if scores else "")
         cards.append(
-            f'<div class="example" data-uid="{escape(str(row["uid"]))}" data-bleu4="{scores.get("bleu4", "NaN")}" '
+            f'<div class="example" data-uid="{escape(shown(str(row["uid"])))}" data-bleu4="{scores.get("bleu4", "NaN")}" '
             f'data-meteor="{scores.get("meteor", "NaN")}" data-quote="{"NaN" if quote is None else quote}">{picture}<div>'
-            f'<div class="uid">{escape(str(row["uid"]))}</div>'
+            f'<div class="uid">{escape(shown(str(row["uid"])))}</div>'
             f'<div class="label">generated</div><div class="generated">{escape(row["prediction"])}</div>'
             + (f'<div class="label">other candidates</div>{alts}' if alts else "")
             + (f'<div class="label">reference{"s" if len(row.get("references") or []) > 1 else ""}</div>{refs}' if refs else "")
@@ -164,7 +185,7 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                      ("quote:asc", "quote CER, best first"), ("quote:desc", "quote CER, worst first")] if scored else [])
     sort_options.append(("uid:asc", "id"))
     html = f"""<!DOCTYPE html>
-<html lang="ru"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<html lang="ru"><head><meta charset="utf-8">{GENERATOR}<title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body>
 <h1>{escape(title)}</h1>
@@ -184,7 +205,7 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
 <script>{SCRIPT}</script>
 </body></html>
 """
-    return html, {"examples": len(rows), "images_missing": missing, "metrics": metrics}
+    return html, {"examples": len(rows), "images_missing": missing, "images_refused": refused, "metrics": metrics}
 
 
 def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = None, log_path: Optional[Path] = None,
@@ -194,15 +215,31 @@ def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = N
     predictions = Path(predictions)
     if log_path is None and predictions.parent.name == "predictions":
         log_path = predictions.parent.parent / "log.jsonl"
+    refuse_foreign_page(Path(out))  # before minutes of scoring
     rows = read_rows(predictions)
     if not rows:
         raise ValueError(f"{predictions}: no rows to report")
     html, summary = render_report(rows, images_dir=Path(images_dir) if images_dir else None, base=predictions.parent,
-                                  title=title or f"memecap report: {predictions.name}", log_path=log_path,
+                                  title=title or f"memecap report: {shown(predictions.name)}", log_path=log_path,
                                   scoring=scoring)
     out = Path(out)
+    refuse_foreign_page(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out)
     return summary
+
+
+def refuse_foreign_page(out: Path) -> None:
+    """`--out` may name a new file or a page this module wrote, never anything else (the
+    predictions file itself, an image, a document)."""
+    if not out.exists():
+        return
+    if not out.is_file():
+        raise ValueError(f"{out}: not a file; --out names the HTML page to write")
+    with open(out, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    if GENERATOR not in head and not head.startswith(OLD_PAGE_START):
+        raise ValueError(f"{out}: exists and is not a page of `memecap report`; it was left unchanged: "
+                         "pass another --out, or remove the file if it is yours to lose")

@@ -31,6 +31,7 @@ from memecap.config import Config, ConfigError, load_config, load_saved_config, 
 from memecap.data.captions import encode_captions
 from memecap.data.sources import load_train_val
 from memecap.evaluation import best_constant_caption, compute_metrics, format_metrics_table, write_predictions
+from memecap.file_names import shown
 from memecap.generation import with_overrides
 from memecap.hub import EVALUATION_FILE, push_run, require_hub_token
 from memecap.model_card import training_summary
@@ -38,6 +39,7 @@ from memecap.models import build_model
 from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
 from memecap.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
 from memecap.optim import build_optimizer, build_scheduler
+from memecap.os_errors import explain, probe_writable
 from memecap.process_exit import end_launched_process
 from memecap.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
 from memecap.run_log import RunLog, flat_hparams
@@ -382,14 +384,22 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
+    places = {"train.output_dir": cfg.train.output_dir, "cache.dir": cfg.cache.dir if cfg.cache.enabled else None}
     try:
+        probe_writable(places)
         summary = main(cfg)  # its end_training() destroys the process group
     except ConfigError as err:  # found once the run folder or checkpoint is read
         print(f"memecap: config error: {err}", file=sys.stderr)
         return 2
     except (NonFiniteTraining, DamagedCheckpoint) as err:
-        print(f"memecap: {err}", file=sys.stderr)
+        print(f"memecap: {shown(str(err))}", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - a full disk or an unwritable folder is one line; the rest re-raise
+        message = explain(err, places)
+        if message is None:
+            raise
+        print(f"memecap: {shown(message)}", file=sys.stderr)
+        return 2
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 

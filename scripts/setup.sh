@@ -9,7 +9,9 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0" "cython==3.3.1"
-.venv/bin/python -m pip install -q -e ".[memory,dev]"
+# With the license an SPDX string, setuptools' only message here is a notice that the install is
+# editable; hidden, so what setup prints is ours.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[memory,dev]"
 # ruCLIP's reference model code, used by the tests to check our ruCLIP loader against it
 # numerically. Its own pins (transformers 4.10, torchvision, ...) cannot install on this stack,
 # and its model file needs none of them.

@@ -58,6 +58,29 @@ def test_eval_accepts_a_training_checkpoint(trained_run, synthetic_data, tmp_pat
     assert from_checkpoint == [r["prediction"] for r in read_predictions(tmp_path / "final.jsonl")]
 
 
+def test_eval_out_never_replaces_a_file_that_is_not_predictions(trained_run, synthetic_data, tmp_path, capsys):
+    table = tmp_path / "val.tsv"
+    shutil.copy(synthetic_data["val"], table)
+    before = table.read_bytes()
+    assert cli.main(["eval", str(trained_run), "--data", str(synthetic_data["val"]), "--out", str(table),
+                     "--strategy", "greedy", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"{table}: not a predictions file (line 1 is not a predictions line); it was left unchanged" in err
+    assert table.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "argument --batch-size: must be >= 1, got 0"),
+    ("--num-beams", "-1", "argument --num-beams: must be >= 1, got -1"),
+    ("--top-p", "nan", "argument --top-p: must be a finite number, got nan"),
+    ("--temperature", "0", "argument --temperature: must be > 0.0, got 0"),
+])
+def test_caption_numbers_are_checked_before_anything_runs(flag, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["caption", str(tmp_path), "--model", str(tmp_path), flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["caption", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
     assert "no exported model" in capsys.readouterr().err

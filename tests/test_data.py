@@ -163,6 +163,24 @@ def test_stray_quote_never_swallows_rows_silently(tmp_path, body, bad_line):
     assert all("\n" not in c for r in rows for c in r.captions)
 
 
+def test_a_field_opening_a_quote_counts_every_row_it_swallows(tmp_path):
+    # A caption that starts with & opens a quoted field: the rows after it vanish into it.
+    body = b"uid\ttext\n1\tgood\n2\t&amp starts here\n" + b"".join(b"%d\ttext %d\n" % (i, i) for i in range(3, 13))
+    path = _table(tmp_path, body, images=range(1, 13))
+    logged = []
+    examples, report = load_split(path, on_bad_row="skip", log=logged.append)
+    assert [e.uid for e in examples] == ["1"]
+    assert (report.skipped_rows, report.n_rows) == (11, 12)
+    assert logged[-1].startswith(f"{path}: skipped 11 of 12 rows")
+    assert "lines 3-13 (11 rows)" in logged[0] and "field 2 of line 3 starts with &, which opens a quoted field" in logged[0]
+
+    # Closed lines later, the swallowed span is one legal field: counted the same way.
+    body = b"uid\ttext\n1\t&opens\n2\tb\n3\tand closes&\n4\tok\n"
+    examples, report = load_split(_table(tmp_path, body, images=range(1, 5)), on_bad_row="skip", log=None)
+    assert [e.uid for e in examples] == ["4"] and (report.skipped_rows, report.n_rows) == (3, 4)
+    assert "lines 2-4 (3 rows)" in report.problems[0].detail
+
+
 def test_max_rows_and_check_images_off(tmp_path):
     path = _table(tmp_path, b"uid\ttext\n1\ta\n2\tb\n3\tc\n", images=[1, 2, 3])
     (tmp_path / "images" / "3.jpg").write_bytes(b"junk")
@@ -313,6 +331,31 @@ def test_load_rgb_applies_exif_orientation(tmp_path):
     out = load_rgb(_saved(tmp_path, img, "r.png", exif=exif.tobytes()))
     assert out.size == (2, 4)
     assert out.getpixel((0, 0)) == (255, 0, 0) and out.getpixel((1, 3)) == (0, 0, 255)
+
+
+def test_huge_images_are_decoded_reduced_or_refused_without_a_bomb_warning(tmp_path):
+    import warnings
+
+    from memecap.data.images import MAX_SIDE, REDUCED_FROM
+
+    big = Image.new("L", (12000, 9000), 200)
+    big.save(tmp_path / "big.jpg", quality=50)
+    big.save(tmp_path / "big.png")
+    del big
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here
+        img = load_rgb(tmp_path / "big.jpg")
+    # Decoded at 1/4 scale by libjpeg itself (a full decode then a resize would give 4096 wide).
+    assert img.size == (3000, 2250) and img.mode == "RGB" and img.info[REDUCED_FROM] == (12000, 9000)
+    with pytest.raises(ImageReadError, match=r"12000 x 9000 pixels is too large to decode"):
+        load_rgb(tmp_path / "big.png")
+    # Training data says which images were read reduced; caption/report/OCR read them through load_rgb.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "big.jpg").rename(tmp_path / "images" / "1.jpg")
+    logged = []
+    load_split(_table(tmp_path, b"uid\ttext\n1\ta huge meme\n"), log=logged.append)
+    assert any(f"1 image(s) larger than {MAX_SIDE} px on a side are read reduced" in line
+               and "(12000 x 9000)" in line for line in logged)
 
 
 def test_load_rgb_errors_name_the_file(tmp_path):

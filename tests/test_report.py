@@ -2,6 +2,7 @@
 headless Chromium (Debian's `chromium`, which .ci/run and scripts/setup.sh install)."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -86,3 +87,56 @@ def test_report_renders_in_headless_chromium(predictions, tmp_path):
     # Text: dark glyph pixels in the caption column beside the thumbnails, where nothing else is dark.
     glyphs = int((pixels[250:1300, 290:1000].sum(axis=-1) < 200).sum())
     assert glyphs > 2_000, glyphs
+
+
+def test_report_reads_images_only_inside_the_images_folder(predictions, tmp_path, capsys):
+    path, images = predictions
+    secret = tmp_path / "private" / "secret.jpg"
+    secret.parent.mkdir()
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(secret)
+    hostile = tmp_path / "hostile.jsonl"
+    rows = [{"image": str(secret), "caption": "absolute"},
+            {"image": "../private/secret.jpg", "caption": "climbs out"},
+            {"image": "red.jpg", "caption": "inside"}]
+    hostile.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "report.html"
+    assert cli(["report", str(hostile), "--images", str(images), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert html.count('src="data:image/jpeg;base64,') == 1 and html.count("image not found") == 2
+    assert "2 named a path outside" in capsys.readouterr().out
+    # A uid is a file name inside --images too.
+    (tmp_path / "up.jsonl").write_text(json.dumps({"uid": "../private/secret", "references": ["x"],
+                                                   "prediction": "x"}) + "\n", encoding="utf-8")
+    summary = write_report(tmp_path / "up.jsonl", out, images_dir=images)
+    assert (summary["images_missing"], summary["images_refused"]) == (1, 1)
+
+
+def test_report_out_replaces_only_its_own_pages(predictions, tmp_path, capsys):
+    path, images = predictions
+    out = tmp_path / "report.html"
+    assert cli(["report", str(path), "--images", str(images), "--out", str(out)]) == 0
+    assert cli(["report", str(path), "--images", str(images), "--out", str(out)]) == 0  # its own page: replaced
+    capsys.readouterr()
+    for victim in (path, images / "red.jpg"):  # the predictions themselves, an image: refused
+        before = victim.read_bytes()
+        assert cli(["report", str(path), "--images", str(images), "--out", str(victim)]) == 2
+        assert "is not a page of `memecap report`; it was left unchanged" in capsys.readouterr().err
+        assert victim.read_bytes() == before
+
+
+def test_report_reads_captions_of_file_names_that_are_not_utf8(tmp_path):
+    import os
+
+    from memecap.file_names import json_line
+
+    raw = b"\xcf\xf0\xe8\xe2\xe5\xf2.jpg"  # cp1251, not UTF-8
+    name = os.fsdecode(raw)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "images" / name, "JPEG")
+    captions = tmp_path / "captions.jsonl"
+    captions.write_bytes(json_line({"image": name, "caption": "на фото темнота"}))
+    out = tmp_path / "report.html"
+    summary = write_report(captions, out, images_dir=tmp_path / "images")
+    html = out.read_text(encoding="utf-8")
+    assert summary["images_missing"] == 0 and html.count('src="data:image/jpeg;base64,') == 1
+    assert "\\xcf\\xf0\\xe8\\xe2\\xe5\\xf2.jpg" in html and "на фото темнота" in html

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,49 @@ class ImageReadError(ValueError):
         super().__init__(f"cannot read image {path}: {reason}")
 
 
+# Decoded images are bounded: a 12000 x 12000 meme would take 430 MB as RGB (and Pillow's
+# bomb warning) for a model that reads 224-384 px and OCR that reads 40 px letters. JPEGs are
+# decoded at a reduced scale directly (libjpeg's DCT scaling: 1/2, 1/4, 1/8); other formats
+# must be decoded whole first, so above FULL_DECODE_PIXELS they are refused.
+MAX_SIDE = 4096
+FULL_DECODE_PIXELS = 64_000_000
+REDUCED_FROM = "memecap_reduced_from"  # key in `img.info`: the original (width, height)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file, apply its EXIF orientation and return it as RGB."""
+    """Open an image file, apply its EXIF orientation and return it as RGB, at most `MAX_SIDE`
+    pixels on a side (a reduced image carries its original size in `info[REDUCED_FROM]`)."""
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so truncated files fail here and not mid-training
-            return to_rgb(_oriented(img))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is bounded below
+            with Image.open(path) as img:
+                size = img.size
+                _bound_decode(img)
+                img.load()  # decode now, so truncated files fail here and not mid-training
+                rgb = to_rgb(_oriented(img))
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from None
+    if max(rgb.size) > MAX_SIDE:  # not a JPEG, or beyond libjpeg's 1/8
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    if max(size) > MAX_SIDE:
+        rgb.info[REDUCED_FROM] = size
+    return rgb
+
+
+def _bound_decode(img: Image.Image) -> None:
+    w, h = img.size
+    if max(w, h) <= MAX_SIDE:
+        return
+    if img.format == "JPEG":
+        # draft() picks the strongest reduction that stays at or above the size asked for; asking
+        # for half of MAX_SIDE lands the longest side in [MAX_SIDE / 2, MAX_SIDE).
+        scale = MAX_SIDE / 2 / max(w, h)
+        img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+    elif w * h > FULL_DECODE_PIXELS:
+        raise ValueError(f"{w} x {h} pixels is too large to decode ({FULL_DECODE_PIXELS // 1_000_000} Mpx at most "
+                         f"for {img.format or 'this format'}; JPEGs of any size are read reduced): downscale it")
 
 
 def read_image(source: "str | os.PathLike | Image.Image") -> Image.Image:

@@ -42,6 +42,7 @@ class RawRow:
     image_path: Path | None
     captions: tuple[str, ...]
     error: tuple[str, str] | None = None
+    covers: int = 1  # table rows this record stands for: a stray quote can swallow many into one
 
 
 def read_table(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> list[RawRow]:
@@ -108,17 +109,15 @@ def _read_delimited(path: Path, image_dir, *, delimiter: str, quotechar: str) ->
             break
         except csv.Error as e:  # the reader resets itself, so the next record still parses
             end = reader.line_num
-            span = f" (lines {start}-{end})" if end > start else ""
-            rows.append(RawRow(source, start, None, None, (), ("bad row", f"cannot parse{span}: {e}")))
+            rows.append(_swallowed(lines, source, start, end, f"cannot parse: {e}", delimiter, quotechar))
             continue
         end = reader.line_num
         if not fields:
             continue  # blank line
         if end > start and delimiter == "\t" and any(re.search(r"\n[^\n]*\t", f) for f in fields):
             # A legal quoted field that swallowed whole rows: two stray quotes, lines apart.
-            detail = (f"one quoted field runs over lines {start}-{end} and holds tab-separated rows; "
-                      f"a stray {quotechar}?")
-            rows.append(RawRow(source, start, None, None, (), ("bad row", detail)))
+            detail = "one quoted field holds tab-separated rows"
+            rows.append(_swallowed(lines, source, start, end, detail, delimiter, quotechar))
             continue
         if columns is None:
             columns = _header_columns(fields, source, fmt)
@@ -129,6 +128,21 @@ def _read_delimited(path: Path, image_dir, *, delimiter: str, quotechar: str) ->
     if columns is None:
         raise DataError([Problem(source, 1, None, "bad header", "empty file: no header")])
     return rows
+
+
+def _swallowed(lines: list[str], source: str, start: int, end: int, detail: str, delimiter: str,
+               quotechar: str) -> RawRow:
+    """A record that could not be split into rows, counted as every non-blank line it covers,
+    so a summary says how many rows it cost, with the quoting rule that made it."""
+    covers = max(1, sum(1 for line in lines[start - 1:end] if line.strip()))
+    if end > start:
+        detail += f"; lines {start}-{end} ({covers} rows) are dropped together"
+    opening = [i for i, f in enumerate(lines[start - 1].rstrip("\r\n").split(delimiter), 1) if f.startswith(quotechar)]
+    if opening:
+        detail += (f"; field {opening[0]} of line {start} starts with {quotechar}, which opens a quoted field "
+                   f"that runs to the next lone {quotechar} (a literal {quotechar} starting a field is written "
+                   f"quoted and doubled: {quotechar * 3}...{quotechar})")
+    return RawRow(source, start, None, None, (), ("bad row", detail), covers)
 
 
 def _delimited_row(fields, columns, n_fields, source, start, encoding, path, image_dir) -> RawRow:

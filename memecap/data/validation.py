@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from memecap.data.images import ImageReadError, load_rgb
+from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 
 if TYPE_CHECKING:
     from memecap.data.tables import RawRow
@@ -126,7 +126,7 @@ def validate_rows(
     for i, r in enumerate(rows):
         if r.image_path is not None:
             by_image.setdefault(r.image_path, []).append(i)
-    for path, (kind, detail) in _check_images(list(by_image), check_images, workers):
+    for path, (kind, detail) in _check_images(list(by_image), check_images, workers, log):
         users = by_image[path]
         if len(users) > 1:
             detail += f" (used by {len(users)} rows)"
@@ -135,7 +135,9 @@ def validate_rows(
         bad.update(users)
 
     problems.sort(key=lambda p: (p.source, p.line))
-    report = ValidationReport(source, len(rows), problems, skipped_rows=len(bad))
+    # A record that swallowed rows counts as all of them, so "skipped N of M" is true of the table.
+    report = ValidationReport(source, sum(r.covers for r in rows), problems,
+                              skipped_rows=sum(rows[i].covers for i in bad))
     if problems and on_bad_row == "error":
         raise DataError(problems, hint="fix the data or set on_bad_row='skip'")
     if log is not None:
@@ -149,16 +151,20 @@ def validate_rows(
 
 
 def _check_images(
-    paths: list[Path], decode: bool, workers: int | None
+    paths: list[Path], decode: bool, workers: int | None, log: Callable[[str], None] | None = None
 ) -> list[tuple[Path, tuple[str, str]]]:
+    reduced: list[tuple[Path, tuple[int, int]]] = []
+
     def check(path: Path) -> tuple[str, str] | None:
         if not path.is_file():
             return "missing image", f"image not found: {path}"
         if decode:
             try:
-                load_rgb(path)
+                img = load_rgb(path)
             except ImageReadError as e:
                 return "unreadable image", f"unreadable image: {path} ({e.reason})"
+            if REDUCED_FROM in img.info:
+                reduced.append((path, img.info[REDUCED_FROM]))
         return None
 
     if not decode:
@@ -169,4 +175,8 @@ def _check_images(
             bar = tqdm(pool.map(check, paths), total=len(paths), desc="checking images",
                        unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES)
             results = list(bar)
+    if reduced and log is not None:
+        shown = ", ".join(f"{p} ({w} x {h})" for p, (w, h) in sorted(reduced)[:5])
+        log(f"{len(reduced)} image(s) larger than {MAX_SIDE} px on a side are read reduced to at most {MAX_SIDE} px: "
+            f"{shown}{' ...' if len(reduced) > 5 else ''}")
     return [(p, r) for p, r in zip(paths, results) if r is not None]

@@ -18,6 +18,7 @@ from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_base
 from memecap.models.export import read_export_config
 from memecap.models.ocr_template import OcrTemplate, build_ocr_template
 from memecap.models.lstm import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
+from memecap.quiet import quiet_weights
 
 
 def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
@@ -47,12 +48,14 @@ LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "lstm":
 BASELINES = {"ocr_template"}
 
 
+@quiet_weights()
 def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
     if cfg.family not in MODELS:
         raise ValueError(f"model.family={cfg.family!r}: known families are {', '.join(MODELS)}")
     return MODELS[cfg.family](cfg, work_dir=work_dir, train_texts=train_texts)
 
 
+@quiet_weights()
 def load_model(folder: Path, with_encoder: bool = True):
     """A model exported by `save_pretrained`, whatever its family."""
     family = read_export_config(folder).get("family", "clipcap")

@@ -10,6 +10,7 @@ that ends it always kept), then the caption. Only the caption's tokens are score
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,6 +33,9 @@ from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.mapping import build_mapper
 from memecap.models.prompted import with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
+from memecap.quiet import quiet_weights
+
+logger = logging.getLogger(__name__)
 
 MAPPER_FILE = "mapper.safetensors"
 ENCODER_FILE = "encoder.safetensors"
@@ -52,11 +56,42 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode == "full")
     decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
                else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of {name} has no end-of-text token; captions could never end")
+    use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(decoder)
     return decoder, tokenizer
+
+
+def use_trained_eos(tokenizer, decoder, name: str) -> None:
+    """Make the end-of-text token one the model was trained with.
+
+    ruGPT-3 tokenizers older than their 2023-12 revision ship no special-token files; transformers
+    then names `<|endoftext|>` the end token and adds it as a new id after the vocabulary: past
+    the embedding table on medium/large (an index error at the first step), on an untrained
+    padding row on small (every caption ends on noise). An end token must be a token of the
+    vocabulary itself, inside the embedding table; otherwise the model's own end token (its
+    config's, or `</s>`) is used, or loading stops."""
+    trained = min(tokenizer.vocab_size, decoder.get_input_embeddings().num_embeddings)
+
+    def usable(i) -> bool:
+        return isinstance(i, int) and 0 <= i < trained
+
+    if usable(tokenizer.eos_token_id):
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (decoder.config.eos_token_id, vocab.get("</s>")):
+        if usable(candidate):
+            was = tokenizer.eos_token
+            tokenizer.eos_token = tokenizer.convert_ids_to_tokens(candidate)
+            if tokenizer.pad_token_id is not None and not usable(tokenizer.pad_token_id):
+                tokenizer.pad_token = tokenizer.eos_token  # an added pad id would index past the table too
+            logger.warning("the tokenizer of %s has no usable end-of-text token (%r is not one the model was "
+                           "trained with); using the model's own %r (id %d)", name, was, tokenizer.eos_token, candidate)
+            return
+    raise ValueError(f"the tokenizer of {name} has no end-of-text token the model was trained with "
+                     f"({tokenizer.eos_token!r} has id {tokenizer.eos_token_id}, the trained vocabulary is ids "
+                     f"0-{trained - 1}), and the model names none: captions could never end; use a revision "
+                     "of the model whose tokenizer has its special-token files")
 
 
 def quantization_kwargs(cfg: ModelConfig) -> dict:
@@ -292,6 +327,7 @@ class ClipCap(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- save / load ------------------------------------------------------------------------
+    @quiet_weights()
     def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
                         state_dict: Optional[dict] = None) -> None:
         """Only what training changed: mapper, LoRA adapter or full decoder, trained encoder; plus the

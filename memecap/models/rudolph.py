@@ -41,6 +41,7 @@ from memecap.models.prompted import with_ocr_prompts
 from memecap.models.rudolph_compat import checkpoint_layers, follow_device
 from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
+from memecap.quiet import quiet_weights
 
 WEIGHTS_FILE = "model.safetensors"  # mode=full: every RuDOLPH weight
 SUBSET_FILE = "trained.safetensors"  # mode=subset: only the trained parameters
@@ -240,6 +241,7 @@ class RuDolph(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- save / load ------------------------------------------------------------------------
+    @quiet_weights()
     def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
                         state_dict: Optional[dict] = None) -> None:
         """Only what training changed (every weight, the trained subset, or the LoRA adapter) as
