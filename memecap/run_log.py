@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,16 @@ class RunLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
+
+
+def quiet_third_party_output() -> None:
+    """Keep the console to memecap's own lines: transformers draws a progress bar for every model it
+    writes or loads (the tiny demo models alone draw four before the first step), and Accelerate warns
+    on every export that it dropped the tied copy of the decoder's embeddings, which is expected."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def flat_hparams(cfg: Config) -> dict:
