@@ -1,11 +1,15 @@
-"""Seconds from process start to the first optimizer step: `memecap train demo` against a bare script.
+"""Time from process start to the first optimizer step: `memecap train demo` against a bare script.
 
     .venv/bin/python scripts/bench_startup.py [--repeats 5]
+    git worktree add /tmp/before COMMIT && .venv/bin/python scripts/bench_startup.py --before /tmp/before
 
-Each measurement is a fresh Python process, started from here, timed from just before it is spawned
-to the wall-clock time of its first optimizer step (memecap: the step-1 record of `log.jsonl`; bare:
-printed right after `optimizer.step()`). The two run interleaved, so drift in the machine's load hits
-both alike; medians are printed, with a Markdown row for docs/benchmarks.md.
+Each measurement is a fresh Python process started from here. A global optimizer-step hook
+(`torch.optim.optimizer.register_optimizer_step_post_hook`, registered the same way in both) reports
+at the first step the wall time since the process was spawned and the CPU time the process has used
+(less sensitive than wall time to other jobs on a shared machine), then ends the process. The arms
+run interleaved, so drift in the machine's load hits them alike; medians are printed, with Markdown
+rows for docs/benchmarks.md. `--before DIR` also times `memecap train demo` from another checkout of
+memecap (put first on PYTHONPATH), in the same interleaving.
 
 The bare script does the least that reaches the same step: it reads the demo's table with `csv`,
 builds the same model with memecap's builder (the demo's tiny CLIP, mapper and GPT-2, tokenizer fit
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -27,11 +32,29 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_ARGS = ["train.max_steps=1", "train.log_every=1"]
+# Run first in every measured process: torch's optimizer module is imported before the hook in both arms.
+LAUNCHER = """
+import json, os, sys, time
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+def first_step(*args):
+    print("FIRST_STEP " + json.dumps({"wall": time.time(), "cpu": time.process_time()}), file=sys.__stdout__, flush=True)
+    os._exit(0)
+
+register_optimizer_step_post_hook(first_step)
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "--bare":
+    sys.path.insert(0, os.path.dirname(sys.argv[1]))
+    import bench_startup
+    bench_startup.bare(sys.argv[2])
+else:
+    import runpy
+    runpy.run_module("memecap.train", run_name="__main__")
+"""
 
 
 def bare(data_dir: str) -> None:
-    """The bare script (run in its own process by `--bare`): prints the time of its first step."""
+    """The bare script: the same model and data, one optimizer step, nothing else."""
     import torch
 
     from memecap.config import load_config
@@ -53,33 +76,36 @@ def bare(data_dir: str) -> None:
     model.train()
     model(next(iter(loader)))["loss"].backward()
     optimizer.step()
-    print(json.dumps({"first_step": time.time()}))
 
 
-def time_memecap(run_dir: Path) -> float:
+def measure(args: list[str], checkout: str | None = None) -> tuple[float, float]:
+    """(wall seconds from spawn to the first optimizer step, CPU seconds the process used by then)."""
+    env = dict(os.environ)
+    if checkout:
+        env["PYTHONPATH"] = os.pathsep.join([checkout, *filter(None, [env.get("PYTHONPATH")])])
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("FIRST_STEP ")]
+    if not lines:
+        raise RuntimeError(f"no optimizer step in {args}: {out.stderr[-2000:]}")
+    stamp = json.loads(lines[0].split(" ", 1)[1])
+    return stamp["wall"] - start, stamp["cpu"]
+
+
+def memecap_args(run_dir: Path) -> list[str]:
     for path in run_dir.iterdir():  # keep the generated data; a run's outputs must not carry over
         if path.name != "data":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    start = time.time()
-    subprocess.run([sys.executable, "-m", "memecap.train", "demo", f"train.output_dir={run_dir}",
-                    f"cache.dir={run_dir / 'cache'}", *DEMO_ARGS], check=True, capture_output=True)
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return next(r["time"] for r in records if r["kind"] == "train" and r["step"] == 1) - start
-
-
-def time_bare(data_dir: Path) -> float:
-    start = time.time()
-    out = subprocess.run([sys.executable, __file__, "--bare", str(data_dir)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["first_step"] - start
+    return ["memecap.train", "demo", f"train.output_dir={run_dir}", f"cache.dir={run_dir / 'cache'}"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bare", metavar="DATA_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--before", metavar="DIR", help="another memecap checkout to time in the same runs")
     args = parser.parse_args()
-    if args.bare:
-        return bare(args.bare)
+    arms = ["memecap", "bare"] + (["before"] if args.before else [])
+    results: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "demo"
         run_dir.mkdir()
@@ -87,13 +113,21 @@ def main() -> None:
         from memecap.data.sources import synthetic_tables
 
         data_dir = synthetic_tables(load_config("demo", []).data, run_dir)["train"].parent
-        results = []
         for r in range(args.repeats):
-            results.append((time_memecap(run_dir), time_bare(data_dir)))
-            print(f"run {r}: memecap train demo {results[-1][0]:.2f} s, bare script {results[-1][1]:.2f} s", flush=True)
-    ours, theirs = statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
-    print(f"| time to the first optimizer step, demo ({args.repeats} interleaved runs, medians) "
-          f"| {ours:.2f} s | {theirs:.2f} s | {ours / theirs:.2f}x |")
+            for arm in arms:
+                if arm == "bare":
+                    results[arm].append(measure(["--bare", os.path.abspath(__file__), str(data_dir)]))
+                else:
+                    results[arm].append(measure(memecap_args(run_dir), args.before if arm == "before" else None))
+            print(f"run {r}: " + ", ".join(f"{arm} {results[arm][-1][0]:.2f} s wall / {results[arm][-1][1]:.2f} s CPU"
+                                           for arm in arms), flush=True)
+    median = {arm: tuple(statistics.median(x[i] for x in results[arm]) for i in range(2)) for arm in arms}
+    bare_wall, bare_cpu = median["bare"]
+    for arm, label in (("memecap", "memecap train demo"), ("before", f"memecap train demo from {args.before}")):
+        if arm in median:
+            wall, cpu = median[arm]
+            print(f"| {label} | {wall:.2f} s | {cpu:.2f} s | {wall / bare_wall:.2f}x | {cpu / bare_cpu:.2f}x |")
+    print(f"| bare script | {bare_wall:.2f} s | {bare_cpu:.2f} s | 1.00x | 1.00x |")
 
 
 if __name__ == "__main__":
