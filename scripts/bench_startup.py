@@ -7,8 +7,9 @@ Each measurement is a fresh Python process started from here. A global optimizer
 (`torch.optim.optimizer.register_optimizer_step_post_hook`, registered the same way in both) reports
 at the first step the wall time since the process was spawned and the CPU time the process has used
 (less sensitive than wall time to other jobs on a shared machine), then ends the process. The arms
-run interleaved, so drift in the machine's load hits them alike; medians are printed, with Markdown
-rows for docs/benchmarks.md. `--before DIR` also times `memecap train demo` from another checkout of
+run interleaved, so drift in the machine's load hits them alike; printed as Markdown rows for
+docs/benchmarks.md: each arm's median times and the median of its ratios to the bare script within
+a round. `--before DIR` also times `memecap train demo` from another checkout of
 memecap (put first on PYTHONPATH), in the same interleaving.
 
 The bare script does the least that reaches the same step: it reads the demo's table with `csv`,
@@ -84,7 +85,10 @@ def measure(args: list[str], checkout: str | None = None) -> tuple[float, float]
     if checkout:
         env["PYTHONPATH"] = os.pathsep.join([checkout, *filter(None, [env.get("PYTHONPATH")])])
     start = time.time()
-    out = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True, env=env)
+    # Not from this folder: `python -c` puts the working directory first on sys.path, where a
+    # checkout's memecap would shadow the one on PYTHONPATH.
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, *args], capture_output=True, text=True, env=env,
+                         cwd=tempfile.gettempdir())
     lines = [line for line in out.stdout.splitlines() if line.startswith("FIRST_STEP ")]
     if not lines:
         raise RuntimeError(f"no optimizer step in {args}: {out.stderr[-2000:]}")
@@ -122,12 +126,14 @@ def main() -> None:
             print(f"run {r}: " + ", ".join(f"{arm} {results[arm][-1][0]:.2f} s wall / {results[arm][-1][1]:.2f} s CPU"
                                            for arm in arms), flush=True)
     median = {arm: tuple(statistics.median(x[i] for x in results[arm]) for i in range(2)) for arm in arms}
-    bare_wall, bare_cpu = median["bare"]
+    print("| run | wall to the first step | CPU by then | wall / bare | CPU / bare |")
+    print("| --- | --- | --- | --- | --- |")
     for arm, label in (("memecap", "memecap train demo"), ("before", f"memecap train demo from {args.before}")):
         if arm in median:
-            wall, cpu = median[arm]
-            print(f"| {label} | {wall:.2f} s | {cpu:.2f} s | {wall / bare_wall:.2f}x | {cpu / bare_cpu:.2f}x |")
-    print(f"| bare script | {bare_wall:.2f} s | {bare_cpu:.2f} s | 1.00x | 1.00x |")
+            # Ratios within each interleaved round, then their median: the pairs saw the same load.
+            ratios = [statistics.median(a[i] / b[i] for a, b in zip(results[arm], results["bare"])) for i in range(2)]
+            print(f"| {label} | {median[arm][0]:.2f} s | {median[arm][1]:.2f} s | {ratios[0]:.2f}x | {ratios[1]:.2f}x |")
+    print(f"| bare script | {median['bare'][0]:.2f} s | {median['bare'][1]:.2f} s | 1.00x | 1.00x |")
 
 
 if __name__ == "__main__":
