@@ -428,8 +428,9 @@ class TrainConfig:
         _at_least("train.max_bad_steps", self.max_bad_steps, 0)
         if self.overwrite and self.resume is not None:
             raise ConfigError("train.overwrite=true deletes the earlier run; it cannot be combined with train.resume")
-        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote", "val_loss"):
-            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, quote or val_loss")
+        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote", "val_loss"):
+            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, cider, rougeL, "
+                              "quote or val_loss")
 
 
 @dataclass
@@ -474,6 +475,9 @@ class Config:
     stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
+        if self.eval.scoring == "seed" and self.train.best_metric in ("cider", "rougeL"):
+            raise ConfigError(f"train.best_metric={self.train.best_metric}: eval.scoring=seed (the original project's "
+                              "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")

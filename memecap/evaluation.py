@@ -1,12 +1,15 @@
-"""Caption metrics (BLEU-1..4, METEOR, quote), the best-constant-caption baseline, predictions files.
+"""Caption metrics (BLEU-1..4, METEOR, CIDEr-D, ROUGE-L, quote), the best-constant-caption
+baseline, predictions files.
 
-`quote` (memecap/metrics/quote.py) is the mean character error rate of the text a caption quotes
-against the text its reference quotes (lower is better); it is the same in both scorings.
+`quote` (memecap/metrics/quote_score.py) is the mean character error rate of the text a caption
+quotes against the text its reference quotes (lower is better); it is the same in both scorings.
 
 Two scorings:
 
 - "memecap": the shipped `evaluate` modules in memecap/metrics: every reference, lower-cased
-  words and punctuation marks, METEOR with the Russian Snowball stemmer.
+  words and punctuation marks, METEOR with the Russian Snowball stemmer, CIDEr-D and ROUGE-L as
+  the COCO caption evaluation computes them (CIDEr-D's document frequencies from the scored
+  references only, so one split's score never depends on another).
 - "seed": the numbers of the project this one grew from (github.com/Pstva/meme-captions,
   src/baseline/eval_baseline*.py, src/clip_model/evaluate.py, src/finetune_eval_rudolph.ipynb).
   There: `nltk.word_tokenize` on lower-cased text (punctuation kept as tokens), one reference
@@ -15,7 +18,10 @@ Two scorings:
   We match that offline: Treebank tokens after a regex sentence split instead of Punkt, and
   no WordNet, which cannot match Cyrillic words anyway. Not reproduced: its ClipCap script
   did not lower-case, and its LSTM baselines scored references rebuilt from a vocabulary
-  (unknown words as <unk>).
+  (unknown words as <unk>). It had no CIDEr-D or ROUGE-L, and neither has this scoring.
+
+`evaluate` is imported on the first `compute_metrics` call, not with this module: it pulls in
+`datasets` and transformers' pipelines, most of a second that training's start does not need.
 """
 
 import json
@@ -23,27 +29,33 @@ import os
 import random
 import tempfile
 import warnings
+from collections import Counter, defaultdict
 from pathlib import Path
 
-import evaluate
 from nltk.stem import PorterStemmer
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-from memecap.metrics.bleu import bleu_from_stats, closest_length, corpus_bleu, max_reference_counts, ngram_counts
-from memecap.metrics.meteor import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
-from memecap.metrics.quote import mean_quote_cer, quote_cer
+from memecap.metrics.bleu_score import bleu_from_stats, closest_length, corpus_bleu, max_reference_counts, ngram_counts
+from memecap.metrics.cider_score import cider_d
+from memecap.metrics.meteor_score import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
+from memecap.metrics.quote_score import mean_quote_cer, quote_cer
+from memecap.metrics.rougel_score import rouge_l
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
-METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")
+METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL")  # word metrics, higher is better
+SEED_METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")  # what the seed scoring reports
+CONSTANT_METRICS = SEED_METRIC_NAMES  # what the best constant caption can be chosen by
 SCORINGS = ("memecap", "seed")
 _METRICS_DIR = Path(__file__).parent / "metrics"
 _PORTER = CachedStemmer(PorterStemmer())  # NLTK's default METEOR stemmer, which the seed project used
 # Loaded once per process: evaluation runs every N steps and a load copies and imports a script.
-_LOADED: dict[str, evaluate.EvaluationModule] = {}
+_LOADED: dict = {}
 
 
-def _metric(name: str) -> evaluate.EvaluationModule:
+def _metric(name: str):
     if name not in _LOADED:
+        import evaluate  # here, not at the top: see the module docstring
+
         _LOADED[name] = evaluate.load(str(_METRICS_DIR / f"{name}.py"), keep_in_memory=True)
     return _LOADED[name]
 
@@ -75,22 +87,43 @@ def _reference_tokens(references: list[list[str]], scoring: str) -> list[list[li
 
 
 def compute_metrics(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> dict[str, float]:
-    """BLEU-1..4 (corpus) and METEOR (mean of sentences) of `predictions`, each in [0, 1] (higher is
-    better), and `quote`, the mean capped CER of the quoted text, in [0, 1] (lower is better)."""
+    """BLEU-1..4 (corpus), METEOR (mean of sentences), CIDEr-D (x10, mean of examples) and ROUGE-L
+    (mean of examples) of `predictions`, higher is better, and `quote`, the mean capped CER of the
+    quoted text, in [0, 1] (lower is better). The seed scoring has no CIDEr-D and ROUGE-L."""
     _check_inputs(predictions, references, scoring)
-    # The quote metric reads the raw captions, not word tokens; the scorings differ only in BLEU/METEOR.
+    # The quote metric reads the raw captions, not word tokens; the scorings differ only in the word metrics.
     quote = {"quote": float(mean_quote_cer(predictions, references)[0])}
     if scoring == "memecap":
-        bleu = _metric("bleu").compute(predictions=predictions, references=references, max_order=4)
-        meteor = _metric("meteor").compute(predictions=predictions, references=references)
-        return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)}, "meteor": float(meteor["meteor"]),
-                **quote}
-    hyps, refs = [tokenize_nltk(p) for p in predictions], _reference_tokens(references, scoring)
+        kw = dict(predictions=predictions, references=references)
+        bleu = _metric("bleu").compute(**kw, max_order=4)
+        return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)},
+                "meteor": float(_metric("meteor").compute(**kw)["meteor"]),
+                "cider": float(_metric("cider").compute(**kw)["cider"]),
+                "rougeL": float(_metric("rouge").compute(**kw)["rougeL"]), **quote}
+    return {**_seed_word_metrics(predictions, references), **quote}
+
+
+def _seed_word_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    hyps, refs = [tokenize_nltk(p) for p in predictions], _reference_tokens(references, "seed")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NLTK warns once per order without a match
         bleus = nltk_corpus_bleu(refs, hyps, weights=[(1.0,), (1 / 2,) * 2, (1 / 3,) * 3, (1 / 4,) * 4])
     meteor = mean_meteor(hyps, refs, stemmer=_PORTER)
-    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor), **quote}
+    return {**{f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}, "meteor": float(meteor)}
+
+
+def metrics_without_evaluate(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> dict:
+    """What `compute_metrics` returns, computed by the metric modules' own arithmetic without loading
+    them through `evaluate`: the best constant caption is scored before training's first step."""
+    _check_inputs(predictions, references, scoring)
+    quote = {"quote": float(mean_quote_cer(predictions, references)[0])}
+    if scoring == "seed":
+        return {**_seed_word_metrics(predictions, references), **quote}
+    hyps, refs = [tokenize(p) for p in predictions], _reference_tokens(references, scoring)
+    bleu = corpus_bleu(hyps, refs, max_order=4)
+    cider, rouge = cider_d(hyps, refs), rouge_l(hyps, refs)
+    return {**{f"bleu{n}": float(bleu[f"bleu{n}"]) for n in range(1, 5)}, "meteor": float(mean_meteor(hyps, refs)),
+            "cider": float(sum(cider) / len(cider)), "rougeL": float(sum(rouge) / len(rouge)), **quote}
 
 
 def example_scores(predictions: list[str], references: list[list[str]], scoring: str = "memecap") -> list[dict]:
@@ -118,16 +151,25 @@ def _constant_scores(candidates: list[str], references: list[list[str]], scoring
     if metric == "meteor":
         stemmer = _PORTER if scoring == "seed" else RUSSIAN_STEMMER
         return [mean_meteor([hyp] * len(refs), refs, stemmer=stemmer) for hyp in hyps]
-    # Reference n-gram limits are computed once; each candidate then costs a few dict lookups per example.
-    clips = [max_reference_counts(r, 4) for r in refs]
+    # Every example's clipped matches of one n-gram depend only on how often the candidate has it, so
+    # the references are counted once into, per n-gram, a histogram of its clipping limits over the
+    # examples; a candidate then costs a few lookups per n-gram of its own, not per example.
+    limits = [defaultdict(Counter) for _ in range(4)]
+    for clip in (max_reference_counts(r, 4) for r in refs):
+        for n in range(4):
+            for gram, limit in clip[n].items():
+                limits[n][gram][limit] += 1
     ref_lengths = [[len(x) for x in r] for r in refs]
+    closest: dict[int, int] = {}  # hypothesis length -> summed closest reference length
     scores = []
     for hyp in hyps:
         counts = ngram_counts(hyp, 4)
-        matches = [sum(sum(min(c, clip[n][g]) for g, c in counts[n].items()) for clip in clips) for n in range(4)]
+        matches = [sum(min(c, limit) * k for gram, c in counts[n].items() for limit, k in limits[n].get(gram, {}).items())
+                   for n in range(4)]
         totals = [max(1, len(hyp) - n) * len(refs) for n in range(4)]
-        ref_length = sum(closest_length(lengths, len(hyp)) for lengths in ref_lengths)
-        scores.append(bleu_from_stats(matches, totals, len(hyp) * len(refs), ref_length)[metric])
+        if len(hyp) not in closest:
+            closest[len(hyp)] = sum(closest_length(lengths, len(hyp)) for lengths in ref_lengths)
+        scores.append(bleu_from_stats(matches, totals, len(hyp) * len(refs), closest[len(hyp)])[metric])
     return scores
 
 
@@ -142,10 +184,11 @@ def best_constant_caption(
 
     A floor for any model: a captioner that cannot beat one fixed sentence has learnt only the
     dataset's stock phrases. Candidates are the distinct captions, a fixed-seed sample of
-    `max_candidates` if there are more. Returns the caption and its `compute_metrics` scores.
+    `max_candidates` if there are more. Returns the caption and its `compute_metrics` scores
+    (computed without `evaluate`, identical).
     """
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    if metric not in CONSTANT_METRICS:
+        raise ValueError(f"metric must be one of {CONSTANT_METRICS}, got {metric!r}")
     if not references:
         raise ValueError("no references to score the candidates against")
     _check_inputs([""] * len(references), references, scoring)
@@ -156,7 +199,7 @@ def best_constant_caption(
         candidates = random.Random(0).sample(candidates, max_candidates)
     scores = _constant_scores(candidates, references, scoring, metric)
     best = candidates[max(range(len(candidates)), key=scores.__getitem__)]
-    return best, compute_metrics([best] * len(references), references, scoring)
+    return best, metrics_without_evaluate([best] * len(references), references, scoring)
 
 
 def write_predictions(path: str | os.PathLike, rows: list[dict]) -> None:

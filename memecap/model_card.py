@@ -10,7 +10,7 @@ import yaml
 from memecap.models.export import BUNDLED_DIR, HUB_ID
 
 METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR",
-                "val_loss": "val loss"}
+                "cider": "CIDEr-D", "rougeL": "ROUGE-L", "quote": "quote CER", "val_loss": "val loss"}
 
 
 def training_summary(cfg, steps: int) -> dict:
@@ -73,7 +73,9 @@ def model_card(meta: dict, evaluation: Optional[dict], files: Sequence[tuple[str
         shown = [k for k in METRIC_NAMES if k in metrics] + [k for k in metrics if k not in METRIC_NAMES]
         parts += ["## Evaluation", "",
                   f"On {data.get('val_examples', '?')} validation memes (`{data.get('val', '?')}`), at optimizer "
-                  f"step {evaluation.get('step', '?')}; corpus BLEU and mean METEOR of the generated captions.", "",
+                  f"step {evaluation.get('step', '?')}; corpus BLEU, mean METEOR, CIDEr-D (x10, COCO caption "
+                  "evaluation), ROUGE-L and the quote's character error rate (lower is better) of the generated "
+                  "captions, on lower-cased Russian word tokens.", "",
                   "| " + " | ".join(METRIC_NAMES.get(k, k) for k in shown) + " |",
                   "|" + "---|" * len(shown),
                   "| " + " | ".join(f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k])

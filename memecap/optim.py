@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+from functools import partial
 
 import torch
-from transformers import get_scheduler
+from torch.optim.lr_scheduler import LambdaLR
 
 from memecap.config import OptimConfig
 
@@ -50,9 +52,33 @@ def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch
     return cls(groups, **kwargs)
 
 
+def _linear(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def _cosine(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _constant(step: int, *, warmup: int, total: int) -> float:
+    return float(step) / float(max(1, warmup)) if step < warmup else 1.0
+
+
+# transformers' linear, cosine and constant_with_warmup schedules (the same arithmetic), written here
+# because importing them imports transformers.trainer_utils, which imports peft and bitsandbytes: most
+# of a second at start, and bitsandbytes prints a line about its CPU kernels. Pinned to
+# transformers' by tests/test_startup.py.
+SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
+
+
 def build_scheduler(cfg: OptimConfig, optimizer, total_steps: int, num_processes: int):
     # Accelerate's prepared scheduler advances once per process on every optimizer step, so the
     # schedule is laid out in those units (as in the transformers no_trainer examples).
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps * num_processes,
-                         num_training_steps=max(total_steps, 1) * num_processes)
+    factor = partial(SCHEDULES[cfg.scheduler], warmup=cfg.warmup_steps * num_processes,
+                     total=max(total_steps, 1) * num_processes)
+    return LambdaLR(optimizer, factor)

@@ -20,7 +20,7 @@ from pathlib import Path
 from memecap.config import OcrConfig
 from memecap.data.images import load_rgb
 from memecap.data.tables import load_split
-from memecap.metrics.quote import text_cer
+from memecap.metrics.quote_score import text_cer
 from memecap.ocr import TesseractEngine, clean_text, read_words
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from memecap.data.synthetic import _cyrillic_font
-from memecap.metrics.quote import levenshtein, normalize_quote
+from memecap.metrics.quote_score import levenshtein, normalize_quote
 
 # (file, lines of text, how it is drawn). The caption over a busy picture is the classic meme
 # style (white letters, dark outline) that a plain grayscale reading misses.

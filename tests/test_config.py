@@ -49,7 +49,7 @@ def test_overrides_are_typed_and_nested():
     ("train.batch_size=1.5", "train.batch_size"),
     ("model.decoder.mode=half", "model.decoder.mode"),
     ("data.on_bad_row=ignore", "data.on_bad_row"),
-    ("train.best_metric=cider", "train.best_metric"),
+    ("train.best_metric=cider_d", "train.best_metric"),
     ("generation.strategy=beam_search", "generation.strategy"),
     ("notasection.x=1", "notasection"),
     ("train.epochs", "key=value"),

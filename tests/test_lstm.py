@@ -201,7 +201,7 @@ def test_loop_trains_exports_and_scores_against_original_references(tmp_path, sy
     metrics, path = evaluate_export(out / "final", synthetic_data["val"], progress=False)
     final_preds = read_predictions(sorted((out / "predictions").glob("*.jsonl"))[-1])
     assert [p["prediction"] for p in read_predictions(path)] == [p["prediction"] for p in final_preds]
-    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote"} and model.encoder is not None
+    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote"} and model.encoder is not None
 
     # Published as ClipCap exports are: the local tiny ResNet is bundled, and the staged folder loads alone.
     staged = tmp_path / "staged"

@@ -1,4 +1,5 @@
-"""BLEU/METEOR modules and memecap.evaluation, checked against values worked out by hand."""
+"""BLEU/METEOR modules and memecap.evaluation, checked against values worked out by hand
+(CIDEr-D and ROUGE-L: tests/test_cider_rouge.py)."""
 
 import json
 import math
@@ -24,8 +25,8 @@ from memecap.evaluation import (
     read_predictions,
     write_predictions,
 )
-from memecap.metrics.bleu import corpus_bleu
-from memecap.metrics.meteor import mean_meteor
+from memecap.metrics.bleu_score import corpus_bleu
+from memecap.metrics.meteor_score import mean_meteor
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
 METRICS_DIR = Path(evaluation.__file__).parent / "metrics"
@@ -101,10 +102,13 @@ def test_bleu_brevity_uses_the_closest_reference_and_the_shorter_on_ties():
 def test_perfect_match_and_no_overlap():
     refs = [["на фото кот спит на диване"], ["подпись: когда пятница"]]
     perfect = compute_metrics(["На фото кот спит на диване", "Подпись: когда пятница"], refs)
-    assert all(perfect[b] == pytest.approx(1.0) for b in BLEUS)
+    assert all(perfect[b] == pytest.approx(1.0) for b in BLEUS) and perfect["rougeL"] == pytest.approx(1.0)
+    # The two references share no n-gram, so each has idf log 2 and each cosine is 1: CIDEr-D x10 = 10.
+    assert perfect["cider"] == pytest.approx(10.0)
     nothing = compute_metrics(["собака лает", "птица поёт"], refs)
     # quote: no reference quotes anything, so nothing can be misquoted.
-    assert nothing == {"bleu1": 0.0, "bleu2": 0.0, "bleu3": 0.0, "bleu4": 0.0, "meteor": 0.0, "quote": 0.0}
+    assert nothing == {"bleu1": 0.0, "bleu2": 0.0, "bleu3": 0.0, "bleu4": 0.0, "meteor": 0.0, "cider": 0.0,
+                       "rougeL": 0.0, "quote": 0.0}
 
 
 def test_multiple_references_memecap_uses_all_seed_only_the_first():
@@ -169,8 +173,10 @@ def test_evaluate_loads_the_modules_by_path_offline(tmp_path):
         "import json, evaluate\n"
         f"b = evaluate.load({str(METRICS_DIR / 'bleu.py')!r})\n"
         f"m = evaluate.load({str(METRICS_DIR / 'meteor.py')!r})\n"
+        f"c = evaluate.load({str(METRICS_DIR / 'cider.py')!r})\n"
+        f"r = evaluate.load({str(METRICS_DIR / 'rouge.py')!r})\n"
         "kw = dict(predictions=['Кот спит на диване'], references=[['кот спит на полу', 'кот']])\n"
-        "print(json.dumps({**b.compute(**kw), **m.compute(**kw)}))\n"
+        "print(json.dumps({**b.compute(**kw), **m.compute(**kw), **c.compute(**kw), **r.compute(**kw)}))\n"
     )
     # A fresh modules cache proves the relative import of tokenization.py is copied along.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
@@ -183,13 +189,18 @@ def test_evaluate_loads_the_modules_by_path_offline(tmp_path):
     assert got["bleu4"] == 0.0
     # 3 matches of 4 (vs the 4-token reference), one chunk: 0.75 * (1 - 0.5 / 27) = 0.7361111
     assert got["meteor"] == pytest.approx(0.75 * 53 / 54, abs=1e-9)
+    # One example: every n-gram's idf is log(1/1) = 0, so CIDEr-D is 0 (a corpus measure).
+    assert got["cider"] == 0.0
+    # ROUGE-L: LCS 3 with "кот спит на полу" (P = R = 3/4), 1 with "кот" (P = 1/4, R = 1); the best P
+    # and the best R are taken separately: (1 + 1.2^2) * 3/4 * 1 / (1 + 1.2^2 * 3/4) = 0.8798077
+    assert got["rougeL"] == pytest.approx(2.44 * 0.75 / (1 + 1.44 * 0.75), abs=1e-9)
 
 
 def test_loaded_metrics_are_cached():
     compute_metrics(["кот"], [["кот"]])
     first = dict(evaluation._LOADED)
     compute_metrics(["кот"], [["кот"]])
-    assert evaluation._LOADED == first and set(first) == {"bleu", "meteor"}
+    assert evaluation._LOADED == first and set(first) == {"bleu", "meteor", "cider", "rouge"}
     assert isinstance(first["bleu"], evaluate.Metric)
 
 
@@ -239,7 +250,7 @@ def test_best_constant_caption_is_fast_and_subsamples():
     start = time.perf_counter()
     caption, metrics = best_constant_caption(train, refs, max_candidates=200)
     assert time.perf_counter() - start < 10
-    assert caption in train and set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "quote"}
+    assert caption in train and set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote"}
     assert best_constant_caption(train, refs, max_candidates=200)[0] == caption  # deterministic
 
 

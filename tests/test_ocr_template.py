@@ -6,7 +6,7 @@ import pytest
 from memecap import cli
 from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.evaluation import read_predictions
-from memecap.metrics.quote import quote_spans
+from memecap.metrics.quote_score import quote_spans
 from memecap.models import build_model
 from tests.ocr_images import MAX_CER
 

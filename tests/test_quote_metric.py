@@ -9,7 +9,7 @@ import pytest
 
 from memecap import evaluation
 from memecap.evaluation import compute_metrics
-from memecap.metrics.quote import levenshtein, mean_quote_cer, quote_cer, quote_spans, quoted_text
+from memecap.metrics.quote_score import levenshtein, mean_quote_cer, quote_cer, quote_spans, quoted_text
 
 QUOTE_MODULE = Path(evaluation.__file__).parent / "metrics" / "quote.py"
 

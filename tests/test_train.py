@@ -41,7 +41,7 @@ def test_demo_recipe_smoke_run_writes_everything(tmp_path, synthetic_data):
     preds = read_predictions(sorted((out / "predictions").glob("*.jsonl"))[-1])
     assert len(preds) == 13 and len({p["uid"] for p in preds}) == 13
     assert [p.name for p in list_checkpoints(out)] == ["step_0000006", "step_0000012"]
-    assert set(summary["final"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "val_loss"}
+    assert set(summary["final"]) >= {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "val_loss"}
     assert summary["constant"]["caption"]  # the floor is scored and reported
 
 
