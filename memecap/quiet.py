@@ -39,3 +39,15 @@ def quiet_weights():
     finally:
         logger.removeFilter(tied)
         hf_logging.set_tqdm_hook(previous)
+
+
+def no_cpu_accelerator_notice() -> None:
+    """DeepSpeed, which Accelerate imports on the first `save_pretrained` when it is installed,
+    warns on a machine without CUDA that it falls back to its CPU accelerator unless told so: tell
+    it what it picks anyway (a user's own DS_ACCELERATOR stays)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")

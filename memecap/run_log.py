@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -51,21 +50,6 @@ def _step_of(line: str):
         return json.loads(line).get("step")
     except ValueError:  # a line torn by the crash
         return 10**18
-
-
-def quiet_third_party_output() -> None:
-    """Keep the console to memecap's own lines: transformers draws a progress bar for every model it
-    writes or loads (the tiny demo models alone draw four before the first step); DeepSpeed, which
-    Accelerate imports on the first `save_pretrained` when it is installed, warns on a machine without
-    CUDA that it falls back to its CPU accelerator unless told so; and Accelerate warns on every export
-    that it dropped the tied copy of the decoder's embeddings, which is expected."""
-    import torch
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # what DeepSpeed picks here anyway; a user's choice stays
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def flat_hparams(cfg: Config) -> dict:

@@ -42,7 +42,8 @@ from memecap.optim import build_optimizer, build_scheduler
 from memecap.os_errors import explain, probe_writable
 from memecap.process_exit import end_launched_process
 from memecap.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
-from memecap.run_log import RunLog, flat_hparams, quiet_third_party_output
+from memecap.quiet import no_cpu_accelerator_notice
+from memecap.run_log import RunLog, flat_hparams
 from memecap.stages import apply_freeze, load_stage_examples, plan_stages
 
 
@@ -109,7 +110,7 @@ def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Opt
 
 
 def main(cfg: Config) -> dict:
-    quiet_third_party_output()
+    no_cpu_accelerator_notice()
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg)
