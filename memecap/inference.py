@@ -61,13 +61,23 @@ def export_checkpoint(checkpoint: Path) -> Path:
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors (a sharded DeepSpeed checkpoint? "
                                 "use the run's best/ or final/ export)")
     model = build_model(cfg.model, work_dir=checkpoint.parent.parent)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    tied = {"decoder.lm_head.weight", "decoder.base_model.model.lm_head.weight"}
-    if unexpected or set(missing) - tied:
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = set(missing) - tied_to_loaded(model, state)
+    if unexpected or missing:
         raise ValueError(f"{checkpoint}: weights do not fit the model of its config.yaml "
-                         f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.save_pretrained(out, generation=cfg.generation)
     return out
+
+
+def tied_to_loaded(model, state: dict) -> set:
+    """Names of parameters that are the same tensor as one the checkpoint holds (a tied output
+    layer is saved once, under its input embedding's name)."""
+    by_tensor: dict = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return {name for names in by_tensor.values() if any(n in state for n in names) for name in names}
 
 
 @dataclass

@@ -43,17 +43,20 @@ def describe_model(meta: dict) -> list[str]:
         section = model.get(base["section"], {})
         how = section.get("mode") or ("trained" if section.get("trainable") else "frozen")
         lines.append(f"- {role}: {where} ({how})")
-    if "mapper" in model:
-        lines.append(f"- mapping network: `{model['mapper']['type']}`, prefix of {model['mapper']['prefix_length']} embeddings")
+    lines += [f"- {line}" for line in meta.get("architecture", [])]  # the family's own words
     return lines
+
+
+def has_adapter(meta: dict) -> bool:
+    """A PEFT adapter is among the exported files (any family's LoRA)."""
+    return any(Path(name).name == "adapter_config.json" for name in meta.get("files", []))
 
 
 def model_card(meta: dict, evaluation: Optional[dict], files: Sequence[tuple[str, int]], *, repo_id: str,
                license: str, datasets: Sequence[str] = ()) -> str:
     family = meta.get("family", "clipcap")
-    decoder_mode = meta["model"].get("decoder", {}).get("mode")
     header = {"language": ["ru"], "license": license, "library_name": "memecap", "pipeline_tag": "image-to-text",
-              "tags": ["memecap", "image-captioning", "memes", family] + (["lora", "peft"] if decoder_mode == "lora" else [])}
+              "tags": ["memecap", "image-captioning", "memes", family] + (["lora", "peft"] if has_adapter(meta) else [])}
     if hub_bases(meta):
         header["base_model"] = hub_bases(meta)
     if datasets:

@@ -1,9 +1,5 @@
-"""Model families behind one protocol, looked up by name.
-
-Every model the loop trains offers: `forward(batch) -> {"loss", "num_tokens"}` (= `loss`),
-`generate(batch, generation) -> list[list[str]]`, `trainable_parameters()`, `collate(items)`,
-`image_inputs(paths, ...)`, `encode_caption(text, max_tokens)`, `save_pretrained(dir)` and the
-family's `from_pretrained(dir)`. The loop never asks which family it has.
+"""Model families behind one protocol (`memecap.models.protocol.Captioner`), looked up by name:
+a family is a builder in `MODELS` and a loader in `LOADERS`. The loop never asks which family it has.
 
 `BASELINES` are families with nothing to train (`trainable_parameters()` is empty): they are
 scored with `memecap eval <recipe> --data TABLE`, never trained.

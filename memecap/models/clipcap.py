@@ -358,7 +358,9 @@ class ClipCap(nn.Module):
                  "decoder": base_entry("decoder", dec.name, dec.revision, needed_to_load=dec.mode != "full")}
         write_export_config(out_dir, {"family": "clipcap", "model": to_dict(self.cfg), "bases": bases,
                                       "generation": to_dict(generation) if generation else None,
-                                      "image_dim": self.image_dim})
+                                      "image_dim": self.image_dim,
+                                      "architecture": [f"mapping network: `{self.cfg.mapper.type}`, prefix of "
+                                                       f"{self.cfg.mapper.prefix_length} embeddings"]})
 
     @classmethod
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":

@@ -9,6 +9,7 @@ while evaluation scores the generated text against the original reference string
 from __future__ import annotations
 
 import logging
+import types
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -72,6 +73,11 @@ class LstmCaptioner(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.out = nn.Linear(c.hidden_dim, len(vocab))
         self.eos_id, self.pad_id = vocab.eos_id, vocab.pad_id
+
+    @property
+    def config(self):
+        """DeepSpeed's "auto" bucket sizes are derived from the hidden size."""
+        return types.SimpleNamespace(hidden_size=self.cfg.lstm.hidden_dim)
 
     # -- data -------------------------------------------------------------------------------
     def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:

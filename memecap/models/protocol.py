@@ -1,0 +1,58 @@
+"""What every model family offers: the one interface the loop, inference, plan and publishing use.
+
+A family is one class that satisfies `Captioner`, one builder in `MODELS` and one loader in
+`LOADERS` (memecap/models/__init__.py). Nothing outside the family asks which family it is.
+
+The loss contract: `forward(batch)` returns `{"loss": scalar, "num_tokens": scalar}`, where `loss`
+is a mean per scored caption token and `num_tokens` is how many caption tokens were scored in the
+batch (padding and prompts are not counted). The loop weights each micro-batch's loss by
+`num_tokens`, so logged losses and the validation loss are means per caption token across
+batches and processes, whatever the batch composition. A family whose loss mixes several terms
+(RuDOLPH: left text, image codes, caption) still counts only the caption tokens.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from memecap.config import GenerationConfig
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """The methods and attributes memecap's generic code uses on a model."""
+
+    eos_id: int  # the end-of-caption token id (captions are cut there)
+    pad_id: int  # the id collate pads caption ids with (never scored)
+
+    @property
+    def config(self) -> Any:
+        """An object with `hidden_size`: DeepSpeed derives its "auto" bucket sizes from it."""
+
+    def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
+        """Caption token ids, the end token last, at most `max_tokens` (and the family's own
+        limit); `truncate=False` raises `CaptionTooLong` instead of cutting."""
+
+    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
+                     desc: str = "images") -> Sequence:
+        """What the model reads for each image (cached features or pixels), indexable per image."""
+
+    def collate(self, items: list[dict]) -> dict:
+        """Items `{"image": ..., "input_ids": [...]}` (or `{"image": ..., "index": i}`) -> a batch."""
+
+    def forward(self, batch: dict) -> dict:
+        """`{"loss", "num_tokens"}` as in the module docstring."""
+
+    def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
+        """`generation.num_return_sequences` captions per image of the batch, best first.
+        `synced_gpus`: under ZeRO-3 every rank keeps running forward passes until all are done."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates (empty for baselines)."""
+
+    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
+                        state_dict: Optional[dict] = None) -> None:
+        """Write an export: the trained parts as safetensors and `memecap.yaml` (family, model
+        config, generation, bases, file manifest). `state_dict`: consolidated weights under ZeRO-3."""

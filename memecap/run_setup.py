@@ -1,0 +1,99 @@
+"""Everything a run shares, and how it is set up: the accelerator, the run folder (one run per
+folder, shared or one per machine), the resume point and its checks, every stage's data, the
+model. `setup` finds what is wrong before anything heavy runs."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from memecap.accelerate_setup import make_accelerator, whole_weights
+from memecap.checkpoint import STATE_FILE, TrainState, find_resume_point, list_checkpoints, resume_changes
+from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
+from memecap.models import build_model
+from memecap.quiet import no_cpu_accelerator_notice
+from memecap.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
+from memecap.run_log import RunLog
+from memecap.stages import load_stage_examples, plan_stages
+
+
+@dataclass
+class Run:
+    """What the whole run shares: settings, the accelerator, the folder, the data of every stage,
+    the model (wrapped by `prepare` once a stage runs) and the counters that a checkpoint keeps."""
+
+    cfg: Config
+    accelerator: Accelerator
+    log: RunLog
+    out_dir: Path
+    shared: bool  # every machine sees the same run folder
+    writer: bool  # this process writes checkpoint files besides its own
+    stages: list
+    data: list  # (train examples, val examples) of each stage
+    model: torch.nn.Module
+    trainable: set  # parameter names the recipe trains (a stage may freeze some)
+    state: TrainState
+    resume_from: Optional[Path]
+    synced_gpus: bool  # ZeRO-3: every rank runs generate's forward passes until all are done
+    constant: Optional[dict] = None
+    last_evaluation: dict = field(default_factory=dict)
+
+    @property
+    def many_stages(self) -> bool:
+        return len(self.stages) > 1
+
+
+def setup(cfg: Config) -> Run:
+    """Accelerator, run folder, resume point, every stage's data and the model, in that order, so
+    that what is wrong is found before anything heavy runs."""
+    no_cpu_accelerator_notice()
+    out_dir = Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg)
+    log = RunLog(accelerator, out_dir / "log.jsonl")
+    set_seed(cfg.train.seed)
+    log.info(f"memecap: {accelerator.distributed_type} x{accelerator.num_processes}, device {accelerator.device}, "
+             f"mixed precision {accelerator.mixed_precision}\n--- resolved config ---\n{to_yaml(cfg)}")
+    shared = output_is_shared(accelerator, cfg, out_dir)
+    writer = writes_checkpoints(accelerator, shared)
+    claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=bool(list_checkpoints(out_dir)))
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+    stages = plan_stages(cfg)
+    if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
+        raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
+    resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
+    same_everywhere(accelerator, resume_from.name if resume_from else None, "the checkpoint to resume from")
+    state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
+    if resume_from is not None:
+        check_resume(cfg, resume_from, state, accelerator.num_processes, log)
+    with preparing(accelerator, shared):  # every row of every stage is read and checked first
+        data = [load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages]
+    train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
+    with whole_weights(accelerator, log), preparing(accelerator, shared):
+        # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
+        model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)
+    plugin = accelerator.state.deepspeed_plugin
+    return Run(cfg, accelerator, log, out_dir, shared, writer, stages, data, model,
+               trainable={name for name, p in model.named_parameters() if p.requires_grad}, state=state,
+               resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)
+
+
+def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes: int, log: RunLog) -> None:
+    """Refuse a resume whose settings would not continue the same run; warn where only the
+    schedule from here on changes."""
+    exact, schedule = resume_changes(load_saved_config(checkpoint / "config.yaml"), cfg)
+    if state.world_size is not None and state.world_size != num_processes:
+        exact.append(f"processes: {state.world_size} -> {num_processes} (the global batch and data order)")
+    if exact:
+        raise ConfigError(f"train.resume: {checkpoint} was written with other settings, and resuming with these would "
+                          f"not continue the same run: {'; '.join(exact)}. Resume with the checkpoint's settings, "
+                          f"or start a new run (a new train.output_dir)")
+    if schedule:
+        log.info(f"train.resume: {'; '.join(schedule)}: the learning-rate schedule from step "
+                 f"{state.optimizer_step} on follows the new length")
