@@ -15,7 +15,7 @@ from memecap.config import GenerationConfig
 from memecap.data.tables import load_split
 from memecap.evaluation import compute_metrics, refuse_foreign_predictions, write_predictions
 from memecap.models import load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.export import CONFIG_FILE, read_export_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -32,7 +32,7 @@ from memecap.file_names import shown
 from memecap.generation import with_overrides
 from memecap.hub import push_run, require_hub_token
 from memecap.model_card import training_summary
-from memecap.models.clipcap import CaptionEvalSet, CaptionTrainSet
+from memecap.data.datasets import CaptionEvalSet, CaptionTrainSet
 from memecap.nonfinite import BadStepGuard, NonFiniteTraining
 from memecap.optim import build_optimizer, build_scheduler
 from memecap.os_errors import explain, probe_writable

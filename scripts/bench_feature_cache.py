@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from memecap.config import load_config
 from memecap.data.tables import load_split
 from memecap.models import build_model
-from memecap.models.clipcap import CaptionTrainSet, LazyPixels
+from memecap.data.datasets import CaptionTrainSet, LazyPixels
 from memecap.models.tiny import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from memecap import train
 from memecap.config import load_config
 from memecap.data.sources import load_train_val
 from memecap.models import build_model
-from memecap.models.clipcap import CaptionTrainSet
+from memecap.data.datasets import CaptionTrainSet
 from memecap.optim import build_optimizer, build_scheduler
 
 

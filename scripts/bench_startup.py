@@ -60,7 +60,7 @@ def bare(data_dir: str) -> None:
 
     from memecap.config import load_config
     from memecap.models import build_model
-    from memecap.models.clipcap import CaptionTrainSet
+    from memecap.data.datasets import CaptionTrainSet
 
     cfg = load_config("demo", [])
     torch.manual_seed(cfg.train.seed)

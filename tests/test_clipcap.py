@@ -10,7 +10,7 @@ from memecap.config import GenerationConfig, load_config
 from memecap.data.tables import load_split
 from memecap.features import FeatureCache
 from memecap.models import build_model, load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 
 RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
            "clipcap_qlora_large"]

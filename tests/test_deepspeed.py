@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from memecap.config import GenerationConfig, save_config
 from memecap.evaluation import read_predictions
 from memecap.models import load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from tests.conftest import tiny_run_config
 from tests.launching import accelerate_launch, launch_failure
 

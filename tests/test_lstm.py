@@ -19,7 +19,7 @@ from memecap.evaluation import read_predictions
 from memecap.hub import stage_export
 from memecap.inference import evaluate_export
 from memecap.models import build_model, load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.navec import read_navec
 from memecap.models.tiny import save_tiny_resnet
 from memecap.models.vocab import WordVocab

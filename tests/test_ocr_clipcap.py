@@ -12,7 +12,7 @@ from memecap import train
 from memecap.config import GenerationConfig, load_config
 from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.prompted import PromptedImages
 from tests.conftest import reset_accelerate, tiny_run_config
 from tests.test_clipcap import recipe_with_tiny_bases

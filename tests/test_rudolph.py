@@ -16,7 +16,7 @@ from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.captions import CaptionTooLong, encode_captions
 from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.rudolph import SPECIAL_OFFSETS, base_model
 from memecap.models.rudolph_compat import import_rudolph
 from tests.conftest import rudolph_overrides

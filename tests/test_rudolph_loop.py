@@ -13,7 +13,7 @@ from memecap.config import load_config, save_config
 from memecap.evaluation import read_predictions
 from memecap.inference import exported_generation
 from memecap.models import load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from tests.conftest import reset_accelerate, rudolph_overrides
 from tests.launching import REPO, accelerate_launch, launch_failure
 

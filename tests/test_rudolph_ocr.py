@@ -8,7 +8,7 @@ import torch
 from memecap import train
 from memecap.data.tables import load_split
 from memecap.models import load_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.prompted import PromptedImages
 from memecap.models.rudolph import EOS, PAD
 from tests.conftest import reset_accelerate

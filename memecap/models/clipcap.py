@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import Dataset
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
 from memecap.data.captions import CaptionTooLong
-from memecap.data.images import ImageTransform, read_image
+from memecap.data.datasets import LazyPixels
+from memecap.data.images import ImageTransform
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
@@ -133,45 +133,6 @@ def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
                           target_modules=list(lora.target_modules), fan_in_fan_out=True,  # GPT-2 uses Conv1D
                           task_type="CAUSAL_LM")
     return get_peft_model(decoder, peft_cfg)
-
-
-class CaptionTrainSet(Dataset):
-    """One item per (image, reference caption): image features or pixels, caption token ids."""
-
-    def __init__(self, images, token_ids: list[list[int]], owners: list[int]):
-        self.images, self.token_ids, self.owners = images, token_ids, owners
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[self.owners[i]], "input_ids": self.token_ids[i]}
-
-
-class CaptionEvalSet(Dataset):
-    """One item per image, carrying its index so gathered predictions find their references."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "index": i}
-
-
-class LazyPixels:
-    """Pixels loaded when an item is read: used when the encoder trains and cannot be cached."""
-
-    def __init__(self, sources: Sequence, transform: ImageTransform):
-        self.sources, self.transform = list(sources), transform
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(read_image(self.sources[i]))
 
 
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,8 @@ from torch import nn
 from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.features import FeatureCache, encode_images, module_fingerprint
-from memecap.models.clipcap import LazyPixels, encoder_transform
+from memecap.models.clipcap import encoder_transform
+from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
