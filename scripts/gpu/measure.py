@@ -41,6 +41,7 @@ def config(mode: Mode, work: Path, user: list[str]):
     from bench_memory import synthetic_tables
     from memecap.config import load_config
 
+    load_config(mode.recipe, [*mode.overrides, *user])  # a bad setting fails before any model is built
     images = mode.batch * (mode.steps + 1)
     tables, texts = synthetic_tables(work / "data", n_train=images, n_val=images if mode.kind == "generate" else 2)
     common = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"train.batch_size={mode.batch}",

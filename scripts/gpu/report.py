@@ -38,7 +38,8 @@ def train_lines(records: list[dict]) -> list[str]:
     for r in records:
         ok = r["status"] == "ok"
         step = f"{r['step_s'] * 1000:.0f} ms (of {r['timed']})" if ok else ""
-        ratio = f"{r['allocated'] / r['plan']:.2f}" if ok and r.get("plan") else ""
+        # plan estimates accelerator memory: a CPU's peak RSS (Python and torch included) is not comparable
+        ratio = f"{r['allocated'] / r['plan']:.2f}" if ok and r.get("plan") and r["memory_kind"] == "cuda" else ""
         memory = f"{gib(r.get('allocated'))}{' RSS' if r.get('memory_kind') == 'peak RSS' else ''}" if ok else ""
         target = f"<= {r['target_gib']} GiB" if r.get("target_gib") else ""
         lines.append(f"| {r['mode']}: {r['what']} | {r.get('model', '')} | {r.get('batch', '')} x {r.get('tokens', '')} "
@@ -48,6 +49,15 @@ def train_lines(records: list[dict]) -> list[str]:
                      f"| {r['mode']}: {r['what']} | {r.get('model', '')} | {r.get('batch', '')} x {r.get('tokens', '')} "
                      f"| | | | | | | {target} | {status(r)} |")
     return [*lines, ""]
+
+
+def precision_lines(records: list[dict]) -> list[str]:
+    """bf16 against fp32 step time of the same ClipCap, when both ran."""
+    steps = {r["mode"]: r["step_s"] for r in records if r["status"] == "ok" and r["mode"].startswith("clipcap-small-")}
+    if {"clipcap-small-fp32", "clipcap-small-bf16"} <= set(steps):
+        return [f"ClipCap small step time, bf16 mixed precision / fp32: "
+                f"{steps['clipcap-small-bf16'] / steps['clipcap-small-fp32']:.2f}", ""]
+    return []
 
 
 def generate_lines(records: list[dict]) -> list[str]:
@@ -72,7 +82,7 @@ def write_report(summary: dict, out: Path) -> None:
     modes = summary["modes"]
     lines = [f"## {title}", "", *environment_lines(env, summary.get("install")),
              "Training (random-initialised models of the real shapes; step time after the warm-up steps):", "",
-             *train_lines([r for r in modes if r["kind"] == "train"]),
+             *train_lines([r for r in modes if r["kind"] == "train"]), *precision_lines(modes),
              "Evaluation decoding (random weights: every caption runs to the token limit):", "",
              *generate_lines([r for r in modes if r["kind"] == "generate"])]
     (out / "results.md").write_text("\n".join(lines), encoding="utf-8")
