@@ -26,7 +26,7 @@ def dry_run(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("gpu_kit")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu" / "run.py"), "--cpu-dry-run", "--out", str(out),
-                           "--set", BROKEN, "train.batch_size=0"], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--jobs", "2", "--set", BROKEN, "train.batch_size=0"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((out / "results.json").read_text(encoding="utf-8")), out
@@ -91,3 +91,13 @@ def test_install_adds_only_absent_distributions(tmp_path):
     assert distribution(present) == ("pytest", "0.0.0")
     assert distribution(Path("youtokentome-1.0.6.tar.gz")) == ("youtokentome", "1.0.6")
     assert install(tmp_path) == {present.name: f"present ({__import__('pytest').__version__})"}
+
+
+def test_gpu_modes_never_share_the_machine():
+    from run import parse_args
+
+    assert parse_args(["--cpu-dry-run", "--jobs", "2"]).jobs == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--jobs", "2"])
+    with pytest.raises(SystemExit):  # a --set naming no mode is an error, not a silently ignored setting
+        parse_args(["--set", "no-such-mode", "train.batch_size=1"])

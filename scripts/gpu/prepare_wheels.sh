@@ -36,5 +36,5 @@ grep -v '^#' wheels.txt | while read -r spec how; do
 done
 ls -l "$OUT" | awk 'NR > 1 {printf "%8.2f MiB  %s\n", $5 / 1048576, $9}'
 total=$(du -sb "$OUT" | cut -f1)
-printf "total %.1f MiB in %s files (limit %s MiB)\n" "$(echo "$total / 1048576" | bc -l)" "$(ls "$OUT" | wc -l)" "$LIMIT_MIB"
+awk -v t="$total" -v n="$(ls "$OUT" | wc -l)" -v l="$LIMIT_MIB" 'BEGIN {printf "total %.1f MiB in %d files (limit %s MiB)\n", t / 1048576, n, l}'
 [ "$total" -le $((LIMIT_MIB * 1048576)) ] || { echo "the wheel set is over ${LIMIT_MIB} MiB" >&2; exit 1; }

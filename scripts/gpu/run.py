@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +99,15 @@ def check_environment(out: Path, timeout: float) -> dict:
     return {"error": f"the check {'ran out of time' if code is None else 'failed'}: {last_line(log)}"}
 
 
+def attempt(mode: Mode, out: Path, args: argparse.Namespace, deadline: float) -> dict:
+    left = deadline - time.monotonic()
+    if left < 15:  # too little to start a model: recorded, so the table says what was not measured
+        return {"mode": mode.name, "what": mode.what, "kind": mode.kind, "status": "skipped",
+                "error": "the run's time limit was reached"}
+    overrides = [kv for name, kv in args.set if name == mode.name]
+    return run_mode(mode, out, args.cpu_dry_run, overrides, min(mode.budget_s, left))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="every mode with tiny shapes on the CPU")
@@ -108,7 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, help="seconds for the whole run; modes that no longer fit are "
                         f"skipped (default {TIME_LIMIT_S}, {DRY_RUN_TIME_LIMIT_S} for a dry run)")
     parser.add_argument("--no-install", action="store_true", help=f"do not install the wheels in {WHEELS}")
+    parser.add_argument("--jobs", type=int, default=1, help="dry run only: modes run at once (each uses one thread)")
     args = parser.parse_args(argv)
+    if args.jobs > 1 and not args.cpu_dry_run:
+        parser.error("--jobs: GPU measurements run one at a time (they share the GPU's memory and time)")
     known = {m.name for m in MODES}
     for name, _ in args.set:
         if name not in known:
@@ -119,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.time_limit = args.time_limit or (DRY_RUN_TIME_LIMIT_S if args.cpu_dry_run else TIME_LIMIT_S)
+    if args.cpu_dry_run:  # tiny models gain nothing from threads, and --jobs modes share the cores
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     deadline = time.monotonic() + args.time_limit
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -130,18 +145,15 @@ def main(argv=None) -> int:
             summary["install"] = {"error": str(error)}
     summary["environment"] = check_environment(out, timeout=120)
     print(f"environment: {summary['environment'].get('device', summary['environment'])}", flush=True)
-    for mode in [m for m in MODES if not args.only or m.name in args.only]:
-        mode = tiny(mode) if args.cpu_dry_run else mode
-        left = deadline - time.monotonic()
-        if left < 15:  # too little to start a model: recorded, so the table says what was not measured
-            record = {"mode": mode.name, "what": mode.what, "kind": mode.kind, "status": "skipped",
-                      "error": "the run's time limit was reached"}
-        else:
-            overrides = [kv for name, kv in args.set if name == mode.name]
-            record = run_mode(mode, out, args.cpu_dry_run, overrides, min(mode.budget_s, left))
-        summary["modes"].append(record)
-        print(f"{mode.name}: {record['status']}{' - ' + record['error'] if record.get('error') else ''}", flush=True)
-        write_report(summary, out)
+    modes = [tiny(m) if args.cpu_dry_run else m for m in MODES if not args.only or m.name in args.only]
+    # A GPU measurement has the machine to itself; dry-run modes are single-threaded and may share the CPU.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        pending = [pool.submit(attempt, mode, out, args, deadline) for mode in modes]
+        for mode, future in zip(modes, pending):  # recorded in priority order, as each is done
+            record = future.result()
+            summary["modes"].append(record)
+            print(f"{mode.name}: {record['status']}{' - ' + record['error'] if record.get('error') else ''}", flush=True)
+            write_report(summary, out)
     write_report(summary, out)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
