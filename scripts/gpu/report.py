@@ -76,7 +76,7 @@ def generate_lines(records: list[dict]) -> list[str]:
 def write_report(summary: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     env = summary.get("environment", {})
-    title = f"GPU kit: {env.get('device', '?')}, {summary['date']}"
+    title = f"GPU kit: {env.get('device', '?')}, {summary['date']}, {summary.get('wall_s', '?')} s in all"
     if summary["dry_run"]:
         title += " (CPU dry run: tiny shapes, peak = process RSS; not a measurement)"
     modes = summary["modes"]

@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     args.time_limit = args.time_limit or (DRY_RUN_TIME_LIMIT_S if args.cpu_dry_run else TIME_LIMIT_S)
     if args.cpu_dry_run:  # tiny models gain nothing from threads, and --jobs modes share the cores
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    deadline = time.monotonic() + args.time_limit
+    start = time.monotonic()
+    deadline = start + args.time_limit
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     summary = {"dry_run": args.cpu_dry_run, "date": stamp(), "time_limit_s": args.time_limit, "modes": []}
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
         for mode, future in zip(modes, pending):  # recorded in priority order, as each is done
             record = future.result()
             summary["modes"].append(record)
+            summary["wall_s"] = round(time.monotonic() - start)
             print(f"{mode.name}: {record['status']}{' - ' + record['error'] if record.get('error') else ''}", flush=True)
             write_report(summary, out)
     write_report(summary, out)
