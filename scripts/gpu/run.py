@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def last_line(log: Path) -> str:
 
 def run_mode(mode: Mode, out: Path, dry_run: bool, overrides: list[str], timeout: float) -> dict:
     work, result, log = out / "work" / mode.name, out / "modes" / f"{mode.name}.json", out / "logs" / f"{mode.name}.log"
+    shutil.rmtree(work, ignore_errors=True)  # a rerun measures afresh, in a run folder of its own
     for folder in (work, result.parent, log.parent):
         folder.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
