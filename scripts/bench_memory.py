@@ -33,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"small": dict(n_embd=768, n_layer=12, n_head=12), "medium": dict(n_embd=1024, n_layer=24, n_head=16),
-          "large": dict(n_embd=1536, n_layer=24, n_head=16)}
+          "large": dict(n_embd=1536, n_layer=24, n_head=16),
+          "tiny": dict(n_embd=128, n_layer=2, n_head=2)}  # scripts/gpu/run.py --cpu-dry-run
 MODES = {  # name -> (overrides, accelerate config or None)
     "plain (full fine-tune)": (["model.decoder.mode=full"], None),
     "LoRA": (["model.decoder.mode=lora"], None),
@@ -53,6 +54,9 @@ RUDOLPH_MODES = {  # name -> (overrides, accelerate config or None)
 }
 # RuDOLPH-350M's sequence and vocabularies (64 + 16x16 + 64 tokens) at a depth and width a CPU trains.
 RUDOLPH_SMALL = dict(num_layers=4, hidden_size=256, num_attention_heads=4)
+# The fewest layers that hold every mask kind, a short sequence: scripts/gpu/run.py --cpu-dry-run.
+RUDOLPH_TINY = dict(num_layers=3, hidden_size=32, num_attention_heads=2, l_text_seq_length=8, image_tokens_per_dim=4,
+                    r_text_seq_length=16, kernel_size=3, last_kernel_size=3, image_vocab_size=64)
 
 CHILD = r"""
 import json, resource, sys, torch
@@ -91,9 +95,9 @@ def make_rudolph(folder: Path, shape: str, texts: list[str]) -> list[str]:
     from memecap.models.rudolph_tiny import save_tiny_rudolph, save_tiny_tokenizer, save_tiny_vqgan
     from memecap.models.rudolph_weights import shape_params
 
-    params = shape_params("350M_v1" if shape == "small" else shape)
-    if shape == "small":
-        params.update(RUDOLPH_SMALL)
+    reduced = {"small": RUDOLPH_SMALL, "tiny": RUDOLPH_TINY}
+    params = shape_params("350M_v1" if shape in reduced else shape)
+    params.update(reduced.get(shape, {}))
     utils = folder / "rudalle-utils"
     save_tiny_tokenizer(utils, texts, 1000)
     save_tiny_vqgan(utils, params["image_tokens_per_dim"] * 8, params["image_vocab_size"])
@@ -114,10 +118,29 @@ def run_mode(overrides, accel_config, base: list[str], out: Path, recipe: str = 
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    stamps = [(r["step"], r["time"]) for r in records if r["kind"] == "train"][1:]
-    step = statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:]))
-    return {**json.loads((out / "peak0.json").read_text()), "step_s": step}
+    return {**json.loads((out / "peak0.json").read_text()), "step_s": step_time(out / "log.jsonl")}
+
+
+def step_time(log: Path, warmup: int = 1) -> float:
+    """Median seconds per optimizer step over the logging windows after the first `warmup`."""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    stamps = [(r["step"], r["time"]) for r in records if r["kind"] == "train"][warmup:]
+    return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:]))
+
+
+def synthetic_tables(folder: Path, n_train: int = 64, n_val: int = 4) -> tuple[dict, list[str]]:
+    """Synthetic train/val tables whose captions are repeated past any cap, so a caption limit
+    makes every sample exactly that long; and the training captions."""
+    from memecap.data.synthetic import make_synthetic_dataset
+
+    tables = make_synthetic_dataset(folder, n_train=n_train, n_val=n_val, image_size=64)
+    for table in tables.values():
+        lines = table.read_text(encoding="utf-8").splitlines()
+        table.write_text("\n".join([lines[0]] + [f"{uid}\t{' '.join([text] * 12)}" for uid, text in
+                                                    (line.split("\t", 1) for line in lines[1:])]) + "\n",
+                         encoding="utf-8")
+    texts = [line.split("\t", 1)[1] for line in tables["train"].read_text(encoding="utf-8").splitlines()[1:]]
+    return tables, texts
 
 
 def main() -> None:
@@ -133,19 +156,11 @@ def main() -> None:
     args.modes = args.modes or list(modes)
 
     from memecap.config import load_config
-    from memecap.data.synthetic import make_synthetic_dataset
     from memecap.plan import GIB, plan_memory
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tables = make_synthetic_dataset(tmp / "data", n_train=64, n_val=4, image_size=64)
-        # Captions repeated past the cap and truncated by it: every sample is exactly --caption-tokens long.
-        for table in tables.values():
-            lines = table.read_text(encoding="utf-8").splitlines()
-            table.write_text("\n".join([lines[0]] + [f"{uid}\t{' '.join([text] * 12)}" for uid, text in
-                                                        (line.split("\t", 1) for line in lines[1:])]) + "\n",
-                             encoding="utf-8")
-        texts = [line.split("\t", 1)[1] for line in tables["train"].read_text(encoding="utf-8").splitlines()[1:]]
+        tables, texts = synthetic_tables(tmp / "data")
         common = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"train.batch_size={args.batch_size}",
                   f"train.max_steps={args.steps}", "train.grad_accum=1", "train.log_every=1", "train.trackers=[]",
                   "train.progress_bar=false", "eval.compare_constant=false", "train.save_every=1000000",

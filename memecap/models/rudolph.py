@@ -38,7 +38,7 @@ from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import with_ocr_prompts
-from memecap.models.rudolph_compat import checkpoint_layers, follow_device
+from memecap.models.rudolph_compat import checkpoint_layers, follow_device, last_position_logits
 from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 from memecap.quiet import quiet_weights
@@ -195,7 +195,8 @@ class RuDolph(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
         """`num_return_sequences` captions per image: greedy or sampled (temperature, top-k, top-p),
-        token by token with the model's key/value cache, each stopping at <EOS>."""
+        token by token with the model's key/value cache, each stopping at <EOS>. Only the last
+        position is projected to logits (rudolph_compat shim 7): the package projects every one."""
         if generation.strategy == "beam":
             raise ValueError("RuDOLPH decodes with strategy greedy or sample (top-k/top-p), not beam search")
         k = generation.num_return_sequences
@@ -213,7 +214,8 @@ class RuDolph(nn.Module):
         cache = None
         start = out.shape[1]
         for _ in range(steps):
-            logits, cache = self.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
+            with last_position_logits(base):
+                logits, cache = self.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
             scores = logits[:, -1, :self.bpe_vocab].float()
             scores[:, [PAD, UNK, BOS]] = float("-inf")  # only words or the end of the caption
             scores = processors(out[:, start - len(self.right_prefix):], scores)

@@ -39,6 +39,13 @@ with `--no-deps`. What then breaks, and what this module does about it, one shim
    position ids) that only its own `.to()` updates; Accelerate moves the wrapping module, which
    leaves it stale (CPU ids for CUDA embeddings). Shim: `follow_device` sets it from the
    input tensors before each forward.
+7. `ruDolphModel.forward` applies `to_logits` (a LayerNorm and a projection to every text and
+   image id: 24,640 for 350M) to every position of its input, also when its cache limits
+   attention to the new token, and decoding reads only the last position: at 350M's sequence
+   that projection was most of each decoding step. Shim: `last_position_logits` makes
+   `to_logits` see only the last position while it is active (a forward pre-hook, removed on
+   exit), so the forward returns logits [batch, 1, ids]. Tested to give the same captions as
+   projecting every position, greedy and sampled.
 
 Not shims, installed instead (pinned in pyproject.toml): einops 0.8 (the packages pin 0.3; the
 `rearrange` they use is unchanged), omegaconf 2.4 (the VQGAN config), PyWavelets 1.9
@@ -148,3 +155,17 @@ def follow_device(model: torch.nn.Module, tensor: torch.Tensor) -> None:
     """Shim 6: keep `ruDolphModel.device` on the device its inputs (and weights) are on."""
     if getattr(model, "device", None) != tensor.device:
         model.device = tensor.device
+
+
+@contextlib.contextmanager
+def last_position_logits(model: torch.nn.Module):
+    """Shim 7: inside the block, `model.to_logits` projects the last position only."""
+    handle = model.to_logits.register_forward_pre_hook(_last_position)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _last_position(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0][:, -1:], *args[1:])

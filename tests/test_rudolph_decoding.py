@@ -1,0 +1,118 @@
+"""RuDOLPH decoding projects only the last position to logits, and decodes exactly as the loop
+that projected every position did (greedy and sampled, batched, with penalties)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memecap.config import GenerationConfig, load_config
+from memecap.data.tables import load_split
+from memecap.generation import logits_processors
+from memecap.models import build_model
+from memecap.models.clipcap import CaptionEvalSet
+from memecap.models.rudolph import BOS, EOS, PAD, UNK, base_model
+from memecap.models.rudolph_compat import last_position_logits
+from tests.conftest import rudolph_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GENERATIONS = {
+    "greedy": GenerationConfig(strategy="greedy", max_new_tokens=12),
+    "sample": GenerationConfig(strategy="sample", top_k=20, top_p=0.95, temperature=1.3, num_return_sequences=3,
+                               max_new_tokens=12),
+    "penalties": GenerationConfig(strategy="greedy", max_new_tokens=12, repetition_penalty=1.3, no_repeat_ngram_size=2),
+}
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(tiny_rudolph, synthetic_data, tmp_path_factory):
+    examples = load_split(synthetic_data["train"], log=None)[0][:4]
+    cfg = load_config("rudolph_350m", rudolph_overrides(tiny_rudolph)).model
+    model = build_model(cfg, work_dir=tmp_path_factory.mktemp("work")).eval()
+    codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)
+    batch = model.collate([CaptionEvalSet(codes)[i] for i in range(len(examples))])
+    return model, batch
+
+
+def decode_projecting_every_position(model, batch: dict, generation: GenerationConfig) -> list[list[str]]:
+    """memecap's RuDOLPH decoding loop as it was before the fast path: the package's forward with
+    its cache, logits of every position, the last one kept."""
+    k = generation.num_return_sequences
+    codes = batch["image"].repeat_interleave(k, dim=0)
+    n = codes.shape[0]
+    out = model._inputs(codes, torch.tensor(model.right_prefix).expand(n, -1))
+    mask = model._causal_mask(model.l_len + model.image_len + model.r_len, "cpu")
+    processors = logits_processors(generation)
+    finished = torch.zeros(n, dtype=torch.bool)
+    cache, start = None, out.shape[1]
+    for _ in range(min(generation.max_new_tokens, model.caption_limit)):
+        logits, cache = model.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
+        scores = logits[:, -1, :model.bpe_vocab].float()
+        scores[:, [PAD, UNK, BOS]] = float("-inf")
+        scores = processors(out[:, start - len(model.right_prefix):], scores)
+        if generation.strategy == "sample":
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+        else:
+            token = scores.argmax(dim=-1)
+        token = torch.where(finished, torch.full_like(token, PAD), token)
+        out = torch.cat([out, token[:, None]], dim=1)
+        finished |= token == EOS
+        if finished.all():
+            break
+    texts = []
+    for row in out[:, start:].tolist():
+        row = row[: row.index(EOS)] if EOS in row else row
+        texts.append(model.tokenizer.decode_text(torch.tensor(row, dtype=torch.long)).strip() if row else "")
+    return [texts[i * k:(i + 1) * k] for i in range(n // k)]
+
+
+@pytest.mark.parametrize("name", list(GENERATIONS))
+def test_captions_equal_those_of_projecting_every_position(name, model_and_batch):
+    model, batch = model_and_batch
+    generation = GENERATIONS[name]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected = decode_projecting_every_position(model, batch, generation)
+    seen = []
+    handle = base_model(model.rudolph).to_logits.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        torch.manual_seed(7)
+        got = model.generate(batch, generation)
+    finally:
+        handle.remove()
+    assert got == expected
+    assert len(got) == 4 and all(len(c) == generation.num_return_sequences for c in got)
+    assert any(text for captions in got for text in captions), "a test of empty captions compares nothing"
+    assert seen and all(shape[1] == 1 for shape in seen), seen  # every step projected one position per row
+
+
+def test_the_last_positions_logits_are_those_of_the_full_projection(model_and_batch):
+    model, batch = model_and_batch
+    base = base_model(model.rudolph)
+    inputs = model._inputs(batch["image"], torch.tensor(model.right_prefix).expand(4, -1))
+    mask = model._causal_mask(model.l_len + model.image_len + model.r_len, "cpu")
+    with torch.no_grad():
+        full, _ = base(inputs, mask, use_cache=True, return_loss=False)
+        with last_position_logits(base):
+            last, _ = base(inputs, mask, use_cache=True, return_loss=False)
+    assert full.shape[1] == inputs.shape[1] and last.shape[1] == 1
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-6)
+
+
+def test_training_still_projects_every_position_after_decoding(model_and_batch, examples_for_loss):
+    model, batch = model_and_batch
+    train_batch = examples_for_loss(model)
+    before = model.loss(train_batch)["loss"].item()
+    model.generate(batch, GENERATIONS["greedy"])
+    assert not base_model(model.rudolph).to_logits._forward_pre_hooks  # the hook left with the decoding
+    assert model.loss(train_batch)["loss"].item() == before
+
+
+@pytest.fixture()
+def examples_for_loss(synthetic_data):
+    examples = load_split(synthetic_data["train"], log=None)[0][:2]
+
+    def make(model):
+        codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)
+        return model.collate([{"image": codes[i], "input_ids": model.encode_caption(e.captions[0], 128)}
+                              for i, e in enumerate(examples)])
+    return make
