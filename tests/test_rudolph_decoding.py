@@ -9,7 +9,7 @@ from memecap.config import GenerationConfig, load_config
 from memecap.data.tables import load_split
 from memecap.generation import logits_processors
 from memecap.models import build_model
-from memecap.models.clipcap import CaptionEvalSet
+from memecap.data.datasets import CaptionEvalSet
 from memecap.models.rudolph import BOS, EOS, PAD, UNK, base_model
 from memecap.models.rudolph_compat import last_position_logits
 from tests.conftest import rudolph_overrides

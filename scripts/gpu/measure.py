@@ -99,7 +99,7 @@ def measure_generate(mode: Mode, work: Path, user: list[str]) -> dict:
     from memecap.data.tables import load_split
     from memecap.inference import default_device
     from memecap.models import build_model
-    from memecap.models.clipcap import CaptionEvalSet
+    from memecap.data.datasets import CaptionEvalSet
 
     cfg, texts, tables = config(mode, work, user)
     device = default_device()
