@@ -11,177 +11,19 @@ compared with: the CUDA context, allocator fragmentation and temporary buffers c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
-
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-
 from memecap.config import Config
-from memecap.models.dtypes import weights_dtype
-from memecap.models.mapping import build_mapper
-from memecap.models.tiny import TINY
+from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan  # noqa: F401 (the plan's units, for callers)
+from memecap.plan_clipcap import plan_clipcap
+from memecap.plan_rudolph import plan_rudolph
 
-GIB = 1024 ** 3
-# ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.
-KNOWN_DECODERS = {
-    "ai-forever/rugpt3small_based_on_gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50264, n_positions=2048),
-    "ai-forever/rugpt3medium_based_on_gpt2": dict(n_embd=1024, n_layer=24, n_head=16, vocab_size=50257, n_positions=2048),
-    "ai-forever/rugpt3large_based_on_gpt2": dict(n_embd=1536, n_layer=24, n_head=16, vocab_size=50257, n_positions=2048),
-}
-# Image encoders: (tokens per image incl. class token, width, pooled output size).
-KNOWN_ENCODERS = {"ai-forever/ruclip-vit-base-patch32-384": (145, 768, 512),
-                  "ai-forever/ruclip-vit-base-patch16-384": (577, 768, 512)}
-OPTIMIZER_BYTES = {"8bit": 2, "32bit": 8}  # Adam moments per trainable parameter
+# model.family -> its planner; the LSTM baselines (a few million parameters) fit any GPU.
+PLANNERS = {"clipcap": plan_clipcap, "rudolph": plan_rudolph}
 
 
-@dataclass
-class Plan:
-    rows: list = field(default_factory=list)  # (what, bytes, where)
-    trainable: int = 0  # parameters that receive gradients
-    notes: list = field(default_factory=list)
-
-    def add(self, what: str, nbytes: float, where: str = "accelerator") -> None:
-        self.rows.append((what, float(nbytes), where))
-
-    def total(self, where: str = "accelerator") -> float:
-        return sum(b for _, b, w in self.rows if w == where)
-
-    def format(self) -> str:
-        lines = [f"{'component':<56} {'GiB':>8}  where"]
-        lines += [f"{what:<56} {b / GIB:>8.3f}  {where}" for what, b, where in self.rows]
-        lines.append(f"{'total on each accelerator':<56} {self.total() / GIB:>8.3f}")
-        if self.total("CPU"):
-            lines.append(f"{'total offloaded to CPU RAM (each process)':<56} {self.total('CPU') / GIB:>8.3f}")
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
-
-
-def decoder_config(name: str, cfg: Config) -> GPT2Config:
-    if name == TINY:
-        t = cfg.model.tiny
-        return GPT2Config(n_embd=t.gpt_width, n_layer=t.gpt_layers, n_head=t.gpt_heads, vocab_size=t.vocab_size,
-                          n_positions=512)
-    if name in KNOWN_DECODERS:
-        return GPT2Config(**KNOWN_DECODERS[name])
-    return GPT2Config.from_pretrained(name, revision=cfg.model.decoder.revision)  # config.json only
-
-
-def image_features(cfg: Config) -> tuple[int, int]:
-    """(tokens, width) of what the mapper reads per image."""
-    enc = cfg.model.encoder
-    if enc.name == TINY:
-        t = cfg.model.tiny
-        tokens, width, pooled = (t.image_size // t.patch_size) ** 2 + 1, t.vision_width, t.embed_dim
-    elif enc.name in KNOWN_ENCODERS:
-        tokens, width, pooled = KNOWN_ENCODERS[enc.name]
-    elif enc.kind == "ruclip":
-        import json
-
-        from memecap.models.hub_files import resolve_file
-
-        with open(resolve_file(enc.name, "config.json", enc.revision), encoding="utf-8") as f:
-            rc = json.load(f)
-        tokens = (rc["image_resolution"] // rc["vision_patch_size"]) ** 2 + 1
-        width, pooled = rc["vision_width"], rc["embed_dim"]
-    else:
-        from transformers import AutoConfig
-
-        vision = AutoConfig.from_pretrained(enc.name, revision=enc.revision)
-        vision = getattr(vision, "vision_config", vision)
-        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-        width, pooled = vision.hidden_size, getattr(vision, "projection_dim", vision.hidden_size)
-    return (tokens, width) if enc.features == "patches" else (1, pooled)
-
-
-def lora_parameters(config: GPT2Config, r: int, targets: list) -> int:
-    h = config.n_embd
-    shapes = {"c_attn": (h, 3 * h), "c_fc": (h, 4 * h)}
-    per_layer = 0
-    for name in targets:
-        if name == "c_proj":  # GPT-2 has two: attention (h -> h) and MLP (4h -> h)
-            per_layer += r * (h + h) + r * (4 * h + h)
-        elif name in shapes:
-            per_layer += r * sum(shapes[name])
-    return per_layer * config.n_layer
-
-
-def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, checkpointing: bool) -> float:
-    """Per-layer saved activations of a GPT-2 block (Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h)
-    bytes at 16 bit, attention scores included); with checkpointing only each block's input is
-    kept, plus one block's worth during its recomputation."""
-    h, a, L = config.n_embd, config.n_head, config.n_layer
-    per_layer = seq * batch * h * (34 + 5 * a * seq / h) * bytes_per / 2
-    if checkpointing:
-        return L * seq * batch * h * bytes_per + per_layer
-    return L * per_layer
-
-
-def plan_memory(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
-                offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
-                mixed_precision: Optional[str] = None) -> Plan:
-    if cfg.model.family == "rudolph":
-        from memecap.plan_rudolph import plan_rudolph
-
-        return plan_rudolph(cfg, processes=processes, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
-                            offload_params=offload_params, batch_size=batch_size, mixed_precision=mixed_precision)
-    if cfg.model.family != "clipcap":
-        # The LSTM baselines are a few million parameters: they fit any GPU, and the estimate is ClipCap's.
-        raise ValueError(f"memecap plan estimates ClipCap and RuDOLPH models; model.family={cfg.model.family!r} is neither")
-    dec = cfg.model.decoder
-    config = decoder_config(dec.name, cfg)
-    with torch.device("meta"):  # shapes only: nothing is allocated or downloaded
-        decoder = GPT2LMHeadModel(config)
-        tokens, width = image_features(cfg)
-        mapper = build_mapper(cfg.model.mapper, width, config.n_embd, patches=cfg.model.encoder.features == "patches")
-    decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
-    linear_params = sum(m.weight.numel() for n, m in decoder.named_modules() if type(m).__name__ == "Conv1D")
-    mapper_params = sum(p.numel() for p in mapper.parameters())
-    precision = mixed_precision or cfg.train.mixed_precision
-    act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
-    batch = batch_size or cfg.train.batch_size
-    prefix = tokens if (cfg.model.encoder.features == "patches" and cfg.model.mapper.type == "mlp") else cfg.model.mapper.prefix_length
-    ocr = cfg.model.ocr
-    prompt = ocr.max_tokens + 16 if ocr.enabled else 0  # the OCR text and the template around it (a bound)
-    seq = seq_len or prefix + prompt + cfg.data.max_caption_tokens
-
-    plan = Plan()
-    shard = processes if zero_stage == 3 else 1
-    # peft's k-bit preparation casts the layers that are not quantized back to fp32.
-    frozen_dtype = (weights_dtype(dec.dtype, trains=False, sixteen_bit=act_bytes == 2)
-                    if dec.quantization == "none" else torch.float32)
-    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
-    frozen_weights = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
-    trainable = mapper_params
-    if dec.mode == "full":
-        trainable += decoder_params
-        frozen_weights = 0.0
-    elif dec.mode == "lora":
-        trainable += lora_parameters(config, dec.lora.r, list(dec.lora.target_modules))
-    where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
-    if frozen_weights:
-        stored = dec.quantization if dec.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
-        plan.add(f"decoder weights, frozen ({stored})",
-                 frozen_weights / shard, where_params)
-    plan.trainable = trainable
-    plan.add(f"trained weights, fp32 ({trainable:,} parameters)", trainable * 4.0 / shard, where_params)
-    # ZeRO-Offload moves the fp32 gradients to CPU RAM with the optimizer (a bucket stays behind).
-    plan.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1),
-             "CPU" if offload_optimizer and zero_stage else "accelerator")
-    opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in cfg.optim.name.lower() else "32bit"]
-    plan.add(f"optimizer states ({cfg.optim.name.rsplit('.', 1)[-1]})", trainable * opt_bytes / (processes if zero_stage else 1),
-             "CPU" if offload_optimizer and zero_stage else "accelerator")
-    checkpointing = dec.gradient_checkpointing
-    plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if checkpointing else ''}",
-             activation_bytes(config, batch, seq, act_bytes, checkpointing))
-    plan.add("logits + loss (fp32 copy and its gradient)", batch * seq * config.vocab_size * (act_bytes + 8))
-    if zero_stage == 3:
-        plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.n_layer) * 4.0 * 2)
-    if cfg.model.encoder.trainable:
-        plan.notes.append("the image encoder trains: its weights, gradients and activations are not in this table")
-    else:
-        plan.notes.append("the frozen image encoder is cached once beforehand and takes no memory during training")
-    other = activation_bytes(config, batch, seq, act_bytes, not checkpointing)
-    plan.notes.append(f"activations {'without' if checkpointing else 'with'} gradient checkpointing would be "
-                      f"{other / GIB:.3f} GiB")
-    plan.notes.append("not counted: CUDA context (~0.3-0.5 GiB), allocator fragmentation, temporary buffers")
-    return plan
+def plan_memory(cfg: Config, **settings) -> Plan:
+    """`settings`: processes, zero_stage, offload_optimizer, offload_params, batch_size, seq_len,
+    mixed_precision (each planner takes the ones that apply to it)."""
+    if cfg.model.family not in PLANNERS:
+        raise ValueError(f"memecap plan estimates {', '.join(sorted(PLANNERS))} models; "
+                         f"model.family={cfg.model.family!r} has no planner")
+    return PLANNERS[cfg.model.family](cfg, **settings)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from memecap.config import Config
-from memecap.plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.tiny import TINY
 
 
@@ -56,9 +56,12 @@ def logits_bytes(p: dict, batch: int, act: int) -> float:
 
 
 def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
-                 offload_params: bool = False, batch_size: Optional[int] = None,
+                 offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                  mixed_precision: Optional[str] = None) -> Plan:
     from memecap.models.rudolph import select_trainable
+
+    if seq_len is not None:
+        raise ValueError("--seq-len does not apply to RuDOLPH: its sequence (left text, image codes, caption) is fixed")
     from memecap.models.rudolph_weights import rudolph_of_shape
 
     r = cfg.model.rudolph
