@@ -8,7 +8,6 @@ are reported, never fatal. File names that are not valid UTF-8 are written witho
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from memecap.config import GenerationConfig
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 from memecap.file_names import json_line, shown
+from memecap.jsonl_rows import rows_or_first_foreign_line
 from memecap.inference import IMAGE_SUFFIXES, caption_paths
 
 
@@ -88,22 +88,11 @@ def done_images(out: Path) -> set[str]:
 
 
 def _caption_lines(out: Path, data: bytes) -> set[str]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(_not_ours(out, "it is not UTF-8 text")) from None
-    done = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
-            raise ValueError(_not_ours(out, f"line {number} is not a caption line"))
-        done.add(row["image"])
-    return done
+    rows, foreign = rows_or_first_foreign_line(
+        data, lambda row: isinstance(row.get("image"), str) and isinstance(row.get("caption"), str))
+    if foreign:
+        raise ValueError(_not_ours(out, foreign if foreign.startswith("it ") else f"{foreign} is not a caption line"))
+    return {row["image"] for row in rows}
 
 
 def _not_ours(out: Path, why: str) -> str:

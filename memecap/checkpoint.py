@@ -9,7 +9,6 @@ against its manifest before a resume uses it (a truncated or damaged file is fou
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from memecap.config import Config, save_config
+from memecap.features import file_digest
 from memecap.quiet import quiet_weights
 
 STATE_FILE = "trainer_state.json"
@@ -68,18 +68,10 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """Sizes and hashes of every file in the checkpoint; written last, so its presence means the
     rest was complete."""
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
     tmp = folder / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
@@ -104,7 +96,7 @@ def verify_checkpoint(folder: Path) -> None:
             raise DamagedCheckpoint(f"{path}: missing from the checkpoint")
         if path.stat().st_size != entry["bytes"]:
             raise DamagedCheckpoint(f"{path}: {path.stat().st_size} bytes, the checkpoint wrote {entry['bytes']}")
-        if _sha256(path) != entry["sha256"]:
+        if file_digest(path) != entry["sha256"]:
             raise DamagedCheckpoint(f"{path}: its contents changed since the checkpoint was written")
     TrainState.from_file(folder / STATE_FILE)
 

@@ -39,6 +39,7 @@ from memecap.metrics.bleu_score import bleu_from_stats, closest_length, corpus_b
 from memecap.metrics.cider_score import cider_d
 from memecap.metrics.meteor_score import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
 from memecap.metrics.quote_score import mean_quote_cer, quote_cer
+from memecap.jsonl_rows import rows_or_first_foreign_line
 from memecap.metrics.rougel_score import rouge_l
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
@@ -235,20 +236,10 @@ def refuse_foreign_predictions(path: str | os.PathLike) -> None:
 
 
 def _foreign_lines(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return "not UTF-8 text"
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not (isinstance(row, dict) and "uid" in row and "prediction" in row):
-            return f"line {number} is not a predictions line"
-    return None
+    _, foreign = rows_or_first_foreign_line(path.read_bytes(), lambda row: "uid" in row and "prediction" in row)
+    if foreign is None:
+        return None
+    return "not UTF-8 text" if foreign.startswith("it ") else f"{foreign} is not a predictions line"
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
