@@ -193,15 +193,20 @@ class RudolphConfig:
             raise ConfigError("model.rudolph.loss_weights must be >= 0 with a positive sum")
 
 
+# The names of memecap.ocr.cleaning.RULES (a test keeps them equal), here so that validating a config imports no OCR code.
+OCR_CLEANING_RULES = ("handles", "timestamps", "chrome", "watermarks")
+
+
 @dataclass
 class OcrConfig:
     """Reading the meme's own text and showing it to the decoder (ClipCap's prompt, RuDOLPH's left
     text) or quoting it (ocr_template)."""
 
     enabled: bool = False  # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
-    engine: str = "tesseract"  # key of memecap.ocr.ENGINES, or a dotted path to an engine class
+    engine: str = "detect_tesseract"  # key of memecap.ocr.ENGINES (detect_tesseract: detected lines; tesseract: whole page), or a dotted path to an engine class
     languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
-    min_confidence: float = 60.0  # words read with a lower confidence (0-100) are dropped
+    min_confidence: Optional[float] = None  # words read with a lower confidence (0-100) are dropped; null: the engine's own (detect_tesseract 0, tesseract 60)
+    cleaning: list = field(default_factory=lambda: ["handles", "timestamps", "chrome", "watermarks"])  # rules of memecap.ocr.cleaning.RULES applied to each line
     max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
     template: str = "Текст на картинке: {text}\nОписание: "  # ClipCap's prompt around the text; the caption follows
     workers: Optional[int] = None  # OCR processes; null: one per CPU core
@@ -212,7 +217,7 @@ class OcrConfig:
         if "\n" not in self.template.split("{text}")[1]:
             # Cleaned OCR text has no line breaks, so a break after it marks where the text ends.
             raise ConfigError("model.ocr.template needs a line break after {text}: it separates the text from the caption")
-        if not 0 <= self.min_confidence <= 100:
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 100:
             raise ConfigError("model.ocr.min_confidence must be between 0 and 100")
         if self.max_tokens < 1:
             raise ConfigError("model.ocr.max_tokens must be >= 1")
@@ -220,6 +225,10 @@ class OcrConfig:
             raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("model.ocr.workers must be >= 1 or null")
+        unknown = [r for r in self.cleaning if r not in OCR_CLEANING_RULES]
+        if unknown:
+            raise ConfigError(f"model.ocr.cleaning: unknown rule(s) {', '.join(map(str, unknown))}; "
+                              f"known: {', '.join(OCR_CLEANING_RULES)}")
 
 
 @dataclass
