@@ -302,9 +302,11 @@ class GenerationConfig:
     max_new_tokens: int = 96  # hard cap on caption length
     repetition_penalty: float = 1.0  # >1 discourages repeated tokens
     no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size (0 = off)
+    quote: str = "free"  # free | copy: after an opening quote mark, write the OCR text, then the closing mark (needs model.ocr.enabled)
 
     def __post_init__(self) -> None:
         _one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
+        _one_of("generation.quote", self.quote, ("free", "copy"))
         if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
             raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
 
@@ -395,6 +397,9 @@ class Config:
     stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
+        if self.generation.quote == "copy" and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
+            raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
+                              "on a clipcap or rudolph model")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
