@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -69,6 +70,13 @@ def row(name: str, texts: list[str], examples, extra: str = "") -> str:
             f"{near:.0%} | {empty / len(cers):.0%} |{extra}")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the OCR pool's workers): unlike the
+    wall time it does not grow when other work shares the cores."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "memes-sample")
@@ -81,7 +89,7 @@ def main() -> None:
     parser.add_argument("--kinds", action="store_true")
     args = parser.parse_args()
     print("| engine, split | images | with a quoted reference | mean CER | median CER | CER <= 0.1 | nothing read | "
-          "first read, s/image | cached reload |")
+          "first read, s per image | cached reload |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     later = []
     for engine in args.engines:
@@ -90,15 +98,16 @@ def main() -> None:
             examples, _ = load_split(args.data / f"{split}.tsv", log=None)
             examples = examples[:args.limit]
             paths = [ex.image_path for ex in examples]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             words, cache = read_words(paths, cfg, cache_dir=args.cache, progress=True, desc=f"{engine}, {split}")
-            first = time.perf_counter() - start
+            first, cpu = time.perf_counter() - start, cpu_seconds() - cpu
             fresh = cache.misses
             start = time.perf_counter()
             read_words(paths, cfg, cache_dir=args.cache, progress=False)
             reload = time.perf_counter() - start
             texts = [clean_text(w, min_confidence(cfg), cfg.cleaning) for w in words]
-            per_image = f"{first / fresh:.2f} ({fresh} read, load {os.getloadavg()[0]:.1f})" if fresh else "cached"
+            per_image = (f"{first / fresh:.2f} wall, {cpu / fresh:.2f} CPU ({fresh} read, load {os.getloadavg()[0]:.1f})"
+                         if fresh else "cached")
             print(row(f"{engine}, {split}", texts, examples, f" {per_image} | {reload:.2f} s |"), flush=True)
             later.append((engine, split, cfg, words, examples, texts))
     for engine, split, cfg, words, examples, texts in later:

@@ -31,8 +31,9 @@ class LineEngine:
     LINE_PSM = 7  # Tesseract page mode "a single text line"
     MASK_BELOW = 85.0  # also read a line's white-pixel mask when neither polarity reads it with this mean confidence
     OTHER_LANGUAGE_BELOW = 0.5  # re-read a line in the other languages when fewer of its letters are in known Russian words
+    OTHER_LANGUAGE_UNSURE = 75.0  # ... or when its mean word confidence is lower (short Russian-looking words occur in English misread as Russian)
     OTHER_LANGUAGE_MARGIN = 10.0  # ... and keep that reading when its mean word confidence is this much higher
-    VERSION = 1  # bump when the reading changes, so cached readings are not reused
+    VERSION = 2  # bump when the reading changes, so cached readings are not reused
 
     def __init__(self, languages: list[str]):
         self.languages = list(languages)
@@ -101,7 +102,7 @@ class LineEngine:
         choice = max(range(len(readings)), key=lambda k: _evidence(readings[k]))
         best = readings[choice]
         known, total = known_letters(" ".join(w[0] for w in best))
-        if total == 0 or known / total < self.OTHER_LANGUAGE_BELOW:
+        if total == 0 or known / total < self.OTHER_LANGUAGE_BELOW or _mean_confidence(best) < self.OTHER_LANGUAGE_UNSURE:
             image = for_tesseract(images[choice])
             for lang in self.languages[1:]:
                 other = self.recognizer.words(image, lang, self.LINE_PSM)
