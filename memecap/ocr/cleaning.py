@@ -30,8 +30,9 @@ _TIMESTAMP = re.compile(
     re.IGNORECASE)
 # Buttons and labels of the social-network pages memes are screenshots of.
 _CHROME = re.compile(
+    r"\bотметки\s+«?нравится»?|"
     r"\b(?:ответить|ответил[аи]?|поделиться|показать\s+полностью|показать\s+ещ[её]|читать|"
-    r"комментировать|нравится|отметки\s+«?нравится»?|коснитесь\s+дважды.*|"
+    r"комментировать|нравится|коснитесь\s+дважды.*|"
     r"reply|retweets?|likes?|подписаться|в\s+избранное|репост\w*)\b", re.IGNORECASE)
 # Site names and web addresses: watermarks of meme pages.
 _WATERMARK = re.compile(r"\b(?:https?://\S+|www\.\S+|(?:vk|t|instagram|fb|ok|twitter|youtube|tiktok|reddit|9gag|imgflip)"
