@@ -57,7 +57,7 @@ def _generation_overrides(args):
         strategy = args.strategy or ("beam" if args.num_beams and args.num_beams > 1 else None)
         return with_overrides(base, strategy=strategy, num_beams=args.num_beams,
                               max_new_tokens=args.max_new_tokens, num_return_sequences=args.num_return_sequences,
-                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, quote=args.quote)
     return build
 
 
@@ -135,6 +135,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="sampling: top-k")
     p.add_argument("--top-p", type=float, help="sampling: nucleus mass")
     p.add_argument("--temperature", type=float, help="sampling temperature")
+    p.add_argument("--quote", choices=["free", "copy"], help="copy: an opened quote is the meme's OCR text (OCR models)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
 
 

@@ -77,6 +77,42 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def compare_recognizers(data: Path, n: int) -> None:
+    """Seconds per line crop for the same Russian single-line reading by both bindings (one thread)."""
+    import numpy as np
+    import pytesseract
+    from PIL import Image
+
+    from memecap.data.images import load_rgb
+    from memecap.ocr.detection import LineDetector
+    from memecap.ocr.line_engine import bounded
+    from memecap.ocr.lines import crop_line, dark_on_light, for_tesseract
+    from memecap.ocr.recognize import Recognizer
+
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    examples, _ = load_split(data / "val.tsv", log=None)
+    detector, crops = LineDetector(), []
+    for ex in examples[:n]:
+        rgb = np.asarray(bounded(load_rgb(ex.image_path)))
+        for quad in detector.boxes(rgb):
+            crop = crop_line(rgb, quad)
+            if crop.size:
+                crops.append(for_tesseract(dark_on_light(np.asarray(Image.fromarray(crop).convert("L")))))
+    recognizer = Recognizer()
+    recognizer.words(crops[0], "rus", 7)  # load the model once, as a worker does
+    timings = {}
+    start = time.perf_counter()
+    in_process = [" ".join(w[0] for w in recognizer.words(c, "rus", 7)) for c in crops]
+    timings["tesserocr (in-process)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    per_call = [" ".join(pytesseract.image_to_string(c, lang="rus", config="--psm 7").split()) for c in crops]
+    timings["pytesseract (a process per call)"] = time.perf_counter() - start
+    same = sum(a == b for a, b in zip(in_process, per_call))
+    print(f"{len(crops)} line crops of {n} val images; identical readings: {same}; load {os.getloadavg()[0]:.1f}")
+    for name, seconds in timings.items():
+        print(f"| {name} | {1000 * seconds / len(crops):.0f} ms per line |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "memes-sample")
@@ -87,7 +123,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--cleaning", action="store_true")
     parser.add_argument("--kinds", action="store_true")
+    parser.add_argument("--recognizers", type=int, default=0, metavar="N",
+                        help="only time Tesseract per detected line, in-process (tesserocr) against a process "
+                             "per call (pytesseract), on the first N val images")
     args = parser.parse_args()
+    if args.recognizers:
+        compare_recognizers(args.data, args.recognizers)
+        return
     print("| engine, split | images | with a quoted reference | mean CER | median CER | CER <= 0.1 | nothing read | "
           "first read, s per image | cached reload |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
