@@ -58,7 +58,7 @@ def _generation_overrides(args):
         strategy = args.strategy or ("beam" if args.num_beams and args.num_beams > 1 else None)
         return with_overrides(base, strategy=strategy, num_beams=args.num_beams,
                               max_new_tokens=args.max_new_tokens, num_return_sequences=args.num_return_sequences,
-                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+                              top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, quote=args.quote)
     return build
 
 
@@ -162,6 +162,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=_number(low=0), help="sampling: top-k (0 = off)")
     p.add_argument("--top-p", type=_number(float, above=0.0, high=1.0), help="sampling: nucleus mass")
     p.add_argument("--temperature", type=_number(float, above=0.0), help="sampling temperature")
+    p.add_argument("--quote", choices=["free", "copy"], help="copy: an opened quote is the meme's OCR text (OCR models)")
     p.add_argument("--batch-size", type=_number(low=1), default=32, help="images per generation batch")
 
 

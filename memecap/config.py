@@ -246,15 +246,20 @@ class RudolphConfig:
             raise ConfigError("model.rudolph.loss_weights must be >= 0 with a positive sum")
 
 
+# The names of memecap.ocr.cleaning.RULES (a test keeps them equal), here so that validating a config imports no OCR code.
+OCR_CLEANING_RULES = ("handles", "timestamps", "chrome", "watermarks")
+
+
 @dataclass
 class OcrConfig:
     """Reading the meme's own text and showing it to the decoder (ClipCap's prompt, RuDOLPH's left
     text) or quoting it (ocr_template)."""
 
     enabled: bool = False  # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
-    engine: str = "tesseract"  # key of memecap.ocr.ENGINES, or a dotted path to an engine class
+    engine: str = "detect_tesseract"  # key of memecap.ocr.ENGINES (detect_tesseract: detected lines; tesseract: whole page), or a dotted path to an engine class
     languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
-    min_confidence: float = 60.0  # words read with a lower confidence (0-100) are dropped
+    min_confidence: Optional[float] = None  # words read with a lower confidence (0-100) are dropped; null: the engine's own (detect_tesseract 0, tesseract 60)
+    cleaning: list = field(default_factory=lambda: ["handles", "timestamps", "chrome", "watermarks"])  # rules of memecap.ocr.cleaning.RULES applied to each line
     max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
     template: str = "Текст на картинке: {text}\nОписание: "  # ClipCap's prompt around the text; the caption follows
     workers: Optional[int] = None  # OCR processes; null: one per CPU core
@@ -265,7 +270,7 @@ class OcrConfig:
         if "\n" not in self.template.split("{text}")[1]:
             # Cleaned OCR text has no line breaks, so a break after it marks where the text ends.
             raise ConfigError("model.ocr.template needs a line break after {text}: it separates the text from the caption")
-        if not 0 <= self.min_confidence <= 100:
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 100:
             raise ConfigError("model.ocr.min_confidence must be between 0 and 100")
         if self.max_tokens < 1:
             raise ConfigError("model.ocr.max_tokens must be >= 1")
@@ -273,6 +278,10 @@ class OcrConfig:
             raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
         if self.workers is not None and self.workers < 1:
             raise ConfigError("model.ocr.workers must be >= 1 or null")
+        unknown = [r for r in self.cleaning if r not in OCR_CLEANING_RULES]
+        if unknown:
+            raise ConfigError(f"model.ocr.cleaning: unknown rule(s) {', '.join(map(str, unknown))}; "
+                              f"known: {', '.join(OCR_CLEANING_RULES)}")
 
 
 @dataclass
@@ -355,6 +364,7 @@ class GenerationConfig:
     max_new_tokens: int = 96  # hard cap on caption length
     repetition_penalty: float = 1.0  # >1 discourages repeated tokens
     no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size (0 = off)
+    quote: str = "free"  # free | copy: after an opening quote mark, write the OCR text, then the closing mark (needs model.ocr.enabled)
 
     def __post_init__(self) -> None:
         _one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
@@ -367,6 +377,7 @@ class GenerationConfig:
         _at_least("generation.max_new_tokens", self.max_new_tokens, 1)
         _above("generation.repetition_penalty", self.repetition_penalty, 0)
         _at_least("generation.no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        _one_of("generation.quote", self.quote, ("free", "copy"))
         if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
             raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
 
@@ -478,6 +489,9 @@ class Config:
         if self.eval.scoring == "seed" and self.train.best_metric in ("cider", "rougeL"):
             raise ConfigError(f"train.best_metric={self.train.best_metric}: eval.scoring=seed (the original project's "
                               "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
+        if self.generation.quote == "copy" and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
+            raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
+                              "on a clipcap or rudolph model")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")

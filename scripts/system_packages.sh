@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian packages memecap uses beside Python: Tesseract with Russian (and English) data for OCR,
+# Debian packages memecap uses beside Python: Tesseract with Russian and English data for OCR,
 # the DejaVu font (Cyrillic glyphs, for OCR test images and the rendered report), and headless
 # Chromium, which the tests render the HTML report with. Installs what is missing with apt-get
 # when it can (root, or sudo without a password); otherwise prints the command and carries on:
@@ -12,10 +12,13 @@ command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx rus; then
     missing+=(tesseract-ocr-rus)
 fi
+if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx eng; then
+    missing+=(tesseract-ocr-eng)  # the default engine re-reads English lines with it
+fi
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "system packages: tesseract ($(tesseract --version 2>&1 | head -n1)) with rus, DejaVu font, chromium: present"
+    echo "system packages: tesseract ($(tesseract --version 2>&1 | head -n1)) with rus and eng, DejaVu font, chromium: present"
     exit 0
 fi
 

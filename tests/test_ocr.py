@@ -10,7 +10,7 @@ import pytest
 
 import memecap
 from memecap.config import OcrConfig
-from memecap.ocr import OcrUnavailable, TesseractEngine, Word, clean_text, read_texts, read_words
+from memecap.ocr import LineEngine, OcrUnavailable, TesseractEngine, Word, clean_text, read_texts, read_words
 from tests.ocr_images import IMAGES, MAX_CER, cer
 
 
@@ -91,7 +91,7 @@ def test_engine_by_dotted_path_runs_once_per_image(text_images, tmp_path):
     again = read_texts(text_images["paths"], cfg, cache_dir=tmp_path / "ocr", progress=False)
     assert first == again == ["ширина760", "ширина560", "ширина760"]
     assert plugged.calls == 3
-    with pytest.raises(ValueError, match="known engines are tesseract"):
+    with pytest.raises(ValueError, match="known engines are detect_tesseract, tesseract"):
         read_texts(text_images["paths"], OcrConfig(engine="easyocr"), progress=False)
 
 
@@ -100,12 +100,23 @@ def test_missing_tesseract_is_a_clear_error(monkeypatch, text_images):
 
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
     with pytest.raises(OcrUnavailable, match=r"/nonexistent/tesseract.*apt-get install -y tesseract-ocr tesseract-ocr-rus"):
-        read_texts(text_images["paths"], OcrConfig(), progress=False)
+        read_texts(text_images["paths"], OcrConfig(engine="tesseract"), progress=False)
 
 
 def test_missing_language_names_its_package():
     with pytest.raises(OcrUnavailable, match="tesseract-ocr-xyz"):
         TesseractEngine(["rus", "xyz"]).check()
+    with pytest.raises(OcrUnavailable, match="tesseract-ocr-xyz"):
+        LineEngine(["rus", "xyz"]).check()
+
+
+def test_missing_language_data_is_a_clear_error(monkeypatch, tmp_path, text_images):
+    from memecap.ocr import recognize
+
+    monkeypatch.setattr(recognize, "TESSDATA_DIRS", ())
+    monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path))  # a folder without traineddata files
+    with pytest.raises(OcrUnavailable, match="apt-get install -y tesseract-ocr-rus"):
+        read_texts(text_images["paths"], OcrConfig(), progress=False)
 
 
 def test_memecap_imports_without_the_ocr_stack():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessorList
 
 from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
 from memecap.data.captions import CaptionTooLong
@@ -31,7 +31,7 @@ from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.mapping import build_mapper
-from memecap.models.prompted import with_ocr_prompts
+from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 from memecap.quiet import quiet_weights
 
@@ -162,6 +162,7 @@ class ClipCap(nn.Module):
         self.transform = transform
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
 
     @property
     def config(self):
@@ -211,8 +212,9 @@ class ClipCap(nn.Module):
     def collate(self, items: list[dict]) -> dict:
         images = [it["image"] for it in items]
         prompts = None
+        texts = None
         if isinstance(images[0], dict):  # OCR conditioning: PromptedImages items
-            prompts = [im["prompt_ids"] for im in images]
+            prompts, texts = [im["prompt_ids"] for im in images], [im["ocr_text"] for im in images]
             images = [im["image"] for im in images]
         batch = {"image": torch.stack(images)}
         if "index" in items[0]:
@@ -227,6 +229,7 @@ class ClipCap(nn.Module):
             batch.update(input_ids=ids, labels=labels, attention_mask=mask)  # padding stays -100, whatever its id
         elif prompts is not None:
             batch["prompt_ids"], batch["prompt_mask"] = self._pad_right(prompts)
+            batch["ocr_text"] = texts
         return batch
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,11 +281,21 @@ class ClipCap(nn.Module):
         if "prompt_ids" in batch:  # OCR conditioning: the prompt follows the image prefix
             inputs = torch.cat([inputs, embed(batch["prompt_ids"]).to(inputs.dtype)], dim=1)
             inputs, mask = pad_left(inputs, torch.cat([mask, batch["prompt_mask"].to(mask.dtype)], dim=1))
-        ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus,
-                                    **hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id))
+        kwargs = hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        if generation.quote == "copy":
+            kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch))])
+        ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus, **kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         k = generation.num_return_sequences
         return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
+    def quote_processor(self, texts: Sequence[str]):
+        """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py)."""
+        from memecap.quote_copy import opening_tokens, quote_processor
+
+        if self._openers is None:  # one pass over the vocabulary per model
+            self._openers = opening_tokens(len(self.tokenizer), lambda i: self.tokenizer.decode([i]))
+        return quote_processor(texts, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"], self._openers)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

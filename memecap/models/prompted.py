@@ -19,7 +19,7 @@ class PromptedImages:
         return len(self.prompt_ids)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "prompt_ids": self.prompt_ids[i]}
+        return {"image": self.images[i], "prompt_ids": self.prompt_ids[i], "ocr_text": self.texts[i]}
 
 
 def read_ocr_texts(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str], progress: bool,
@@ -38,3 +38,11 @@ def with_ocr_prompts(images, paths: Sequence, cfg: OcrConfig, encode: Callable[[
         return images
     texts = read_ocr_texts(paths, cfg, cache_dir=cache_dir, progress=progress, desc=desc)
     return PromptedImages(images, [encode(t) for t in texts], texts)
+
+
+def require_ocr_text(batch: dict) -> list[str]:
+    """The OCR texts of a batch, for generation.quote=copy (a model without OCR has none to copy)."""
+    if "ocr_text" not in batch:
+        raise ValueError("generation.quote=copy copies the meme's OCR text: it needs a model trained with "
+                         "model.ocr.enabled=true")
+    return batch["ocr_text"]

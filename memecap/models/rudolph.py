@@ -37,7 +37,7 @@ from memecap.data.images import ImageTransform
 from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
 from memecap.models.export import base_entry, read_export_config, write_export_config
-from memecap.models.prompted import with_ocr_prompts
+from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.rudolph_compat import checkpoint_layers, follow_device, last_position_logits
 from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
@@ -151,10 +151,11 @@ class RuDolph(nn.Module):
         left = None
         if isinstance(images[0], dict):  # OCR conditioning: PromptedImages items carry their left text
             left = torch.tensor([im["prompt_ids"] for im in images], dtype=torch.long)
+            texts = [im["ocr_text"] for im in images]
             images = [im["image"] for im in images]
         batch = {"image": torch.stack(images).long()}
         if left is not None:
-            batch["left"] = left
+            batch["left"], batch["ocr_text"] = left, texts
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items])
         if "input_ids" in items[0]:
@@ -209,6 +210,8 @@ class RuDolph(nn.Module):
         follow_device(base, out)
         mask = self._causal_mask(self.l_len + self.image_len + self.r_len, device)
         processors = logits_processors(generation)
+        if generation.quote == "copy":
+            processors.append(self.quote_processor(require_ocr_text(batch)))
         steps = min(generation.max_new_tokens, self.caption_limit)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         cache = None
@@ -238,6 +241,17 @@ class RuDolph(nn.Module):
             row = row[: row.index(EOS)] if EOS in row else row
             texts.append(self.tokenizer.decode_text(torch.tensor(row, dtype=torch.long)).strip() if row else "")
         return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
+    def quote_processor(self, texts: Sequence[str]):
+        """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py),
+        lower-cased as the captions are."""
+        from memecap.quote_copy import opening_tokens, quote_processor
+
+        bpe = self.tokenizer.tokenizer
+        if getattr(self, "_openers", None) is None:  # one pass over the vocabulary per model
+            self._openers = opening_tokens(self.bpe_vocab, bpe.id_to_subword)
+        return quote_processor(texts, lambda t: bpe.encode([t.lower()])[0], self._openers,
+                               start=len(self.right_prefix))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

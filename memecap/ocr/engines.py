@@ -3,30 +3,23 @@
 An engine is a class built from a list of language codes with three methods:
 `signature()` (a string naming everything that changes its output: the engine's version,
 languages, settings; it keys the OCR cache), `check()` (raise `OcrUnavailable` saying what to
-install) and `read(image) -> list[Word]` (words in reading order). `ENGINES` maps short names to
-classes; `model.ocr.engine` may also be a dotted path (`mypkg.ocr.MyEngine`) to plug in another.
+install) and `read(image) -> list[Word]` (words in reading order), and a class attribute
+`MIN_CONFIDENCE` (the word threshold used when `model.ocr.min_confidence` is null). `ENGINES` maps
+short names to classes; `model.ocr.engine` may also be a dotted path (`mypkg.ocr.MyEngine`) to plug in another.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import shutil
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from memecap.ocr.base import OcrUnavailable, Word
+from memecap.ocr.line_engine import LineEngine
+
 TESSERACT_INSTALL = "sudo apt-get install -y tesseract-ocr tesseract-ocr-rus   (or: bash scripts/system_packages.sh)"
-
-
-class OcrUnavailable(FileNotFoundError):
-    """The OCR engine's program or its language data is not installed (the message says what to install)."""
-
-
-class Word(NamedTuple):
-    text: str
-    confidence: float  # 0-100
-    line: int  # index of its text line in reading order; words of one line share it
 
 
 class TesseractEngine:
@@ -40,6 +33,7 @@ class TesseractEngine:
     (docs/benchmarks.md); reading the inverted image as well added nothing.
     """
 
+    MIN_CONFIDENCE = 60.0  # the threshold clean_text applies when model.ocr.min_confidence is null
     PSM = 3  # fully automatic page segmentation: memes mix text blocks and pictures
     WHITE_LEVEL = 200  # darkest channel value of a "white" letter pixel
     WHITE_SPREAD = 40  # largest channel spread of a "white" letter pixel (unsaturated)
@@ -102,7 +96,9 @@ def _evidence(words: list[Word]) -> float:
     return sum(w.confidence for w in words if sum(ch.isalpha() for ch in w.text) >= 2)
 
 
-ENGINES = {"tesseract": TesseractEngine}
+# detect_tesseract is the default (config.OcrConfig.engine); tesseract is the whole-page reading
+# it replaced, kept selectable by name.
+ENGINES = {"detect_tesseract": LineEngine, "tesseract": TesseractEngine}
 
 
 def build_engine(name: str, languages: list[str]):

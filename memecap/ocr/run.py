@@ -15,7 +15,7 @@ from memecap.config import OcrConfig
 from memecap.features import file_digest
 from memecap.ocr.cache import OcrCache
 from memecap.ocr.cleaning import clean_text
-from memecap.ocr.engines import Word, build_engine, limit_engine_threads
+from memecap.ocr.engines import ENGINES, TesseractEngine, Word, build_engine, limit_engine_threads
 
 _ENGINES: dict = {}  # per process: an engine is built once, not once per image
 
@@ -87,4 +87,14 @@ def read_texts(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
                progress: bool = True, desc: str = "reading text") -> list[str]:
     """The cleaned text written on each image ("" where none was read)."""
     words, _ = read_words(paths, cfg, cache_dir=cache_dir, progress=progress, desc=desc)
-    return [clean_text(w, cfg.min_confidence) for w in words]
+    threshold = min_confidence(cfg)
+    return [clean_text(w, threshold, cfg.cleaning) for w in words]
+
+
+def min_confidence(cfg: OcrConfig) -> float:
+    """`model.ocr.min_confidence`, or where null the engine's own: a line-by-line reading keeps its
+    low-confidence words (most are right), a whole-page reading should not."""
+    if cfg.min_confidence is not None:
+        return cfg.min_confidence
+    cls = ENGINES.get(cfg.engine)
+    return float(getattr(cls, "MIN_CONFIDENCE", TesseractEngine.MIN_CONFIDENCE))
