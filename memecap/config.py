@@ -342,8 +342,7 @@ class TrainConfig:
             raise ConfigError(f"train.hub_repo={self.hub_repo!r}: expected user/name")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
-        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote",
-                                    "val_loss"):
+        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote", "val_loss"):
             raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, cider, rougeL, "
                               "quote or val_loss")
 
