@@ -44,8 +44,8 @@ from memecap.metrics.rougel_score import rouge_l
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
 METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL")  # word metrics, higher is better
-SEED_METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")  # what the seed scoring reports
-CONSTANT_METRICS = SEED_METRIC_NAMES  # what the best constant caption can be chosen by
+# What the best constant caption can be chosen by: CIDEr-D or ROUGE-L would cost a corpus pass per candidate.
+CONSTANT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor")
 SCORINGS = ("memecap", "seed")
 _METRICS_DIR = Path(__file__).parent / "metrics"
 _PORTER = CachedStemmer(PorterStemmer())  # NLTK's default METEOR stemmer, which the seed project used
@@ -165,8 +165,8 @@ def _constant_scores(candidates: list[str], references: list[list[str]], scoring
     scores = []
     for hyp in hyps:
         counts = ngram_counts(hyp, 4)
-        matches = [sum(min(c, limit) * k for gram, c in counts[n].items() for limit, k in limits[n].get(gram, {}).items())
-                   for n in range(4)]
+        matches = [sum(min(c, limit) * k for gram, c in counts[n].items()
+                       for limit, k in limits[n].get(gram, {}).items()) for n in range(4)]
         totals = [max(1, len(hyp) - n) * len(refs) for n in range(4)]
         if len(hyp) not in closest:
             closest[len(hyp)] = sum(closest_length(lengths, len(hyp)) for lengths in ref_lengths)

@@ -177,7 +177,8 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
         names = list(metrics)
         metrics_html = ('<table class="metrics"><tr>' + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr><tr>"
                         + "".join(f"<td>{metrics[n]:.4f}</td>" for n in names) + "</tr></table>"
-                        f'<div class="sub">corpus BLEU, mean METEOR{", CIDEr-D (x10), ROUGE-L" if "cider" in metrics else ""} '
+                        f'<div class="sub">corpus BLEU, mean METEOR'
+                        f'{", CIDEr-D (x10), ROUGE-L" if "cider" in metrics else ""} '
                         f'and mean quote CER (lower is better) over {len(rows)} '
                         f"examples ({scoring} scoring); per-example BLEU-4 is add-one smoothed</div>")
     charts = training_curves(log_path)

@@ -39,7 +39,8 @@ import json, os, sys, time
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 def first_step(*args):
-    print("FIRST_STEP " + json.dumps({"wall": time.time(), "cpu": time.process_time()}), file=sys.__stdout__, flush=True)
+    stamp = {"wall": time.time(), "cpu": time.process_time()}
+    print("FIRST_STEP " + json.dumps(stamp), file=sys.__stdout__, flush=True)
     os._exit(0)
 
 register_optimizer_step_post_hook(first_step)
@@ -123,8 +124,8 @@ def main() -> None:
                     results[arm].append(measure(["--bare", os.path.abspath(__file__), str(data_dir)]))
                 else:
                     results[arm].append(measure(memecap_args(run_dir), args.before if arm == "before" else None))
-            print(f"run {r}: " + ", ".join(f"{arm} {results[arm][-1][0]:.2f} s wall / {results[arm][-1][1]:.2f} s CPU"
-                                           for arm in arms), flush=True)
+            done = (f"{arm} {results[arm][-1][0]:.2f} s wall / {results[arm][-1][1]:.2f} s CPU" for arm in arms)
+            print(f"run {r}: " + ", ".join(done), flush=True)
     median = {arm: tuple(statistics.median(x[i] for x in results[arm]) for i in range(2)) for arm in arms}
     print("| run | wall to the first step | CPU by then | wall / bare | CPU / bare |")
     print("| --- | --- | --- | --- | --- |")

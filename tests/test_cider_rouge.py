@@ -91,7 +91,7 @@ def test_cider_agrees_with_the_coco_code(seed, examples):
 def test_lcs_length_equals_dynamic_programming():
     rng = random.Random(5)
     for _ in range(500):
-        a = [rng.choice("абвгд") for _ in range(rng.randint(0, 70))]  # past 64 tokens too: one integer holds any length
+        a = [rng.choice("абвгд") for _ in range(rng.randint(0, 70))]  # past 64: one integer holds any length
         b = [rng.choice("абвгд") for _ in range(rng.randint(0, 70))]
         assert lcs_length(a, b) == my_lcs(a, b) == lcs_length(b, a)
 
@@ -141,7 +141,8 @@ def test_report_and_model_card_show_the_new_columns(tmp_path):
     for name in ("cider", "rougeL"):
         assert f"<th>{name}</th>" in html and f"<td>{metrics[name]:.4f}</td>" in html
     card = model_card({"family": "clipcap", "model": {"decoder": {"mode": "lora"}}},
-                      {"metrics": {**metrics, "val_loss": 2.5}, "data": {"val": "val.tsv", "val_examples": 2}, "step": 7},
+                      {"metrics": {**metrics, "val_loss": 2.5}, "data": {"val": "val.tsv", "val_examples": 2},
+                       "step": 7},
                       [("model.safetensors", 10)], repo_id="you/memecap-test", license="apache-2.0")
     header = next(line for line in card.splitlines() if line.startswith("| BLEU-1"))
     assert "| CIDEr-D |" in header and "| ROUGE-L |" in header

@@ -250,7 +250,8 @@ def test_best_constant_caption_is_fast_and_subsamples():
     start = time.perf_counter()
     caption, metrics = best_constant_caption(train, refs, max_candidates=200)
     assert time.perf_counter() - start < 10
-    assert caption in train and set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote"}
+    assert caption in train
+    assert set(metrics) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote"}
     assert best_constant_caption(train, refs, max_candidates=200)[0] == caption  # deterministic
 
 

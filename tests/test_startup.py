@@ -2,6 +2,7 @@
 imports it does not need, transformers' schedules without transformers' trainer, the best
 constant caption by counting n-grams once, and no third-party line on the console."""
 
+import json
 import os
 import random
 import re
@@ -93,7 +94,7 @@ THIRD_PARTY = re.compile(r"bitsandbytes|Failed to load|kernels|Writing model sha
 def test_train_prints_no_third_party_line(tmp_path):
     run = tmp_path / "run"
     args = [f"train.output_dir={run}", f"cache.dir={run / 'cache'}", "train.max_steps=1", "data.synthetic.n_train=32",
-            "data.synthetic.n_val=8", "eval.batch_size=8", "generation.max_new_tokens=4"]
+            "data.synthetic.n_val=8", "eval.batch_size=8", "generation.max_new_tokens=4", "train.best_metric=cider"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "memecap.train", "demo", *args], capture_output=True, text=True,
                          timeout=600, env=env)
@@ -102,3 +103,5 @@ def test_train_prints_no_third_party_line(tmp_path):
     assert "best constant caption" in console and "cider" in console and "rougeL" in console
     offending = [line for line in re.split(r"[\r\n]", console) if THIRD_PARTY.search(line)]
     assert not offending, textwrap.shorten(" | ".join(offending), 2000)
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))  # CIDEr-D chose the best export
+    assert summary["best_metric"] == "cider" and summary["best_score"] == summary["final"]["cider"]

@@ -41,7 +41,8 @@ class Cider(evaluate.Metric):
 
     def _info(self):
         return evaluate.MetricInfo(
-            description="CIDEr-D (COCO caption evaluation) on word tokens, document frequencies from the given references.",
+            description="CIDEr-D (COCO caption evaluation) on word tokens; document frequencies from the given "
+                        "references.",
             citation=_CITATION,
             inputs_description=_KWARGS,
             features=datasets.Features(
