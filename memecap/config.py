@@ -397,7 +397,10 @@ class Config:
     stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
-        if self.generation.quote == "copy" and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
+        # Only a config that trains is checked: an export's decoding settings are read alone, and
+        # generate() itself refuses to copy without OCR text.
+        copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
+        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
             raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
                               "on a clipcap or rudolph model")
         if self.stages:
