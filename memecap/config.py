@@ -489,7 +489,10 @@ class Config:
         if self.eval.scoring == "seed" and self.train.best_metric in ("cider", "rougeL"):
             raise ConfigError(f"train.best_metric={self.train.best_metric}: eval.scoring=seed (the original project's "
                               "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
-        if self.generation.quote == "copy" and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
+        # Only a config that trains is checked: an export's decoding settings are read alone, and
+        # generate() itself refuses to copy without OCR text.
+        copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
+        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
             raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
                               "on a clipcap or rudolph model")
         if self.stages:

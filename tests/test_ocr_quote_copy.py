@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memecap.config import ConfigError, GenerationConfig, load_config
+from memecap.config import ConfigError, GenerationConfig, config_from_dict, load_config
 from memecap.data.tables import load_split
 from memecap.metrics.quote_score import normalize_quote, quote_spans, quoted_text
 from memecap.data.datasets import CaptionEvalSet
@@ -46,6 +46,8 @@ def test_quote_copy_needs_ocr():
     cfg = load_config("demo", ["data.train=synthetic", "data.val=synthetic", "generation.quote=copy",
                                "model.ocr.enabled=true"])
     assert cfg.generation.quote == "copy"
+    # An export's decoding settings are read alone (memecap eval/caption): they must load.
+    assert config_from_dict({"generation": {"quote": "copy"}}).generation.quote == "copy"
 
 
 def steer_gpt2_to(decoder, token: int) -> None:
