@@ -1,6 +1,7 @@
 """Faithful quotes (`generation.quote=copy`): once the decoder has just written an opening quote
 mark, the meme's OCR text is forced token by token, then the closing mark; then decoding is free
-again. The quote is then exactly what the OCR read, never invented.
+again, except that no second quote is opened. The quote is then exactly what the OCR read, once,
+never invented.
 
 It is a transformers `LogitsProcessor`, so ClipCap's `generate` (greedy, beam, sample) and the
 hand-written loops that use `memecap.generation.logits_processors` (RuDOLPH's) share it. Where each
@@ -49,25 +50,32 @@ class QuoteCopyProcessor(LogitsProcessor):
         self.quotes = [list(q) for q in quotes]
         self.openers, self.closers, self.start = openers, closers, start
 
-    def forced_token(self, item: int, generated: list[int]) -> int | None:
-        """The token this row must write next, or None when it decodes freely. The row's ids are
-        replayed from the start: an opening mark starts a copy, which lasts for the quote's tokens
-        and the closing mark's, whatever those tokens are (a closing `"` does not open another)."""
+    def forced_token(self, item: int, generated: list[int]) -> tuple[int | None, bool]:
+        """(The token this row must write next, or None when it decodes freely; whether the row
+        has copied the quote already). The row's ids are replayed from the start: an opening mark
+        starts a copy, which lasts for the quote's tokens and the closing mark's, whatever those
+        tokens are (a closing `"` does not open another)."""
         pending: list[int] = []
+        copied = False
         for token in generated:
             if pending:
                 pending = pending[1:] if token == pending[0] else []  # a row that left the copy (cut by a length limit) is free
+                copied = copied or not pending
             elif token in self.openers:
                 pending = self.quotes[item] + self.closers[self.openers[token]]
-        return pending[0] if pending else None
+        return (pending[0] if pending else None), copied
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         per_item = max(input_ids.shape[0] // max(len(self.quotes), 1), 1)
+        openers = torch.tensor(sorted(self.openers), dtype=torch.long, device=scores.device)
         for row, ids in enumerate(input_ids[:, self.start:].tolist()):
-            token = self.forced_token(row // per_item, ids)
+            token, copied = self.forced_token(row // per_item, ids)
             if token is not None:
                 scores[row] = float("-inf")
                 scores[row, token] = 0.0
+            elif copied:
+                # The OCR text is the meme's whole text: a second quote could only repeat it or invent one.
+                scores[row, openers] = float("-inf")
         return scores
 
 

@@ -23,19 +23,28 @@ def test_processor_state_comes_from_each_rows_ids():
     """Opener 9 closes with [9]: a copy runs for the quote's tokens and the closing mark, the closing
     mark does not open another quote, the next opener does; rows are items times beams."""
     proc = QuoteCopyProcessor([[5, 6], [7]], openers={9: '"'}, closers={'"': [9]}, start=1)
-    assert proc.forced_token(0, [1, 2]) is None
-    assert proc.forced_token(0, [1, 9]) == 5
-    assert proc.forced_token(0, [1, 9, 5]) == 6
-    assert proc.forced_token(0, [1, 9, 5, 6]) == 9  # the closing mark
-    assert proc.forced_token(0, [1, 9, 5, 6, 9]) is None  # free again: that 9 closed, it did not open
-    assert proc.forced_token(0, [1, 9, 5, 6, 9, 3, 9]) == 5  # a second quote is copied too
-    assert proc.forced_token(1, [9]) == 7
+    assert proc.forced_token(0, [1, 2]) == (None, False)
+    assert proc.forced_token(0, [1, 9]) == (5, False)
+    assert proc.forced_token(0, [1, 9, 5]) == (6, False)
+    assert proc.forced_token(0, [1, 9, 5, 6]) == (9, False)  # the closing mark
+    assert proc.forced_token(0, [1, 9, 5, 6, 9]) == (None, True)  # free again: that 9 closed, it did not open
+    assert proc.forced_token(0, [1, 9, 5, 6, 9, 3, 9]) == (5, True)  # an opener written anyway is copied too
+    assert proc.forced_token(1, [9]) == (7, False)
     # Two items, two beams each: rows 0-1 copy item 0, rows 2-3 item 1, whatever the call count.
     ids = torch.tensor([[0, 9], [0, 2], [0, 9], [0, 9]])
     scores = proc(ids, torch.zeros(4, 12))
     assert scores[0].argmax() == 5 and scores[2].argmax() == 7 and scores[3].argmax() == 7
     assert torch.isinf(scores[0]).sum() == 11 and not torch.isinf(scores[1]).any()
     assert quote_text('он сказал "да" и «нет»') == "он сказал да и нет"
+
+
+def test_no_second_quote_is_opened_after_the_copy():
+    """The OCR text is the meme's whole text: once copied, opening another quote is ruled out (it
+    could only repeat the text or invent one), and everything else stays free."""
+    proc = QuoteCopyProcessor([[5, 6]], openers={9: '"', 10: "«"}, closers={'"': [9], "»": [11]})
+    scores = proc(torch.tensor([[9, 5, 6, 9], [3, 4, 2, 1]]), torch.zeros(2, 12))
+    assert torch.isinf(scores[0, [9, 10]]).all() and torch.isfinite(scores[0, :9]).all()
+    assert torch.isfinite(scores[1]).all()  # a row that has not quoted yet may open one
 
 
 def test_quote_copy_needs_ocr():
@@ -97,7 +106,8 @@ def test_clipcap_copies_the_ocr_text(tiny_ruclip_dir, tiny_gpt2_dir, examples, t
     greedy = captions(model, dataset, long, 3)
     for (caption,), text in zip(greedy, TEXTS):
         assert_copied(caption, text)
-        assert len(quote_spans(caption)) > 1  # after the closing mark decoding went on (and quoted again)
+        # After the closing mark decoding went on, and opened no second quote (steered to, it would).
+        assert len(caption) > len(f'"{quote_text(text)}"') and caption.count('"') == 2, caption
     assert greedy == [captions(model, CaptionEvalSet(prompted(model, examples[i:], [t])), long, 1)[0]
                       for i, t in enumerate(TEXTS)]  # batched = one by one
     beam1 = GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=24, quote="copy")

@@ -11,6 +11,7 @@ that ends it always kept), then the caption. Only the caption's tokens are score
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -284,7 +285,10 @@ class ClipCap(nn.Module):
         kwargs = hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         if generation.quote == "copy":
             kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch))])
-        ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus, **kwargs)
+        with warnings.catch_warnings():
+            # The prompt is image and OCR embeddings, never words: n-gram bans apply to the caption only, as meant.
+            warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+            ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus, **kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         k = generation.num_return_sequences
         return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
