@@ -126,10 +126,6 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
     """Every process takes part (DeepSpeed shards are saved by each rank); the `writer` (the
     main process, or each machine's first one when machines keep their own) renames."""
     writer = accelerator.is_main_process if writer is None else writer
-    from memecap.nonfinite import ensure_finite_weights
-
-    for model in accelerator._models:
-        ensure_finite_weights(accelerator, model, f"checkpoint at optimizer step {state.optimizer_step}")
     root = checkpoints_dir(output_dir)
     final = root / f"{PREFIX}{state.optimizer_step:07d}"
     tmp = final.with_name(final.name + ".tmp")

@@ -49,6 +49,7 @@ class QuoteCopyProcessor(LogitsProcessor):
                  start: int = 0):
         self.quotes = [list(q) for q in quotes]
         self.openers, self.closers, self.start = openers, closers, start
+        self.opener_ids = torch.tensor(sorted(openers), dtype=torch.long)  # banned once a row has copied
 
     def forced_token(self, item: int, generated: list[int]) -> tuple[int | None, bool]:
         """(The token this row must write next, or None when it decodes freely; whether the row
@@ -67,7 +68,6 @@ class QuoteCopyProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         per_item = max(input_ids.shape[0] // max(len(self.quotes), 1), 1)
-        openers = torch.tensor(sorted(self.openers), dtype=torch.long, device=scores.device)
         for row, ids in enumerate(input_ids[:, self.start:].tolist()):
             token, copied = self.forced_token(row // per_item, ids)
             if token is not None:
@@ -75,7 +75,7 @@ class QuoteCopyProcessor(LogitsProcessor):
                 scores[row, token] = 0.0
             elif copied:
                 # The OCR text is the meme's whole text: a second quote could only repeat it or invent one.
-                scores[row, openers] = float("-inf")
+                scores[row, self.opener_ids.to(scores.device)] = float("-inf")
         return scores
 
 

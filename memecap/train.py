@@ -33,7 +33,7 @@ from memecap.generation import with_overrides
 from memecap.hub import push_run, require_hub_token
 from memecap.model_card import training_summary
 from memecap.data.datasets import CaptionEvalSet, CaptionTrainSet
-from memecap.nonfinite import BadStepGuard, NonFiniteTraining
+from memecap.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
 from memecap.optim import build_optimizer, build_scheduler
 from memecap.os_errors import explain, probe_writable
 from memecap.process_exit import end_launched_process
@@ -194,6 +194,7 @@ def evaluate_and_keep_best(run: Run, stage_run: StageRun) -> dict:
 
 
 def save(run: Run) -> None:
+    ensure_finite_weights(run.accelerator, run.model, f"checkpoint at optimizer step {run.state.optimizer_step}")
     save_checkpoint(run.accelerator, run.out_dir, run.state, run.cfg, run.cfg.train.keep_checkpoints, run.writer)
 
 
