@@ -311,14 +311,15 @@ class LstmConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | rudolph | lstm | ocr_template (a baseline, nothing to train)
+    family: str = "clipcap"  # key of memecap.models.MODELS: clipcap | rudolph | lstm | vlm | ocr_template (a baseline, nothing to train)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's and lstm's image encoder; rudolph reads resize_mode
     mapper: MapperConfig = field(default_factory=MapperConfig)  # clipcap only
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # clipcap only
     rudolph: RudolphConfig = field(default_factory=RudolphConfig)  # rudolph only
     lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
     tiny: TinyConfig = field(default_factory=TinyConfig)
-    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt), rudolph (left text) and ocr_template
+    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt), rudolph (left text), vlm (instruction) and ocr_template
+    vlm: "VlmConfig" = field(default_factory=lambda: VlmConfig())  # vlm only (memecap/models/vlm/)
 
     def __post_init__(self) -> None:
         if self.family == "lstm" and self.ocr.enabled:
@@ -492,9 +493,9 @@ class Config:
         # Only a config that trains is checked: an export's decoding settings are read alone, and
         # generate() itself refuses to copy without OCR text.
         copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
-        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph")):
+        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph", "vlm")):
             raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
-                              "on a clipcap or rudolph model")
+                              "on a clipcap, rudolph or vlm model")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
@@ -686,3 +687,71 @@ def load_saved_config(path: Path, *, published: bool = False) -> Config:
 
         check_published_config(values, Path(path))
     return config_from_dict(values)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The vision-language-model family (memecap/models/vlm/). Defined here, last, rather than in its
+# folder: importing memecap.models.vlm would import the model registry (and transformers) with
+# every config. ModelConfig refers to it through a lambda, so it may come after it.
+
+VLM_TINY_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")  # memecap/models/vlm/tiny.py
+
+
+@dataclass
+class VlmLoraConfig:
+    r: int = 16  # rank
+    alpha: int = 32  # scaling numerator
+    dropout: float = 0.05  # dropout on the LoRA branch
+    # Projections of the language model only (its attention and MLP); the vision tower's modules of the same names are not adapted.
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # model.vlm.vision=lora: the vision tower's linear layers (Qwen2-VL qkv/proj/fc1/fc2, Qwen2.5-VL gate/up/down_proj,
+    # Qwen3-VL linear_fc1/2, SigLIP/Idefics3 q/k/v/out_proj, fc1/fc2); names a tower lacks are skipped
+    vision_target_modules: list = field(default_factory=lambda: ["qkv", "proj", "q_proj", "k_proj", "v_proj", "out_proj", "fc1",
+                                                                 "fc2", "gate_proj", "up_proj", "down_proj", "linear_fc1", "linear_fc2"])
+
+    def __post_init__(self) -> None:
+        _check_lora("model.vlm.lora", self)
+
+
+@dataclass
+class VlmConfig:
+    """A vision-language model that transformers loads with AutoModelForImageTextToText (family: vlm)."""
+
+    name: str = "Qwen/Qwen2-VL-2B-Instruct"  # Hub id or local folder (safetensors); "tiny-random" builds a tiny one of tiny_architecture
+    revision: Optional[str] = None  # Hub revision (a commit hash pins it)
+    tiny_architecture: str = "qwen2_vl"  # the class a "tiny-random" model is made of: qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm
+    instruction: str = "Опиши мем подробно: что изображено и какой на нём текст."  # the user turn after the image
+    ocr_instruction: str = "Текст на картинке (распознан OCR): {text}"  # model.ocr.enabled: a line added to the instruction
+    mode: str = "lora"  # lora: adapters on the language model | full: the language model (and connector) trains whole
+    vision: str = "frozen"  # the vision tower: frozen | lora (adapters on vision_target_modules) | full
+    lora: VlmLoraConfig = field(default_factory=VlmLoraConfig)
+    quantization: str = "none"  # none | 8bit | 4bit (NF4, double quantization): the frozen base through bitsandbytes (QLoRA)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen (non-quantized) weights; auto = bf16 on a bf16 GPU
+    gradient_checkpointing: bool = False  # recompute each layer in backward
+    min_pixels: Optional[int] = None  # Qwen-VL image budget: fewest pixels an image is resized to (null: the model's own)
+    max_pixels: Optional[int] = None  # Qwen-VL image budget: most pixels (28x28 px = one image token at merge 2, patch 14)
+    longest_edge: Optional[int] = None  # Idefics3/SmolVLM: side the image is resized to (one tile, no splitting); null: the model's own
+
+    def __post_init__(self) -> None:
+        _one_of("model.vlm.mode", self.mode, ("lora", "full"))
+        _one_of("model.vlm.vision", self.vision, ("frozen", "lora", "full"))
+        _one_of("model.vlm.quantization", self.quantization, ("none", "8bit", "4bit"))
+        _one_of("model.vlm.dtype", self.dtype, WEIGHT_DTYPES)
+        _one_of("model.vlm.tiny_architecture", self.tiny_architecture, VLM_TINY_ARCHITECTURES)
+        if self.quantization != "none" and (self.mode == "full" or self.vision == "full"):
+            raise ConfigError("model.vlm.quantization needs mode=lora and vision=frozen or lora: quantized weights cannot be trained")
+        if self.mode == "full" and self.vision == "lora":
+            raise ConfigError("model.vlm.vision=lora adapts the vision tower beside a LoRA language model; with mode=full "
+                              "set vision=frozen or full")
+        if (self.mode == "full" or self.vision == "full") and self.dtype not in ("auto", "float32"):
+            raise ConfigError("model.vlm.dtype: fully trained weights stay float32 (use train.mixed_precision=bf16 for 16-bit compute)")
+        if self.ocr_instruction.count("{text}") != 1:
+            raise ConfigError("model.vlm.ocr_instruction must contain {text} exactly once")
+        if not self.instruction.strip():
+            raise ConfigError("model.vlm.instruction is empty: say what the model should write")
+        _at_least("model.vlm.min_pixels", self.min_pixels, 1, optional=True)
+        _at_least("model.vlm.max_pixels", self.max_pixels, 1, optional=True)
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError("model.vlm.min_pixels must be <= model.vlm.max_pixels")
+        _at_least("model.vlm.longest_edge", self.longest_edge, 1, optional=True)

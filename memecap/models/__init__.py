@@ -14,6 +14,7 @@ from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_base
 from memecap.models.export import read_export_config
 from memecap.models.ocr_template import OcrTemplate, build_ocr_template
 from memecap.models.lstm import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
+from memecap.models.vlm import build_vlm, load_vlm
 from memecap.quiet import quiet_weights
 
 
@@ -38,9 +39,10 @@ def _build_lstm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str])
     return build_lstm(materialize_tiny_encoder(cfg, work_dir), run_vocab(cfg, work_dir, train_texts))
 
 
-MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "lstm": _build_lstm, "ocr_template": build_ocr_template}
+MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "lstm": _build_lstm, "ocr_template": build_ocr_template,
+          "vlm": build_vlm}
 LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "lstm": LstmCaptioner.from_pretrained,
-           "ocr_template": OcrTemplate.from_pretrained}
+           "ocr_template": OcrTemplate.from_pretrained, "vlm": load_vlm}
 BASELINES = {"ocr_template"}
 
 

@@ -1,0 +1,47 @@
+"""The vision-language-model family (`model.family: vlm`): any model transformers loads with
+AutoModelForImageTextToText, fine-tuned (LoRA or whole, on a 16-bit or 8/4-bit base) to describe
+memes through memecap's loop. One folder: prompt and image tokens (chat.py), loading and what
+trains (loading.py), the captioner (model.py), tiny random models (tiny.py), the memory plan (plan.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from memecap.config import ModelConfig
+from memecap.models.tiny import TINY
+
+
+def materialize_tiny_vlm(cfg: ModelConfig, work_dir: Path, train_texts: Sequence[str]) -> ModelConfig:
+    """Replace a "tiny-random" name with a folder holding a freshly made tiny model of
+    `model.vlm.tiny_architecture`, so it loads through the same path as Hub weights."""
+    from memecap.models.vlm.tiny import save_tiny_vlm
+
+    v = cfg.vlm
+    if v.name != TINY:
+        return cfg
+    target = Path(work_dir) / "base_models" / f"vlm-{v.tiny_architecture}"
+    if not (target / "config.json").is_file():
+        if not train_texts:
+            raise ValueError("a tiny-random vision-language model needs training captions to fit its tokenizer")
+        save_tiny_vlm(target, v.tiny_architecture, [*train_texts, v.instruction, v.ocr_instruction])
+    v.name, v.revision = str(target.resolve()), None
+    return cfg
+
+
+def build_vlm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
+    """Load the model named in `cfg.vlm` with its processing parts and set what trains."""
+    from memecap.models.vlm.loading import apply_training_mode, load_base, load_processing
+    from memecap.models.vlm.model import Vlm
+
+    cfg = materialize_tiny_vlm(cfg, work_dir, train_texts)
+    v = cfg.vlm
+    model = apply_training_mode(load_base(cfg), cfg)
+    tokenizer, image_processor, template = load_processing(cfg, v.name, v.revision)
+    return Vlm(cfg, model, tokenizer, image_processor, template)
+
+
+def load_vlm(folder: Path, with_encoder: bool = True):
+    from memecap.models.vlm.model import Vlm
+
+    return Vlm.from_pretrained(folder, with_encoder=with_encoder)

@@ -1,0 +1,161 @@
+"""Loading a vision-language model and its processing parts, and choosing what trains.
+
+Weights load with `AutoModelForImageTextToText` (transformers' own classes only: never
+`trust_remote_code`, safetensors only), from a Hub id + revision or a local folder, optionally as
+a bitsandbytes 8/4-bit base. LoRA adapts the language model's projections; the vision tower's
+modules of the same names (Qwen2.5-VL's MLP has gate/up/down_proj, SigLIP's attention q/k/v_proj)
+are adapted only with `model.vlm.vision=lora`: targets are a regular expression anchored at the
+language model's (and vision tower's) module name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from memecap.config import ModelConfig
+from memecap.models.dtypes import weights_dtype
+from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
+
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # the processor's template, as Hub repos ship it
+VISION_NAMES = ("visual", "vision_model", "vision_tower")  # the vision tower's attribute in transformers' VLMs
+
+
+def quantization_kwargs(cfg: ModelConfig) -> dict:
+    """bitsandbytes loading of the frozen base: 8-bit, or 4-bit NF4 with double quantization (QLoRA)."""
+    q = cfg.vlm.quantization
+    if q == "none":
+        return {}
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    if q == "8bit":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+    return {"quantization_config": quant, "device_map": {"": PartialState().device}}
+
+
+def load_base(cfg: ModelConfig, folder: Optional[Path] = None) -> nn.Module:
+    """The model named by `cfg.vlm` (or the whole trained model in an export's `folder`)."""
+    from transformers import AutoModelForImageTextToText
+
+    v = cfg.vlm
+    trains_whole = v.mode == "full" or v.vision == "full"
+    dtype = weights_dtype(v.dtype, trains=trains_whole)
+    if folder is not None:
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(v.name, revision=v.revision, dtype=dtype,
+                                                            use_safetensors=True, trust_remote_code=False,
+                                                            **quantization_kwargs(cfg))
+    if v.quantization == "4bit":
+        keep_4bit_layers_on_generic_cpu_path(model)
+    return model
+
+
+def read_template(source: str, revision: Optional[str], tokenizer) -> Optional[str]:
+    """The processor's chat template file (chat_template.jinja / .json), else the tokenizer's, else None."""
+    from memecap.models.hub_files import resolve_file
+
+    for name in TEMPLATE_FILES:
+        try:
+            path = resolve_file(source, name, revision)
+        except Exception:  # noqa: BLE001 - absent here: try the next place
+            continue
+        text = Path(path).read_text(encoding="utf-8")
+        return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) else None
+
+
+def load_processing(cfg: ModelConfig, source: str, revision: Optional[str]):
+    """(tokenizer, image processor, chat template) from a Hub id / folder; the recipe's image
+    budget (min/max_pixels for Qwen, longest_edge for Idefics3/SmolVLM) overrides the published one."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    v = cfg.vlm
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    overrides = {}
+    if v.min_pixels is not None:
+        overrides["min_pixels"] = v.min_pixels
+    if v.max_pixels is not None:
+        overrides["max_pixels"] = v.max_pixels
+    if v.longest_edge is not None:
+        overrides.update(size={"longest_edge": v.longest_edge}, max_image_size={"longest_edge": v.longest_edge},
+                         do_image_splitting=False)
+    image_processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil", **overrides)
+    if v.min_pixels is not None or v.max_pixels is not None:  # Qwen keeps the budget in `size` too
+        size = dict(getattr(image_processor, "size", None) or {})
+        if "shortest_edge" in size or "longest_edge" in size:
+            if v.min_pixels is not None:
+                size["shortest_edge"] = v.min_pixels
+            if v.max_pixels is not None:
+                size["longest_edge"] = v.max_pixels
+            image_processor.size = size
+    if hasattr(image_processor, "do_image_splitting"):
+        image_processor.do_image_splitting = False  # one tile per image (memecap/models/vlm/chat.py)
+    return tokenizer, image_processor, read_template(source, revision, tokenizer)
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("the module is not part of the model")
+
+
+def language_model_name(model: nn.Module) -> str:
+    """Dotted name of the language model inside a VLM (`model.language_model`, `model.text_model`)."""
+    return module_name(model, model.get_decoder())
+
+
+def vision_tower_name(model: nn.Module) -> str:
+    names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in VISION_NAMES]
+    if not names:
+        raise ValueError(f"{type(model).__name__}: no vision tower found (looked for modules named {', '.join(VISION_NAMES)})")
+    return min(names, key=len)
+
+
+def target_pattern(prefix: str, names: list) -> str:
+    """PEFT target regex: modules named `names` inside `prefix` and nowhere else."""
+    return rf"{re.escape(prefix)}\.(?:.*\.)?(?:{'|'.join(map(re.escape, names))})"
+
+
+def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Frozen base + LoRA on the language model (default), or the language model trained whole;
+    the vision tower frozen, adapted or trained as `model.vlm.vision` says."""
+    v = cfg.vlm
+    language, vision = language_model_name(model), vision_tower_name(model)
+    if v.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=v.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if v.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if v.mode == "full":
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith(vision + ".") or v.vision == "full")
+        return model
+    model.requires_grad_(False)
+    from peft import LoraConfig, get_peft_model
+
+    modules = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in v.lora.target_modules if t not in modules]
+    if missing:
+        raise ValueError(f"model.vlm.lora.target_modules: {', '.join(missing)} name no module of {type(model).__name__}")
+    patterns = [target_pattern(language, list(v.lora.target_modules))]
+    if v.vision == "lora":
+        patterns.append(target_pattern(vision, list(v.lora.vision_target_modules)))
+    peft_cfg = LoraConfig(r=v.lora.r, lora_alpha=v.lora.alpha, lora_dropout=v.lora.dropout,
+                          target_modules="|".join(f"(?:{p})" for p in patterns),
+                          modules_to_save=[vision] if v.vision == "full" else None)
+    return get_peft_model(model, peft_cfg)

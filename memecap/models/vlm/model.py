@@ -1,0 +1,258 @@
+"""A vision-language model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM, ...) as a memecap captioner.
+
+Each training sequence is one chat turn and its answer:
+    [prompt: template, image tokens, instruction (+ the OCR text)] [description tokens] [end of turn]
+Only the description and the end-of-turn token are scored; the prompt (its image tokens included)
+and the padding are -100. The prompt is never cut: `data.max_caption_tokens` bounds the
+description alone, and `data.long_captions` says whether a longer one is cut or refused.
+Generation left-pads the prompts, so a batch decodes as its images would one by one.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file  # noqa: F401 (exports are read by transformers/PEFT, in safetensors)
+from torch import nn
+from transformers import LogitsProcessorList
+
+from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.data.captions import CaptionTooLong
+from memecap.data.images import read_image
+from memecap.generation import hf_generate_kwargs
+from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.prompted import read_ocr_texts, require_ocr_text
+from memecap.models.vlm.chat import (IDEFICS_TYPES, QWEN_TYPES, ChatFormat, chat_format, image_placeholder,
+                                     image_token_text, mm_token_types)
+from memecap.quiet import quiet_weights
+
+ADAPTER_DIR = "adapter"  # mode=lora: the PEFT adapter (safetensors)
+MODEL_DIR = "model"  # mode=full: every weight (safetensors) and the model's config
+PROCESSOR_DIR = "processor"  # tokenizer, image processor settings (the image budget) and chat template
+TEMPLATE_FILE = "chat_template.jinja"
+
+
+class VlmImages:
+    """Per image, what the model reads: its pixels as the image processor makes them and the ids of
+    its prompt (image tokens expanded), made when the item is read. With OCR, also its text."""
+
+    def __init__(self, sources: Sequence, prepare, texts: Optional[list[str]] = None):
+        self.sources, self.prepare, self.texts = list(sources), prepare, texts
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.prepare(self.sources[i], None if self.texts is None else self.texts[i])
+
+
+class Vlm(nn.Module):
+    def __init__(self, cfg: ModelConfig, model: nn.Module, tokenizer, image_processor, template: Optional[str]):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.template = template
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model_type = base.config.model_type
+        if self.model_type not in QWEN_TYPES + IDEFICS_TYPES:
+            raise ValueError(f"model type {self.model_type!r}: memecap's vlm family knows the prompts of "
+                             f"{', '.join(QWEN_TYPES + IDEFICS_TYPES)} (add its image-token expansion to "
+                             "memecap/models/vlm/chat.py)")
+        self.image_token_id = base.config.image_token_id
+        placeholder = image_placeholder(self.model_type, tokenizer, base.config)
+        self.chat: ChatFormat = chat_format(tokenizer, template, placeholder)
+        self.eos_id = self.chat.end_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        params = inspect.signature(type(base).forward).parameters
+        self._needs_mm_types = "mm_token_type_ids" in params
+        self._keeps_logits = "logits_to_keep" in params
+        self._openers: Optional[dict] = None
+
+    @property
+    def config(self):
+        """The language model's config: DeepSpeed's "auto" bucket sizes come from its hidden size."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.config.get_text_config()
+
+    # -- data -------------------------------------------------------------------------------
+    def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
+        """The description's token ids and the end-of-turn token, at most `max_tokens` (the prompt
+        and its image tokens are not counted: they are never cut)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not truncate and len(ids) + 1 > max_tokens:
+            raise CaptionTooLong(len(ids) + 1, max_tokens)
+        return ids[: max_tokens - 1] + [self.eos_id]
+
+    def instruction(self, ocr_text: Optional[str]) -> str:
+        v = self.cfg.vlm
+        if ocr_text is None:
+            return v.instruction
+        ids = self.tokenizer(ocr_text, add_special_tokens=False)["input_ids"][: self.cfg.ocr.max_tokens]
+        return v.instruction + "\n" + v.ocr_instruction.replace("{text}", self.tokenizer.decode(ids).strip())
+
+    def prepare(self, source, ocr_text: Optional[str] = None) -> dict:
+        """One image (path or PIL image) -> its pixel tensors and prompt ids."""
+        image = read_image(source)
+        vision = dict(self.image_processor(images=[image], return_tensors="pt"))
+        vision = {k: v for k, v in vision.items() if isinstance(v, torch.Tensor)}
+        if self.model_type in IDEFICS_TYPES and vision["pixel_values"].dim() == 4:
+            vision["pixel_values"] = vision["pixel_values"][None]
+        text = self.chat.render(self.tokenizer, self.instruction(ocr_text))
+        expanded = image_token_text(self.model_type, vision, self.image_processor, self._base_config())
+        text = text.replace(self.chat.placeholder, expanded, 1)
+        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return {"vision": vision, "prompt_ids": prompt, "ocr_text": ocr_text}
+
+    def _base_config(self):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.config
+
+    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
+                     desc: str = "images") -> VlmImages:
+        texts = (read_ocr_texts(paths, self.cfg.ocr, cache_dir=cache_dir, progress=progress, desc=desc)
+                 if self.cfg.ocr.enabled else None)
+        return VlmImages(paths, self.prepare, texts)
+
+    def collate(self, items: list[dict]) -> dict:
+        """Training items -> right-padded prompt + description (labels on the description only);
+        evaluation items -> left-padded prompts. Pixel tensors are concatenated image after image
+        (Qwen's flattened patches with their grid sizes, SmolVLM's tiles)."""
+        images = [it["image"] for it in items]
+        batch = {k: torch.cat([im["vision"][k] for im in images]) for k in images[0]["vision"]}
+        if images[0]["ocr_text"] is not None:
+            batch["ocr_text"] = [im["ocr_text"] for im in images]
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([it["index"] for it in items])
+        prompts = [im["prompt_ids"] for im in images]
+        if "input_ids" in items[0]:
+            rows = [p + list(it["input_ids"]) for p, it in zip(prompts, items)]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            labels = torch.full_like(ids, -100)
+            for row, (p, r) in enumerate(zip(prompts, rows)):
+                ids[row, :len(r)] = torch.tensor(r)
+                mask[row, :len(r)] = 1
+                labels[row, len(p):len(r)] = torch.tensor(r[len(p):])
+            batch.update(input_ids=ids, attention_mask=mask, labels=labels,
+                         prompt_length=torch.tensor(min(map(len, prompts))))
+        else:
+            width = max(map(len, prompts))
+            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, p in enumerate(prompts):
+                ids[row, width - len(p):] = torch.tensor(p)
+                mask[row, width - len(p):] = 1
+            batch.update(input_ids=ids, attention_mask=mask)
+        if self._needs_mm_types:
+            batch["mm_token_type_ids"] = mm_token_types(batch["input_ids"], self.image_token_id) * batch["attention_mask"]
+        return batch
+
+    # -- model ------------------------------------------------------------------------------
+    def _model_inputs(self, batch: dict) -> dict:
+        skip = ("labels", "index", "ocr_text", "prompt_length")
+        return {k: v for k, v in batch.items() if k not in skip}
+
+    def forward(self, batch: dict) -> dict:
+        return self.loss(batch)
+
+    def loss(self, batch: dict) -> dict:
+        """Mean cross-entropy per scored description token. Logits are computed only from the
+        shortest prompt's last position on: the prompt's own logits (image tokens included) would
+        only be thrown away, and at a 150k vocabulary they are most of the step's memory."""
+        labels = batch["labels"]
+        length = labels.shape[1]
+        keep = length - int(batch["prompt_length"]) + 1
+        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
+        logits = self.model(**self._model_inputs(batch), use_cache=False, **extra).logits
+        logits = logits[:, -keep:] if logits.shape[1] >= keep else logits
+        pred = logits[:, :-1].float()
+        target = labels[:, length - keep + 1:]
+        num_tokens = (target != -100).sum()
+        loss_sum = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100,
+                                   reduction="sum")
+        return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+
+    @torch.no_grad()
+    def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
+        """`num_return_sequences` descriptions per image, each ending at the end-of-turn token."""
+        inputs = self._model_inputs(batch)
+        start = inputs["input_ids"].shape[1]
+        eos = [self.eos_id] + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id not in (None, self.eos_id) else [])
+        kwargs = hf_generate_kwargs(generation, eos_token_id=eos, pad_token_id=self.pad_id)
+        if generation.quote == "copy":
+            kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch), start)])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+            ids = self.model.generate(**inputs, synced_gpus=synced_gpus, **kwargs)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)]
+        k = generation.num_return_sequences
+        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
+    def quote_processor(self, texts: Sequence[str], start: int):
+        """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py)."""
+        from memecap.quote_copy import opening_tokens, quote_processor
+
+        if self._openers is None:
+            self._openers = opening_tokens(len(self.tokenizer), lambda i: self.tokenizer.decode([i]))
+        return quote_processor(texts, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
+                               self._openers, start=start)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- save / load ------------------------------------------------------------------------
+    @quiet_weights()
+    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
+                        state_dict: Optional[dict] = None) -> None:
+        """The PEFT adapter (mode=lora) or every weight (mode=full) as safetensors, the processing
+        settings (tokenizer, image processor with the recipe's image budget, chat template), and
+        `memecap.yaml` naming the base by Hub id + revision. `state_dict`: consolidated under ZeRO-3."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        weights = {k[len("model."):]: v.detach().cpu().contiguous() for k, v in state_dict.items()
+                   if k.startswith("model.")}
+        v = self.cfg.vlm
+        if v.mode == "lora":
+            self.model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, safe_serialization=True)
+        else:
+            self.model.save_pretrained(out_dir / MODEL_DIR, state_dict=weights, safe_serialization=True)
+        processor = out_dir / PROCESSOR_DIR
+        self.tokenizer.save_pretrained(processor)
+        self.image_processor.save_pretrained(processor)
+        if self.template is not None:
+            (processor / TEMPLATE_FILE).write_text(self.template, encoding="utf-8")
+        bases = {"vlm": base_entry("vlm", v.name, v.revision, needed_to_load=v.mode != "full")}
+        what = (f"LoRA r={v.lora.r} on the language model" if v.mode == "lora" else "language model trained whole")
+        write_export_config(out_dir, {"family": "vlm", "model": to_dict(self.cfg), "bases": bases,
+                                      "generation": to_dict(generation) if generation else None,
+                                      "architecture": [f"vision-language model `{self.model_type}`: {what}, "
+                                                       f"vision tower {v.vision}"]})
+
+    @classmethod
+    def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "Vlm":
+        """The base from the Hub id + revision the export names (or the export's own whole model),
+        its processing settings from the export, then the adapter. (`with_encoder` is accepted for
+        the protocol: the vision tower is part of the model.)"""
+        from memecap.models.vlm.loading import load_base, load_processing
+
+        folder = Path(folder)
+        meta = read_export_config(folder)
+        cfg = config_from_dict({"model": meta["model"]}).model
+        whole = (folder / MODEL_DIR).is_dir()
+        model = load_base(cfg, folder / MODEL_DIR if whole else None)
+        tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None)
+        if (folder / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR)
+        vlm = cls(cfg, model, tokenizer, image_processor, template)
+        vlm.requires_grad_(False)
+        return vlm.eval()

@@ -1,0 +1,131 @@
+"""Tiny random-initialised vision-language models of the real classes, in the published layout.
+
+`save_tiny_vlm(folder, "qwen2_vl", texts)` writes what a Hub repo of that architecture holds:
+config.json + model.safetensors of `Qwen2VLForConditionalGeneration` (or Qwen2.5-VL, Qwen3-VL,
+SmolVLM), a byte-level BPE tokenizer fit on `texts` with the architecture's special tokens and
+chat template, and the real image processor's settings. The demo-like recipes and the tests load
+it through exactly the path that loads Hub weights (memecap/models/vlm/loading.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
+
+from memecap.models.tiny import save_on_any_process
+
+# The templates are the published ones cut to what captioning uses (a user turn with an image and
+# text, an assistant turn); the published Qwen2-VL template adds the same default system turn.
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == 'image' %}"
+    "{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
+SMOLVLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>",
+                   "<image>"]
+
+TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+            max_position_embeddings=1024)
+IMAGE_SIDE = 32  # SmolVLM's tile; Qwen images are budgeted by pixels below
+
+
+def tiny_tokenizer(texts: Iterable[str], special: list[str], eos: str, template: str,
+                   vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def _qwen(arch: str, tokenizer):
+    from transformers import Qwen2VLImageProcessorPil
+
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
+    special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    text = dict(TEXT, vocab_size=len(tokenizer), eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|endoftext|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    patch = 4
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        config = Qwen2VLConfig(text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+                               vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2,
+                                                  patch_size=patch, spatial_merge_size=2, temporal_patch_size=2),
+                               **special)
+    elif arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        config = Qwen2_5_VLConfig(text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+                                  vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                                                     out_hidden_size=32, patch_size=patch, spatial_merge_size=2,
+                                                     temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+                                  **special)
+    else:
+        from transformers import Qwen3VLConfig
+
+        config = Qwen3VLConfig(text_config=dict(text, head_dim=16, rope_parameters={
+                                   "rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
+                                   "mrope_interleaved": True}),
+                               vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                                                  out_hidden_size=32, patch_size=patch, spatial_merge_size=2,
+                                                  temporal_patch_size=2, num_position_embeddings=64,
+                                                  deepstack_visual_indexes=[0]),
+                               **special)
+    # 8 x 8 px per image token (patch 4, merge 2): a 32 x 32 image is 16 tokens.
+    processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
+                                         min_pixels=16 * 16, max_pixels=32 * 32)
+    return config, processor
+
+
+def _smolvlm(tokenizer):
+    from transformers import SmolVLMConfig, SmolVLMImageProcessorPil
+
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in SMOLVLM_SPECIAL}
+    config = SmolVLMConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=IMAGE_SIDE, patch_size=8),
+        text_config=dict(TEXT, model_type="llama", vocab_size=len(tokenizer), bos_token_id=None,
+                         eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|endoftext|>"]),
+        scale_factor=2, image_token_id=ids["<image>"], pad_token_id=ids["<|endoftext|>"])
+    processor = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": IMAGE_SIDE},
+                                         max_image_size={"longest_edge": IMAGE_SIDE})
+    return config, processor
+
+
+def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: int = 0) -> Path:
+    """A tiny `architecture` (qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm) with random weights, a
+    tokenizer fit on `texts` (the captions and the instruction), its chat template and image processor."""
+    texts = list(texts)
+    if architecture == "smolvlm":
+        tokenizer = tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE)
+        config, image_processor = _smolvlm(tokenizer)
+    else:
+        tokenizer = tiny_tokenizer(texts, QWEN_SPECIAL, "<|im_end|>", QWEN_TEMPLATE)
+        config, image_processor = _qwen(architecture, tokenizer)
+    with torch.random.fork_rng():  # leave the caller's random stream untouched
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config)
+    out_dir = Path(out_dir)
+    save_on_any_process(model, out_dir)
+    tokenizer.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    return out_dir
