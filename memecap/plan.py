@@ -15,9 +15,10 @@ from memecap.config import Config
 from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan  # noqa: F401 (the plan's units, for callers)
 from memecap.plan_clipcap import plan_clipcap
 from memecap.plan_rudolph import plan_rudolph
+from memecap.models.vlm.plan import plan_vlm
 
 # model.family -> its planner; the LSTM baselines (a few million parameters) fit any GPU.
-PLANNERS = {"clipcap": plan_clipcap, "rudolph": plan_rudolph}
+PLANNERS = {"clipcap": plan_clipcap, "rudolph": plan_rudolph, "vlm": plan_vlm}
 
 
 def plan_memory(cfg: Config, **settings) -> Plan:
