@@ -17,7 +17,8 @@ def test_required_recipes_ship():
 def test_every_recipe_loads(recipe):
     cfg = load_config(recipe)
     expected = {"ocr_template": "ocr_template"}.get(recipe, "rudolph" if recipe.startswith("rudolph") else
-                                                    "lstm" if recipe.startswith("lstm") else "clipcap")
+                                                    "lstm" if recipe.startswith("lstm") else
+                                                    "vlm" if recipe.startswith("vlm") else "clipcap")
     assert cfg.model.family == expected
     assert cfg.train.output_dir
 

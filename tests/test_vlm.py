@@ -1,0 +1,251 @@
+"""The vision-language-model family on tiny random models of the real classes (Qwen2-VL, Qwen2.5-VL,
+SmolVLM; Qwen3-VL where cheap), saved in the published layout and loaded through the Hub path:
+the label mask, batched = one-by-one generation, what LoRA trains, a 4-bit base, the plan."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from memecap.config import ConfigError, GenerationConfig, load_config
+from memecap.data.captions import CaptionTooLong
+from memecap.data.datasets import CaptionEvalSet
+from memecap.memory_plan import GIB
+from memecap.models import build_model
+from memecap.models.vlm.loading import language_model_name, load_base, vision_tower_name
+from memecap.plan import plan_memory
+
+CAPTIONS = ['На фото кот сидит на диване. Подпись: "когда понедельник"', "На фото собака в шапке.",
+            'На фото мужчина у доски. Подпись: "я всё объясню"', "На фото красный квадрат на белом фоне."]
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "smolvlm"]
+
+
+def vlm_config(arch: str, *overrides: str):
+    return load_config("vlm_tiny", [f"model.vlm.tiny_architecture={arch}", *overrides]).model
+
+
+@pytest.fixture(scope="session")
+def vlm_bases(tmp_path_factory) -> Path:
+    """One work folder where each architecture's tiny base is made once and reused."""
+    return tmp_path_factory.mktemp("vlm_bases")
+
+
+def build(bases: Path, arch: str, *overrides: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(vlm_config(arch, *overrides), work_dir=bases, train_texts=CAPTIONS)
+
+
+def images() -> list[Image.Image]:
+    # Different sizes: Qwen makes a different number of image tokens for each.
+    return [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (32, 64), (10, 200, 10)),
+            Image.new("RGB", (50, 50), (10, 10, 200)), Image.new("RGB", (24, 24), (250, 250, 0))]
+
+
+def train_items(model, texts=CAPTIONS, max_tokens: int = 64):
+    inputs = model.image_inputs(images(), cache_dir=None, device="cpu", progress=False)
+    return [{"image": inputs[i], "input_ids": model.encode_caption(t, max_tokens)} for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_only_description_tokens_are_scored(arch, vlm_bases, one_thread):
+    model = build(vlm_bases, arch)
+    items = train_items(model)
+    batch = model.collate(items)
+    image_id = model.image_token_id
+    for row, item in enumerate(items):
+        prompt = item["image"]["prompt_ids"]
+        caption = item["input_ids"]
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        assert caption[-1] == model.eos_id  # the end-of-turn token is scored: generation learns to stop
+        assert (labels[:len(prompt)] == -100).all() and (ids[:len(prompt)] == image_id).sum() > 0
+        assert labels[len(prompt):len(prompt) + len(caption)].tolist() == caption
+        assert (labels[len(prompt) + len(caption):] == -100).all()  # padding
+        assert (ids[:len(prompt)] == torch.tensor(prompt)).all()
+    out = model(batch)
+    assert out["num_tokens"].item() == sum(len(it["input_ids"]) for it in items)
+    # The loss from the kept logits equals the mean cross-entropy over every scored position of the full logits.
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "prompt_length")}
+        full = model.model(**inputs).logits[:, :-1].float()
+        expected = F.cross_entropy(full.reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out["loss"], expected, atol=1e-5)
+    if arch in ("qwen2_vl",):  # M-RoPE: what the bypassed processor would return, 1 on image tokens only
+        assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == image_id).long())
+
+
+def test_image_tokens_follow_the_image_budget(vlm_bases):
+    model = build(vlm_bases, "qwen2_vl")
+    small, large = (model.prepare(Image.new("RGB", s, (1, 2, 3))) for s in ((16, 16), (64, 64)))
+    count = lambda p: sum(t == model.image_token_id for t in p["prompt_ids"])  # noqa: E731
+    grid = lambda p: int(p["vision"]["image_grid_thw"].prod()) // 4  # noqa: E731
+    assert count(small) == grid(small) == 4 and count(large) == grid(large) == 16  # max_pixels 32 x 32 caps it
+    narrow = build(vlm_bases, "qwen2_vl", "model.vlm.max_pixels=256")
+    assert sum(t == model.image_token_id for t in narrow.prepare(Image.new("RGB", (64, 64)))["prompt_ids"]) == 4
+
+
+def test_a_long_description_is_cut_or_refused_never_the_prompt(vlm_bases):
+    model = build(vlm_bases, "smolvlm")
+    long = " ".join(["На фото кот и собака."] * 20)
+    ids = model.encode_caption(long, 12)
+    assert len(ids) == 12 and ids[-1] == model.eos_id
+    with pytest.raises(CaptionTooLong):
+        model.encode_caption(long, 12, truncate=False)
+    item = train_items(model, [long], max_tokens=12)[0]
+    batch = model.collate([item])
+    prompt = item["image"]["prompt_ids"]
+    assert batch["input_ids"].shape[1] == len(prompt) + 12  # the whole prompt, image tokens included
+    assert sum(t == model.image_token_id for t in prompt) == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_generation_equals_one_by_one(arch, vlm_bases, one_thread):
+    model = build(vlm_bases, arch).eval()
+    evals = CaptionEvalSet(model.image_inputs(images(), cache_dir=None, device="cpu", progress=False))
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=6)
+    batched = model.generate(model.collate([evals[i] for i in range(4)]), greedy)
+    single = [model.generate(model.collate([evals[i]]), greedy)[0] for i in range(4)]
+    assert batched == single and len({c[0] for c in batched}) > 1  # and the images are told apart
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "smolvlm"])
+def test_lora_trains_exactly_the_language_model_projections(arch, vlm_bases, one_thread):
+    """Qwen2.5-VL's vision MLP has gate/up/down_proj and SmolVLM's SigLIP q/k/v_proj: same names as
+    the language model's, and they must not be adapted."""
+    model = build(vlm_bases, arch)
+    base = load_base(model.cfg)  # the model as published, before PEFT wraps its layers
+    language, vision = language_model_name(base), vision_tower_name(base)
+    assert any(n.rsplit(".", 1)[-1] in ("gate_proj", "q_proj") for n, _ in base.named_modules()
+               if n.startswith(vision + "."))  # the trap is real
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    targets = set(model.cfg.vlm.lora.target_modules)
+    expected = {f"model.base_model.model.{n}.lora_{ab}.default.weight" for n, m in base.named_modules()
+                if n.startswith(language + ".") and n.rsplit(".", 1)[-1] in targets for ab in "AB"
+                if isinstance(m, torch.nn.Linear)}
+    assert trained == expected and len(expected) == 2 * 7 * base.config.get_text_config().num_hidden_layers
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    for _ in range(2):
+        model(model.collate(train_items(model)))["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {n for n in changed if "lora_B" in n} == {n for n in expected if "lora_B" in n}
+    assert changed <= expected  # nothing else moved: vision tower, embeddings, head stay as loaded
+
+    with_vision = build(vlm_bases, arch, "model.vlm.vision=lora")
+    vision_adapted = [n for n, p in with_vision.named_parameters() if p.requires_grad and f".{vision}." in n]
+    assert vision_adapted and all("lora_" in n for n in vision_adapted)
+
+
+def test_full_mode_trains_the_language_model_not_the_vision_tower(vlm_bases):
+    model = build(vlm_bases, "smolvlm", "model.vlm.mode=full")
+    vision = vision_tower_name(model.model)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and not any(n.startswith(f"model.{vision}.") for n in trained)
+    assert any(".connector." in n for n in trained) and any(".text_model." in n for n in trained)
+
+
+def test_4bit_base_trains(vlm_bases, one_thread):
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.nn import Linear4bit
+
+    model = build(vlm_bases, "qwen2_vl", "model.vlm.quantization=4bit", "model.vlm.gradient_checkpointing=true")
+    base = model.model.get_base_model()
+    quantized = [n for n, m in base.named_modules() if isinstance(m, Linear4bit)]
+    assert any(".language_model." in n for n in quantized)
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in base.modules())  # memecap/models/kbit.py
+    batch = model.collate(train_items(model))
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=2e-2)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = model(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()  # evaluation between training steps (the first one repacks on AVX-512 CPUs without the guard)
+    evals = CaptionEvalSet(model.image_inputs(images()[:2], cache_dir=None, device="cpu", progress=False))
+    assert len(model.generate(model.collate([evals[0], evals[1]]), GenerationConfig(strategy="greedy", max_new_tokens=3))) == 2
+    model.train()
+    model(batch)["loss"].backward()
+    assert all(p.grad is not None for p in model.trainable_parameters())
+
+
+def test_qwen3_vl_trains_and_generates(vlm_bases, one_thread):
+    model = build(vlm_bases, "qwen3_vl")
+    batch = model.collate(train_items(model))
+    assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == model.image_token_id).long())
+    model(batch)["loss"].backward()
+    evals = CaptionEvalSet(model.image_inputs(images()[:2], cache_dir=None, device="cpu", progress=False))
+    assert len(model.generate(model.collate([evals[0], evals[1]]), GenerationConfig(strategy="greedy", max_new_tokens=3))) == 2
+
+
+def test_ocr_text_joins_the_instruction_and_stays_unscored(vlm_bases):
+    model = build(vlm_bases, "qwen2_vl", "model.ocr.enabled=true", "model.ocr.max_tokens=4")
+    plain, with_text = model.prepare(images()[0]), model.prepare(images()[0], "КОГДА ПОНЕДЕЛЬНИК И ДОЖДЬ")
+    assert len(with_text["prompt_ids"]) > len(plain["prompt_ids"])
+    assert "Текст на картинке" in model.tokenizer.decode(with_text["prompt_ids"])
+    cut = model.instruction("КОГДА ПОНЕДЕЛЬНИК И ДОЖДЬ")  # cut to model.ocr.max_tokens tokens of the text
+    assert "ДОЖДЬ" not in cut
+    batch = model.collate([{"image": with_text, "input_ids": model.encode_caption("На фото кот", 16)}])
+    assert (batch["labels"][0, :len(with_text["prompt_ids"])] == -100).all()
+    assert batch["ocr_text"] == ["КОГДА ПОНЕДЕЛЬНИК И ДОЖДЬ"]
+
+
+def test_config_refuses_what_cannot_train():
+    with pytest.raises(ConfigError, match="model.vlm.quantization"):
+        load_config("vlm_qwen2_5_3b_qlora", ["model.vlm.mode=full"])
+    with pytest.raises(ConfigError, match="model.vlm.mode"):
+        load_config("vlm_tiny", ["model.vlm.mode=half"])
+    with pytest.raises(ConfigError, match="model.vlm.tiny_architecture"):
+        load_config("vlm_tiny", ["model.vlm.tiny_architecture=llava"])
+
+
+SHIPPED = {  # recipe -> (Hub id, parameters of the published model, batch-4 target in GiB or None)
+    "vlm_qwen2_5_3b_qlora": ("Qwen/Qwen2.5-VL-3B-Instruct", 3_754_622_976, 8),
+    "vlm_qwen3_4b_qlora": ("Qwen/Qwen3-VL-4B-Instruct", 4_437_815_808, 10),
+    "vlm_qwen2_2b_lora": ("Qwen/Qwen2-VL-2B-Instruct", 2_208_985_600, None),
+    "vlm_smolvlm_500m": ("HuggingFaceTB/SmolVLM-500M-Instruct", 507_482_304, None),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(SHIPPED))
+def test_plan_of_the_shipped_recipes(recipe):
+    name, params, target = SHIPPED[recipe]
+    cfg = load_config(recipe)
+    assert cfg.model.vlm.name == name and len(cfg.model.vlm.revision) == 40
+    plans = {b: plan_memory(cfg, batch_size=b, mixed_precision="bf16") for b in (1, 4, 8)}
+    assert f"{params:,} parameters" in " ".join(plans[4].notes)
+    totals = [plans[b].total() for b in (1, 4, 8)]
+    assert totals[0] < totals[1] < totals[2]
+    if target is not None:
+        assert totals[1] <= target * GIB, plans[4].format()
+    # More image tokens cost more activation memory.
+    bigger = plan_memory(load_config(recipe, ["model.vlm.max_pixels=1605632", "model.vlm.longest_edge=1024"]),
+                         batch_size=4, mixed_precision="bf16")
+    assert bigger.total() > plans[4].total()
+
+
+def test_plan_command_runs_offline():
+    proc = subprocess.run([sys.executable, "-m", "memecap", "plan", "vlm_qwen2_5_3b_qlora", "--mixed-precision", "bf16"],
+                          capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "frozen weights (4bit" in proc.stdout and "total on each accelerator" in proc.stdout
+
+
+def test_tiny_base_is_saved_in_the_published_layout(vlm_bases):
+    model = build(vlm_bases, "qwen2_5_vl")
+    folder = Path(model.cfg.vlm.name)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "preprocessor_config.json"} <= {p.name for p in folder.iterdir()}
+    assert type(model.model.get_base_model()).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(model.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    assert copy.deepcopy(model.cfg.vlm.instruction) in model.tokenizer.decode(model.prepare(images()[0])["prompt_ids"])
