@@ -55,29 +55,32 @@ def tiny_tokenizer(texts: Iterable[str], special: list[str], eos: str, template:
     return tokenizer
 
 
-def _qwen(arch: str, tokenizer):
+def _qwen(arch: str, tokenizer, width: int = 32, layers: int = 2, patch: int = 4):
     from transformers import Qwen2VLImageProcessorPil
 
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
     special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                    vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    text = dict(TEXT, vocab_size=len(tokenizer), eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|endoftext|>"],
-                pad_token_id=ids["<|endoftext|>"])
-    patch = 4
+    # head_dim 16 at every width, so the M-RoPE sections below fit
+    text = dict(TEXT, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                num_attention_heads=width // 16, vocab_size=len(tokenizer), eos_token_id=ids["<|im_end|>"],
+                bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
+    vw = width // 2
     if arch == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
         config = Qwen2VLConfig(text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-                               vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2,
+                               vision_config=dict(depth=layers - 1, embed_dim=vw, hidden_size=width, num_heads=2, mlp_ratio=2,
                                                   patch_size=patch, spatial_merge_size=2, temporal_patch_size=2),
                                **special)
     elif arch == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
         config = Qwen2_5_VLConfig(text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-                                  vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
-                                                     out_hidden_size=32, patch_size=patch, spatial_merge_size=2,
-                                                     temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+                                  vision_config=dict(depth=layers, hidden_size=vw, intermediate_size=width, num_heads=2,
+                                                     out_hidden_size=width, patch_size=patch, spatial_merge_size=2,
+                                                     temporal_patch_size=2, window_size=4 * patch * 2,
+                                                     fullatt_block_indexes=[layers - 1]),
                                   **special)
     else:
         from transformers import Qwen3VLConfig
@@ -85,14 +88,15 @@ def _qwen(arch: str, tokenizer):
         config = Qwen3VLConfig(text_config=dict(text, head_dim=16, rope_parameters={
                                    "rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
                                    "mrope_interleaved": True}),
-                               vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
-                                                  out_hidden_size=32, patch_size=patch, spatial_merge_size=2,
+                               vision_config=dict(depth=layers, hidden_size=vw, intermediate_size=width, num_heads=2,
+                                                  out_hidden_size=width, patch_size=patch, spatial_merge_size=2,
                                                   temporal_patch_size=2, num_position_embeddings=64,
                                                   deepstack_visual_indexes=[0]),
                                **special)
-    # 8 x 8 px per image token (patch 4, merge 2): a 32 x 32 image is 16 tokens.
+    # (2 patch)^2 px per image token (merge 2): at patch 4 a 32 x 32 image is 16 tokens.
+    side = 2 * patch
     processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
-                                         min_pixels=16 * 16, max_pixels=32 * 32)
+                                         min_pixels=4 * side * side, max_pixels=16 * side * side)
     return config, processor
 
 
@@ -111,16 +115,18 @@ def _smolvlm(tokenizer):
     return config, processor
 
 
-def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: int = 0) -> Path:
+def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: int = 0, *, width: int = 32,
+                  layers: int = 2, patch: int = 4) -> Path:
     """A tiny `architecture` (qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm) with random weights, a
-    tokenizer fit on `texts` (the captions and the instruction), its chat template and image processor."""
+    tokenizer fit on `texts` (the captions and the instruction), its chat template and image processor.
+    `width`, `layers`, `patch` (Qwen only) make larger reduced shapes for benchmarks."""
     texts = list(texts)
     if architecture == "smolvlm":
         tokenizer = tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE)
         config, image_processor = _smolvlm(tokenizer)
     else:
         tokenizer = tiny_tokenizer(texts, QWEN_SPECIAL, "<|im_end|>", QWEN_TEMPLATE)
-        config, image_processor = _qwen(architecture, tokenizer)
+        config, image_processor = _qwen(architecture, tokenizer, width, layers, patch)
     with torch.random.fork_rng():  # leave the caller's random stream untouched
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
