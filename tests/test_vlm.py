@@ -4,6 +4,7 @@ the label mask, batched = one-by-one generation, what LoRA trains, a 4-bit base,
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,35 @@ def test_tiny_base_is_saved_in_the_published_layout(vlm_bases):
     assert type(model.model.get_base_model()).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert type(model.image_processor).__name__ == "Qwen2VLImageProcessorPil"
     assert copy.deepcopy(model.cfg.vlm.instruction) in model.tokenizer.decode(model.prepare(images()[0])["prompt_ids"])
+
+
+def test_export_names_the_hub_base_and_holds_only_the_adapter_and_processing(vlm_bases, tmp_path):
+    import yaml
+
+    model = build(vlm_bases, "qwen2_vl", "model.vlm.max_pixels=512")
+    model.cfg.vlm.name, model.cfg.vlm.revision = "Qwen/Qwen2-VL-2B-Instruct", "895c3a49bc3fa70a340399125c650a463535e71c"
+    model.save_pretrained(tmp_path / "export", generation=GenerationConfig(strategy="greedy"))
+    meta = yaml.safe_load((tmp_path / "export" / "memecap.yaml").read_text(encoding="utf-8"))
+    assert meta["bases"]["vlm"]["name"] == "Qwen/Qwen2-VL-2B-Instruct" and meta["bases"]["vlm"]["needed_to_load"]
+    assert meta["bases"]["vlm"]["revision"] == "895c3a49bc3fa70a340399125c650a463535e71c"
+    assert meta["model"]["vlm"]["name"] == "Qwen/Qwen2-VL-2B-Instruct"
+    assert all(f.startswith(("adapter/", "processor/")) for f in meta["files"])
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in meta["files"])  # safetensors and text only
+    processor = json.loads((tmp_path / "export" / "processor" / "preprocessor_config.json").read_text())
+    assert processor["size"]["longest_edge"] == 512  # the recipe's image budget travels with the model
+
+
+def test_quote_copy_starts_after_the_prompt(vlm_bases):
+    """generation.quote=copy reads only generated tokens: a quote mark inside the prompt (the OCR
+    line of the instruction) must not start a copy; one the model writes must."""
+    model = build(vlm_bases, "qwen2_vl", "model.ocr.enabled=true")
+    item = model.prepare(images()[0], 'ПРИВЕТ "МИР"')
+    prompt = torch.tensor([item["prompt_ids"]])
+    quote = model.tokenizer('"', add_special_tokens=False)["input_ids"]
+    processor = model.quote_processor(["ПРИВЕТ МИР"], start=prompt.shape[1])
+    scores = torch.zeros(1, len(model.tokenizer))
+    assert torch.equal(processor(prompt, scores.clone()), scores)  # the prompt's quotes start nothing
+    written = torch.cat([prompt, torch.tensor([quote])], dim=1)
+    forced = processor(written, scores.clone())
+    first = model.tokenizer("ПРИВЕТ МИР", add_special_tokens=False)["input_ids"][0]
+    assert forced[0].argmax().item() == first and torch.isinf(forced[0]).sum() == forced.shape[1] - 1
