@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file  # noqa: F401 (exports are read by transformers/PEFT, in safetensors)
 from torch import nn
 from transformers import LogitsProcessorList
 
