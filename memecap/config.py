@@ -695,7 +695,7 @@ def load_saved_config(path: Path, *, published: bool = False) -> Config:
 # folder: importing memecap.models.vlm would import the model registry (and transformers) with
 # every config. ModelConfig refers to it through a lambda, so it may come after it.
 
-VLM_TINY_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")  # memecap/models/vlm/tiny.py
+VLM_TINY_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "llava")  # memecap/models/vlm/tiny.py
 
 
 @dataclass
@@ -720,7 +720,7 @@ class VlmConfig:
 
     name: str = "Qwen/Qwen2-VL-2B-Instruct"  # Hub id or local folder (safetensors); "tiny-random" builds a tiny one of tiny_architecture
     revision: Optional[str] = None  # Hub revision (a commit hash pins it)
-    tiny_architecture: str = "qwen2_vl"  # the class a "tiny-random" model is made of: qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm
+    tiny_architecture: str = "qwen2_vl"  # the class a "tiny-random" model is made of: qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm | llava
     instruction: str = "Опиши мем подробно: что изображено и какой на нём текст."  # the user turn after the image
     ocr_instruction: str = "Текст на картинке (распознан OCR): {text}"  # model.ocr.enabled: a line added to the instruction
     mode: str = "lora"  # lora: adapters on the language model | full: the language model (and connector) trains whole

@@ -1,5 +1,6 @@
 """The vision-language-model family on tiny random models of the real classes (Qwen2-VL, Qwen2.5-VL,
-SmolVLM; Qwen3-VL where cheap), saved in the published layout and loaded through the Hub path:
+SmolVLM, LLaVA through its own processor; Qwen3-VL where cheap), saved in the published layout and
+loaded through the Hub path:
 the label mask, batched = one-by-one generation, what LoRA trains, a 4-bit base, the plan."""
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from memecap.plan import plan_memory
 
 CAPTIONS = ['На фото кот сидит на диване. Подпись: "когда понедельник"', "На фото собака в шапке.",
             'На фото мужчина у доски. Подпись: "я всё объясню"', "На фото красный квадрат на белом фоне."]
-ARCHS = ["qwen2_vl", "qwen2_5_vl", "smolvlm"]
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "smolvlm", "llava"]
 
 
 def vlm_config(arch: str, *overrides: str):
@@ -207,7 +208,7 @@ def test_config_refuses_what_cannot_train():
     with pytest.raises(ConfigError, match="model.vlm.mode"):
         load_config("vlm_tiny", ["model.vlm.mode=half"])
     with pytest.raises(ConfigError, match="model.vlm.tiny_architecture"):
-        load_config("vlm_tiny", ["model.vlm.tiny_architecture=llava"])
+        load_config("vlm_tiny", ["model.vlm.tiny_architecture=blip"])
 
 
 SHIPPED = {  # recipe -> (Hub id, parameters of the published model, batch-4 target in GiB or None)
@@ -282,3 +283,22 @@ def test_quote_copy_starts_after_the_prompt(vlm_bases):
     forced = processor(written, scores.clone())
     first = model.tokenizer("ПРИВЕТ МИР", add_special_tokens=False)["input_ids"][0]
     assert forced[0].argmax().item() == first and torch.isinf(forced[0]).sum() == forced.shape[1] - 1
+
+
+def test_an_architecture_without_known_expansion_goes_through_its_processor(vlm_bases, tmp_path):
+    """LLaVA: memecap does not expand its image tokens itself; its LlavaProcessor does, at training,
+    in the export and after reloading it."""
+    from memecap.models import load_model
+
+    model = build(vlm_bases, "llava").eval()
+    assert type(model.processor).__name__ == "LlavaProcessor"
+    prompt = model.prepare(images()[0])["prompt_ids"]
+    assert sum(t == model.image_token_id for t in prompt) == 16  # (32 / 8)^2 patches, as the processor writes them
+    model.save_pretrained(tmp_path / "export", generation=GenerationConfig(strategy="greedy"))
+    assert (tmp_path / "export" / "processor" / "processor_config.json").is_file()
+    loaded = load_model(tmp_path / "export")
+    assert type(loaded.processor).__name__ == "LlavaProcessor"
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=5)
+    evals = lambda m: CaptionEvalSet(m.image_inputs(images(), cache_dir=None, device="cpu", progress=False))  # noqa: E731
+    batch = lambda m: m.collate([evals(m)[i] for i in range(4)])  # noqa: E731
+    assert loaded.generate(batch(loaded), greedy) == model.generate(batch(model), greedy)

@@ -31,14 +31,20 @@ def materialize_tiny_vlm(cfg: ModelConfig, work_dir: Path, train_texts: Sequence
 
 def build_vlm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
     """Load the model named in `cfg.vlm` with its processing parts and set what trains."""
-    from memecap.models.vlm.loading import apply_training_mode, load_base, load_processing
+    from memecap.models.vlm.chat import KNOWN_TYPES
+    from memecap.models.vlm.loading import apply_training_mode, load_base, load_processing, load_processor
     from memecap.models.vlm.model import Vlm
 
     cfg = materialize_tiny_vlm(cfg, work_dir, train_texts)
     v = cfg.vlm
-    model = apply_training_mode(load_base(cfg), cfg)
+    base = load_base(cfg)
+    known = base.config.model_type in KNOWN_TYPES
+    model = apply_training_mode(base, cfg)
     tokenizer, image_processor, template = load_processing(cfg, v.name, v.revision)
-    return Vlm(cfg, model, tokenizer, image_processor, template)
+    processor = None if known else load_processor(v.name, v.revision)
+    if processor is not None:  # the prompt is made by the processor's own parts
+        tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    return Vlm(cfg, model, tokenizer, image_processor, template, processor)
 
 
 def load_vlm(folder: Path, with_encoder: bool = True):

@@ -17,6 +17,7 @@ import torch
 
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IDEFICS_TYPES = ("smolvlm", "idefics3")
+KNOWN_TYPES = QWEN_TYPES + IDEFICS_TYPES  # expanded here; any other architecture goes through its AutoProcessor
 MARKER = "\u2063MEMECAP_ANSWER\u2063"  # stands for the answer when the template is rendered once to find its end
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -104,6 +106,14 @@ def load_processing(cfg: ModelConfig, source: str, revision: Optional[str]):
     return tokenizer, image_processor, read_template(source, revision, tokenizer)
 
 
+def load_processor(source: str, revision: Optional[str]):
+    """The model's own AutoProcessor, for architectures whose image tokens memecap does not expand
+    itself (LLaVA, ...). Its image processor and tokenizer are the ones the prompt is made with."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
+
+
 def module_name(model: nn.Module, module: nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
@@ -158,4 +168,14 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     peft_cfg = LoraConfig(r=v.lora.r, lora_alpha=v.lora.alpha, lora_dropout=v.lora.dropout,
                           target_modules="|".join(f"(?:{p})" for p in patterns),
                           modules_to_save=[vision] if v.vision == "full" else None)
-    return get_peft_model(model, peft_cfg)
+    with quiet_peft():
+        return get_peft_model(model, peft_cfg)
+
+
+@contextmanager
+def quiet_peft():
+    """PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model:
+    a FutureWarning on every build and load that says nothing about the user's run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -25,7 +25,7 @@ from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
-from memecap.models.vlm.chat import (IDEFICS_TYPES, QWEN_TYPES, ChatFormat, chat_format, image_placeholder,
+from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
                                      image_token_text, mm_token_types)
 from memecap.quiet import quiet_weights
 
@@ -50,21 +50,23 @@ class VlmImages:
 
 
 class Vlm(nn.Module):
-    def __init__(self, cfg: ModelConfig, model: nn.Module, tokenizer, image_processor, template: Optional[str]):
+    def __init__(self, cfg: ModelConfig, model: nn.Module, tokenizer, image_processor, template: Optional[str],
+                 processor=None):
         super().__init__()
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.template = template
+        self.processor = processor  # architectures memecap has no expansion for: their AutoProcessor
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model_type = base.config.model_type
-        if self.model_type not in QWEN_TYPES + IDEFICS_TYPES:
-            raise ValueError(f"model type {self.model_type!r}: memecap's vlm family knows the prompts of "
-                             f"{', '.join(QWEN_TYPES + IDEFICS_TYPES)} (add its image-token expansion to "
-                             "memecap/models/vlm/chat.py)")
+        if self.model_type not in KNOWN_TYPES and processor is None:
+            raise ValueError(f"model type {self.model_type!r}: memecap expands the image tokens of "
+                             f"{', '.join(KNOWN_TYPES)} itself; other models need their AutoProcessor")
         self.image_token_id = base.config.image_token_id
-        placeholder = image_placeholder(self.model_type, tokenizer, base.config)
+        placeholder = (processor.image_token if processor is not None and getattr(processor, "image_token", None)
+                       else image_placeholder(self.model_type, tokenizer, base.config))
         self.chat: ChatFormat = chat_format(tokenizer, template, placeholder)
         self.eos_id = self.chat.end_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -96,8 +98,11 @@ class Vlm(nn.Module):
         return v.instruction + "\n" + v.ocr_instruction.replace("{text}", self.tokenizer.decode(ids).strip())
 
     def prepare(self, source, ocr_text: Optional[str] = None) -> dict:
-        """One image (path or PIL image) -> its pixel tensors and prompt ids."""
+        """One image (path or PIL image) -> its pixel tensors and prompt ids (and, from a processor,
+        any other per-token inputs it makes, such as token type ids)."""
         image = read_image(source)
+        if self.processor is not None:
+            return self._prepare_with_processor(image, ocr_text)
         vision = dict(self.image_processor(images=[image], return_tensors="pt"))
         vision = {k: v for k, v in vision.items() if isinstance(v, torch.Tensor)}
         if self.model_type in IDEFICS_TYPES and vision["pixel_values"].dim() == 4:
@@ -106,7 +111,17 @@ class Vlm(nn.Module):
         expanded = image_token_text(self.model_type, vision, self.image_processor, self._base_config())
         text = text.replace(self.chat.placeholder, expanded, 1)
         prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return {"vision": vision, "prompt_ids": prompt, "ocr_text": ocr_text}
+        return {"vision": vision, "prompt_ids": prompt, "ocr_text": ocr_text, "per_token": {}}
+
+    def _prepare_with_processor(self, image, ocr_text: Optional[str]) -> dict:
+        text = self.chat.render(self.tokenizer, self.instruction(ocr_text))
+        out = self.processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=False)
+        ids = out.pop("input_ids")
+        out.pop("attention_mask", None)
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        per_token = {k: v[0].tolist() for k, v in tensors.items() if v.dim() == 2 and v.shape == ids.shape}
+        vision = {k: v for k, v in tensors.items() if k not in per_token}
+        return {"vision": vision, "prompt_ids": ids[0].tolist(), "ocr_text": ocr_text, "per_token": per_token}
 
     def _base_config(self):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -141,6 +156,7 @@ class Vlm(nn.Module):
                 labels[row, len(p):len(r)] = torch.tensor(r[len(p):])
             batch.update(input_ids=ids, attention_mask=mask, labels=labels,
                          prompt_length=torch.tensor(min(map(len, prompts))))
+            starts = [0] * len(prompts)
         else:
             width = max(map(len, prompts))
             ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -149,7 +165,13 @@ class Vlm(nn.Module):
                 ids[row, width - len(p):] = torch.tensor(p)
                 mask[row, width - len(p):] = 1
             batch.update(input_ids=ids, attention_mask=mask)
-        if self._needs_mm_types:
+            starts = [width - len(p) for p in prompts]
+        for key in images[0]["per_token"]:  # the processor's per-token inputs: 0 on the description and padding
+            values = torch.zeros_like(batch["input_ids"])
+            for row, (im, start) in enumerate(zip(images, starts)):
+                values[row, start:start + len(im["prompt_ids"])] = torch.tensor(im["per_token"][key])
+            batch[key] = values
+        if self._needs_mm_types and "mm_token_type_ids" not in batch:
             batch["mm_token_type_ids"] = mm_token_types(batch["input_ids"], self.image_token_id) * batch["attention_mask"]
         return batch
 
@@ -224,6 +246,8 @@ class Vlm(nn.Module):
         else:
             self.model.save_pretrained(out_dir / MODEL_DIR, state_dict=weights, safe_serialization=True)
         processor = out_dir / PROCESSOR_DIR
+        if self.processor is not None:
+            self.processor.save_pretrained(processor)
         self.tokenizer.save_pretrained(processor)
         self.image_processor.save_pretrained(processor)
         if self.template is not None:
@@ -240,7 +264,7 @@ class Vlm(nn.Module):
         """The base from the Hub id + revision the export names (or the export's own whole model),
         its processing settings from the export, then the adapter. (`with_encoder` is accepted for
         the protocol: the vision tower is part of the model.)"""
-        from memecap.models.vlm.loading import load_base, load_processing
+        from memecap.models.vlm.loading import load_base, load_processing, load_processor, quiet_peft
 
         folder = Path(folder)
         meta = read_export_config(folder)
@@ -248,10 +272,14 @@ class Vlm(nn.Module):
         whole = (folder / MODEL_DIR).is_dir()
         model = load_base(cfg, folder / MODEL_DIR if whole else None)
         tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None)
+        processor = None if model.config.model_type in KNOWN_TYPES else load_processor(str(folder / PROCESSOR_DIR), None)
+        if processor is not None:
+            tokenizer, image_processor = processor.tokenizer, processor.image_processor
         if (folder / ADAPTER_DIR).is_dir():
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR)
-        vlm = cls(cfg, model, tokenizer, image_processor, template)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR)
+        vlm = cls(cfg, model, tokenizer, image_processor, template, processor)
         vlm.requires_grad_(False)
         return vlm.eval()

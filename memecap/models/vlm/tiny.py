@@ -32,10 +32,17 @@ SMOLVLM_TEMPLATE = (
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: {% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}</s>{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                 "<|video_pad|>"]
 SMOLVLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>",
                    "<image>"]
+
+LLAVA_SPECIAL = ["<|endoftext|>", "<s>", "</s>", "<image>"]
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
             max_position_embeddings=1024)
@@ -115,13 +122,36 @@ def _smolvlm(tokenizer):
     return config, processor
 
 
+def _llava(tokenizer, out_dir: Path):
+    """LLaVA goes through its own LlavaProcessor (memecap does not expand its image tokens itself)."""
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIDE},
+                                            crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8, image_token="<image>",
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=LLAVA_TEMPLATE).save_pretrained(out_dir)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=IMAGE_SIDE, patch_size=8),
+        text_config=dict(TEXT, model_type="llama", vocab_size=len(tokenizer), bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default")
+    return config, image_processor
+
+
 def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: int = 0, *, width: int = 32,
                   layers: int = 2, patch: int = 4) -> Path:
-    """A tiny `architecture` (qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm) with random weights, a
+    """A tiny `architecture` (qwen2_vl | qwen2_5_vl | qwen3_vl | smolvlm | llava) with random weights, a
     tokenizer fit on `texts` (the captions and the instruction), its chat template and image processor.
     `width`, `layers`, `patch` (Qwen only) make larger reduced shapes for benchmarks."""
     texts = list(texts)
-    if architecture == "smolvlm":
+    out_dir = Path(out_dir)
+    if architecture == "llava":
+        tokenizer = tiny_tokenizer(texts, LLAVA_SPECIAL, "</s>", LLAVA_TEMPLATE)
+        config, image_processor = _llava(tokenizer, out_dir)
+    elif architecture == "smolvlm":
         tokenizer = tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE)
         config, image_processor = _smolvlm(tokenizer)
     else:
@@ -130,7 +160,6 @@ def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: 
     with torch.random.fork_rng():  # leave the caller's random stream untouched
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
-    out_dir = Path(out_dir)
     save_on_any_process(model, out_dir)
     tokenizer.save_pretrained(out_dir)
     image_processor.save_pretrained(out_dir)
