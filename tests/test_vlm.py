@@ -153,13 +153,15 @@ def test_full_mode_trains_the_language_model_not_the_vision_tower(vlm_bases):
     assert any(".connector." in n for n in trained) and any(".text_model." in n for n in trained)
 
 
-def test_4bit_base_trains(vlm_bases, one_thread):
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_kbit_base_trains(bits, vlm_bases, one_thread):
     pytest.importorskip("bitsandbytes")
-    from bitsandbytes.nn import Linear4bit
+    from bitsandbytes.nn import Linear4bit, Linear8bitLt
 
-    model = build(vlm_bases, "qwen2_vl", "model.vlm.quantization=4bit", "model.vlm.gradient_checkpointing=true")
+    model = build(vlm_bases, "qwen2_vl", f"model.vlm.quantization={bits}", "model.vlm.gradient_checkpointing=true")
     base = model.model.get_base_model()
-    quantized = [n for n, m in base.named_modules() if isinstance(m, Linear4bit)]
+    layer = Linear4bit if bits == "4bit" else Linear8bitLt
+    quantized = [n for n, m in base.named_modules() if isinstance(m, layer)]
     assert any(".language_model." in n for n in quantized)
     assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in base.modules())  # memecap/models/kbit.py
     batch = model.collate(train_items(model))
