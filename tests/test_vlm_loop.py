@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from memecap.captioner import Captioner
@@ -160,3 +161,28 @@ def model_generation(run: Path):
     from memecap.inference import exported_generation
 
     return exported_generation(run / "final")
+
+
+def test_qlora_run_resumes_exactly(synthetic_data, tmp_path, one_thread):
+    """The laptop recipe on a tiny 4-bit base: 4 steps straight == 2 steps, stop, resume, 2 more
+    (the checkpoint holds the frozen 4-bit base's quantization state, which resuming keeps as loaded)."""
+    pytest.importorskip("bitsandbytes")
+
+    def run(out: Path, *extra: str) -> list[float]:
+        cfg = tiny_run_config(out, synthetic_data, "model.vlm.name=tiny-random", "model.vlm.revision=null",
+                              "model.vlm.min_pixels=null", "model.vlm.max_pixels=null", "train.grad_accum=1",
+                              "train.save_every=2", "train.eval_every=2", "eval.compare_constant=false",
+                              "generation.max_new_tokens=4", "data.max_val_rows=4", "data.max_train_rows=16",
+                              "train.batch_size=4", *extra, recipe="vlm_qwen2_5_3b_qlora")
+        reset_accelerate()
+        train_main(cfg)
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    straight = run(tmp_path / "straight", "train.max_steps=4")
+    run(tmp_path / "resumed", "train.max_steps=2")
+    resumed = run(tmp_path / "resumed", "train.max_steps=4", "train.resume=auto")
+    assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-6)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / d / "final" / "adapter" / "adapter_model.safetensors") for d in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
