@@ -186,3 +186,21 @@ def test_qlora_run_resumes_exactly(synthetic_data, tmp_path, one_thread):
 
     a, b = (load_file(tmp_path / d / "final" / "adapter" / "adapter_model.safetensors") for d in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ocr_run_with_quote_copy(synthetic_data, tmp_path, one_thread):
+    """The loop with OCR on (Tesseract on the synthetic images) and generation.quote=copy: the OCR
+    text joins each prompt, is cached, and the export keeps reading it."""
+    out = tmp_path / "run"
+    cfg = vlm_run_config(out, synthetic_data, "qwen2_vl", "model.ocr.enabled=true", "model.ocr.max_tokens=16",
+                         "generation.quote=copy", "data.max_train_rows=16", "data.max_val_rows=4", "train.max_steps=2")
+    reset_accelerate()
+    summary = train_main(cfg)
+    assert summary["optimizer_steps"] == 2 and 0.0 <= summary["final"]["quote"] <= 1.0
+    assert list((out / "cache" / "ocr").glob("*/*/*.json"))  # one reading per image, cached
+    model = load_model(out / "final")
+    assert model.cfg.ocr.enabled and yaml.safe_load((out / "final" / "memecap.yaml").read_text(encoding="utf-8")
+                                                    )["generation"]["quote"] == "copy"
+    rows = last_predictions(out)
+    inputs = model.image_inputs(val_paths(synthetic_data, rows), cache_dir=str(out / "cache"), device="cpu", progress=False)
+    assert all(inputs[i]["ocr_text"] is not None for i in range(len(rows)))

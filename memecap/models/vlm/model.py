@@ -103,8 +103,10 @@ class Vlm(nn.Module):
         return ids[: max_tokens - 1] + [self.eos_id]
 
     def instruction(self, ocr_text: Optional[str]) -> str:
+        """The user turn's text: the recipe's instruction, and a line with the OCR text (cut to
+        `model.ocr.max_tokens` tokens) when there is one."""
         v = self.cfg.vlm
-        if ocr_text is None:
+        if not ocr_text or not ocr_text.strip():  # no OCR, or no text found on this meme
             return v.instruction
         ids = self.tokenizer(ocr_text, add_special_tokens=False)["input_ids"][: self.cfg.ocr.max_tokens]
         return v.instruction + "\n" + v.ocr_instruction.replace("{text}", self.tokenizer.decode(ids).strip())
