@@ -197,6 +197,7 @@ def test_ocr_text_joins_the_instruction_and_stays_unscored(vlm_bases):
     plain, with_text = model.prepare(images()[0]), model.prepare(images()[0], "КОГДА ПОНЕДЕЛЬНИК И ДОЖДЬ")
     assert len(with_text["prompt_ids"]) > len(plain["prompt_ids"])
     assert "Текст на картинке" in model.tokenizer.decode(with_text["prompt_ids"])
+    assert model.instruction("  ") == model.cfg.vlm.instruction  # a meme without text gets no OCR line
     cut = model.instruction("КОГДА ПОНЕДЕЛЬНИК И ДОЖДЬ")  # cut to model.ocr.max_tokens tokens of the text
     assert "ДОЖДЬ" not in cut
     batch = model.collate([{"image": with_text, "input_ids": model.encode_caption("На фото кот", 16)}])

@@ -43,8 +43,13 @@ def vlm_run_config(out: Path, synthetic_data, arch: str, *overrides: str):
 def vlm_run(tmp_path_factory, synthetic_data) -> Path:
     """A finished LoRA run of a tiny Qwen2.5-VL, read by several tests."""
     out = tmp_path_factory.mktemp("vlm_run") / "run"
-    reset_accelerate()
-    train_main(vlm_run_config(out, synthetic_data, "qwen2_5_vl"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models gain nothing from a second thread (see conftest.one_thread)
+    try:
+        reset_accelerate()
+        train_main(vlm_run_config(out, synthetic_data, "qwen2_5_vl"))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -77,7 +82,7 @@ def check_export_round_trip(run: Path, synthetic_data, mode: str, tmp_path: Path
     assert captions == {f"{r['uid']}.jpg": r["prediction"] for r in rows[:3]}
 
 
-def test_lora_run_exports_reloads_and_captions(vlm_run, synthetic_data, tmp_path):
+def test_lora_run_exports_reloads_and_captions(vlm_run, synthetic_data, tmp_path, one_thread):
     summary = json.loads((vlm_run / "summary.json").read_text())
     assert summary["optimizer_steps"] == 6  # 48 captions, batch 8
     losses = [r["loss"] for r in map(json.loads, (vlm_run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
@@ -89,7 +94,7 @@ def test_lora_run_exports_reloads_and_captions(vlm_run, synthetic_data, tmp_path
     assert report.stat().st_size > 0
 
 
-def test_full_smolvlm_run_exports_whole_weights(synthetic_data, tmp_path):
+def test_full_smolvlm_run_exports_whole_weights(synthetic_data, tmp_path, one_thread):
     out = tmp_path / "run"
     reset_accelerate()
     train_main(vlm_run_config(out, synthetic_data, "smolvlm", "model.vlm.mode=full", "optim.lr=3e-3"))
