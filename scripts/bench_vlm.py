@@ -8,6 +8,15 @@ merge 2 as published, so one image token is 28 x 28 px) saved in the published l
 synthetic images), batch 4, one process and one thread, each mode in its own process under `/usr/bin/time -v`.
 Prints a Markdown table: median optimizer-step time (from the run log), peak RSS, and what
 `memecap plan` estimates for the same shape.
+
+    python scripts/bench_vlm.py --real vlm_qwen2_5_3b_qlora --steps 4      # on a GPU machine, no network
+    python scripts/bench_vlm.py --real vlm_qwen2_5_3b_qlora --layers 1 --steps 2   # a CPU dry run of the same
+
+`--real RECIPE`: the recipe's base at its published shape (memecap/models/vlm/known.py) with random
+bf16 weights and a tiny tokenizer, saved in the published layout (the GPU machines cannot download
+the real weights), trained in this process by the recipe at its image budget (synthetic images
+whose side fills `max_pixels`); prints `torch.cuda.max_memory_allocated` against `memecap plan`
+for the same batch and sequence. `--layers N` cuts the language model and vision tower to N layers.
 """
 from __future__ import annotations
 
@@ -35,7 +44,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--real", metavar="RECIPE", help="measure a shipped recipe at its published shape (see above)")
+    p.add_argument("--batch-size", type=int, default=4)
     args = p.parse_args()
+    if args.real:
+        return measure_real(args)
     sys.path.insert(0, str(REPO))
     from memecap.config import load_config
     from memecap.memory_plan import GIB
@@ -72,6 +85,70 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- |")
     for mode, step, rss, planned, trainable in rows:
         print(f"| {mode} | {step * 1000:.0f} ms | {rss:.2f} GiB | {planned:.3f} GiB | {trainable:,} |")
+    return 0
+
+
+def measure_real(args) -> int:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from memecap.config import load_config
+    from memecap.memory_plan import GIB
+    from memecap.models.vlm.known import known_config
+    from memecap.models.vlm.tiny import save_shaped_vlm
+    from memecap.plan import plan_memory
+    from memecap.train import main as train_main
+
+    recipe = load_config(args.real)
+    v = recipe.model.vlm
+    config = known_config(v.name)
+    if args.real != recipe.model.vlm.name and config is None:
+        raise SystemExit(f"{args.real}: its base {v.name} has no published shape in memecap/models/vlm/known.py")
+    layers_given = "--layers" in sys.argv
+    if layers_given:
+        text = config.get_text_config()
+        text.num_hidden_layers = args.layers
+        if getattr(text, "layer_types", None):
+            text.layer_types = text.layer_types[: args.layers]
+        vc = config.vision_config
+        for key in ("depth", "num_hidden_layers"):
+            if hasattr(vc, key):
+                setattr(vc, key, args.layers)
+        if hasattr(vc, "fullatt_block_indexes"):
+            vc.fullatt_block_indexes = [args.layers - 1]
+        if hasattr(vc, "deepstack_visual_indexes"):
+            vc.deepstack_visual_indexes = [0]
+    work = Path(tempfile.mkdtemp(prefix="bench-vlm-real-"))
+    base = save_shaped_vlm(work / "base", config, ["На фото кот. Подпись: \"привет\"", v.instruction])
+    vision = config.vision_config
+    if config.model_type == "smolvlm":
+        side = v.longest_edge or vision.image_size
+    else:
+        token_px = vision.patch_size * vision.spatial_merge_size
+        side = int((v.max_pixels or 401408) ** 0.5) // token_px * token_px
+    settings = [f"model.vlm.name={base}", "model.vlm.revision=null", "data.train=synthetic", "data.val=synthetic",
+                f"data.synthetic.n_train={args.batch_size * args.steps}", "data.synthetic.n_val=2",
+                f"data.synthetic.image_size={side}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
+                "train.grad_accum=1", "train.log_every=1", "train.trackers=[]", "train.progress_bar=false",
+                "eval.compare_constant=false", "eval.batch_size=2", "generation.max_new_tokens=4",
+                f"train.output_dir={work / 'run'}", f"cache.dir={work / 'cache'}"]
+    cfg = load_config(args.real, settings)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train_main(cfg)
+    from memecap.models import load_model
+
+    model = load_model(work / "run" / "final")
+    images = sorted((work / "run" / "data").glob("*/images/*.jpg"))[: args.batch_size]
+    prompt = len(model.prepare(images[0])["prompt_ids"])
+    losses = [r["loss"] for r in map(json.loads, (work / "run" / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    seq = prompt + 32  # the synthetic captions are short: the plan is taken at the measured sequence
+    plan = plan_memory(cfg, batch_size=args.batch_size, seq_len=seq,
+                       mixed_precision=cfg.train.mixed_precision if cfg.train.mixed_precision != "auto" else None)
+    peak = torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else float("nan")
+    print(f"{args.real}: batch {args.batch_size}, {side} x {side} px images, prompt {prompt} tokens, "
+          f"{len(losses)} steps; peak allocated {peak:.2f} GiB, plan {plan.total() / GIB:.2f} GiB at {seq} tokens"
+          f"{' (reduced to ' + str(args.layers) + ' layers)' if layers_given else ''}")
     return 0
 
 

@@ -305,3 +305,21 @@ def test_an_architecture_without_known_expansion_goes_through_its_processor(vlm_
     evals = lambda m: CaptionEvalSet(m.image_inputs(images(), cache_dir=None, device="cpu", progress=False))  # noqa: E731
     batch = lambda m: m.collate([evals(m)[i] for i in range(4)])  # noqa: E731
     assert loaded.generate(batch(loaded), greedy) == model.generate(batch(model), greedy)
+
+
+def test_published_smolvlm_shape_gives_its_64_image_tokens(tmp_path, one_thread):
+    """SmolVLM-500M's published shape (one 512 px tile, patch 16, pixel shuffle 4): 64 image tokens,
+    the `image_seq_len` its processor ships; loaded through the family like a Hub download."""
+    from memecap.models.vlm.known import known_config
+    from memecap.models.vlm.tiny import save_shaped_vlm
+
+    config = known_config("HuggingFaceTB/SmolVLM-500M-Instruct")
+    config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 1
+    if getattr(config.text_config, "layer_types", None):
+        config.text_config.layer_types = config.text_config.layer_types[:1]
+    folder = save_shaped_vlm(tmp_path / "smolvlm", config, CAPTIONS)
+    model = build_model(load_config("vlm_smolvlm_500m", [f"model.vlm.name={folder}", "model.vlm.revision=null"]).model,
+                        work_dir=tmp_path)
+    item = model.prepare(Image.new("RGB", (700, 300), (1, 2, 3)))
+    assert sum(t == model.image_token_id for t in item["prompt_ids"]) == 64
+    assert tuple(item["vision"]["pixel_values"].shape) == (1, 1, 3, 512, 512)

@@ -164,3 +164,40 @@ def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: 
     tokenizer.save_pretrained(out_dir)
     image_processor.save_pretrained(out_dir)
     return out_dir
+
+
+def save_shaped_vlm(out_dir: Path, config, texts: Iterable[str], seed: int = 0) -> Path:
+    """A random model of a published shape (`config`, e.g. memecap.models.vlm.known.known_config) in
+    the published layout, with a tiny tokenizer whose special tokens the config is pointed at: what
+    memory is measured on where the real weights cannot be downloaded. The vocabulary (and so the
+    logits' size) stays the published one. Qwen-VL and SmolVLM shapes."""
+    texts = list(texts)
+    qwen = config.model_type != "smolvlm"
+    tokenizer = (tiny_tokenizer(texts, QWEN_SPECIAL, "<|im_end|>", QWEN_TEMPLATE) if qwen
+                 else tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (QWEN_SPECIAL if qwen else SMOLVLM_SPECIAL)}
+    text = config.get_text_config()
+    vision = config.vision_config
+    if qwen:
+        from transformers import Qwen2VLImageProcessorPil
+
+        config.image_token_id, config.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+        config.vision_start_token_id, config.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
+        text.eos_token_id, text.pad_token_id = ids["<|im_end|>"], ids["<|endoftext|>"]
+        image_processor = Qwen2VLImageProcessorPil(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                                   temporal_patch_size=vision.temporal_patch_size)
+    else:
+        from transformers import SmolVLMImageProcessorPil
+
+        config.image_token_id = ids["<image>"]
+        text.eos_token_id, text.pad_token_id = ids["<end_of_utterance>"], ids["<|endoftext|>"]
+        image_processor = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": vision.image_size},
+                                                   max_image_size={"longest_edge": vision.image_size})
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    return out_dir
