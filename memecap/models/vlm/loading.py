@@ -146,8 +146,8 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     if v.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=v.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Casts the layers that are not quantized to fp32; checkpointing is turned on below, by its current name.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if v.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
