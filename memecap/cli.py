@@ -23,7 +23,7 @@ from memecap.config import ConfigError, list_recipes, load_config, to_yaml
 
 def _train(args) -> int:
     from memecap import train
-    from memecap.process_exit import end_launched_process
+    from memecap.training.process_exit import end_launched_process
 
     return end_launched_process(train.cli([args.recipe, *args.overrides]))
 
@@ -65,7 +65,7 @@ def _generation_overrides(args):
 def _eval(args) -> int:
     from memecap.config import GenerationConfig
     from memecap.evaluation import format_metrics_table
-    from memecap.inference import evaluate_model, open_model
+    from memecap.inference.exported import evaluate_model, open_model
 
     _probe_out(args)
     loaded = open_model(args.model, args.overrides)
@@ -79,9 +79,9 @@ def _eval(args) -> int:
 
 
 def _caption(args) -> int:
-    from memecap.caption_folder import caption_folder, done_images
-    from memecap.captioner import Captioner
-    from memecap.file_names import shown
+    from memecap.inference.caption_folder import caption_folder, done_images
+    from memecap.inference.captioner import Captioner
+    from memecap.outputs.file_names import shown
 
     if args.out:
         done_images(Path(args.out))  # refuse a file that is not ours before minutes of model loading
@@ -101,8 +101,8 @@ def _caption(args) -> int:
 
 
 def _push(args) -> int:
-    from memecap.hub import PushError, push, stage_export
-    from memecap.inference import resolve_export
+    from memecap.publish.hub import PushError, push, stage_export
+    from memecap.inference.exported import resolve_export
 
     if args.dry_run:  # what would be uploaded, staged locally; nothing is sent
         import tempfile
@@ -124,8 +124,8 @@ def _push(args) -> int:
 
 
 def _report(args) -> int:
-    from memecap.file_names import shown
-    from memecap.report import write_report
+    from memecap.outputs.file_names import shown
+    from memecap.publish.report import write_report
 
     _probe_out(args)
     summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _probe_out(args) -> None:
     """An --out whose folder cannot be written fails now, not after the model has run."""
     if getattr(args, "out", None):
-        from memecap.os_errors import probe_writable
+        from memecap.outputs.os_errors import probe_writable
 
         probe_writable({"--out": str(Path(args.out).absolute().parent)})
 
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - known failures become one line; the rest re-raise as they are
-        from memecap.file_names import shown
-        from memecap.os_errors import explain
+        from memecap.outputs.file_names import shown
+        from memecap.outputs.os_errors import explain
 
         message = explain(err, _written_places(args))
         if message is None and isinstance(err, (ConfigError, FileNotFoundError, ValueError)):

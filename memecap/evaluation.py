@@ -39,7 +39,7 @@ from memecap.metrics.bleu_score import bleu_from_stats, closest_length, corpus_b
 from memecap.metrics.cider_score import cider_d
 from memecap.metrics.meteor_score import RUSSIAN_STEMMER, CachedStemmer, mean_meteor
 from memecap.metrics.quote_score import mean_quote_cer, quote_cer
-from memecap.jsonl_rows import rows_or_first_foreign_line
+from memecap.outputs.jsonl_rows import rows_or_first_foreign_line
 from memecap.metrics.rougel_score import rouge_l
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 

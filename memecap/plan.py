@@ -12,9 +12,9 @@ compared with: the CUDA context, allocator fragmentation and temporary buffers c
 from __future__ import annotations
 
 from memecap.config import Config
-from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan  # noqa: F401 (the plan's units, for callers)
-from memecap.plan_clipcap import plan_clipcap
-from memecap.plan_rudolph import plan_rudolph
+from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan  # noqa: F401 (the plan's units, for callers)
+from memecap.models.clipcap.plan import plan_clipcap
+from memecap.models.rudolph.plan import plan_rudolph
 from memecap.models.vlm.plan import plan_vlm
 
 # model.family -> its planner; the LSTM baselines (a few million parameters) fit any GPU.

@@ -23,26 +23,26 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from memecap.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights
-from memecap.checkpoint import DamagedCheckpoint, TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights
+from memecap.training.checkpoint import DamagedCheckpoint, TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
-from memecap.file_names import shown
+from memecap.outputs.file_names import shown
 from memecap.generation import with_overrides
-from memecap.hub import push_run, require_hub_token
-from memecap.model_card import training_summary
+from memecap.publish.hub import push_run, require_hub_token
+from memecap.publish.model_card import training_summary
 from memecap.data.datasets import CaptionEvalSet, CaptionTrainSet
-from memecap.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
-from memecap.optim import build_optimizer, build_scheduler
-from memecap.os_errors import explain, probe_writable
-from memecap.process_exit import end_launched_process
-from memecap.run_folder import preparing
-from memecap.run_log import flat_hparams
-from memecap.run_setup import Run, setup
-from memecap.schedule import Due, EvalSaveSchedule
-from memecap.stages import Stage, apply_freeze
-from memecap.validation_pass import export_model, is_better, validation_pass
+from memecap.training.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
+from memecap.training.optim import build_optimizer, build_scheduler
+from memecap.outputs.os_errors import explain, probe_writable
+from memecap.training.process_exit import end_launched_process
+from memecap.training.run_folder import preparing
+from memecap.training.run_log import flat_hparams
+from memecap.training.run_setup import Run, setup
+from memecap.training.schedule import Due, EvalSaveSchedule
+from memecap.training.stages import Stage, apply_freeze
+from memecap.training.validation_pass import export_model, is_better, validation_pass
 
 
 @dataclass

@@ -19,7 +19,7 @@ def _ocr_engines() -> set[str]:
 
 
 def _optimizers() -> set[str]:
-    from memecap.optim import REGISTERED_OPTIMIZERS
+    from memecap.training.optim import REGISTERED_OPTIMIZERS
 
     return set(REGISTERED_OPTIMIZERS)
 

@@ -23,7 +23,7 @@ from memecap.config import load_config
 from memecap.data.sources import load_train_val
 from memecap.models import build_model
 from memecap.data.datasets import CaptionTrainSet
-from memecap.optim import build_optimizer, build_scheduler
+from memecap.training.optim import build_optimizer, build_scheduler
 
 
 def loop_step_time(cfg, out_dir: Path) -> float:

@@ -92,8 +92,8 @@ def make_rudolph(folder: Path, shape: str, texts: list[str]) -> list[str]:
     """Random RuDOLPH of `shape` + tiny VQGAN + BPE in the published layouts; returns the overrides naming them."""
     import torch
 
-    from memecap.models.rudolph_tiny import save_tiny_rudolph, save_tiny_tokenizer, save_tiny_vqgan
-    from memecap.models.rudolph_weights import shape_params
+    from memecap.models.rudolph.tiny import save_tiny_rudolph, save_tiny_tokenizer, save_tiny_vqgan
+    from memecap.models.rudolph.weights import shape_params
 
     reduced = {"small": RUDOLPH_SMALL, "tiny": RUDOLPH_TINY}
     params = shape_params("350M_v1" if shape in reduced else shape)

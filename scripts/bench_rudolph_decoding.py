@@ -32,7 +32,7 @@ from bench_memory import make_rudolph  # noqa: E402
 from memecap.config import GenerationConfig, load_config  # noqa: E402
 from memecap.data.synthetic import make_synthetic_dataset  # noqa: E402
 from memecap.models import build_model  # noqa: E402
-from memecap.models.rudolph import BOS, EOS, PAD, UNK, base_model  # noqa: E402
+from memecap.models.rudolph.model import BOS, EOS, PAD, UNK, base_model  # noqa: E402
 
 BANNED = [PAD, UNK, BOS]  # memecap never generates these; the hand-written loops ban them too
 

@@ -51,7 +51,7 @@ def main() -> int:
         return measure_real(args)
     sys.path.insert(0, str(REPO))
     from memecap.config import load_config
-    from memecap.memory_plan import GIB
+    from memecap.models.memory_plan import GIB
     from memecap.models.vlm.tiny import save_tiny_vlm
     from memecap.plan import plan_memory
 
@@ -93,7 +93,7 @@ def measure_real(args) -> int:
     import torch
 
     from memecap.config import load_config
-    from memecap.memory_plan import GIB
+    from memecap.models.memory_plan import GIB
     from memecap.models.vlm.known import known_config
     from memecap.models.vlm.tiny import save_shaped_vlm
     from memecap.plan import plan_memory

@@ -21,7 +21,7 @@ PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q
 # needs Cython present and visible, hence --no-build-isolation. The other three pin 2021 releases
 # (transformers 4.10, huggingface-hub 0.2, opencv 4.5.4.60, torchvision) that cannot install on
 # this stack, so they go in with --no-deps; what they do need (einops, omegaconf, PyWavelets) is
-# pinned in pyproject.toml and the rest is shimmed in memecap/models/rudolph_compat.py.
+# pinned in pyproject.toml and the rest is shimmed in memecap/models/rudolph/compat.py.
 .venv/bin/python -m pip install -q --no-build-isolation "youtokentome==1.0.6"
 .venv/bin/python -m pip install -q --no-deps "rudolph==0.0.1rc10" "rudalle==1.1.3" "taming-transformers==0.0.1"
 echo "memecap installed in .venv"

@@ -72,7 +72,7 @@ def tiny_gpt2_dir(tmp_path_factory, synthetic_data) -> Path:
 def tiny_rudolph(tmp_path_factory, synthetic_data) -> dict:
     """A tiny random RuDOLPH (3 layers, width 32, 4x4 image codes, 24 caption positions), its
     VQGAN and a BPE fit on the synthetic captions, in the published layouts."""
-    from memecap.models.rudolph_tiny import save_tiny_rudolph_bases
+    from memecap.models.rudolph.tiny import save_tiny_rudolph_bases
 
     examples, _ = load_split(synthetic_data["train"], log=None)
     model_dir, utils = save_tiny_rudolph_bases(tmp_path_factory.mktemp("rudolph"), TEST_TINY,

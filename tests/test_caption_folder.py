@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from memecap.captioner import Captioner
+from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli
 
 

@@ -16,8 +16,8 @@ from memecap.evaluation import compute_metrics, metrics_without_evaluate
 from memecap.metrics.cider_score import cider_d, document_frequency
 from memecap.metrics.rougel_score import lcs_length, rouge_l
 from memecap.metrics.tokenization import tokenize
-from memecap.model_card import model_card
-from memecap.report import render_report
+from memecap.publish.model_card import model_card
+from memecap.publish.report import render_report
 
 # Words and marks as memecap's tokenizer splits them, so a caption is its tokens joined by spaces.
 VOCAB = "на фото кот кошка собака спит сидит стол подпись : , . « » когда пятница".split()

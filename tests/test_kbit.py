@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memecap.config import TinyConfig, load_config
-from memecap.models.clipcap import apply_decoder_mode, load_decoder
+from memecap.models.clipcap.model import apply_decoder_mode, load_decoder
 from memecap.models.tiny import save_tiny_gpt2
 
 bnb = pytest.importorskip("bitsandbytes")  # an optional extra (memory); setup.sh installs it

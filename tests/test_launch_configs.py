@@ -37,7 +37,7 @@ def test_accelerate_config_loads(path):
     ds_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
     if ds_file:
         assert (REPO / ds_file).is_file(), ds_file
-        assert config.deepspeed_config.get("zero3_init_flag") is False  # see memecap.accelerate_setup.whole_weights
+        assert config.deepspeed_config.get("zero3_init_flag") is False  # see memecap.training.accelerate_setup.whole_weights
     assert path.read_text().lstrip().startswith("#")  # each file opens with what it does and how to run it
 
 

@@ -14,15 +14,15 @@ import torch
 from memecap import train
 from memecap.config import GenerationConfig, load_config
 from memecap.data.tables import load_split
-from memecap.captioner import Captioner
+from memecap.inference.captioner import Captioner
 from memecap.evaluation import read_predictions
-from memecap.hub import stage_export
-from memecap.inference import evaluate_export
+from memecap.publish.hub import stage_export
+from memecap.inference.exported import evaluate_export
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.navec import read_navec
+from memecap.models.lstm.navec import read_navec
 from memecap.models.tiny import save_tiny_resnet
-from memecap.models.vocab import WordVocab
+from memecap.models.lstm.vocab import WordVocab
 from tests.conftest import TEST_TINY, reset_accelerate, tiny_run_config
 
 SMALL = ["model.lstm.embed_dim=16", "model.lstm.hidden_dim=32", "model.lstm.attention_dim=16",

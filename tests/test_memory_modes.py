@@ -9,7 +9,7 @@ import torch
 from memecap.config import ConfigError, OptimConfig
 from memecap.data.tables import load_split
 from memecap.models import build_model
-from memecap.optim import build_optimizer
+from memecap.training.optim import build_optimizer
 from tests.test_clipcap import make_batch, recipe_with_tiny_bases
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from memecap.checkpoint import list_checkpoints
+from memecap.training.checkpoint import list_checkpoints
 from memecap.config import save_config
 from tests.conftest import tiny_run_config
 from tests.launching import REPO, launch_failure

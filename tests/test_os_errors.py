@@ -9,7 +9,7 @@ import pytest
 from safetensors import SafetensorError
 
 from memecap import cli, train
-from memecap.os_errors import explain
+from memecap.outputs.os_errors import explain
 from tests.conftest import TEST_TINY, reset_accelerate
 
 
@@ -81,9 +81,9 @@ def test_no_space_names_the_full_place(tmp_path, capsys, monkeypatch):
 
 
 def test_other_errors_keep_their_traceback(tmp_path, monkeypatch):
-    import memecap.report
+    import memecap.publish.report
 
-    monkeypatch.setattr(memecap.report, "write_report", lambda *args, **kwargs: 1 / 0)  # a planted bug
+    monkeypatch.setattr(memecap.publish.report, "write_report", lambda *args, **kwargs: 1 / 0)  # a planted bug
     with pytest.raises(ZeroDivisionError):
         cli.main(["report", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "r.html")])
 

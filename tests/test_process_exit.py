@@ -1,4 +1,4 @@
-"""How a process of a multi-process launch ends (memecap/process_exit.py)."""
+"""How a process of a multi-process launch ends (memecap/training/process_exit.py)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from memecap.process_exit import end_launched_process
+from memecap.training.process_exit import end_launched_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_a_launched_process_exits_with_its_output_flushed_and_no_finalization(tm
     script = (
         "import atexit, logging, sys\n"
         "from pathlib import Path\n"
-        "from memecap.process_exit import end_launched_process\n"
+        "from memecap.training.process_exit import end_launched_process\n"
         f"atexit.register(lambda: Path({str(marker)!r}).write_text('ran'))\n"
         f"logging.basicConfig(filename={str(tmp_path / 'run.log')!r}, level=logging.INFO)\n"
         "logging.info('logged line')\n"

@@ -20,7 +20,7 @@ def test_every_pinned_family_export_is_a_captioner():
 
 
 def test_model_card_tags_any_family_with_an_adapter():
-    from memecap.model_card import model_card
+    from memecap.publish.model_card import model_card
 
     meta = {"family": "rudolph", "model": {"rudolph": {"mode": "lora"}}, "bases": {},
             "files": ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/bpe.model"]}
@@ -34,8 +34,8 @@ def test_a_checkpoint_with_a_tied_output_layer_exports(tiny_lora_run, tmp_path):
     """The tied lm_head is found from the model's own parameter aliases, not from a list of names."""
     import shutil
 
-    from memecap.checkpoint import list_checkpoints
-    from memecap.inference import resolve_export
+    from memecap.training.checkpoint import list_checkpoints
+    from memecap.inference.exported import resolve_export
 
     run = tmp_path / "run"
     shutil.copytree(tiny_lora_run, run, ignore=shutil.ignore_patterns("export"))

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from memecap.captioner import Captioner
-from memecap.hub import PushError, push, stage_export
+from memecap.inference.captioner import Captioner
+from memecap.publish.hub import PushError, push, stage_export
 from memecap.models import load_model
 from memecap.train import cli as train_cli
 from memecap.train import main as train_main

@@ -8,8 +8,8 @@ import logging
 import torch
 
 from memecap import train
-from memecap.captioner import Captioner
-from memecap.inference import export_checkpoint
+from memecap.inference.captioner import Captioner
+from memecap.inference.exported import export_checkpoint
 from memecap.quiet import quiet_weights
 from tests.conftest import reset_accelerate, tiny_run_config
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from memecap.cli import main as cli
 from memecap.evaluation import compute_metrics, read_predictions, write_predictions
-from memecap.report import write_report
+from memecap.publish.report import write_report
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 ROWS = [  # predictions of different quality, so sorting has something to do
@@ -127,7 +127,7 @@ def test_report_out_replaces_only_its_own_pages(predictions, tmp_path, capsys):
 def test_report_reads_captions_of_file_names_that_are_not_utf8(tmp_path):
     import os
 
-    from memecap.file_names import json_line
+    from memecap.outputs.file_names import json_line
 
     raw = b"\xcf\xf0\xe8\xe2\xe5\xf2.jpg"  # cp1251, not UTF-8
     name = os.fsdecode(raw)

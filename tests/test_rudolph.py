@@ -17,8 +17,8 @@ from memecap.data.captions import CaptionTooLong, encode_captions
 from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.rudolph import SPECIAL_OFFSETS, base_model
-from memecap.models.rudolph_compat import import_rudolph
+from memecap.models.rudolph.model import SPECIAL_OFFSETS, base_model
+from memecap.models.rudolph.compat import import_rudolph
 from tests.conftest import rudolph_overrides
 
 RECIPES = ["rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"]
@@ -218,7 +218,7 @@ def test_long_captions_are_truncated_keeping_the_end_token_or_rejected_with_a_co
 def test_bases_that_do_not_belong_together_or_are_incomplete_are_refused(tiny_rudolph, tmp_path):
     import shutil
 
-    from memecap.models.rudolph_tiny import save_tiny_vqgan
+    from memecap.models.rudolph.tiny import save_tiny_vqgan
 
     other = save_tiny_vqgan(tmp_path / "other-vqgan", 32, n_embed=32)  # RuDOLPH reads 64 codes
     with pytest.raises(ValueError, match="has 32 codes but RuDOLPH reads 64"):
@@ -334,7 +334,7 @@ def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(ov
         assert set(saved) == {n[len("rudolph."):] for n, p in model.named_parameters() if p.requires_grad}
 
     if expected_file == "model.safetensors":  # every weight is in the export: the base checkpoint is not read
-        monkeypatch.setattr("memecap.models.rudolph.load_rudolph", lambda *a: pytest.fail("base weights loaded"))
+        monkeypatch.setattr("memecap.models.rudolph.model.load_rudolph", lambda *a: pytest.fail("base weights loaded"))
     loaded = load_model(out)
     gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
     assert loaded.generate(eval_batch(loaded, examples), gen) == model.generate(eval_batch(model, examples), gen)

@@ -11,7 +11,7 @@ import pytest
 from memecap import cli, train
 from memecap.config import load_config, save_config
 from memecap.evaluation import read_predictions
-from memecap.inference import exported_generation
+from memecap.inference.exported import exported_generation
 from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
 from tests.conftest import reset_accelerate, rudolph_overrides

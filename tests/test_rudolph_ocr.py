@@ -10,7 +10,7 @@ from memecap.data.tables import load_split
 from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.prompted import PromptedImages
-from memecap.models.rudolph import EOS, PAD
+from memecap.models.rudolph.model import EOS, PAD
 from tests.conftest import reset_accelerate
 from tests.test_rudolph import build, no_dropout
 from tests.test_rudolph_loop import rudolph_run_config

@@ -10,9 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from memecap import train
-from memecap.checkpoint import DamagedCheckpoint, list_checkpoints
+from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints
 from memecap.config import ConfigError
-from memecap.nonfinite import NonFiniteTraining
+from memecap.training.nonfinite import NonFiniteTraining
 from tests.conftest import reset_accelerate, tiny_run_config
 
 QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")

@@ -1,7 +1,7 @@
 """The evaluate/save policy of the loop, driven step by step."""
 from __future__ import annotations
 
-from memecap.schedule import Due, EvalSaveSchedule
+from memecap.training.schedule import Due, EvalSaveSchedule
 
 
 def drive(schedule: EvalSaveSchedule, steps_per_epoch: int, epochs: int) -> list[tuple]:

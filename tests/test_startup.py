@@ -17,7 +17,7 @@ from transformers import get_scheduler
 from memecap.config import OptimConfig
 from memecap.evaluation import _constant_scores, _reference_tokens, _tokenizer
 from memecap.metrics.bleu_score import bleu_from_stats, closest_length, max_reference_counts, ngram_counts
-from memecap.optim import build_scheduler
+from memecap.training.optim import build_scheduler
 
 # Pulled in by `import evaluate` (datasets, transformers' pipelines) or by transformers' trainer
 # utilities (peft, bitsandbytes): together about 1.6 s of a 3-6 s start, and none is needed to train.

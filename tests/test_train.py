@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from memecap import train
-from memecap.checkpoint import list_checkpoints
+from memecap.training.checkpoint import list_checkpoints
 from memecap.evaluation import read_predictions
 from tests.conftest import reset_accelerate, tiny_run_config
 

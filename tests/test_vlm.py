@@ -18,7 +18,7 @@ from PIL import Image
 from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.captions import CaptionTooLong
 from memecap.data.datasets import CaptionEvalSet
-from memecap.memory_plan import GIB
+from memecap.models.memory_plan import GIB
 from memecap.models import build_model
 from memecap.models.vlm.loading import language_model_name, load_base, vision_tower_name
 from memecap.plan import plan_memory

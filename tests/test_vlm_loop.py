@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from memecap.captioner import Captioner
+from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli_main
 from memecap.config import save_config
 from memecap.evaluation import read_predictions
-from memecap.hub import push
+from memecap.publish.hub import push
 from memecap.models import load_model
 from memecap.train import main as train_main
 from tests.conftest import reset_accelerate, tiny_run_config
@@ -163,7 +163,7 @@ def test_two_process_zero3_run(tmp_path, synthetic_data):
 
 
 def model_generation(run: Path):
-    from memecap.inference import exported_generation
+    from memecap.inference.exported import exported_generation
 
     return exported_generation(run / "final")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Sequence
 
 from memecap.config import ModelConfig
-from memecap.models.clipcap import ClipCap, build_clipcap, materialize_tiny_bases
+from memecap.models.clipcap.model import ClipCap, build_clipcap, materialize_tiny_bases
 from memecap.models.export import read_export_config
 from memecap.models.ocr_template import OcrTemplate, build_ocr_template
-from memecap.models.lstm import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
+from memecap.models.lstm.model import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
 from memecap.models.vlm import build_vlm, load_vlm
 from memecap.quiet import quiet_weights
 
@@ -24,13 +24,13 @@ def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[st
 
 def _build_rudolph(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
     # Imported here: the rudolph/rudalle packages load only when a RuDOLPH is asked for.
-    from memecap.models.rudolph import build_rudolph, materialize_tiny_rudolph
+    from memecap.models.rudolph.model import build_rudolph, materialize_tiny_rudolph
 
     return build_rudolph(materialize_tiny_rudolph(cfg, work_dir, train_texts))
 
 
 def _load_rudolph(folder: Path, with_encoder: bool = True):
-    from memecap.models.rudolph import RuDolph
+    from memecap.models.rudolph.model import RuDolph
 
     return RuDolph.from_pretrained(folder, with_encoder=with_encoder)
 

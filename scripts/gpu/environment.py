@@ -79,7 +79,7 @@ def packages() -> dict:
     for module, dist in PACKAGES.items():
         try:
             if module in ("rudolph", "rudalle"):  # memecap imports them through its shims (no torchvision)
-                from memecap.models.rudolph_compat import import_rudolph
+                from memecap.models.rudolph.compat import import_rudolph
 
                 import_rudolph()
             else:

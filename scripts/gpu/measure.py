@@ -68,7 +68,7 @@ def planned(mode: Mode, cfg) -> float:
     from memecap.plan import plan_memory
 
     precision = cfg.train.mixed_precision
-    if precision == "auto":  # as the loop resolves it (memecap.accelerate_setup)
+    if precision == "auto":  # as the loop resolves it (memecap.training.accelerate_setup)
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     zero = mode.zero_stage
     return plan_memory(cfg, zero_stage=zero, offload_optimizer=bool(zero), offload_params=zero == 3,
@@ -84,7 +84,7 @@ def measure_train(mode: Mode, work: Path, user: list[str]) -> dict:
     step = step_time(work / "run" / "log.jsonl", warmup=mode.warmup)
     sequence = mode.tokens
     if mode.family == "rudolph":
-        from memecap.models.rudolph_weights import model_params
+        from memecap.models.rudolph.weights import model_params
 
         p = model_params(cfg.model.rudolph.name)
         sequence = p["l_text_seq_length"] + p["image_tokens_per_dim"] ** 2 + p["r_text_seq_length"]
@@ -97,7 +97,7 @@ def measure_generate(mode: Mode, work: Path, user: list[str]) -> dict:
     from accelerate.utils import send_to_device
 
     from memecap.data.tables import load_split
-    from memecap.inference import default_device
+    from memecap.inference.exported import default_device
     from memecap.models import build_model
     from memecap.data.datasets import CaptionEvalSet
 

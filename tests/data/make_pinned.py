@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from memecap import train  # noqa: E402
 from memecap.data.synthetic import make_synthetic_dataset  # noqa: E402
-from memecap.hub import stage_export  # noqa: E402
+from memecap.publish.hub import stage_export  # noqa: E402
 from tests.conftest import reset_accelerate, tiny_run_config  # noqa: E402
 
 EXPORTS = HERE / "exports"

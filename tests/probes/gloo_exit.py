@@ -2,7 +2,7 @@
 
 The main thread keeps the GIL (huge switch interval) so gloo's worker threads are still holding
 the last collective's tensors when the interpreter would finalize: the abort that a plain exit
-then risks (see memecap/process_exit.py) shows up in about half of the runs.
+then risks (see memecap/training/process_exit.py) shows up in about half of the runs.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/probes/gloo_exit.py [plain]
 """
@@ -12,7 +12,7 @@ import sys
 
 import torch.distributed as dist
 
-from memecap.process_exit import end_launched_process
+from memecap.training.process_exit import end_launched_process
 
 dist.init_process_group("gloo")
 sys.setswitchinterval(1000.0)

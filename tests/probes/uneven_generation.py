@@ -17,8 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from memecap.models.clipcap import ClipCap
-from memecap.process_exit import end_launched_process
+from memecap.models.clipcap.model import ClipCap
+from memecap.training.process_exit import end_launched_process
 from memecap.train import cli
 
 RANK = int(os.environ.get("RANK", "0"))

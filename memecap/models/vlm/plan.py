@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from memecap.config import Config
-from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.tiny import TINY
 

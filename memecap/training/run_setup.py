@@ -12,14 +12,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from memecap.accelerate_setup import make_accelerator, whole_weights
-from memecap.checkpoint import STATE_FILE, TrainState, find_resume_point, list_checkpoints, resume_changes
+from memecap.training.accelerate_setup import make_accelerator, whole_weights
+from memecap.training.checkpoint import STATE_FILE, TrainState, find_resume_point, list_checkpoints, resume_changes
 from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
 from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
-from memecap.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
-from memecap.run_log import RunLog
-from memecap.stages import load_stage_examples, plan_stages
+from memecap.training.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
+from memecap.training.run_log import RunLog
+from memecap.training.stages import load_stage_examples, plan_stages
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from memecap.models.hub_files import resolve_file
-from memecap.models.rudolph_compat import import_rudolph
+from memecap.models.rudolph.compat import import_rudolph
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Iterable, Optional
 import torch
 
 from memecap.config import TinyConfig
-from memecap.models.rudolph_compat import import_rudolph
-from memecap.models.rudolph_weights import (BPE_FILE, MODEL_CONFIG, MODEL_WEIGHTS, VQGAN_CONFIG, VQGAN_WEIGHTS,
+from memecap.models.rudolph.compat import import_rudolph
+from memecap.models.rudolph.weights import (BPE_FILE, MODEL_CONFIG, MODEL_WEIGHTS, VQGAN_CONFIG, VQGAN_WEIGHTS,
                                             rudolph_of_shape)
 
 

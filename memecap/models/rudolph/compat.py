@@ -12,7 +12,7 @@ with `--no-deps`. What then breaks, and what this module does about it, one shim
    stand-in that raises if called; the attribute is removed again right after, so libraries
    that probe huggingface_hub for it see the real module. Safe because memecap never calls the
    packages' download helpers (`get_rudolph_model`, `get_vae`, `get_tokenizer`): it downloads
-   with `hf_hub_download` (memecap/models/rudolph_weights.py).
+   with `hf_hub_download` (memecap/models/rudolph/weights.py).
 2. `import rudolph` and `import rudalle` run package `__init__`s that import torchvision,
    matplotlib, more_itertools, opencv and segmentation_models_pytorch (for plotting, image
    super-resolution and the text-to-image API), none of which the model, the tokenizer or the
@@ -22,7 +22,7 @@ with `--no-deps`. What then breaks, and what this module does about it, one shim
    changed: a later `import rudolph.api` still runs the real file (and needs torchvision).
 3. `transformers.top_k_top_p_filtering` was removed in transformers 5; only `rudolph.api`
    uses it, which memecap does not import. No shim: memecap decodes with the package's model
-   and cache (memecap/models/rudolph.py) and transformers' `TopKLogitsWarper` /
+   and cache (memecap/models/rudolph/model.py) and transformers' `TopKLogitsWarper` /
    `TopPLogitsWarper`, the replacements transformers names for it.
 4. `ruDolphModel(gradient_checkpointing=N)` crashes (`SparseTransformerLayer.forward() got an
    unexpected keyword argument 'has_cache'`): its checkpoint wrapper passes an argument the
@@ -71,7 +71,7 @@ _PACKAGES = ("rudolph", "rudalle")
 
 def _removed_cached_download(*args, **kwargs):
     raise RuntimeError("huggingface_hub.cached_download was removed in huggingface_hub 0.26; memecap downloads "
-                       "RuDOLPH files with hf_hub_download (memecap.models.rudolph_weights), not the packages' helpers")
+                       "RuDOLPH files with hf_hub_download (memecap.models.rudolph.weights), not the packages' helpers")
 
 
 @contextlib.contextmanager
@@ -98,7 +98,7 @@ def _bare_package(name: str) -> None:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the {name!r} package is not installed; run scripts/setup.sh "
                           f"(it installs rudolph==0.0.1rc10, rudalle==1.1.3 and taming-transformers with --no-deps)")
-    module = types.ModuleType(name, f"{name}, imported by memecap without its __init__ (see memecap/models/rudolph_compat.py)")
+    module = types.ModuleType(name, f"{name}, imported by memecap without its __init__ (see memecap/models/rudolph/compat.py)")
     module.__path__ = list(spec.submodule_search_locations)
     module.__spec__ = spec
     module.__file__ = spec.origin

@@ -21,15 +21,15 @@ from torch import nn
 from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.features import FeatureCache, encode_images, module_fingerprint
-from memecap.models.clipcap import encoder_transform
+from memecap.models.clipcap.model import encoder_transform
 from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
-from memecap.models.navec import read_navec
-from memecap.models.step_decoding import decode
+from memecap.models.lstm.navec import read_navec
+from memecap.models.lstm.step_decoding import decode
 from memecap.models.tiny import TINY, save_tiny_resnet
-from memecap.models.vocab import WordVocab
+from memecap.models.lstm.vocab import WordVocab
 
 logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "lstm.safetensors"

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
-from memecap.model_card import model_card
+from memecap.publish.model_card import model_card
 from memecap.models.export import BUNDLED_DIR, CONFIG_FILE, export_files, set_base
 
 EVALUATION_FILE = "eval.json"  # written beside an export by the training loop; read for the card
@@ -81,7 +81,7 @@ def push(source: Path, repo_id: str, *, private: bool = False, license: str = "a
     the commit URL. Raises PushError saying how to retry; nothing local is changed."""
     from huggingface_hub import HfApi, get_token
 
-    from memecap.inference import resolve_export
+    from memecap.inference.exported import resolve_export
 
     export = resolve_export(Path(source))
     retry = f"Nothing local was changed: the model is in {export}. Retry with: memecap push {export} --repo {repo_id}"

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from memecap.config import Config
 from memecap.evaluation import compute_metrics
-from memecap.hub import EVALUATION_FILE
-from memecap.nonfinite import ensure_finite_weights
+from memecap.publish.hub import EVALUATION_FILE
+from memecap.training.nonfinite import ensure_finite_weights
 
 
 @torch.no_grad()

@@ -17,16 +17,16 @@ from typing import Optional
 import torch
 
 from memecap.config import Config
-from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.tiny import TINY
 
 
 def rudolph_params(cfg: Config) -> dict:
-    from memecap.models.rudolph_weights import model_params
+    from memecap.models.rudolph.weights import model_params
 
     r = cfg.model.rudolph
     if r.name == TINY:
-        from memecap.models.rudolph_tiny import tiny_rudolph_params
+        from memecap.models.rudolph.tiny import tiny_rudolph_params
 
         return tiny_rudolph_params(cfg.model.tiny.vocab_size, cfg.model.tiny, 64)
     return model_params(r.name, r.shape, r.revision)  # known Hub ids: the package's table, nothing downloaded
@@ -58,11 +58,11 @@ def logits_bytes(p: dict, batch: int, act: int) -> float:
 def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
                  offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                  mixed_precision: Optional[str] = None) -> Plan:
-    from memecap.models.rudolph import select_trainable
+    from memecap.models.rudolph.model import select_trainable
 
     if seq_len is not None:
         raise ValueError("--seq-len does not apply to RuDOLPH: its sequence (left text, image codes, caption) is fixed")
-    from memecap.models.rudolph_weights import rudolph_of_shape
+    from memecap.models.rudolph.weights import rudolph_of_shape
 
     r = cfg.model.rudolph
     p = rudolph_params(cfg)

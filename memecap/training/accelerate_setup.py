@@ -13,8 +13,8 @@ from accelerate.utils import ProjectConfiguration
 from accelerate.utils import gather_object
 
 from memecap.config import Config
-from memecap.process_exit import launched_with_peers
-from memecap.run_log import RunLog
+from memecap.training.process_exit import launched_with_peers
+from memecap.training.run_log import RunLog
 
 
 def make_accelerator(cfg: Config) -> Accelerator:

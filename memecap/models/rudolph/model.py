@@ -38,8 +38,8 @@ from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import logits_processors
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
-from memecap.models.rudolph_compat import checkpoint_layers, follow_device, last_position_logits
-from memecap.models.rudolph_weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
+from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last_position_logits
+from memecap.models.rudolph.weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 from memecap.quiet import quiet_weights
 
@@ -394,7 +394,7 @@ def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode
 
 def materialize_tiny_rudolph(cfg: ModelConfig, work_dir: Path, train_texts: Sequence[str]) -> ModelConfig:
     """Replace "tiny-random" names with folders holding a freshly made tiny RuDOLPH, VQGAN and BPE."""
-    from memecap.models.rudolph_tiny import save_tiny_rudolph_bases
+    from memecap.models.rudolph.tiny import save_tiny_rudolph_bases
 
     r = cfg.rudolph
     if TINY not in (r.name, r.vqgan, r.tokenizer):

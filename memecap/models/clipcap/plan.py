@@ -8,9 +8,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from memecap.config import Config
-from memecap.memory_plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
-from memecap.models.mapping import build_mapper
+from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.tiny import TINY
 
 # ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.

@@ -16,9 +16,9 @@ from typing import Optional
 
 from memecap.data.images import ImageReadError, load_rgb
 from memecap.evaluation import compute_metrics, example_scores, read_predictions
-from memecap.file_names import shown
-from memecap.inference import IMAGE_SUFFIXES
-from memecap.svg_chart import line_chart
+from memecap.outputs.file_names import shown
+from memecap.inference.exported import IMAGE_SUFFIXES
+from memecap.publish.svg_chart import line_chart
 
 CURVE_METRICS = ("bleu1", "bleu4", "meteor")
 # Marks a page as ours, so `--out` may replace it; any other file there is left alone.

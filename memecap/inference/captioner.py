@@ -16,7 +16,7 @@ from PIL import Image
 
 from memecap.config import GenerationConfig
 from memecap.generation import with_overrides
-from memecap.inference import caption_paths, default_device, exported_generation, open_model
+from memecap.inference.exported import caption_paths, default_device, exported_generation, open_model
 from memecap.models import load_model
 from memecap.models.export import HUB_ID
 

@@ -4,7 +4,7 @@ Each line is `{"image": <path relative to the folder>, "caption": ..., ["alterna
 appended and flushed batch by batch, so an interrupted run loses at most one batch and a rerun
 captions only the images not yet in the file. Unreadable images and files that are not images
 are reported, never fatal. File names that are not valid UTF-8 are written without loss (see
-`memecap.file_names`).
+`memecap.outputs.file_names`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from memecap.config import GenerationConfig
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
-from memecap.file_names import json_line, shown
-from memecap.jsonl_rows import rows_or_first_foreign_line
-from memecap.inference import IMAGE_SUFFIXES, caption_paths
+from memecap.outputs.file_names import json_line, shown
+from memecap.outputs.jsonl_rows import rows_or_first_foreign_line
+from memecap.inference.exported import IMAGE_SUFFIXES, caption_paths
 
 
 @dataclass

@@ -31,7 +31,7 @@ from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
-from memecap.models.mapping import build_mapper
+from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 from memecap.quiet import quiet_weights

@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from memecap.checkpoint import STATE_FILE
+from memecap.training.checkpoint import STATE_FILE
 from memecap.config import GenerationConfig
 from memecap.data.tables import load_split
 from memecap.evaluation import compute_metrics, refuse_foreign_predictions, write_predictions
@@ -52,7 +52,7 @@ def export_checkpoint(checkpoint: Path) -> Path:
     from memecap.config import load_saved_config
     from memecap.models import build_model
 
-    from memecap.checkpoint import verify_checkpoint
+    from memecap.training.checkpoint import verify_checkpoint
 
     verify_checkpoint(checkpoint)
     cfg = load_saved_config(checkpoint / "config.yaml", published=True)

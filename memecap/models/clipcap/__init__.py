@@ -1,0 +1,1 @@
+"""ClipCap: image encoder -> mapping network -> GPT-2 (ruGPT-3) decoder."""

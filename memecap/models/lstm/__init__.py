@@ -1,0 +1,1 @@
+"""The original meme project's CNN + LSTM baselines."""

@@ -1,0 +1,1 @@
+"""RuDOLPH (ai-forever): left text, image as VQGAN codes, right text = the caption."""

@@ -1,0 +1,1 @@
+"""What leaves the run: Hub upload, the model card, the HTML report and its charts."""
