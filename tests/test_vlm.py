@@ -29,7 +29,7 @@ ARCHS = ["qwen2_vl", "qwen2_5_vl", "smolvlm", "llava"]
 
 
 def vlm_config(arch: str, *overrides: str):
-    return load_config("vlm_tiny", [f"model.vlm.tiny_architecture={arch}", *overrides]).model
+    return load_config("vlm_tiny", [f"model.vlm.tiny_architecture={arch}", "model.vlm.mode=lora", *overrides]).model
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,8 @@ PROCESSOR_FILES = {"processor/tokenizer.json", "processor/tokenizer_config.json"
 
 
 def vlm_run_config(out: Path, synthetic_data, arch: str, *overrides: str):
-    return tiny_run_config(out, synthetic_data, f"model.vlm.tiny_architecture={arch}", *QUICK, *overrides,
-                           recipe="vlm_tiny")
+    return tiny_run_config(out, synthetic_data, f"model.vlm.tiny_architecture={arch}", "model.vlm.mode=lora", *QUICK,
+                           *overrides, recipe="vlm_tiny")
 
 
 @pytest.fixture(scope="module")
