@@ -18,7 +18,7 @@ from memecap.publish.hub import push
 from memecap.models import load_model
 from memecap.train import main as train_main
 from tests.conftest import reset_accelerate, tiny_run_config
-from tests.hub_standin import STANDIN_TOKEN, StandinHub, online, standin_hub  # noqa: F401
+from tests.hub_standin import standin_hub  # noqa: F401 (the fixture)
 from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
