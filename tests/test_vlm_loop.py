@@ -139,20 +139,21 @@ def test_two_process_ddp_run(tmp_path, synthetic_data):
         assert len(uids) == 13 and len(set(uids)) == 13
 
 
-def test_two_process_zero3_run(tmp_path, synthetic_data):
+@pytest.mark.parametrize("config_file, stage", [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
+def test_two_process_zero_run(config_file, stage, tmp_path, synthetic_data):
     recipe = launch_config(tmp_path, synthetic_data)
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # DeepSpeed must not see it
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"),
                PYTHONPATH=str(REPO))
-    proc = accelerate_launch("deepspeed_zero3_offload.yaml", ["-m", "memecap.train", str(recipe)], env, processes=2)
+    proc = accelerate_launch(config_file, ["-m", "memecap.train", str(recipe)], env, processes=2)
     assert proc.returncode == 0, launch_failure(proc)
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distributed_type"] == "DistributedType.DEEPSPEED" and summary["num_processes"] == 2
-    for path in sorted((out / "predictions").glob("*.jsonl")):  # generation ran with synced_gpus on both ranks
+    for path in sorted((out / "predictions").glob("*.jsonl")):  # both ranks generated (ZeRO-3: with synced_gpus)
         uids = [r["uid"] for r in read_predictions(path)]
         assert len(uids) == 13 and len(set(uids)) == 13
-    # The export is consolidated: a whole adapter, loadable without DeepSpeed.
+    # The export is consolidated (ZeRO-3: gathered from both ranks): a whole adapter, loadable without DeepSpeed.
     from safetensors.torch import load_file
 
     adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
