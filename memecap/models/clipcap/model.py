@@ -21,14 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessorList
 
-from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.data.datasets import LazyPixels
 from memecap.data.images import ImageTransform
-from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
+from memecap.models.frozen import FrozenEncoder
+from memecap.models.lora import add_lora
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.clipcap.mapping import build_mapper
@@ -127,13 +128,8 @@ def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     decoder.requires_grad_(False)
     if cfg.decoder.mode == "frozen":
         return decoder
-    from peft import LoraConfig, get_peft_model
-
-    lora = cfg.decoder.lora
-    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules), fan_in_fan_out=True,  # GPT-2 uses Conv1D
-                          task_type="CAUSAL_LM")
-    return get_peft_model(decoder, peft_cfg)
+    return add_lora(decoder, cfg.decoder.lora, key="model.decoder.lora", task_type="CAUSAL_LM",
+                    fan_in_fan_out=True)  # GPT-2 uses Conv1D
 
 
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,16 +147,14 @@ class ClipCap(nn.Module):
                  feature_encoder: Optional[nn.Module] = None):
         super().__init__()
         self.cfg = cfg
-        # Held in a tuple so it is not a submodule: a frozen encoder only feeds the feature cache and
-        # must stay out of the trained module's parameters, state dict and device placement.
-        self._feature_encoder = (feature_encoder,)
-        self._encoder_fingerprint: Optional[str] = None
         self.mapper = mapper
         self.decoder = decoder
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.image_dim = image_dim
         self.transform = transform
+        frozen = None if cfg.encoder.trainable else (encoder if encoder is not None else feature_encoder)
+        self.frozen_encoder = FrozenEncoder(frozen, transform) if frozen is not None else None
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
@@ -196,19 +190,9 @@ class ClipCap(nn.Module):
                                 progress=progress, desc=desc)
 
     def _visual_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str):
-        if self.cfg.encoder.trainable:
+        if self.frozen_encoder is None:
             return LazyPixels(paths, self.transform)
-        encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
-        home = next(encoder.parameters()).device
-        encoder.to(device)
-        if cache_dir and self._encoder_fingerprint is None:  # frozen weights: hash them once, not per split
-            self._encoder_fingerprint = module_fingerprint(encoder)
-        cache = FeatureCache(cache_dir, self._encoder_fingerprint, self.transform.signature()) if cache_dir else None
-        feats = encode_images(encoder, self.transform, paths, cache=cache, device=device,
-                              progress=progress, desc=desc)
-        encoder.to(home)  # the frozen encoder must not hold accelerator memory during training
-        self.last_cache = cache
-        return feats
+        return self.frozen_encoder.encode(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
 
     def collate(self, items: list[dict]) -> dict:
         images = [it["image"] for it in items]
@@ -344,7 +328,7 @@ class ClipCap(nn.Module):
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":
         folder = Path(folder)
         meta = read_export_config(folder)
-        cfg = config_from_dict({"model": meta["model"]}).model
+        cfg = model_config_from_export(meta["model"])
         model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable, export=folder,
                               apply_mode=False)
         model.mapper.load_state_dict(load_file(str(folder / MAPPER_FILE)))
