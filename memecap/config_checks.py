@@ -38,6 +38,20 @@ def above(key: str, value: Optional[float], low: float, *, optional: bool = Fals
         raise ConfigError(f"{key}={value!r}: must be > {low}" + (" or null" if optional else ""))
 
 
+# How a model (or one part of it) trains, in the same words for every family; `trainable` patterns
+# (memecap/models/param_patterns.py, the grammar of a stage's `freeze` too) go with subset.
+TRAIN_MODES = ("frozen", "full", "subset", "lora")
+
+
+def check_train_mode(prefix: str, mode: str, trainable: list, *, allowed: tuple = TRAIN_MODES, example: str) -> None:
+    one_of(f"{prefix}.mode", mode, allowed)
+    if mode == "subset" and not trainable:
+        raise ConfigError(f"{prefix}.mode=subset needs {prefix}.trainable: module or parameter name patterns, "
+                          f"e.g. {example}")
+    if mode != "subset" and trainable:
+        raise ConfigError(f"{prefix}.trainable is only read with {prefix}.mode=subset")
+
+
 def check_lora(prefix: str, lora) -> None:
     at_least(f"{prefix}.r", lora.r, 1)
     above(f"{prefix}.alpha", lora.alpha, 0)

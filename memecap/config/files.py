@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
@@ -141,12 +141,11 @@ def save_config(cfg: Config, path: Path) -> None:
     Path(path).write_text(to_yaml(cfg), encoding="utf-8")
 
 
-def load_saved_config(path: Path, *, published: bool = False) -> Config:
-    """A config saved with a run. `published`: the file may be someone else's (a checkpoint
-    given to `memecap caption`), so it may not name code to import (memecap/untrusted.py)."""
+def load_saved_config(path: Path, *, check: Optional[Callable[[dict, Path], None]] = None) -> Config:
+    """A config saved with a run. `check(values, path)` sees the raw values first: for a file that
+    may be someone else's (a checkpoint given to `memecap caption`), memecap/untrusted.py's check
+    that it names no code to import."""
     values = _load_yaml(path) or {}
-    if published:
-        from memecap.untrusted import check_published_config
-
-        check_published_config(values, Path(path))
+    if check is not None:
+        check(values, Path(path))
     return config_from_dict(values, saved=True)

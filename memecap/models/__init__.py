@@ -14,12 +14,9 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from memecap.quiet import quiet_weights
-
-if TYPE_CHECKING:
-    from memecap.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,9 @@ def family_module(name: str) -> ModuleType:
 
 
 @quiet_weights()
-def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
+def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
+    """A fresh model of `cfg.family` (`cfg`: the run's ModelConfig; memecap/config imports this
+    module for FAMILIES, so it is not imported back here)."""
     return family_module(cfg.family).build(cfg, work_dir=work_dir, train_texts=train_texts)
 
 

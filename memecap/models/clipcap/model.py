@@ -29,7 +29,7 @@ from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.frozen import FrozenEncoder
-from memecap.models.lora import add_lora
+from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.clipcap.mapping import build_mapper
@@ -49,13 +49,13 @@ def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
 
 def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     """GPT-2 LM and its tokenizer from the Hub id / folder in the config, or from an export
-    (its `decoder/` when the decoder was fully trained, its `tokenizer/` always)."""
+    (its `decoder/` when the decoder was trained, its `tokenizer/` always)."""
     name, revision = cfg.decoder.name, cfg.decoder.revision
     tokenizer_dir = export / "tokenizer" if export is not None and (export / "tokenizer").is_dir() else None
     decoder_dir = export / "decoder" if export is not None and (export / "decoder").is_dir() else None
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
                  else AutoTokenizer.from_pretrained(name, revision=revision))
-    dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode == "full")
+    dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
     decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
                else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
     use_trained_eos(tokenizer, decoder, name)
@@ -123,13 +123,9 @@ def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     if cfg.decoder.gradient_checkpointing:
         decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         decoder.config.use_cache = False
-    if cfg.decoder.mode == "full":
-        return decoder
-    decoder.requires_grad_(False)
-    if cfg.decoder.mode == "frozen":
-        return decoder
-    return add_lora(decoder, cfg.decoder.lora, key="model.decoder.lora", task_type="CAUSAL_LM",
-                    fan_in_fan_out=True)  # GPT-2 uses Conv1D
+    dec = cfg.decoder
+    return apply_train_mode(decoder, dec.mode, trainable=dec.trainable, lora=dec.lora, key="model.decoder",
+                            what="the decoder", task_type="CAUSAL_LM", fan_in_fan_out=True)  # GPT-2 uses Conv1D
 
 
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,13 +307,14 @@ class ClipCap(nn.Module):
             save_file(part("encoder."), str(out_dir / ENCODER_FILE))
         if self.cfg.decoder.mode == "lora":
             self.decoder.save_pretrained(out_dir / "adapter", state_dict=part("decoder."))
-        elif self.cfg.decoder.mode == "full":
+        elif self.cfg.decoder.mode in ("full", "subset"):  # a partly trained decoder is exported whole too
             self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")
         enc, dec = self.cfg.encoder, self.cfg.decoder
         bases = {"encoder": base_entry("encoder", enc.name, enc.revision, needed_to_load=True),
-                 # a fully trained decoder is exported whole; the base only says where it started
-                 "decoder": base_entry("decoder", dec.name, dec.revision, needed_to_load=dec.mode != "full")}
+                 # a trained decoder is exported whole; the base only says where it started
+                 "decoder": base_entry("decoder", dec.name, dec.revision,
+                                       needed_to_load=dec.mode not in ("full", "subset"))}
         write_export_config(out_dir, {"family": "clipcap", "model": to_dict(self.cfg), "bases": bases,
                                       "generation": to_dict(generation) if generation else None,
                                       "image_dim": self.image_dim,

@@ -11,6 +11,7 @@ from memecap.config import Config
 from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.mapping import build_mapper
+from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
 
 # ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.
@@ -107,7 +108,7 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
     # peft's k-bit preparation casts the layers that are not quantized back to fp32.
-    frozen_dtype = (weights_dtype(dec.dtype, trains=False, sixteen_bit=act_bytes == 2)
+    frozen_dtype = (weights_dtype(dec.dtype, trains=dec.mode == "subset", sixteen_bit=act_bytes == 2)
                     if dec.quantization == "none" else torch.float32)
     quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
     frozen_weights = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
@@ -115,6 +116,11 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     if dec.mode == "full":
         trainable += decoder_params
         frozen_weights = 0.0
+    elif dec.mode == "subset":  # the chosen parameters train in fp32, the rest stays as loaded
+        chosen = select_parameters(decoder, dec.trainable, key="model.decoder.trainable", what="the decoder")
+        trained = sum(p.numel() for n, p in decoder.named_parameters() if n in chosen)
+        trainable += trained
+        frozen_weights = (decoder_params - trained) * frozen_dtype.itemsize
     elif dec.mode == "lora":
         trainable += lora_parameters(config, dec.lora.r, list(dec.lora.target_modules))
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"

@@ -33,7 +33,7 @@ from memecap.config import GenerationConfig, ModelConfig, model_config_from_expo
 from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform
 from memecap.models.frozen import FrozenEncoder
-from memecap.models.lora import add_lora
+from memecap.models.train_modes import apply_train_mode
 from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
 from memecap.models.export import base_entry, read_export_config, write_export_config
@@ -310,16 +310,9 @@ def select_trainable(model: nn.Module, patterns: Sequence[str]) -> set[str]:
 
 def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     r = cfg.rudolph
-    if r.mode == "full":
-        return model.requires_grad_(True)
-    if r.mode == "subset":
-        chosen = select_trainable(model, r.trainable)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in chosen)
-        return model
-    if r.base_dtype != "float32":
+    if r.mode == "lora" and r.base_dtype != "float32":
         model.to(getattr(torch, r.base_dtype))  # the frozen base only: PEFT keeps the adapters in fp32
-    return add_lora(model, r.lora, key="model.rudolph.lora")
+    return apply_train_mode(model, r.mode, trainable=r.trainable, lora=r.lora, key="model.rudolph", what="RuDOLPH")
 
 
 def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode: bool = True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from memecap.config_checks import ConfigError, LoraConfig, check_lora, one_of
+from memecap.config_checks import ConfigError, LoraConfig, check_lora, check_train_mode, one_of
 
 
 @dataclass
@@ -14,6 +14,7 @@ class RudolphLossWeights:
     left_text: float = 0.01  # the (constant) left text before the image
     image: float = 1.0  # the image's VQGAN codes
     right_text: float = 7.0  # the caption
+
 
 @dataclass
 class RudolphConfig:
@@ -37,15 +38,12 @@ class RudolphConfig:
     loss_weights: RudolphLossWeights = field(default_factory=RudolphLossWeights)
 
     def __post_init__(self) -> None:
-        one_of("model.rudolph.mode", self.mode, ("full", "subset", "lora"))
+        # frozen is not offered: a frozen RuDOLPH would leave nothing to train
+        check_train_mode("model.rudolph", self.mode, self.trainable, allowed=("full", "subset", "lora"),
+                         example="[transformer.layers.23, to_logits]")
         one_of("model.rudolph.resize_mode", self.resize_mode, ("pad", "crop", "squash"))
         check_lora("model.rudolph.lora", self.lora)
         one_of("model.rudolph.base_dtype", self.base_dtype, ("float32", "bfloat16", "float16"))
-        if self.mode == "subset" and not self.trainable:
-            raise ConfigError("model.rudolph.mode=subset needs model.rudolph.trainable: module name patterns, "
-                              "e.g. [transformer.layers.23, to_logits]")
-        if self.mode != "subset" and self.trainable:
-            raise ConfigError("model.rudolph.trainable is only read with model.rudolph.mode=subset")
         if self.base_dtype != "float32" and self.mode != "lora":
             raise ConfigError("model.rudolph.base_dtype applies to the frozen base of mode=lora; "
                               "trained weights stay float32 (use train.mixed_precision for half-precision compute)")
