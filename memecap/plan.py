@@ -12,19 +12,17 @@ compared with: the CUDA context, allocator fragmentation and temporary buffers c
 from __future__ import annotations
 
 from memecap.config import Config
+from memecap.models import FAMILIES, family_module
 from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan  # noqa: F401 (the plan's units, for callers)
-from memecap.models.clipcap.plan import plan_clipcap
-from memecap.models.rudolph.plan import plan_rudolph
-from memecap.models.vlm.plan import plan_vlm
-
-# model.family -> its planner; the LSTM baselines (a few million parameters) fit any GPU.
-PLANNERS = {"clipcap": plan_clipcap, "rudolph": plan_rudolph, "vlm": plan_vlm}
 
 
 def plan_memory(cfg: Config, **settings) -> Plan:
-    """`settings`: processes, zero_stage, offload_optimizer, offload_params, batch_size, seq_len,
-    mixed_precision (each planner takes the ones that apply to it)."""
-    if cfg.model.family not in PLANNERS:
-        raise ValueError(f"memecap plan estimates {', '.join(sorted(PLANNERS))} models; "
+    """The plan of the family's own planner (its module's `plan_memory`; the LSTM baselines, a few
+    million parameters, have none). `settings`: processes, zero_stage, offload_optimizer, offload_params,
+    batch_size, seq_len, mixed_precision (each planner takes the ones that apply to it)."""
+    module = family_module(cfg.model.family)
+    if not hasattr(module, "plan_memory"):
+        planned = [name for name in FAMILIES if hasattr(family_module(name), "plan_memory")]
+        raise ValueError(f"memecap plan estimates {', '.join(sorted(planned))} models; "
                          f"model.family={cfg.model.family!r} has no planner")
-    return PLANNERS[cfg.model.family](cfg, **settings)
+    return module.plan_memory(cfg, **settings)

@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import Callable
 
 
+# Optimizers an exported or published config may name; a recipe or the command line may name any
+# class by dotted path.
+REGISTERED_OPTIMIZERS = (
+    "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adafactor",
+    "bitsandbytes.optim.AdamW8bit", "bitsandbytes.optim.Adam8bit", "bitsandbytes.optim.PagedAdamW8bit",
+    "bitsandbytes.optim.PagedAdamW", "bitsandbytes.optim.Lion8bit", "bitsandbytes.optim.PagedLion8bit",
+)
+
+
 def _ocr_engines() -> set[str]:
     from memecap.ocr.engines import ENGINES
 
     return set(ENGINES)
 
 
-def _optimizers() -> set[str]:
-    from memecap.training.optim import REGISTERED_OPTIMIZERS
-
-    return set(REGISTERED_OPTIMIZERS)
-
-
 # dotted config key -> the names it may hold in a file memecap did not get from the user
 CODE_NAMING_KEYS: dict[str, Callable[[], set[str]]] = {
     "model.ocr.engine": _ocr_engines,
-    "optim.name": _optimizers,
+    "optim.name": lambda: set(REGISTERED_OPTIMIZERS),
 }
 
 

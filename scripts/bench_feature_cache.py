@@ -77,7 +77,7 @@ def save_decoder(folder: Path, size: str, texts: list[str]) -> None:
 def timed_epoch(model, images, ids, batch_size: int, encode_in_step: bool) -> float:
     dataset = CaptionTrainSet(images, ids, list(range(len(ids))))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=model.collate)
-    encoder = model._feature_encoder[0]
+    encoder = model.frozen_encoder.module
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
     start = time.perf_counter()
     for batch in loader:

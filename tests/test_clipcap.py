@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from memecap.config import GenerationConfig, load_config
@@ -160,22 +159,22 @@ def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, exam
     cache_dir = tmp_path / "cache"
     paths = [e.image_path for e in examples[:6]]
     first = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
-    assert (model.last_cache.hits, model.last_cache.misses) == (0, 6)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (0, 6)
     second = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
-    assert (model.last_cache.hits, model.last_cache.misses) == (6, 0)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
     assert torch.equal(first, second)
 
     # Another transform (crop instead of pad) is another key: nothing stale is reused.
     cropped = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
                                                  "model.encoder.resize_mode=crop").model, work_dir=tmp_path)
     cropped.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
-    assert (cropped.last_cache.hits, cropped.last_cache.misses) == (0, 6)
+    assert (cropped.frozen_encoder.last_cache.hits, cropped.frozen_encoder.last_cache.misses) == (0, 6)
 
     # Changed image bytes miss; the other images still hit.
     copy = tmp_path / "changed.jpg"
     copy.write_bytes(paths[1].read_bytes() + b"\0")
     model.image_inputs([paths[0], copy], cache_dir=cache_dir, device="cpu", progress=False)
-    assert (model.last_cache.hits, model.last_cache.misses) == (1, 1)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 1)
 
 
 def test_cache_key_includes_encoder_weights(tmp_path):

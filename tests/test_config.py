@@ -67,7 +67,8 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_ocr_on_an_lstm_baseline_is_an_error_not_a_silent_no_op():
-    with pytest.raises(ConfigError, match=r"model\.ocr\.enabled=true: the LSTM baselines"):
+    with pytest.raises(ConfigError, match=r"model\.ocr\.enabled: not read by model\.family=lstm.*"
+                                          r"the LSTM baselines do not read OCR text"):
         load_config("lstm_resnet50", ["model.ocr.enabled=true"])
 
 

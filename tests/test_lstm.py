@@ -167,7 +167,7 @@ def test_grid_and_pooled_features_are_cached_apart(tiny_resnet_dir, examples, tm
     grid = lstm_model("lstm_resnet50", tiny_resnet_dir, examples, tmp_path, "model.encoder.features=patches")
     a = pooled.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     b = grid.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
-    assert a.shape == (2, 32) and b.shape == (2, 16, 32) and grid.last_cache.misses == 2
+    assert a.shape == (2, 32) and b.shape == (2, 16, 32) and grid.frozen_encoder.last_cache.misses == 2
 
 
 @pytest.fixture(autouse=False)

@@ -138,7 +138,7 @@ def test_bf16_frozen_base_under_lora(tiny_ruclip_dir, tiny_gpt2_dir, examples, t
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(dtypes[n] == torch.float32 for n in trainable)
     assert {dtypes[n] for n in dtypes if n.startswith("decoder.") and n not in trainable} == {torch.bfloat16}
-    assert next(model._feature_encoder[0].parameters()).dtype == torch.bfloat16
+    assert next(model.frozen_encoder.module.parameters()).dtype == torch.bfloat16
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
     before = snapshot(model)
     losses = train_steps(model, make_batch(model, examples), opt, steps=12)

@@ -10,7 +10,6 @@ from memecap.config import ConfigError, GenerationConfig, config_from_dict, load
 from memecap.data.tables import load_split
 from memecap.metrics.quote_score import normalize_quote, quote_spans, quoted_text
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.prompted import PromptedImages
 from memecap.quote_copy import QuoteCopyProcessor, quote_text
 from tests.test_ocr_clipcap import ocr_model, prompted
 from tests.test_rudolph import build, no_dropout

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from memecap.cli import main as cli
-from memecap.evaluation import compute_metrics, read_predictions, write_predictions
+from memecap.evaluation import compute_metrics, write_predictions
 from memecap.publish.report import write_report
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}

@@ -105,7 +105,8 @@ def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_rudolph,
         assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
     else:
         assert trainable == {n for n, _ in model.named_parameters()}
-    assert not any(n.startswith("_vqgan") for n in model.state_dict())  # the frozen VQGAN is not trained or saved
+    vqgan = {p.data_ptr() for p in model.frozen_encoder.module.parameters()}
+    assert vqgan and not vqgan & {t.data_ptr() for t in model.state_dict().values()}  # the frozen VQGAN is not trained or saved
     batch = make_batch(model, examples)
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
@@ -243,7 +244,7 @@ def test_images_are_letterboxed_not_squashed(tiny_rudolph, tmp_path):
     assert pixels.shape == (3, 32, 32)
     assert torch.all(pixels[:, :12] == 0) and torch.all(pixels[:, 20:] == 0)  # grey bars above and below
     assert torch.allclose(pixels[:, 12:20], torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1))  # the whole picture, unstretched
-    squashed = build(tiny_rudolph, "rudolph_350m", "model.encoder.resize_mode=squash", work_dir=tmp_path)
+    squashed = build(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=squash", work_dir=tmp_path)
     assert not torch.all(squashed.transform(wide)[:, :12] == 0)
 
 
@@ -252,12 +253,12 @@ def test_codes_are_cached_and_keyed_by_the_transform(tiny_rudolph, examples, tmp
     paths = [e.image_path for e in examples[:5]]
     first = model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     assert first.dtype == torch.long and first.shape == (5, 16) and int(first.max()) < 64
-    assert (model.last_cache.hits, model.last_cache.misses) == (0, 5)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (0, 5)
     assert torch.equal(model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False), first)
-    assert model.last_cache.hits == 5
-    cropped = build(tiny_rudolph, "rudolph_350m", "model.encoder.resize_mode=crop", work_dir=tmp_path)
+    assert model.frozen_encoder.last_cache.hits == 5
+    cropped = build(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=crop", work_dir=tmp_path)
     cropped.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
-    assert cropped.last_cache.misses == 5
+    assert cropped.frozen_encoder.last_cache.misses == 5
 
 
 # -- generation -------------------------------------------------------------------------------

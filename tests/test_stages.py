@@ -85,5 +85,5 @@ def test_stage_config_errors(tmp_path, synthetic_data, two_datasets):
                                       f"stages=[{{train: [{general['train']}], val: {general['val']}}}]"])
     with pytest.raises(ConfigError, match="needs train"):
         load_config("lstm_resnet50", [f"stages=[{{val: {general['val']}}}]"])
-    with pytest.raises(ConfigError, match=r"stages\[1\]\.freeze: 'decoder' matches no parameter"):
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.freeze: 'decoder' matches no module or parameter"):
         train.main(staged_config(tmp_path / "run", synthetic_data, two_datasets, freeze="decoder"))

@@ -58,8 +58,10 @@ def test_a_checkpoint_config_from_elsewhere_is_checked(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(load_config("demo", ["optim.name=os.system"]), path)
     assert load_saved_config(path).optim.name == "os.system"  # the user's own run: their choice
+    from memecap.untrusted import check_published_config
+
     with pytest.raises(UntrustedCodeReference, match=r"optim\.name='os\.system'"):
-        load_saved_config(path, published=True)
+        load_saved_config(path, check=check_published_config)
 
 
 def test_registered_names_still_load(tiny_lora_run, tmp_path):

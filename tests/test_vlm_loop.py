@@ -12,12 +12,12 @@ import yaml
 
 from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli_main
-from memecap.config import save_config
+from memecap.config import load_config, save_config
 from memecap.evaluation import read_predictions
 from memecap.publish.hub import push
 from memecap.models import load_model
 from memecap.train import main as train_main
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.conftest import reset_accelerate
 from tests.hub_standin import standin_hub  # noqa: F401 (the fixture)
 from tests.launching import accelerate_launch, launch_failure
 
@@ -34,9 +34,18 @@ PROCESSOR_FILES = {"processor/tokenizer.json", "processor/tokenizer_config.json"
                    "processor/chat_template.jinja"}
 
 
+def run_config(out: Path, synthetic_data, *overrides: str, recipe: str = "vlm_tiny"):
+    """conftest.tiny_run_config without `model.tiny` (the vlm family makes its tiny models itself)."""
+    return load_config(recipe, [
+        f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}",
+        f"train.output_dir={out}", f"cache.dir={out / 'cache'}", "train.trackers=[]", "train.progress_bar=false",
+        "train.batch_size=8", "eval.batch_size=4", "optim.warmup_steps=2", "generation.max_new_tokens=12",
+        "train.log_every=1", "eval.samples_to_show=1", *overrides])
+
+
 def vlm_run_config(out: Path, synthetic_data, arch: str, *overrides: str):
-    return tiny_run_config(out, synthetic_data, f"model.vlm.tiny_architecture={arch}", "model.vlm.mode=lora", *QUICK,
-                           *overrides, recipe="vlm_tiny")
+    return run_config(out, synthetic_data, f"model.vlm.tiny_architecture={arch}", "model.vlm.mode=lora", *QUICK,
+                      *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +184,7 @@ def test_qlora_run_resumes_exactly(synthetic_data, tmp_path, one_thread):
     pytest.importorskip("bitsandbytes")
 
     def run(out: Path, *extra: str) -> list[float]:
-        cfg = tiny_run_config(out, synthetic_data, "model.vlm.name=tiny-random", "model.vlm.revision=null",
+        cfg = run_config(out, synthetic_data, "model.vlm.name=tiny-random", "model.vlm.revision=null",
                               "model.vlm.min_pixels=null", "model.vlm.max_pixels=null", "train.grad_accum=1",
                               "train.save_every=2", "train.eval_every=2", "eval.compare_constant=false",
                               "generation.max_new_tokens=4", "data.max_val_rows=4", "data.max_train_rows=16",

@@ -14,7 +14,7 @@ from typing import Callable
 
 from PIL import Image
 
-from memecap.data.validation import DataError, Problem, ValidationReport, validate_rows
+from memecap.data.validation import DataError, Problem, RawRow, ValidationReport, validate_rows
 
 TEXT_COLUMNS = ("text", "caption", "captions", "description")
 UID_COLUMNS = ("uid", "id", "image_id")
@@ -30,19 +30,6 @@ class Example:
     captions: tuple[str, ...]
     source: str
     line: int
-
-
-@dataclass(frozen=True)
-class RawRow:
-    """One record as read, before validation; `error` is `(kind, detail)` if it could not be parsed."""
-
-    source: str
-    line: int
-    uid: str | None
-    image_path: Path | None
-    captions: tuple[str, ...]
-    error: tuple[str, str] | None = None
-    covers: int = 1  # table rows this record stands for: a stray quote can swallow many into one
 
 
 def read_table(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> list[RawRow]:

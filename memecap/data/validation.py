@@ -7,14 +7,25 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 
-if TYPE_CHECKING:
-    from memecap.data.tables import RawRow
+
+@dataclass(frozen=True)
+class RawRow:
+    """One record as read, before validation; `error` is `(kind, detail)` if it could not be parsed."""
+
+    source: str
+    line: int
+    uid: str | None
+    image_path: Path | None
+    captions: tuple[str, ...]
+    error: tuple[str, str] | None = None
+    covers: int = 1  # table rows this record stands for: a stray quote can swallow many into one
+
 
 ON_BAD_ROW = ("error", "skip")
 MAX_LISTED = 20

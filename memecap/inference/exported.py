@@ -51,11 +51,11 @@ def export_checkpoint(checkpoint: Path) -> Path:
 
     from memecap.config import load_saved_config
     from memecap.models import build_model
-
     from memecap.training.checkpoint import verify_checkpoint
+    from memecap.untrusted import check_published_config
 
     verify_checkpoint(checkpoint)
-    cfg = load_saved_config(checkpoint / "config.yaml", published=True)
+    cfg = load_saved_config(checkpoint / "config.yaml", check=check_published_config)
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors (a sharded DeepSpeed checkpoint? "

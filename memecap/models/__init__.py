@@ -1,62 +1,60 @@
-"""Model families behind one protocol (`memecap.models.protocol.Captioner`), looked up by name:
-a family is a builder in `MODELS` and a loader in `LOADERS`. The loop never asks which family it has.
+"""Model families, looked up by `model.family`: one line each in `FAMILIES`.
 
-`BASELINES` are families with nothing to train (`trainable_parameters()` is empty): they are
-scored with `memecap eval <recipe> --data TABLE`, never trained.
+A family is a module (a package under memecap/models/, or one file) that offers
+    build(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]) -> a `protocol.Captioner`
+    load(folder: Path, with_encoder: bool = True) -> the model an export folder holds
+    plan_memory(cfg: Config, **settings) -> memory_plan.Plan     (optional: what `memecap plan` estimates)
+and names the sections of `model` it reads (memecap/config refuses the others). Nothing here
+imports a family before it is used, so checking a config loads neither torch nor a family's code.
+The loop, inference, plan and publishing never ask which family they have.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
-from memecap.config import ModelConfig
-from memecap.models.clipcap.model import ClipCap, build_clipcap, materialize_tiny_bases
-from memecap.models.export import read_export_config
-from memecap.models.ocr_template import OcrTemplate, build_ocr_template
-from memecap.models.lstm.model import LstmCaptioner, build_lstm, materialize_tiny_encoder, run_vocab
-from memecap.models.vlm import build_vlm, load_vlm
 from memecap.quiet import quiet_weights
 
 
-def _build_clipcap(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
-    return build_clipcap(materialize_tiny_bases(cfg, work_dir, train_texts))
+@dataclass(frozen=True)
+class Family:
+    module: str  # the module offering build, load and (optionally) plan
+    sections: tuple  # the sections of `model` the family reads, besides `family`
+    baseline: bool = False  # nothing to train: scored with `memecap eval <recipe> --data TABLE`, never trained
 
 
-def _build_rudolph(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
-    # Imported here: the rudolph/rudalle packages load only when a RuDOLPH is asked for.
-    from memecap.models.rudolph.model import build_rudolph, materialize_tiny_rudolph
-
-    return build_rudolph(materialize_tiny_rudolph(cfg, work_dir, train_texts))
-
-
-def _load_rudolph(folder: Path, with_encoder: bool = True):
-    from memecap.models.rudolph.model import RuDolph
-
-    return RuDolph.from_pretrained(folder, with_encoder=with_encoder)
+FAMILIES = {
+    "clipcap": Family("memecap.models.clipcap", ("encoder", "mapper", "decoder", "ocr", "tiny")),
+    "rudolph": Family("memecap.models.rudolph", ("rudolph", "ocr", "tiny")),
+    "lstm": Family("memecap.models.lstm", ("encoder", "lstm", "tiny")),
+    "ocr_template": Family("memecap.models.ocr_template", ("ocr",), baseline=True),
+    "vlm": Family("memecap.models.vlm", ("vlm", "ocr")),
+}
+BASELINES = {name for name, family in FAMILIES.items() if family.baseline}
 
 
-def _build_lstm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]):
-    return build_lstm(materialize_tiny_encoder(cfg, work_dir), run_vocab(cfg, work_dir, train_texts))
-
-
-MODELS = {"clipcap": _build_clipcap, "rudolph": _build_rudolph, "lstm": _build_lstm, "ocr_template": build_ocr_template,
-          "vlm": build_vlm}
-LOADERS = {"clipcap": ClipCap.from_pretrained, "rudolph": _load_rudolph, "lstm": LstmCaptioner.from_pretrained,
-           "ocr_template": OcrTemplate.from_pretrained, "vlm": load_vlm}
-BASELINES = {"ocr_template"}
+def family_module(name: str) -> ModuleType:
+    if name not in FAMILIES:
+        raise ValueError(f"model.family={name!r}: known families are {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name].module)
 
 
 @quiet_weights()
-def build_model(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
-    if cfg.family not in MODELS:
-        raise ValueError(f"model.family={cfg.family!r}: known families are {', '.join(MODELS)}")
-    return MODELS[cfg.family](cfg, work_dir=work_dir, train_texts=train_texts)
+def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
+    """A fresh model of `cfg.family` (`cfg`: the run's ModelConfig; memecap/config imports this
+    module for FAMILIES, so it is not imported back here)."""
+    return family_module(cfg.family).build(cfg, work_dir=work_dir, train_texts=train_texts)
 
 
 @quiet_weights()
 def load_model(folder: Path, with_encoder: bool = True):
     """A model exported by `save_pretrained`, whatever its family."""
+    from memecap.models.export import read_export_config
+
     family = read_export_config(folder).get("family", "clipcap")
-    if family not in LOADERS:
+    if family not in FAMILIES:
         raise ValueError(f"{folder}: model family {family!r} is not known to this memecap version")
-    return LOADERS[family](folder, with_encoder=with_encoder)
+    return family_module(family).load(folder, with_encoder=with_encoder)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.models.export import read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts
 
@@ -72,8 +72,13 @@ class OcrTemplate(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "OcrTemplate":
         meta = read_export_config(Path(folder))
-        return cls(config_from_dict({"model": meta["model"]}).model).eval()
+        return cls(model_config_from_export(meta["model"])).eval()
 
 
 def build_ocr_template(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]) -> OcrTemplate:
     return OcrTemplate(cfg)
+
+
+# The family's entry points (memecap/models/__init__.py).
+build = build_ocr_template
+load = OcrTemplate.from_pretrained

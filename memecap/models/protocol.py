@@ -1,7 +1,7 @@
 """What every model family offers: the one interface the loop, inference, plan and publishing use.
 
-A family is one class that satisfies `Captioner`, one builder in `MODELS` and one loader in
-`LOADERS` (memecap/models/__init__.py). Nothing outside the family asks which family it is.
+A family is a folder under memecap/models/ whose model class satisfies `Captioner`, and one line
+in `FAMILIES` (memecap/models/__init__.py). Nothing outside the family asks which family it is.
 
 The loss contract: `forward(batch)` returns `{"loss": scalar, "num_tokens": scalar}`, where `loss`
 is a mean per scored caption token and `num_tokens` is how many caption tokens were scored in the

@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image

@@ -11,14 +11,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from memecap.config import OptimConfig
 
-# Optimizers an exported or published config may name (memecap/untrusted.py); a recipe or the
-# command line may name any class by dotted path.
-REGISTERED_OPTIMIZERS = (
-    "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adafactor",
-    "bitsandbytes.optim.AdamW8bit", "bitsandbytes.optim.Adam8bit", "bitsandbytes.optim.PagedAdamW8bit",
-    "bitsandbytes.optim.PagedAdamW", "bitsandbytes.optim.Lion8bit", "bitsandbytes.optim.PagedLion8bit",
-)
-
 
 def import_object(dotted: str):
     module_name, _, attr = dotted.rpartition(".")

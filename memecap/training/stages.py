@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Optional
 
 from torch import nn
 
-from memecap.config import Config, ConfigError, OptimConfig
+from memecap.config import Config, OptimConfig
 from memecap.data.sources import load_train_val
 from memecap.data.tables import Example, load_split
+from memecap.models.param_patterns import select_parameters
 
 
 @dataclass
@@ -69,16 +69,7 @@ def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Calla
 
 def apply_freeze(model: nn.Module, trainable: set[str], stage: Stage) -> None:
     """Train what the model trains by itself (`trainable`: names of its trainable parameters) minus
-    the stage's `freeze` patterns; a pattern that matches no parameter is an error, not a no-op."""
-    names = [n for n, _ in model.named_parameters()]
-
-    def frozen_by(pattern: str, name: str) -> bool:
-        return fnmatch(name, pattern) or fnmatch(name, pattern + ".*")
-
-    for pattern in stage.freeze:
-        if not any(frozen_by(pattern, n) for n in names):
-            tops = sorted({n.split(".")[0] for n in names})
-            raise ConfigError(f"stages[{stage.index}].freeze: {pattern!r} matches no parameter of the model; "
-                              f"its modules are {', '.join(tops)}")
+    the stage's `freeze` patterns (memecap/models/param_patterns.py: a pattern matching nothing is an error)."""
+    frozen = select_parameters(model, stage.freeze, key=f"stages[{stage.index}].freeze", what="the model")
     for name, param in model.named_parameters():
-        param.requires_grad_(name in trainable and not any(frozen_by(p, name) for p in stage.freeze))
+        param.requires_grad_(name in trainable and name not in frozen)

@@ -21,14 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessorList
 
-from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.data.datasets import LazyPixels
 from memecap.data.images import ImageTransform
-from memecap.features import FeatureCache, encode_images, module_fingerprint
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
+from memecap.models.frozen import FrozenEncoder
+from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
 from memecap.models.clipcap.mapping import build_mapper
@@ -48,13 +49,13 @@ def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
 
 def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     """GPT-2 LM and its tokenizer from the Hub id / folder in the config, or from an export
-    (its `decoder/` when the decoder was fully trained, its `tokenizer/` always)."""
+    (its `decoder/` when the decoder was trained, its `tokenizer/` always)."""
     name, revision = cfg.decoder.name, cfg.decoder.revision
     tokenizer_dir = export / "tokenizer" if export is not None and (export / "tokenizer").is_dir() else None
     decoder_dir = export / "decoder" if export is not None and (export / "decoder").is_dir() else None
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
                  else AutoTokenizer.from_pretrained(name, revision=revision))
-    dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode == "full")
+    dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
     decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
                else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
     use_trained_eos(tokenizer, decoder, name)
@@ -122,18 +123,9 @@ def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     if cfg.decoder.gradient_checkpointing:
         decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         decoder.config.use_cache = False
-    if cfg.decoder.mode == "full":
-        return decoder
-    decoder.requires_grad_(False)
-    if cfg.decoder.mode == "frozen":
-        return decoder
-    from peft import LoraConfig, get_peft_model
-
-    lora = cfg.decoder.lora
-    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules), fan_in_fan_out=True,  # GPT-2 uses Conv1D
-                          task_type="CAUSAL_LM")
-    return get_peft_model(decoder, peft_cfg)
+    dec = cfg.decoder
+    return apply_train_mode(decoder, dec.mode, trainable=dec.trainable, lora=dec.lora, key="model.decoder",
+                            what="the decoder", task_type="CAUSAL_LM", fan_in_fan_out=True)  # GPT-2 uses Conv1D
 
 
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,16 +143,14 @@ class ClipCap(nn.Module):
                  feature_encoder: Optional[nn.Module] = None):
         super().__init__()
         self.cfg = cfg
-        # Held in a tuple so it is not a submodule: a frozen encoder only feeds the feature cache and
-        # must stay out of the trained module's parameters, state dict and device placement.
-        self._feature_encoder = (feature_encoder,)
-        self._encoder_fingerprint: Optional[str] = None
         self.mapper = mapper
         self.decoder = decoder
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.image_dim = image_dim
         self.transform = transform
+        frozen = None if cfg.encoder.trainable else (encoder if encoder is not None else feature_encoder)
+        self.frozen_encoder = FrozenEncoder(frozen, transform) if frozen is not None else None
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
@@ -196,19 +186,9 @@ class ClipCap(nn.Module):
                                 progress=progress, desc=desc)
 
     def _visual_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str):
-        if self.cfg.encoder.trainable:
+        if self.frozen_encoder is None:
             return LazyPixels(paths, self.transform)
-        encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
-        home = next(encoder.parameters()).device
-        encoder.to(device)
-        if cache_dir and self._encoder_fingerprint is None:  # frozen weights: hash them once, not per split
-            self._encoder_fingerprint = module_fingerprint(encoder)
-        cache = FeatureCache(cache_dir, self._encoder_fingerprint, self.transform.signature()) if cache_dir else None
-        feats = encode_images(encoder, self.transform, paths, cache=cache, device=device,
-                              progress=progress, desc=desc)
-        encoder.to(home)  # the frozen encoder must not hold accelerator memory during training
-        self.last_cache = cache
-        return feats
+        return self.frozen_encoder.encode(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
 
     def collate(self, items: list[dict]) -> dict:
         images = [it["image"] for it in items]
@@ -327,13 +307,14 @@ class ClipCap(nn.Module):
             save_file(part("encoder."), str(out_dir / ENCODER_FILE))
         if self.cfg.decoder.mode == "lora":
             self.decoder.save_pretrained(out_dir / "adapter", state_dict=part("decoder."))
-        elif self.cfg.decoder.mode == "full":
+        elif self.cfg.decoder.mode in ("full", "subset"):  # a partly trained decoder is exported whole too
             self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")
         enc, dec = self.cfg.encoder, self.cfg.decoder
         bases = {"encoder": base_entry("encoder", enc.name, enc.revision, needed_to_load=True),
-                 # a fully trained decoder is exported whole; the base only says where it started
-                 "decoder": base_entry("decoder", dec.name, dec.revision, needed_to_load=dec.mode != "full")}
+                 # a trained decoder is exported whole; the base only says where it started
+                 "decoder": base_entry("decoder", dec.name, dec.revision,
+                                       needed_to_load=dec.mode not in ("full", "subset"))}
         write_export_config(out_dir, {"family": "clipcap", "model": to_dict(self.cfg), "bases": bases,
                                       "generation": to_dict(generation) if generation else None,
                                       "image_dim": self.image_dim,
@@ -344,7 +325,7 @@ class ClipCap(nn.Module):
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":
         folder = Path(folder)
         meta = read_export_config(folder)
-        cfg = config_from_dict({"model": meta["model"]}).model
+        cfg = model_config_from_export(meta["model"])
         model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable, export=folder,
                               apply_mode=False)
         model.mapper.load_state_dict(load_file(str(folder / MAPPER_FILE)))

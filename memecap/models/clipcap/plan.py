@@ -11,6 +11,7 @@ from memecap.config import Config
 from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.mapping import build_mapper
+from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
 
 # ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.
@@ -84,6 +85,25 @@ def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, c
     return L * per_layer
 
 
+def decoder_weights(dec, decoder: GPT2LMHeadModel, config: GPT2Config, act_bytes: int) -> tuple[int, float, torch.dtype]:
+    """(trained decoder parameters, bytes of its frozen weights, their dtype) for `dec.mode`."""
+    decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
+    linear_params = sum(m.weight.numel() for n, m in decoder.named_modules() if type(m).__name__ == "Conv1D")
+    # peft's k-bit preparation casts the layers that are not quantized back to fp32.
+    frozen_dtype = (weights_dtype(dec.dtype, trains=dec.mode == "subset", sixteen_bit=act_bytes == 2)
+                    if dec.quantization == "none" else torch.float32)
+    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
+    if dec.mode == "full":
+        return decoder_params, 0.0, frozen_dtype
+    if dec.mode == "subset":  # the chosen parameters train in fp32, the rest stays as loaded
+        chosen = select_parameters(decoder, dec.trainable, key="model.decoder.trainable", what="the decoder")
+        trained = sum(p.numel() for n, p in decoder.named_parameters() if n in chosen)
+        return trained, (decoder_params - trained) * frozen_dtype.itemsize, frozen_dtype
+    frozen = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
+    trained = lora_parameters(config, dec.lora.r, list(dec.lora.target_modules)) if dec.mode == "lora" else 0
+    return trained, frozen, frozen_dtype
+
+
 def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
                  offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                  mixed_precision: Optional[str] = None) -> Plan:
@@ -93,8 +113,6 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
         decoder = GPT2LMHeadModel(config)
         tokens, width = image_features(cfg)
         mapper = build_mapper(cfg.model.mapper, width, config.n_embd, patches=cfg.model.encoder.features == "patches")
-    decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
-    linear_params = sum(m.weight.numel() for n, m in decoder.named_modules() if type(m).__name__ == "Conv1D")
     mapper_params = sum(p.numel() for p in mapper.parameters())
     precision = mixed_precision or cfg.train.mixed_precision
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
@@ -106,17 +124,8 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
 
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
-    # peft's k-bit preparation casts the layers that are not quantized back to fp32.
-    frozen_dtype = (weights_dtype(dec.dtype, trains=False, sixteen_bit=act_bytes == 2)
-                    if dec.quantization == "none" else torch.float32)
-    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
-    frozen_weights = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
-    trainable = mapper_params
-    if dec.mode == "full":
-        trainable += decoder_params
-        frozen_weights = 0.0
-    elif dec.mode == "lora":
-        trainable += lora_parameters(config, dec.lora.r, list(dec.lora.target_modules))
+    trained, frozen_weights, frozen_dtype = decoder_weights(dec, decoder, config, act_bytes)
+    trainable = mapper_params + trained
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
     if frozen_weights:
         stored = dec.quantization if dec.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
@@ -135,6 +144,7 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
              activation_bytes(config, batch, seq, act_bytes, checkpointing))
     plan.add("logits + loss (fp32 copy and its gradient)", batch * seq * config.vocab_size * (act_bytes + 8))
     if zero_stage == 3:
+        decoder_params = sum(p.numel() for p in decoder.parameters())
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.n_layer) * 4.0 * 2)
     if cfg.model.encoder.trainable:
         plan.notes.append("the image encoder trains: its weights, gradients and activations are not in this table")

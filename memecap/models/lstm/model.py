@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
-from memecap.features import FeatureCache, encode_images, module_fingerprint
+from memecap.models.frozen import FrozenEncoder
 from memecap.models.clipcap.model import encoder_transform
 from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
@@ -53,10 +53,10 @@ class LstmCaptioner(nn.Module):
                  encoder: Optional[nn.Module] = None, feature_encoder: Optional[nn.Module] = None):
         super().__init__()
         self.cfg, self.vocab, self.image_dim, self.transform = cfg, vocab, image_dim, transform
-        # Held in a tuple so it is not a submodule (see ClipCap): a frozen encoder only feeds the feature cache.
-        self._feature_encoder = (feature_encoder,)
-        self._encoder_fingerprint: Optional[str] = None
         self.encoder = encoder
+        frozen = None if cfg.encoder.trainable else (encoder if encoder is not None else feature_encoder)
+        # The ResNet's pooled vector and grid come from the same weights: the output is part of the cache key.
+        self.frozen_encoder = FrozenEncoder(frozen, transform, variant=frozen.output_key) if frozen is not None else None
         c = cfg.lstm
         self.project = nn.Linear(image_dim, c.embed_dim)
         self.norm = ProjectionNorm(c.embed_dim)
@@ -92,19 +92,9 @@ class LstmCaptioner(nn.Module):
     def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "encoding images"):
         """Cached ResNet features (pooled [N, C] or grid [N, H*W, C]) for a frozen encoder, lazy pixels otherwise."""
-        if self.cfg.encoder.trainable:
+        if self.frozen_encoder is None:
             return LazyPixels(paths, self.transform)
-        encoder = self.encoder if self.encoder is not None else self._feature_encoder[0]
-        home = next(encoder.parameters()).device
-        encoder.to(device)
-        if cache_dir and self._encoder_fingerprint is None:
-            # ResNet's pooled vector and grid come from the same weights: the output is part of the key.
-            self._encoder_fingerprint = f"{module_fingerprint(encoder)}|{encoder.output_key}"
-        cache = FeatureCache(cache_dir, self._encoder_fingerprint, self.transform.signature()) if cache_dir else None
-        feats = encode_images(encoder, self.transform, paths, cache=cache, device=device, progress=progress, desc=desc)
-        encoder.to(home)
-        self.last_cache = cache
-        return feats
+        return self.frozen_encoder.encode(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
 
     def collate(self, items: list[dict]) -> dict:
         batch = {"image": torch.stack([it["image"] for it in items])}
@@ -244,7 +234,7 @@ class LstmCaptioner(nn.Module):
     def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "LstmCaptioner":
         folder = Path(folder)
         meta = read_export_config(folder)
-        cfg = config_from_dict({"model": meta["model"]}).model
+        cfg = model_config_from_export(meta["model"])
         cfg.lstm.navec = None  # the trained embeddings are in the weights; the vectors file is not needed
         model = build_lstm(cfg, WordVocab.load(folder / VOCAB_FILE), with_encoder=with_encoder or cfg.encoder.trainable)
         missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)

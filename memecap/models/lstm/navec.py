@@ -8,7 +8,6 @@ vectors: uint32 vectors, dim, qdim, centroids; uint8 indexes [vectors, qdim]; fl
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
 from pathlib import Path

@@ -20,10 +20,8 @@ is needed; the caption attends to it like to the image.
 """
 from __future__ import annotations
 
-import difflib
 import shutil
 import types
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,10 +29,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform
-from memecap.features import FeatureCache, encode_images, module_fingerprint
+from memecap.models.frozen import FrozenEncoder
+from memecap.models.train_modes import apply_train_mode
+from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
@@ -75,10 +75,7 @@ class RuDolph(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rudolph = rudolph
-        # Held in a tuple so it is not a submodule: the frozen VQGAN only feeds the code cache and must
-        # stay out of the trained module's parameters, state dict and device placement.
-        self._vqgan = (vqgan,)
-        self._vqgan_fingerprint: Optional[str] = None
+        self.frozen_encoder = FrozenEncoder(vqgan, transform)
         self.tokenizer = tokenizer
         self.tokenizer_file = tokenizer_file
         self.transform = transform
@@ -132,16 +129,7 @@ class RuDolph(nn.Module):
 
     def _codes(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str) -> torch.Tensor:
         """VQGAN codes [N, image tokens] of each image, from the cache where present."""
-        vqgan = self._vqgan[0]
-        home = next(vqgan.parameters()).device
-        vqgan.to(device)
-        if cache_dir and self._vqgan_fingerprint is None:  # frozen weights: hash them once, not per split
-            self._vqgan_fingerprint = module_fingerprint(vqgan)
-        cache = (FeatureCache(cache_dir, self._vqgan_fingerprint, "vqgan-codes|" + self.transform.signature())
-                 if cache_dir else None)
-        codes = encode_images(vqgan, self.transform, paths, cache=cache, device=device, progress=progress, desc=desc)
-        vqgan.to(home)  # the VQGAN must not hold accelerator memory during training
-        self.last_cache = cache
+        codes = self.frozen_encoder.encode(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
         if codes.numel() and codes.shape[1] != self.image_len:
             raise ValueError(f"the VQGAN gives {codes.shape[1]} codes per image but RuDOLPH reads {self.image_len}")
         return codes.long()
@@ -295,7 +283,7 @@ class RuDolph(nn.Module):
         (`with_encoder` is accepted for the protocol: the VQGAN is always loaded, it turns images into codes.)"""
         folder = Path(folder)
         meta = read_export_config(folder)
-        cfg = config_from_dict({"model": meta["model"]}).model
+        cfg = model_config_from_export(meta["model"])
         whole = (folder / WEIGHTS_FILE).is_file()  # every weight is here: the base checkpoint is not downloaded
         model = build_rudolph(cfg, export=folder, apply_mode=False, base_weights=not whole)
         base = model.rudolph
@@ -316,50 +304,15 @@ class RuDolph(nn.Module):
 # -- building ----------------------------------------------------------------------------------
 
 def select_trainable(model: nn.Module, patterns: Sequence[str]) -> set[str]:
-    """Names of the parameters matched by glob `patterns`, each matching a parameter name or the
-    name of a module holding it. A pattern that matches nothing is an error listing near names:
-    a typo must never silently train (or freeze) something else."""
-    names = [n for n, _ in model.named_parameters()]
-    modules = [n for n, _ in model.named_modules() if n]
-    chosen: set[str] = set()
-    for pattern in patterns:
-        hits = {n for n in names if any(fnmatchcase(p, pattern) for p in _prefixes(n))}
-        if not hits:
-            near = difflib.get_close_matches(pattern, modules + names, n=5, cutoff=0.4)
-            raise ValueError(f"model.rudolph.trainable: {pattern!r} matches no module or parameter of RuDOLPH; "
-                             f"near names: {near or modules[:5]} (patterns are globs over names such as "
-                             f"transformer.layers.23.mlp or to_logits.*)")
-        chosen |= hits
-    return chosen
-
-
-def _prefixes(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    """Names of the parameters `model.rudolph.trainable` selects (memecap/models/param_patterns.py)."""
+    return select_parameters(model, patterns, key="model.rudolph.trainable", what="RuDOLPH")
 
 
 def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     r = cfg.rudolph
-    if r.mode == "full":
-        return model.requires_grad_(True)
-    if r.mode == "subset":
-        chosen = select_trainable(model, r.trainable)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in chosen)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    module_names = [n for n, _ in model.named_modules()]
-    for target in r.lora.target_modules:  # PEFT only fails when no target matches at all
-        if not any(n == target or n.endswith("." + target) for n in module_names):
-            raise ValueError(f"model.rudolph.lora.target_modules: {target!r} names no module of RuDOLPH; its "
-                             f"projections are query_key_value, dense (attention), dense_h_to_4h, dense_4h_to_h (MLP)")
-    model.requires_grad_(False)
-    if r.base_dtype != "float32":
+    if r.mode == "lora" and r.base_dtype != "float32":
         model.to(getattr(torch, r.base_dtype))  # the frozen base only: PEFT keeps the adapters in fp32
-    peft_cfg = LoraConfig(r=r.lora.r, lora_alpha=r.lora.alpha, lora_dropout=r.lora.dropout,
-                          target_modules=list(r.lora.target_modules))
-    return get_peft_model(model, peft_cfg)
+    return apply_train_mode(model, r.mode, trainable=r.trainable, lora=r.lora, key="model.rudolph", what="RuDOLPH")
 
 
 def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode: bool = True,
@@ -383,8 +336,8 @@ def build_rudolph(cfg: ModelConfig, *, export: Optional[Path] = None, apply_mode
     tokenizer, tokenizer_file = (load_tokenizer(str(Path(export) / TOKENIZER_DIR)) if exported
                                  else load_tokenizer(r.tokenizer, r.tokenizer_revision))
     side = params["image_tokens_per_dim"] * vae.downsampling
-    # Letterboxed by default (model.encoder.resize_mode=pad): the whole meme, its text included, is seen.
-    transform = ImageTransform(side, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode=cfg.encoder.resize_mode)
+    # Letterboxed by default (model.rudolph.resize_mode=pad): the whole meme, its text included, is seen.
+    transform = ImageTransform(side, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode=r.resize_mode)
     if r.gradient_checkpointing:
         checkpoint_layers(model.transformer)
     if apply_mode:

@@ -1,18 +1,19 @@
 """The vision-language-model family (`model.family: vlm`): any model transformers loads with
 AutoModelForImageTextToText, fine-tuned (LoRA or whole, on a 16-bit or 8/4-bit base) to describe
-memes through memecap's loop. One folder: prompt and image tokens (chat.py), loading and what
-trains (loading.py), the captioner (model.py), tiny random models (tiny.py), the memory plan (plan.py).
+memes through memecap's loop. One folder: its settings (settings.py), prompt and image tokens
+(chat.py), loading and what trains (loading.py), the captioner (model.py), tiny random models
+(tiny.py), the memory plan (plan.py, known.py). The family's entry points (memecap/models/__init__.py)
+import transformers only when they are called.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from memecap.config import ModelConfig
-from memecap.models.tiny import TINY
+TINY = "tiny-random"  # memecap.models.tiny.TINY, without importing transformers with the settings
 
 
-def materialize_tiny_vlm(cfg: ModelConfig, work_dir: Path, train_texts: Sequence[str]) -> ModelConfig:
+def materialize_tiny_vlm(cfg, work_dir: Path, train_texts: Sequence[str]):
     """Replace a "tiny-random" name with a folder holding a freshly made tiny model of
     `model.vlm.tiny_architecture`, so it loads through the same path as Hub weights."""
     from memecap.models.vlm.tiny import save_tiny_vlm
@@ -29,7 +30,7 @@ def materialize_tiny_vlm(cfg: ModelConfig, work_dir: Path, train_texts: Sequence
     return cfg
 
 
-def build_vlm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = ()):
+def build(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
     """Load the model named in `cfg.vlm` with its processing parts and set what trains."""
     from memecap.models.vlm.chat import KNOWN_TYPES
     from memecap.models.vlm.loading import apply_training_mode, load_base, load_processing, load_processor
@@ -47,7 +48,13 @@ def build_vlm(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str] = 
     return Vlm(cfg, model, tokenizer, image_processor, template, processor)
 
 
-def load_vlm(folder: Path, with_encoder: bool = True):
+def load(folder: Path, with_encoder: bool = True):
     from memecap.models.vlm.model import Vlm
 
     return Vlm.from_pretrained(folder, with_encoder=with_encoder)
+
+
+def plan_memory(cfg, **settings):
+    from memecap.models.vlm.plan import plan_vlm
+
+    return plan_vlm(cfg, **settings)

@@ -164,7 +164,7 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         raise ValueError(f"model.vlm.lora.target_modules: {', '.join(missing)} name no module of {type(model).__name__}")
     patterns = [target_pattern(language, list(v.lora.target_modules))]
     if v.vision == "lora":
-        patterns.append(target_pattern(vision, list(v.lora.vision_target_modules)))
+        patterns.append(target_pattern(vision, list(v.vision_target_modules)))
     peft_cfg = LoraConfig(r=v.lora.r, lora_alpha=v.lora.alpha, lora_dropout=v.lora.dropout,
                           target_modules="|".join(f"(?:{p})" for p in patterns),
                           modules_to_save=[vision] if v.vision == "full" else None)

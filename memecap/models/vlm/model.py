@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessorList
 
-from memecap.config import GenerationConfig, ModelConfig, config_from_dict, to_dict
+from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
@@ -282,7 +282,7 @@ class Vlm(nn.Module):
 
         folder = Path(folder)
         meta = read_export_config(folder)
-        cfg = config_from_dict({"model": meta["model"]}).model
+        cfg = model_config_from_export(meta["model"])
         whole = (folder / MODEL_DIR).is_dir()
         model = load_base(cfg, folder / MODEL_DIR if whole else None)
         tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None)

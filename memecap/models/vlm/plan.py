@@ -99,7 +99,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     else:
         trainable = lora_params(model, language, list(v.lora.target_modules), v.lora.r)
         if v.vision == "lora":
-            trainable += lora_params(model, vision, list(v.lora.vision_target_modules), v.lora.r)
+            trainable += lora_params(model, vision, list(v.vision_target_modules), v.lora.r)
         quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[v.quantization]  # NF4 + constants
         frozen = quantizable * quant + (total - quantizable) * frozen_dtype.itemsize
         if v.vision == "full":

@@ -1,0 +1,60 @@
+"""Which sections of `model` a family reads (memecap/models/__init__.py's FAMILIES), the keys that
+moved into a family's own section, and the old configs that still read."""
+from __future__ import annotations
+
+from memecap.config_checks import ConfigError
+from memecap.models import FAMILIES
+
+# The sections of `model` each family reads. Setting any other is an error naming the key, and
+# the resolved, saved and exported configs hold only these (`family` itself is always there).
+FAMILY_SECTIONS = {name: family.sections for name, family in FAMILIES.items()}
+_ANY_FAMILYS = set().union(*FAMILY_SECTIONS.values())  # other keys are typos, which binding names
+# What to do instead, for a section a family does not read that users reach for.
+FOREIGN_SECTION_HINTS = {("lstm", "ocr"): "the LSTM baselines do not read OCR text; use a ClipCap or RuDOLPH "
+                                           "recipe (e.g. clipcap_ocr_lora)"}
+
+# Keys that moved into a family's own section: family -> {old key under model: new key under model}.
+MOVED_KEYS = {"rudolph": {"encoder.resize_mode": "rudolph.resize_mode"}}
+
+
+def move_keys(model: dict, family: str, *, strict: bool = False) -> dict:
+    """`model` with the family's MOVED_KEYS at their new place (a copy). `strict`: an old and a new
+    key both set to different values is an error; otherwise the new key's value is kept."""
+    model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in model.items()}
+    for old, new in MOVED_KEYS.get(family, {}).items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = model.get(old_section)
+        target = model.setdefault(new_section, {})
+        if not (isinstance(section, dict) and old_key in section and isinstance(target, dict)):
+            if target == {}:
+                del model[new_section]
+            continue  # nothing to move (or a wrong type, which _bind names)
+        value = section.pop(old_key)
+        if strict and new_key in target and target[new_key] != value:
+            raise ConfigError(f"model.{old} and model.{new} are the same setting for model.family={family}; "
+                              f"set only model.{new}")
+        target.setdefault(new_key, value)
+        if not section:
+            del model[old_section]
+    return model
+
+
+def family_model_values(model: dict, *, saved: bool = False, where: str = "model") -> dict:
+    """A `model` mapping as its family reads it: moved keys at their new place, and other families'
+    sections refused (a recipe, an override) or dropped (`saved`: a config or export written by a
+    memecap that saved every family's sections, none of which the family ever read)."""
+    family = model.get("family", "clipcap")
+    if family not in FAMILY_SECTIONS:
+        raise ConfigError(f"{where}.family={family!r}: must be one of {', '.join(FAMILY_SECTIONS)}")
+    model = move_keys(model, family, strict=not saved)
+    allowed = FAMILY_SECTIONS[family]
+    foreign = [k for k in model if k != "family" and k not in allowed and k in _ANY_FAMILYS]
+    if saved:
+        return {k: v for k, v in model.items() if k not in foreign}
+    if foreign:
+        keys = [f"{where}.{k}.{sub}" for k in foreign for sub in model[k]] if all(
+            isinstance(model[k], dict) and model[k] for k in foreign) else [f"{where}.{k}" for k in foreign]
+        hints = "".join(f"; {FOREIGN_SECTION_HINTS[family, k]}" for k in foreign if (family, k) in FOREIGN_SECTION_HINTS)
+        raise ConfigError(f"{', '.join(keys)}: not read by model.family={family} "
+                          f"(its settings: {', '.join(f'{where}.{k}' for k in allowed)}){hints}")
+    return model

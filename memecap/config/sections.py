@@ -1,0 +1,341 @@
+"""The sections of a run's config that every family shares, and the whole `Config`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, one_of
+from memecap.config.families import FAMILY_SECTIONS
+from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
+from memecap.models.lstm.settings import LstmConfig
+from memecap.models.rudolph.settings import RudolphConfig
+from memecap.models.vlm.settings import VlmConfig
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in demo set: coloured shapes with Cyrillic captions, generated on first use."""
+
+    n_train: int = 2000  # training images
+    n_val: int = 200  # held-out images
+    image_size: int = 64  # side of the generated square images
+    seed: int = 0  # generator seed (independent of the training seed)
+
+    def __post_init__(self) -> None:
+        at_least("data.synthetic.n_train", self.n_train, 1)
+        at_least("data.synthetic.n_val", self.n_val, 1)
+        at_least("data.synthetic.image_size", self.image_size, 16)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # table (.tsv meme format, .csv, .jsonl), "hf:imagefolder:DIR", "hf:user/name", or "synthetic"
+    val: str = ""  # same forms; "synthetic" pairs with a synthetic train set
+    image_dir: Optional[str] = None  # where images live when not next to the table in images/
+    on_bad_row: str = "error"  # error: stop and list every bad row; skip: drop them, count and log each
+    max_train_rows: Optional[int] = None  # cap for quick experiments
+    max_val_rows: Optional[int] = None  # cap on evaluated examples
+    max_caption_tokens: int = 128  # caption length cap in tokens, end-of-text token included (a model may allow fewer)
+    long_captions: str = "truncate"  # truncate: cut, keeping the end-of-text token; reject: stop and say how many are too long
+    num_workers: int = 0  # DataLoader workers
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        one_of("data.on_bad_row", self.on_bad_row, ("error", "skip"))
+        one_of("data.long_captions", self.long_captions, ("truncate", "reject"))
+        if self.max_caption_tokens < 2:
+            raise ConfigError("data.max_caption_tokens must be >= 2 (one word and the end token)")
+        at_least("data.max_train_rows", self.max_train_rows, 1, optional=True)
+        at_least("data.max_val_rows", self.max_val_rows, 1, optional=True)
+        at_least("data.num_workers", self.num_workers, 0)
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel, for the LSTM baselines)
+    name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one
+    revision: Optional[str] = None  # Hub revision (commit, tag or branch)
+    trainable: bool = False  # frozen encoders are run once per image and cached
+    resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
+    features: str = "pooled"  # pooled: one vector per image (ClipCap); patches: every last-layer token
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen weights; auto = bf16 on a bf16 GPU
+
+    def __post_init__(self) -> None:
+        one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip", "resnet"))
+        one_of("model.encoder.dtype", self.dtype, WEIGHT_DTYPES)
+        if self.trainable and self.dtype not in ("auto", "float32"):
+            raise ConfigError("model.encoder.dtype: a trainable encoder keeps float32 weights "
+                              "(use train.mixed_precision=bf16 for 16-bit compute)")
+        one_of("model.encoder.features", self.features, ("pooled", "patches"))
+        one_of("model.encoder.resize_mode", self.resize_mode, ("pad", "crop", "squash"))
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the random-initialised stand-ins made for "tiny-random" (demo and tests)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
+    embed_dim: int = 64
+    gpt_width: int = 128
+    gpt_layers: int = 2
+    gpt_heads: int = 4
+    vocab_size: int = 512  # BPE vocabulary trained on the training captions
+    rudolph_text_tokens: int = 64  # tiny RuDOLPH: right-text (caption) positions; its image grid is image_size / 8
+    resnet_widths: list = field(default_factory=lambda: [16, 32])  # tiny ResNet: channels of each stage
+    resnet_depths: list = field(default_factory=lambda: [1, 1])  # tiny ResNet: residual blocks of each stage
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "vision_width", "vision_layers", "embed_dim", "gpt_width",
+                     "gpt_layers", "gpt_heads", "vocab_size", "rudolph_text_tokens"):
+            at_least(f"model.tiny.{name}", getattr(self, name), 1)
+        if self.gpt_width % self.gpt_heads:
+            raise ConfigError(f"model.tiny.gpt_width={self.gpt_width} must be a multiple of gpt_heads={self.gpt_heads}")
+
+
+# The names of memecap.ocr.cleaning.RULES (a test keeps them equal), here so that validating a config imports no OCR code.
+OCR_CLEANING_RULES = ("handles", "timestamps", "chrome", "watermarks")
+
+
+@dataclass
+class OcrConfig:
+    """Reading the meme's own text and showing it to the decoder (ClipCap's prompt, RuDOLPH's left
+    text) or quoting it (ocr_template)."""
+
+    enabled: bool = False  # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
+    engine: str = "detect_tesseract"  # key of memecap.ocr.ENGINES (detect_tesseract: detected lines; tesseract: whole page), or a dotted path to an engine class
+    languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
+    min_confidence: Optional[float] = None  # words read with a lower confidence (0-100) are dropped; null: the engine's own (detect_tesseract 0, tesseract 60)
+    cleaning: list = field(default_factory=lambda: ["handles", "timestamps", "chrome", "watermarks"])  # rules of memecap.ocr.cleaning.RULES applied to each line
+    max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
+    template: str = "Текст на картинке: {text}\nОписание: "  # ClipCap's prompt around the text; the caption follows
+    workers: Optional[int] = None  # OCR processes; null: one per CPU core
+
+    def __post_init__(self) -> None:
+        if self.template.count("{text}") != 1:
+            raise ConfigError("model.ocr.template must contain {text} exactly once")
+        if "\n" not in self.template.split("{text}")[1]:
+            # Cleaned OCR text has no line breaks, so a break after it marks where the text ends.
+            raise ConfigError("model.ocr.template needs a line break after {text}: it separates the text from the caption")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 100:
+            raise ConfigError("model.ocr.min_confidence must be between 0 and 100")
+        if self.max_tokens < 1:
+            raise ConfigError("model.ocr.max_tokens must be >= 1")
+        if not self.languages:
+            raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("model.ocr.workers must be >= 1 or null")
+        unknown = [r for r in self.cleaning if r not in OCR_CLEANING_RULES]
+        if unknown:
+            raise ConfigError(f"model.ocr.cleaning: unknown rule(s) {', '.join(map(str, unknown))}; "
+                              f"known: {', '.join(OCR_CLEANING_RULES)}")
+
+
+@dataclass
+class ModelConfig:
+    """One section per family plus shared ones; FAMILY_SECTIONS says which a family reads."""
+
+    family: str = "clipcap"  # key of memecap.models.FAMILIES: clipcap | rudolph | lstm | vlm | ocr_template (a baseline, nothing to train)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's and lstm's image encoder
+    mapper: MapperConfig = field(default_factory=MapperConfig)  # clipcap only
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # clipcap only
+    rudolph: RudolphConfig = field(default_factory=RudolphConfig)  # rudolph only
+    lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt), rudolph (left text), vlm (instruction) and ocr_template
+    vlm: VlmConfig = field(default_factory=VlmConfig)  # vlm only (memecap/models/vlm/)
+
+    def __post_init__(self) -> None:
+        one_of("model.family", self.family, tuple(FAMILY_SECTIONS))
+        if self.family == "lstm" and self.ocr.enabled:
+            raise ConfigError("model.ocr.enabled=true: the LSTM baselines do not read OCR text; "
+                              "use a ClipCap or RuDOLPH recipe (e.g. clipcap_ocr_lora), or set model.ocr.enabled=false")
+        if self.family == "lstm" and self.lstm.attention and self.encoder.features != "patches":
+            raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
+                              "set model.encoder.features=patches")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "torch.optim.AdamW"  # dotted path, e.g. bitsandbytes.optim.AdamW8bit
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.01  # decoupled weight decay (not applied to biases and norms)
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: str = "linear"  # linear | cosine | constant (all after warmup)
+    warmup_steps: int = 100  # optimizer steps of linear warmup
+    max_grad_norm: Optional[float] = 1.0  # gradient clipping; null disables
+
+    def __post_init__(self) -> None:
+        one_of("optim.scheduler", self.scheduler, ("linear", "cosine", "constant"))
+        if self.lr <= 0:
+            raise ConfigError("optim.lr must be > 0")
+        at_least("optim.weight_decay", self.weight_decay, 0)
+        above("optim.eps", self.eps, 0)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r}: two numbers in [0, 1), e.g. [0.9, 0.999]")
+        at_least("optim.warmup_steps", self.warmup_steps, 0)
+        above("optim.max_grad_norm", self.max_grad_norm, 0, optional=True)
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "beam"  # greedy | beam | sample
+    num_beams: int = 4  # beam search width
+    length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
+    top_k: int = 0  # sampling: keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # sampling: nucleus mass
+    temperature: float = 1.0  # sampling temperature
+    num_return_sequences: int = 1  # captions per image
+    max_new_tokens: int = 96  # hard cap on caption length
+    repetition_penalty: float = 1.0  # >1 discourages repeated tokens
+    no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size (0 = off)
+    quote: str = "free"  # free | copy: after an opening quote mark, write the OCR text, then the closing mark (needs model.ocr.enabled)
+
+    def __post_init__(self) -> None:
+        one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
+        at_least("generation.num_beams", self.num_beams, 1)
+        at_least("generation.top_k", self.top_k, 0)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"generation.top_p={self.top_p!r}: must be in (0, 1]")
+        above("generation.temperature", self.temperature, 0)
+        at_least("generation.num_return_sequences", self.num_return_sequences, 1)
+        at_least("generation.max_new_tokens", self.max_new_tokens, 1)
+        above("generation.repetition_penalty", self.repetition_penalty, 0)
+        at_least("generation.no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        one_of("generation.quote", self.quote, ("free", "copy"))
+        if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
+            raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
+
+
+@dataclass
+class EvalConfig:
+    scoring: str = "memecap"  # memecap: all references, Russian METEOR; seed: the original project's scorer
+    batch_size: int = 32  # generation batch per process
+    samples_to_show: int = 5  # captions printed after each evaluation
+    compare_constant: bool = True  # also score the best constant caption (a floor the model must beat)
+
+    def __post_init__(self) -> None:
+        one_of("eval.scoring", self.scoring, ("memecap", "seed"))
+        at_least("eval.batch_size", self.batch_size, 1)
+        at_least("eval.samples_to_show", self.samples_to_show, 0)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"  # checkpoints, logs, predictions and the exported model
+    seed: int = 42
+    epochs: int = 10
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per process, per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    mixed_precision: str = "auto"  # auto (bf16 where supported, else no) | no | fp16 | bf16
+    log_every: int = 10  # optimizer steps between log lines
+    eval_every: Optional[int] = None  # optimizer steps between evaluations (null: each epoch's end)
+    save_every: Optional[int] = None  # optimizer steps between checkpoints (null: each evaluation)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (the best is kept apart)
+    best_metric: str = "bleu4"  # chooses the best checkpoint (val_loss and quote: lower is better)
+    early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
+    resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
+    trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
+    progress_bar: bool = True
+    push_to_hub: bool = False  # upload the best export at the end (token: HF_TOKEN or `hf auth login`)
+    hub_repo: Optional[str] = None  # "user/name" the export is pushed to
+    hub_private: bool = False  # create the Hub repo as private
+    hub_license: str = "apache-2.0"  # the model card's license (check the base models' licenses)
+    overwrite: bool = False  # start afresh in an output_dir that holds an earlier run (its run files are deleted first)
+    max_bad_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm skipped before the run stops
+    save_on_each_node: bool = False  # machines without a shared output_dir: each keeps its own checkpoints to resume from
+
+    def __post_init__(self) -> None:
+        one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        if self.push_to_hub and not self.hub_repo:
+            raise ConfigError("train.push_to_hub=true needs train.hub_repo=user/name")
+        if self.hub_repo is not None and self.hub_repo.count("/") != 1:
+            raise ConfigError(f"train.hub_repo={self.hub_repo!r}: expected user/name")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+        at_least("train.epochs", self.epochs, 1)
+        at_least("train.max_steps", self.max_steps, 1, optional=True)
+        at_least("train.log_every", self.log_every, 1)
+        at_least("train.eval_every", self.eval_every, 1, optional=True)
+        at_least("train.save_every", self.save_every, 1, optional=True)
+        at_least("train.keep_checkpoints", self.keep_checkpoints, 0)
+        at_least("train.early_stopping_patience", self.early_stopping_patience, 1, optional=True)
+        at_least("train.max_bad_steps", self.max_bad_steps, 0)
+        if self.overwrite and self.resume is not None:
+            raise ConfigError("train.overwrite=true deletes the earlier run; it cannot be combined with train.resume")
+        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote", "val_loss"):
+            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, cider, rougeL, "
+                              "quote or val_loss")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage run: its data, length, learning rate and what stays frozen.
+    Each stage continues from the weights the previous one ended with."""
+
+    name: str = ""  # shown in logs ("general", "memes", ...)
+    train: list = field(default_factory=list)  # training tables of this stage, concatenated (data.train forms)
+    val: str = ""  # validation table of this stage (evaluation and best-checkpoint choice)
+    epochs: Optional[int] = None  # epochs of this stage (null: train.epochs)
+    max_steps: Optional[int] = None  # optimizer steps of this stage; overrides epochs when set
+    lr: Optional[float] = None  # peak learning rate of this stage (null: optim.lr); the schedule restarts
+    freeze: list = field(default_factory=list)  # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
+
+    def __post_init__(self) -> None:
+        if not self.train or not self.val:
+            raise ConfigError(f"stages: stage {self.name or '(unnamed)'} needs train: [tables] and val: table")
+        if any(not isinstance(t, str) or t == "synthetic" for t in self.train) or self.val == "synthetic":
+            raise ConfigError("stages: train and val are table paths or hf: datasets (not 'synthetic')")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("stages: lr must be > 0")
+        at_least(f"stages[{self.name or '?'}].epochs", self.epochs, 1, optional=True)
+        at_least(f"stages[{self.name or '?'}].max_steps", self.max_steps, 1, optional=True)
+
+
+@dataclass
+class CacheConfig:
+    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (and OCR results, in ocr/), keyed by what made them
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
+
+    def __post_init__(self) -> None:
+        if self.eval.scoring == "seed" and self.train.best_metric in ("cider", "rougeL"):
+            raise ConfigError(f"train.best_metric={self.train.best_metric}: eval.scoring=seed (the original project's "
+                              "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
+        # Only a config that trains is checked: an export's decoding settings are read alone, and
+        # generate() itself refuses to copy without OCR text.
+        copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
+        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph", "vlm")):
+            raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
+                              "on a clipcap, rudolph or vlm model")
+        if self.stages:
+            if self.data.train or self.data.val:
+                raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
+            return
+        if not self.data.train:
+            return  # a config used only for inference needs no data
+        if self.model.family == "ocr_template":
+            raise ConfigError("model.family=ocr_template is a baseline with nothing to train; "
+                              "score it with: memecap eval ocr_template --data TABLE")
+        if self.model.family == "rudolph" and self.generation.strategy == "beam":
+            raise ConfigError("generation.strategy=beam: RuDOLPH decodes with greedy or sample (top-k/top-p); "
+                              "set generation.strategy=greedy or sample")
+        if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
+            raise ConfigError("data.train and data.val must both be 'synthetic' or both be real tables")
+        if not self.data.val:
+            raise ConfigError("data.val is empty: evaluation and best-checkpoint selection need a validation set")

@@ -1,0 +1,71 @@
+"""What every config section builds on: the error type, range checks that name the key, and the
+LoRA settings every family shares. Outside memecap/config and importing nothing of memecap, so a
+family's settings (memecap/models/<family>/settings.py) use it without an import circle."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # storage of frozen weights (memecap/models/dtypes.py)
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema."""
+
+
+def one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
+
+
+def at_least(key: str, value: Optional[float], low: float, *, optional: bool = False) -> None:
+    """`value >= low` (None passes where the setting is optional: null means off)."""
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key}={value!r}: must be >= {low}" + (" or null" if optional else ""))
+
+
+def dropout_probability(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key}={value!r}: a dropout probability is in [0, 1)")
+
+
+def above(key: str, value: Optional[float], low: float, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value <= low:
+        raise ConfigError(f"{key}={value!r}: must be > {low}" + (" or null" if optional else ""))
+
+
+# How a model (or one part of it) trains, in the same words for every family; `trainable` patterns
+# (memecap/models/param_patterns.py, the grammar of a stage's `freeze` too) go with subset.
+TRAIN_MODES = ("frozen", "full", "subset", "lora")
+
+
+def check_train_mode(prefix: str, mode: str, trainable: list, *, allowed: tuple = TRAIN_MODES, example: str) -> None:
+    one_of(f"{prefix}.mode", mode, allowed)
+    if mode == "subset" and not trainable:
+        raise ConfigError(f"{prefix}.mode=subset needs {prefix}.trainable: module or parameter name patterns, "
+                          f"e.g. {example}")
+    if mode != "subset" and trainable:
+        raise ConfigError(f"{prefix}.trainable is only read with {prefix}.mode=subset")
+
+
+def check_lora(prefix: str, lora) -> None:
+    at_least(f"{prefix}.r", lora.r, 1)
+    above(f"{prefix}.alpha", lora.alpha, 0)
+    dropout_probability(f"{prefix}.dropout", lora.dropout)
+    if not lora.target_modules:
+        raise ConfigError(f"{prefix}.target_modules is empty: name the modules that get adapters")
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA adapters (memecap/models/lora.py), the same settings for every family; the
+    section holding it gives the default targets and checks it under its own key."""
+
+    r: int = 8  # rank
+    alpha: int = 16  # scaling numerator
+    dropout: float = 0.05  # dropout on the LoRA branch
+    target_modules: list = field(default_factory=list)  # module names (or their last part) that get adapters
