@@ -1,4 +1,5 @@
-"""bitsandbytes 4-bit layers that train and evaluate alike on every x86-64 CPU.
+"""Loading a frozen base with bitsandbytes (8-bit, or 4-bit NF4 for QLoRA), and 4-bit layers
+that train and evaluate alike on every x86-64 CPU.
 
 On a CPU with AVX-512 BF16 (Sapphire Rapids and later), bitsandbytes 0.50's `Linear4bit`
 repacks its weight for a fast bf16 kernel the first time it runs without gradients, which in
@@ -13,7 +14,26 @@ bitsandbytes' generic path, which computes the same product on any CPU and on GP
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+def bitsandbytes_loading(quantization: str) -> dict:
+    """`from_pretrained` keyword arguments for `quantization` (none | 8bit | 4bit): 8-bit, or 4-bit
+    NF4 with double quantization, computing in bf16 where the GPU has it. Quantized weights are
+    placed at load time, on this process's device."""
+    if quantization == "none":
+        return {}
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+    return {"quantization_config": quant, "device_map": {"": PartialState().device}}
 
 
 def keep_4bit_layers_on_generic_cpu_path(model: nn.Module) -> int:

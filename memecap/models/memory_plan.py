@@ -16,6 +16,20 @@ class Plan:
     def add(self, what: str, nbytes: float, where: str = "accelerator") -> None:
         self.rows.append((what, float(nbytes), where))
 
+    def add_training_state(self, trainable: int, *, optimizer: str, processes: int, zero_stage: int,
+                           offload_optimizer: bool, where_params: str, detail: str = "") -> None:
+        """The rows every trained parameter costs: its fp32 weight, gradient and optimizer states,
+        sharded by ZeRO (weights at stage 3, gradients from 2, optimizer states from 1)."""
+        self.trainable = trainable
+        self.add(f"trained weights, fp32 ({trainable:,} parameters{detail})",
+                 trainable * 4.0 / (processes if zero_stage == 3 else 1), where_params)
+        # ZeRO-Offload moves the fp32 gradients to CPU RAM with the optimizer (a bucket stays behind).
+        offloaded = "CPU" if offload_optimizer and zero_stage else "accelerator"
+        self.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1), offloaded)
+        opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in optimizer.lower() else "32bit"]
+        self.add(f"optimizer states ({optimizer.rsplit('.', 1)[-1]})",
+                 trainable * opt_bytes / (processes if zero_stage else 1), offloaded)
+
     def total(self, where: str = "accelerator") -> float:
         return sum(b for _, b, w in self.rows if w == where)
 

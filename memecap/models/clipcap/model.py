@@ -31,7 +31,7 @@ from memecap.models.encoders import build_image_encoder
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, write_export_config
-from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
+from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -57,7 +57,8 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
                  else AutoTokenizer.from_pretrained(name, revision=revision))
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
     decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
-               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, **quantization_kwargs(cfg)))
+               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype,
+                                                    **bitsandbytes_loading(cfg.decoder.quantization)))
     use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(decoder)
@@ -94,23 +95,6 @@ def use_trained_eos(tokenizer, decoder, name: str) -> None:
                      f"({tokenizer.eos_token!r} has id {tokenizer.eos_token_id}, the trained vocabulary is ids "
                      f"0-{trained - 1}), and the model names none: captions could never end; use a revision "
                      "of the model whose tokenizer has its special-token files")
-
-
-def quantization_kwargs(cfg: ModelConfig) -> dict:
-    """bitsandbytes loading of the frozen base: 8-bit, or 4-bit NF4 with double quantization (QLoRA)."""
-    if cfg.decoder.quantization == "none":
-        return {}
-    from accelerate import PartialState
-    from transformers import BitsAndBytesConfig
-
-    if cfg.decoder.quantization == "8bit":
-        quant = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
-    # Quantized weights are placed at load time, on this process's device.
-    return {"quantization_config": quant, "device_map": {"": PartialState().device}}
 
 
 def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.models.memory_plan import GIB, Plan
 from memecap.models.tiny import TINY
 
 
@@ -91,15 +91,8 @@ def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     if frozen:
         plan.add(f"RuDOLPH weights, frozen ({r.base_dtype}, {frozen:,} parameters)", frozen * frozen_bytes / shard,
                  where_params)
-    plan.trainable = trainable
-    plan.add(f"trained weights, fp32 ({trainable:,} parameters, mode {r.mode})", trainable * 4.0 / shard, where_params)
-    # ZeRO-Offload moves the fp32 gradients to CPU RAM with the optimizer (a bucket stays behind).
-    plan.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1),
-             "CPU" if offload_optimizer and zero_stage else "accelerator")
-    opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in cfg.optim.name.lower() else "32bit"]
-    plan.add(f"optimizer states ({cfg.optim.name.rsplit('.', 1)[-1]})",
-             trainable * opt_bytes / (processes if zero_stage else 1),
-             "CPU" if offload_optimizer and zero_stage else "accelerator")
+    plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
+                            offload_optimizer=offload_optimizer, where_params=where_params, detail=f", mode {r.mode}")
     ckpt = r.gradient_checkpointing
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if ckpt else ''}",
              activation_bytes(p, batch, act, ckpt))

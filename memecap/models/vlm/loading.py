@@ -10,38 +10,18 @@ language model's (and vision tower's) module name.
 from __future__ import annotations
 
 import json
-import re
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import nn
 
 from memecap.config import ModelConfig
 from memecap.models.dtypes import weights_dtype
-from memecap.models.kbit import keep_4bit_layers_on_generic_cpu_path
+from memecap.models.lora import add_lora
+from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path
 
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # the processor's template, as Hub repos ship it
 VISION_NAMES = ("visual", "vision_model", "vision_tower")  # the vision tower's attribute in transformers' VLMs
-
-
-def quantization_kwargs(cfg: ModelConfig) -> dict:
-    """bitsandbytes loading of the frozen base: 8-bit, or 4-bit NF4 with double quantization (QLoRA)."""
-    q = cfg.vlm.quantization
-    if q == "none":
-        return {}
-    from accelerate import PartialState
-    from transformers import BitsAndBytesConfig
-
-    if q == "8bit":
-        quant = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
-    return {"quantization_config": quant, "device_map": {"": PartialState().device}}
 
 
 def load_base(cfg: ModelConfig, folder: Optional[Path] = None) -> nn.Module:
@@ -56,7 +36,7 @@ def load_base(cfg: ModelConfig, folder: Optional[Path] = None) -> nn.Module:
     else:
         model = AutoModelForImageTextToText.from_pretrained(v.name, revision=v.revision, dtype=dtype,
                                                             use_safetensors=True, trust_remote_code=False,
-                                                            **quantization_kwargs(cfg))
+                                                            **bitsandbytes_loading(cfg.vlm.quantization))
     if v.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(model)
     return model
@@ -133,11 +113,6 @@ def vision_tower_name(model: nn.Module) -> str:
     return min(names, key=len)
 
 
-def target_pattern(prefix: str, names: list) -> str:
-    """PEFT target regex: modules named `names` inside `prefix` and nowhere else."""
-    return rf"{re.escape(prefix)}\.(?:.*\.)?(?:{'|'.join(map(re.escape, names))})"
-
-
 def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Frozen base + LoRA on the language model (default), or the language model trained whole;
     the vision tower frozen, adapted or trained as `model.vlm.vision` says."""
@@ -155,27 +130,8 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith(vision + ".") or v.vision == "full")
         return model
-    model.requires_grad_(False)
-    from peft import LoraConfig, get_peft_model
-
-    modules = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in v.lora.target_modules if t not in modules]
-    if missing:
-        raise ValueError(f"model.vlm.lora.target_modules: {', '.join(missing)} name no module of {type(model).__name__}")
-    patterns = [target_pattern(language, list(v.lora.target_modules))]
-    if v.vision == "lora":
-        patterns.append(target_pattern(vision, list(v.vision_target_modules)))
-    peft_cfg = LoraConfig(r=v.lora.r, lora_alpha=v.lora.alpha, lora_dropout=v.lora.dropout,
-                          target_modules="|".join(f"(?:{p})" for p in patterns),
-                          modules_to_save=[vision] if v.vision == "full" else None)
-    with quiet_peft():
-        return get_peft_model(model, peft_cfg)
+    also = [(vision, list(v.vision_target_modules))] if v.vision == "lora" else []
+    return add_lora(model, v.lora, key="model.vlm.lora", within=language, also=also,
+                    modules_to_save=[vision] if v.vision == "full" else None)
 
 
-@contextmanager
-def quiet_peft():
-    """PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model:
-    a FutureWarning on every build and load that says nothing about the user's run."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield

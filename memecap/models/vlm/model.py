@@ -278,7 +278,8 @@ class Vlm(nn.Module):
         """The base from the Hub id + revision the export names (or the export's own whole model),
         its processing settings from the export, then the adapter. (`with_encoder` is accepted for
         the protocol: the vision tower is part of the model.)"""
-        from memecap.models.vlm.loading import load_base, load_processing, load_processor, quiet_peft
+        from memecap.models.lora import quiet_peft
+        from memecap.models.vlm.loading import load_base, load_processing, load_processor
 
         folder = Path(folder)
         meta = read_export_config(folder)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, OPTIMIZER_BYTES, Plan
+from memecap.models.memory_plan import GIB, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.tiny import TINY
 
@@ -108,13 +108,8 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     stored = v.quantization if v.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
     if frozen:
         plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})", frozen / shard, where_params)
-    plan.trainable = trainable
-    plan.add(f"trained weights, fp32 ({trainable:,} parameters)", trainable * 4.0 / shard, where_params)
-    plan.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1),
-             "CPU" if offload_optimizer and zero_stage else "accelerator")
-    opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in cfg.optim.name.lower() else "32bit"]
-    plan.add(f"optimizer states ({cfg.optim.name.rsplit('.', 1)[-1]})",
-             trainable * opt_bytes / (processes if zero_stage else 1), "CPU" if offload_optimizer and zero_stage else "accelerator")
+    plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
+                            offload_optimizer=offload_optimizer, where_params=where_params)
     h, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     # A decoder layer keeps about 12 h + 4 I values per token for backward (norms, q/k/v/o, the
     # SwiGLU MLP; SDPA/flash attention keeps no score matrix); checkpointing keeps its input only.
