@@ -46,3 +46,29 @@ def test_4bit_lora_trains_the_same_after_an_evaluation(tmp_path, width, heads, o
     assert after.keys() == before.keys()
     for name in before:
         torch.testing.assert_close(after[name], before[name])
+
+
+def test_a_qlora_clipcap_run_resumes_exactly(synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir, tmp_path, one_thread):
+    """4 steps straight == 2 steps, stop, resume, 2 more on a 4-bit base: the checkpoint's copy of the
+    frozen weights' quantization state is kept as loaded, not refused as unexpected keys."""
+    import json
+
+    from memecap.train import main as train_main
+    from tests.conftest import reset_accelerate
+
+    def run(out, *extra):
+        cfg = load_config("clipcap_qlora_large", [
+            f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}",
+            f"model.encoder.name={tiny_ruclip_dir}", f"model.decoder.name={tiny_gpt2_dir}",
+            f"train.output_dir={out}", f"cache.dir={tmp_path / 'cache'}", "optim.name=torch.optim.AdamW",
+            "train.batch_size=4", "train.grad_accum=1", "train.save_every=2", "train.eval_every=2",
+            "eval.compare_constant=false", "data.max_val_rows=4", "generation.max_new_tokens=4",
+            "train.progress_bar=false", "train.trackers=[]", *extra])
+        reset_accelerate()
+        train_main(cfg)
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    straight = run(tmp_path / "straight", "train.max_steps=4", "train.log_every=1")
+    run(tmp_path / "resumed", "train.max_steps=2", "train.log_every=1")
+    resumed = run(tmp_path / "resumed", "train.max_steps=4", "train.log_every=1", "train.resume=auto")
+    assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-6)

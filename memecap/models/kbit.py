@@ -14,8 +14,39 @@ bitsandbytes' generic path, which computes the same product on any CPU and on GP
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
+
+# The quantization state bitsandbytes keeps beside each 4-bit weight in a state dict.
+KBIT_STATE = re.compile(r"\.weight\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..+)$")
+
+
+def prepare_base(model: nn.Module, *, quantized: bool, checkpointing: bool) -> nn.Module:
+    """A base about to get adapters or be trained: peft's k-bit preparation where it is quantized
+    (norms and the layers that are not quantized cast to fp32), then non-reentrant gradient
+    checkpointing turned on by its current name (peft's own switch uses the deprecated one and
+    prints transformers' FutureWarning on every build)."""
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def keep_loaded_kbit_state(module: nn.Module) -> None:
+    """Resuming a run on a 4-bit base: the frozen weights' quantization state stays as loaded from
+    the base (it never changes), and a checkpoint's copy of it is dropped instead of refused as
+    unexpected keys by `load_state_dict`."""
+    def drop(_module, state_dict, prefix, *_args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix) and KBIT_STATE.search(k)]:
+            del state_dict[key]
+
+    module.register_load_state_dict_pre_hook(drop)
 
 
 def bitsandbytes_loading(quantization: str) -> dict:

@@ -31,7 +31,8 @@ from memecap.models.encoders import build_image_encoder
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, write_export_config
-from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path
+from memecap.models.kbit import (bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, keep_loaded_kbit_state,
+                                 prepare_base)
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -98,16 +99,8 @@ def use_trained_eos(tokenizer, decoder, name: str) -> None:
 
 
 def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
-    if cfg.decoder.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        # Casts norms to fp32 and lets gradients reach the inputs (the image prefix) through frozen k-bit layers.
-        decoder = prepare_model_for_kbit_training(decoder, use_gradient_checkpointing=cfg.decoder.gradient_checkpointing,
-                                                  gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.decoder.gradient_checkpointing:
-        decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        decoder.config.use_cache = False
     dec = cfg.decoder
+    decoder = prepare_base(decoder, quantized=dec.quantization != "none", checkpointing=dec.gradient_checkpointing)
     return apply_train_mode(decoder, dec.mode, trainable=dec.trainable, lora=dec.lora, key="model.decoder",
                             what="the decoder", task_type="CAUSAL_LM", fan_in_fan_out=True)  # GPT-2 uses Conv1D
 
@@ -138,6 +131,7 @@ class ClipCap(nn.Module):
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
+        keep_loaded_kbit_state(self)
 
     @property
     def config(self):

@@ -18,7 +18,7 @@ from torch import nn
 from memecap.config import ModelConfig
 from memecap.models.dtypes import weights_dtype
 from memecap.models.lora import add_lora
-from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path
+from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # the processor's template, as Hub repos ship it
 VISION_NAMES = ("visual", "vision_model", "vision_tower")  # the vision tower's attribute in transformers' VLMs
@@ -118,14 +118,7 @@ def apply_training_mode(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     the vision tower frozen, adapted or trained as `model.vlm.vision` says."""
     v = cfg.vlm
     language, vision = language_model_name(model), vision_tower_name(model)
-    if v.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        # Casts the layers that are not quantized to fp32; checkpointing is turned on below, by its current name.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if v.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    model = prepare_base(model, quantized=v.quantization != "none", checkpointing=v.gradient_checkpointing)
     if v.mode == "full":
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith(vision + ".") or v.vision == "full")

@@ -10,7 +10,6 @@ Generation left-pads the prompts, so a batch decodes as its images would one by 
 from __future__ import annotations
 
 import inspect
-import re
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ from memecap.config import GenerationConfig, ModelConfig, model_config_from_expo
 from memecap.data.captions import CaptionTooLong
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
+from memecap.models.kbit import keep_loaded_kbit_state
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
@@ -32,7 +32,6 @@ from memecap.quiet import quiet_weights
 
 # bitsandbytes' quantization state of a frozen k-bit weight, which Accelerate's checkpoint holds beside the
 # packed weight and plain `load_state_dict` cannot take back (transformers reads it only in from_pretrained).
-KBIT_STATE = re.compile(r"\.weight\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..+)$")
 ADAPTER_DIR = "adapter"  # mode=lora: the PEFT adapter (safetensors)
 MODEL_DIR = "model"  # mode=full: every weight (safetensors) and the model's config
 PROCESSOR_DIR = "processor"  # tokenizer, image processor settings (the image budget) and chat template
@@ -51,13 +50,6 @@ class VlmImages:
 
     def __getitem__(self, i: int) -> dict:
         return self.prepare(self.sources[i], None if self.texts is None else self.texts[i])
-
-
-def _keep_loaded_kbit_state(module, state_dict, prefix, *args) -> None:
-    """Resuming a run on a 4-bit base: the frozen weights' quantization state stays as loaded from
-    the base (it never changes); the checkpoint's copy of it is dropped instead of refused."""
-    for key in [k for k in state_dict if k.startswith(prefix) and KBIT_STATE.search(k)]:
-        del state_dict[key]
 
 
 class Vlm(nn.Module):
@@ -85,7 +77,7 @@ class Vlm(nn.Module):
         self._needs_mm_types = "mm_token_type_ids" in params
         self._keeps_logits = "logits_to_keep" in params
         self._openers: Optional[dict] = None
-        self.register_load_state_dict_pre_hook(_keep_loaded_kbit_state)
+        keep_loaded_kbit_state(self)
 
     @property
     def config(self):
