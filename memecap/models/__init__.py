@@ -34,6 +34,7 @@ FAMILIES = {
     "vlm": Family("memecap.models.vlm", ("vlm", "ocr")),
 }
 BASELINES = {name for name, family in FAMILIES.items() if family.baseline}
+TINY = "tiny-random"  # a base name that makes a family build a tiny random model of the real class (tests, demo)
 
 
 def family_module(name: str) -> ModuleType:

@@ -18,8 +18,8 @@ from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionMod
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from memecap.config import TinyConfig
+from memecap.models import TINY  # noqa: F401 (defined beside the registry, so settings need no transformers)
 
-TINY = "tiny-random"
 EOS = "<|endoftext|>"
 PAD = "<pad>"
 

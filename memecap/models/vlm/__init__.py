@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-TINY = "tiny-random"  # memecap.models.tiny.TINY, without importing transformers with the settings
+from memecap.models import TINY
 
 
 def materialize_tiny_vlm(cfg, work_dir: Path, train_texts: Sequence[str]):

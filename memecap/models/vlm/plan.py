@@ -63,6 +63,40 @@ def lora_params(model: nn.Module, prefix: str, targets: list, r: int) -> int:
     return total
 
 
+def weights(v, model, language: str, vision: str, act_bytes: int) -> tuple[int, float, torch.dtype]:
+    """(trained parameters, bytes of the frozen weights, their dtype) for `model.vlm`'s modes."""
+    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+    vision_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(vision + "."))
+    frozen_dtype = (weights_dtype(v.dtype, trains=False, sixteen_bit=act_bytes == 2)
+                    if v.quantization == "none" else torch.float32)  # peft's k-bit preparation: the rest in fp32
+    if v.mode == "full":
+        trainable = total - (0 if v.vision == "full" else vision_params)
+        return trainable, (total - trainable) * frozen_dtype.itemsize, frozen_dtype
+    trainable = lora_params(model, language, list(v.lora.target_modules), v.lora.r)
+    if v.vision == "lora":
+        trainable += lora_params(model, vision, list(v.vision_target_modules), v.lora.r)
+    # bitsandbytes quantizes every linear layer but the output head; the rest stays 16/32-bit.
+    quantizable = _linear_params(model, skip=("lm_head",))
+    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[v.quantization]  # NF4 + constants
+    frozen = quantizable * quant + (total - quantizable) * frozen_dtype.itemsize
+    if v.vision == "full":
+        trainable += vision_params
+        frozen -= vision_params * frozen_dtype.itemsize
+    return trainable, frozen, frozen_dtype
+
+
+def vision_activations(v, config, batch: int, patches: int, act_bytes: int) -> tuple[str, float]:
+    """The vision tower's row: one layer's working set when it is frozen, every layer's when it trains."""
+    vc = config.vision_config
+    v_width = getattr(vc, "embed_dim", None) or vc.hidden_size
+    v_inter = getattr(vc, "intermediate_size", None) or v_width * getattr(vc, "mlp_ratio", 4)
+    v_layers = getattr(vc, "depth", None) or vc.num_hidden_layers
+    v_layer = batch * patches * (12 * v_width + 4 * v_inter) * act_bytes
+    if v.vision == "frozen":
+        return f"vision tower, frozen: one layer ({patches} patches/image)", v_layer
+    return f"vision tower activations ({patches} patches/image)", v_layer * v_layers
+
+
 def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
              offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
              mixed_precision: Optional[str] = None) -> Plan:
@@ -78,8 +112,6 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     text = config.get_text_config()
     total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     vision_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(vision + "."))
-    # bitsandbytes quantizes every linear layer but the output head; the rest stays 16/32-bit.
-    quantizable = _linear_params(model, skip=("lm_head",))
     precision = mixed_precision or cfg.train.mixed_precision
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
     batch = batch_size or cfg.train.batch_size
@@ -91,20 +123,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
-    frozen_dtype = (weights_dtype(v.dtype, trains=False, sixteen_bit=act_bytes == 2)
-                    if v.quantization == "none" else torch.float32)  # peft's k-bit preparation: the rest in fp32
-    if v.mode == "full":
-        trainable = total - (0 if v.vision == "full" else vision_params)
-        frozen = (total - trainable) * frozen_dtype.itemsize
-    else:
-        trainable = lora_params(model, language, list(v.lora.target_modules), v.lora.r)
-        if v.vision == "lora":
-            trainable += lora_params(model, vision, list(v.vision_target_modules), v.lora.r)
-        quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[v.quantization]  # NF4 + constants
-        frozen = quantizable * quant + (total - quantizable) * frozen_dtype.itemsize
-        if v.vision == "full":
-            trainable += vision_params
-            frozen -= vision_params * frozen_dtype.itemsize
+    trainable, frozen, frozen_dtype = weights(v, model, language, vision, act_bytes)
     stored = v.quantization if v.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
     if frozen:
         plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})", frozen / shard, where_params)
@@ -120,15 +139,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     # The loss reads logits of the description only (memecap/models/vlm/model.py: logits_to_keep).
     plan.add(f"logits + loss, {described + 1} description tokens only",
              batch * (described + 1) * text.vocab_size * (act_bytes + 8))
-    vc = config.vision_config
-    v_width = getattr(vc, "embed_dim", None) or vc.hidden_size
-    v_inter = getattr(vc, "intermediate_size", None) or v_width * getattr(vc, "mlp_ratio", 4)
-    v_layers = getattr(vc, "depth", None) or vc.num_hidden_layers
-    v_layer = batch * patches * (12 * v_width + 4 * v_inter) * act_bytes
-    if v.vision == "frozen":
-        plan.add(f"vision tower, frozen: one layer ({patches} patches/image)", v_layer)
-    else:
-        plan.add(f"vision tower activations ({patches} patches/image)", v_layer * v_layers)
+    plan.add(*vision_activations(v, config, batch, patches, act_bytes))
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (total / layers) * 4.0 * 2)
     other = layers * per_layer if checkpointing else layers * batch * seq * h * act_bytes + per_layer
