@@ -138,3 +138,12 @@ def test_replayed_steps_are_logged_once(four_steps, synthetic_data):
     rows = log_rows(four_steps)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {r["step"]: r["loss"] for r in rows} == pytest.approx(before, abs=1e-6)  # the replay is exact
+
+
+def test_a_familys_own_run_files_are_deleted_by_overwrite_too():
+    from memecap.models import FAMILIES
+    from memecap.models.lstm.model import RUN_VOCAB
+    from memecap.training.run_folder import RUN_ENTRIES
+
+    assert RUN_VOCAB in FAMILIES["lstm"].run_files  # the file the LSTM writes beside the run
+    assert {name for family in FAMILIES.values() for name in family.run_files} <= set(RUN_ENTRIES)

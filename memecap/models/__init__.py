@@ -24,12 +24,13 @@ class Family:
     module: str  # the module offering build, load and (optionally) plan
     sections: tuple  # the sections of `model` the family reads, besides `family`
     baseline: bool = False  # nothing to train: scored with `memecap eval <recipe> --data TABLE`, never trained
+    run_files: tuple = ()  # what it writes at the top of a run folder (train.overwrite deletes them)
 
 
 FAMILIES = {
     "clipcap": Family("memecap.models.clipcap", ("encoder", "mapper", "decoder", "ocr", "tiny")),
     "rudolph": Family("memecap.models.rudolph", ("rudolph", "ocr", "tiny")),
-    "lstm": Family("memecap.models.lstm", ("encoder", "lstm", "tiny")),
+    "lstm": Family("memecap.models.lstm", ("encoder", "lstm", "tiny"), run_files=("lstm_vocab.json",)),
     "ocr_template": Family("memecap.models.ocr_template", ("ocr",), baseline=True),
     "vlm": Family("memecap.models.vlm", ("vlm", "ocr")),
 }

@@ -21,11 +21,13 @@ from typing import Optional
 from accelerate.utils import gather_object
 
 from memecap.config import Config, ConfigError
+from memecap.models import FAMILIES
 
 # What a run writes at the top of its folder; `train.overwrite` deletes these and nothing else.
 # `data/` (prepared tables and synthetic images, keyed by their settings) is kept.
 RUN_ENTRIES = ("config.yaml", "log.jsonl", "summary.json", "checkpoints", "best", "final", "best.tmp",
-               "final.tmp", "predictions", "base_models", "lstm_vocab.json", "memecap")
+               "final.tmp", "predictions", "base_models", "memecap",
+               *(name for family in FAMILIES.values() for name in family.run_files))
 HOLDS_A_RUN = ("config.yaml", "log.jsonl", "checkpoints", "best", "final", "summary.json")
 MARKER = "shared-folder-check"
 
