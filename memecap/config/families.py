@@ -23,20 +23,22 @@ def move_keys(model: dict, family: str, *, strict: bool = False) -> dict:
     model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in model.items()}
     for old, new in MOVED_KEYS.get(family, {}).items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
-        section = model.get(old_section)
-        target = model.setdefault(new_section, {})
+        section, target = model.get(old_section), model.get(new_section, {})
         if not (isinstance(section, dict) and old_key in section and isinstance(target, dict)):
-            if target == {}:
-                del model[new_section]
-            continue  # nothing to move (or a wrong type, which _bind names)
+            continue  # nothing to move (or a wrong type, which binding names)
         value = section.pop(old_key)
         if strict and new_key in target and target[new_key] != value:
             raise ConfigError(f"model.{old} and model.{new} are the same setting for model.family={family}; "
                               f"set only model.{new}")
-        target.setdefault(new_key, value)
+        model[new_section] = {new_key: value, **target}
         if not section:
             del model[old_section]
     return model
+
+
+def _keys_set(section, where: str) -> list[str]:
+    """The dotted keys a section sets (the section's own name when it is empty or not a mapping)."""
+    return [f"{where}.{k}" for k in section] if isinstance(section, dict) and section else [where]
 
 
 def family_model_values(model: dict, *, saved: bool = False, where: str = "model") -> dict:
@@ -52,8 +54,7 @@ def family_model_values(model: dict, *, saved: bool = False, where: str = "model
     if saved:
         return {k: v for k, v in model.items() if k not in foreign}
     if foreign:
-        keys = [f"{where}.{k}.{sub}" for k in foreign for sub in model[k]] if all(
-            isinstance(model[k], dict) and model[k] for k in foreign) else [f"{where}.{k}" for k in foreign]
+        keys = [key for k in foreign for key in _keys_set(model[k], f"{where}.{k}")]
         hints = "".join(f"; {FOREIGN_SECTION_HINTS[family, k]}" for k in foreign if (family, k) in FOREIGN_SECTION_HINTS)
         raise ConfigError(f"{', '.join(keys)}: not read by model.family={family} "
                           f"(its settings: {', '.join(f'{where}.{k}' for k in allowed)}){hints}")

@@ -10,7 +10,7 @@ import yaml
 
 from memecap.config.binding import bind
 from memecap.config_checks import ConfigError
-from memecap.config.families import FAMILY_SECTIONS, MOVED_KEYS, family_model_values, move_keys
+from memecap.config.families import FAMILY_SECTIONS, family_model_values, move_keys
 from memecap.config.sections import Config, ModelConfig
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
@@ -110,16 +110,16 @@ def model_config_from_export(model: dict) -> "ModelConfig":
 def load_config(recipe: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
     """Recipe (name or YAML path, may `extends:` another) + dotted overrides -> validated Config."""
     layers = (_recipe_layers(resolve_recipe_path(recipe)) if recipe else []) + [parse_overrides(overrides or [])]
+    family = "clipcap"
+    for layer in layers:
+        model = layer.get("model")
+        family = model.get("family", family) if isinstance(model, dict) else family
+    # Keys move layer by layer (with the family the layers end on), so that a later layer's old key
+    # overrides an earlier layer's new one, as any later setting does.
     values: dict = {}
     for layer in layers:
-        values = _merge(values, layer)
-    family = values.get("model", {}).get("family", "clipcap") if isinstance(values.get("model"), dict) else None
-    if family in MOVED_KEYS:  # a later layer's old key must override an earlier layer's new one
-        values = {}
-        for layer in layers:
-            model = layer.get("model")
-            moved = {**layer, "model": move_keys(model, family)} if isinstance(model, dict) else layer
-            values = _merge(values, moved)
+        model = layer.get("model")
+        values = _merge(values, {**layer, "model": move_keys(model, family)} if isinstance(model, dict) else layer)
     return config_from_dict(values)
 
 

@@ -48,7 +48,11 @@ def family_module(name: str) -> ModuleType:
 def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
     """A fresh model of `cfg.family` (`cfg`: the run's ModelConfig; memecap/config imports this
     module for FAMILIES, so it is not imported back here)."""
-    return family_module(cfg.family).build(cfg, work_dir=work_dir, train_texts=train_texts)
+    from memecap.models.kbit import keep_loaded_kbit_state
+
+    model = family_module(cfg.family).build(cfg, work_dir=work_dir, train_texts=train_texts)
+    keep_loaded_kbit_state(model)  # a checkpoint of a run on a 4-bit base loads back into it (resume, caption)
+    return model
 
 
 @quiet_weights()

@@ -31,8 +31,7 @@ from memecap.models.encoders import build_image_encoder
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, write_export_config
-from memecap.models.kbit import (bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, keep_loaded_kbit_state,
-                                 prepare_base)
+from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -131,7 +130,6 @@ class ClipCap(nn.Module):
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
-        keep_loaded_kbit_state(self)
 
     @property
     def config(self):

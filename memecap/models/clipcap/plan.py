@@ -85,9 +85,9 @@ def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, c
     return L * per_layer
 
 
-def decoder_weights(dec, decoder: GPT2LMHeadModel, config: GPT2Config, act_bytes: int) -> tuple[int, float, torch.dtype]:
+def decoder_weights(dec, decoder: GPT2LMHeadModel, config: GPT2Config, decoder_params: int,
+                    act_bytes: int) -> tuple[int, float, torch.dtype]:
     """(trained decoder parameters, bytes of its frozen weights, their dtype) for `dec.mode`."""
-    decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
     linear_params = sum(m.weight.numel() for n, m in decoder.named_modules() if type(m).__name__ == "Conv1D")
     # peft's k-bit preparation casts the layers that are not quantized back to fp32.
     frozen_dtype = (weights_dtype(dec.dtype, trains=dec.mode == "subset", sixteen_bit=act_bytes == 2)
@@ -124,7 +124,8 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
 
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
-    trained, frozen_weights, frozen_dtype = decoder_weights(dec, decoder, config, act_bytes)
+    decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
+    trained, frozen_weights, frozen_dtype = decoder_weights(dec, decoder, config, decoder_params, act_bytes)
     trainable = mapper_params + trained
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
     if frozen_weights:
@@ -138,7 +139,6 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
              activation_bytes(config, batch, seq, act_bytes, checkpointing))
     plan.add("logits + loss (fp32 copy and its gradient)", batch * seq * config.vocab_size * (act_bytes + 8))
     if zero_stage == 3:
-        decoder_params = sum(p.numel() for p in decoder.parameters())
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.n_layer) * 4.0 * 2)
     if cfg.model.encoder.trainable:
         plan.notes.append("the image encoder trains: its weights, gradients and activations are not in this table")

@@ -23,7 +23,6 @@ from memecap.config import GenerationConfig, ModelConfig, model_config_from_expo
 from memecap.data.captions import CaptionTooLong
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
-from memecap.models.kbit import keep_loaded_kbit_state
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
@@ -77,7 +76,6 @@ class Vlm(nn.Module):
         self._needs_mm_types = "mm_token_type_ids" in params
         self._keeps_logits = "logits_to_keep" in params
         self._openers: Optional[dict] = None
-        keep_loaded_kbit_state(self)
 
     @property
     def config(self):

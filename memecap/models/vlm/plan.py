@@ -63,10 +63,9 @@ def lora_params(model: nn.Module, prefix: str, targets: list, r: int) -> int:
     return total
 
 
-def weights(v, model, language: str, vision: str, act_bytes: int) -> tuple[int, float, torch.dtype]:
+def weights(v, model, language: str, vision: str, total: int, vision_params: int,
+            act_bytes: int) -> tuple[int, float, torch.dtype]:
     """(trained parameters, bytes of the frozen weights, their dtype) for `model.vlm`'s modes."""
-    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
-    vision_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(vision + "."))
     frozen_dtype = (weights_dtype(v.dtype, trains=False, sixteen_bit=act_bytes == 2)
                     if v.quantization == "none" else torch.float32)  # peft's k-bit preparation: the rest in fp32
     if v.mode == "full":
@@ -123,7 +122,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
-    trainable, frozen, frozen_dtype = weights(v, model, language, vision, act_bytes)
+    trainable, frozen, frozen_dtype = weights(v, model, language, vision, total, vision_params, act_bytes)
     stored = v.quantization if v.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
     if frozen:
         plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})", frozen / shard, where_params)
