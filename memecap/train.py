@@ -151,7 +151,9 @@ def start(run: Run, stage_run: StageRun) -> None:
     """Restore a checkpoint into the prepared objects, start the trackers, score the floor."""
     cfg, log = run.cfg, run.log
     if run.resume_from is not None:
+        data = run.state.data_fingerprint  # the data as read now, checked against the checkpoint's in setup
         run.state = load_checkpoint(run.accelerator, run.resume_from)
+        run.state.data_fingerprint = data
         replayed = log.forget_after(run.state.optimizer_step)
         log.info(f"resumed from {run.resume_from}: {stage_run.stage.label + ', ' if run.many_stages else ''}"
                  f"epoch {run.state.epoch}, optimizer step {run.state.optimizer_step}"

@@ -298,7 +298,7 @@ class StageConfig:
 
 @dataclass
 class CacheConfig:
-    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (and OCR results, in ocr/), keyed by what made them
+    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (OCR results in ocr/, image checks in image_checks/), keyed by what made them
     enabled: bool = True
 
 

@@ -22,8 +22,8 @@ def synthetic_tables(cfg: DataConfig, work_dir: Path) -> dict[str, Path]:
     return {"train": root / "train.tsv", "val": root / "val.tsv"}
 
 
-def load_train_val(cfg: DataConfig, *, work_dir: Path, log: Callable[[str], None] = print
-                   ) -> tuple[list[Example], list[Example]]:
+def load_train_val(cfg: DataConfig, *, work_dir: Path, log: Callable[[str], None] = print,
+                   check_cache: Path | None = None) -> tuple[list[Example], list[Example]]:
     train, val = cfg.train, cfg.val
     if train == SYNTHETIC:
         tables = synthetic_tables(cfg, work_dir)
@@ -34,7 +34,7 @@ def load_train_val(cfg: DataConfig, *, work_dir: Path, log: Callable[[str], None
     splits = []
     for name, path, cap in (("train", train, cfg.max_train_rows), ("val", val, cfg.max_val_rows)):
         examples, report = load_split(path, image_dir=cfg.image_dir, on_bad_row=cfg.on_bad_row, max_rows=cap,
-                                      cache_dir=cache, log=log)
+                                      cache_dir=cache, log=log, check_cache=check_cache)
         if not examples:
             raise ValueError(f"data.{name}={path}: no usable rows")
         log(f"data.{name}: {path}: {len(examples)} images, {sum(len(e.captions) for e in examples)} captions")

@@ -277,11 +277,13 @@ def load_split(
     check_images: bool = True,
     cache_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = print,
+    check_cache: str | os.PathLike | None = None,
 ) -> tuple[list[Example], ValidationReport]:
     """Read a table or `hf:<id>[@split]` (`hf:imagefolder:/data/memes@train`), validate, group.
 
     `max_rows` keeps the rows of the first N uids (all captions of each). Bad rows raise
     `DataError` listing every problem, or with `on_bad_row="skip"` are dropped and logged.
+    `check_cache`: where the image check keeps its results (none kept if None).
     """
     spec = str(path)
     if spec.startswith("hf:"):
@@ -298,7 +300,8 @@ def load_split(
         keep_set = set(keep)
         rows = [r for r in rows if r.uid in keep_set]
     kept, report = validate_rows(rows, source=source, on_bad_row=on_bad_row,
-                                 check_images=check_images, log=log)
+                                 check_images=check_images, log=log,
+                                 check_cache=Path(check_cache) if check_cache is not None else None)
     return group_examples(kept), report
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from memecap.data.fingerprint import CheckResult, ImageChecks, image_digest, stat_key
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 
 
@@ -98,10 +99,13 @@ def validate_rows(
     check_images: bool = True,
     log: Callable[[str], None] | None = print,
     workers: int | None = None,
+    check_cache: Path | None = None,
 ) -> tuple[list[RawRow], ValidationReport]:
     """Check all rows; return the good ones and a report, or raise `DataError` listing every problem.
 
     `check_images=False` still checks that each image file exists, but does not decode it.
+    `check_cache`: a folder where each decoded image's result is kept (data/fingerprint.py), so
+    an unchanged image is not decoded again at the next start.
     With `on_bad_row="skip"` each problem is logged and the rows it touches are dropped.
     """
     if on_bad_row not in ON_BAD_ROW:
@@ -137,7 +141,8 @@ def validate_rows(
     for i, r in enumerate(rows):
         if r.image_path is not None:
             by_image.setdefault(r.image_path, []).append(i)
-    for path, (kind, detail) in _check_images(list(by_image), check_images, workers, log):
+    checks = ImageChecks(check_cache if check_images else None, source, log)
+    for path, (kind, detail) in _check_images(list(by_image), check_images, workers, log, checks):
         users = by_image[path]
         if len(users) > 1:
             detail += f" (used by {len(users)} rows)"
@@ -162,32 +167,46 @@ def validate_rows(
 
 
 def _check_images(
-    paths: list[Path], decode: bool, workers: int | None, log: Callable[[str], None] | None = None
+    paths: list[Path], decode: bool, workers: int | None, log: Callable[[str], None] | None = None,
+    checks: ImageChecks | None = None,
 ) -> list[tuple[Path, tuple[str, str]]]:
-    reduced: list[tuple[Path, tuple[int, int]]] = []
-
-    def check(path: Path) -> tuple[str, str] | None:
+    checks = checks or ImageChecks(None, "")
+    results: dict[Path, CheckResult | None] = {}
+    todo = []
+    for path in paths:
         if not path.is_file():
-            return "missing image", f"image not found: {path}"
-        if decode:
-            try:
-                img = load_rgb(path)
-            except ImageReadError as e:
-                return "unreadable image", f"unreadable image: {path} ({e.reason})"
-            if REDUCED_FROM in img.info:
-                reduced.append((path, img.info[REDUCED_FROM]))
-        return None
+            results[path] = CheckResult("", ("missing image", f"image not found: {path}"), None)
+        elif decode:
+            key = stat_key(path)
+            results[path] = checks.get(key)
+            if results[path] is None:
+                todo.append((path, key))
 
-    if not decode:
-        results = [check(p) for p in paths]
-    else:
+    def check(item: tuple[Path, tuple]) -> CheckResult:
+        path, key = item
+        try:
+            digest = image_digest(path, key)
+        except OSError as e:  # not remembered: a file made readable again keeps its modification time
+            return CheckResult("", ("unreadable image", f"unreadable image: {path} ({type(e).__name__}: {e})"), None)
+        try:
+            img = load_rgb(path)
+        except ImageReadError as e:
+            return CheckResult(digest, ("unreadable image", f"unreadable image: {path} ({e.reason})"), None)
+        return CheckResult(digest, None, img.info.get(REDUCED_FROM))
+
+    if todo:
         # Decoding releases the GIL, so threads give a real speed-up on big tables.
         with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) + 4)) as pool:
-            bar = tqdm(pool.map(check, paths), total=len(paths), desc="checking images",
-                       unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES)
-            results = list(bar)
+            bar = tqdm(pool.map(check, todo), total=len(todo), desc="checking images",
+                       unit="img", disable=len(todo) < PROGRESS_MIN_IMAGES)
+            for (path, key), result in zip(todo, bar):
+                results[path] = result
+                if result.digest:
+                    checks.put(key, result)
+    checks.save()
+    reduced = sorted((p, r.reduced_from) for p, r in results.items() if r is not None and r.reduced_from)
     if reduced and log is not None:
-        shown = ", ".join(f"{p} ({w} x {h})" for p, (w, h) in sorted(reduced)[:5])
+        shown = ", ".join(f"{p} ({w} x {h})" for p, (w, h) in reduced[:5])
         log(f"{len(reduced)} image(s) larger than {MAX_SIDE} px on a side are read reduced to at most {MAX_SIDE} px: "
             f"{shown}{' ...' if len(reduced) > 5 else ''}")
-    return [(p, r) for p, r in zip(paths, results) if r is not None]
+    return [(p, results[p].problem) for p in paths if results.get(p) is not None and results[p].problem]

@@ -40,6 +40,7 @@ class TrainState:
     best_score: Optional[float] = None
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
+    data_fingerprint: Optional[list] = None  # per stage, its rows and images as read (training/stages.data_fingerprint)
     history: list = field(default_factory=list)  # evaluation records
     world_size: Optional[int] = None  # processes that wrote it (a resume with another count is not exact)
 

@@ -19,7 +19,7 @@ from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
 from memecap.training.run_log import RunLog
-from memecap.training.stages import load_stage_examples, plan_stages
+from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages
 
 
 @dataclass
@@ -74,6 +74,7 @@ def setup(cfg: Config) -> Run:
         check_resume(cfg, resume_from, state, accelerator.num_processes, log)
     with preparing(accelerator, shared):  # every row of every stage is read and checked first
         data = [load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages]
+    state.data_fingerprint = check_resume_data(stages, data, resume_from, state.data_fingerprint, log)
     train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
     with whole_weights(accelerator, log), preparing(accelerator, shared):
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
@@ -97,3 +98,16 @@ def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes
     if schedule:
         log.info(f"train.resume: {'; '.join(schedule)}: the learning-rate schedule from step "
                  f"{state.optimizer_step} on follows the new length")
+
+
+def check_resume_data(stages: list, data: list, checkpoint: Optional[Path], saved: Optional[list], log: RunLog) -> list:
+    """The data's fingerprint now; a resume whose data changed since the checkpoint is refused."""
+    now = data_fingerprint(data)
+    if checkpoint is not None and saved is None:
+        log.info(f"train.resume: {checkpoint} has no data fingerprint recorded (an earlier memecap wrote it); not checked")
+    changed = data_changes(stages, saved, now) if checkpoint is not None and saved is not None else []
+    if changed:
+        raise ConfigError(f"train.resume: the data changed since {checkpoint} was written, and resuming on it would "
+                          f"not continue the same run: {'; '.join(changed)}. Resume on the data the checkpoint was "
+                          f"trained on, or start a new run (a new train.output_dir)")
+    return now

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from memecap.config import Config, OptimConfig
+from memecap.data.fingerprint import CHECKS_FOLDER, split_changes, split_fingerprint
 from memecap.data.sources import load_train_val
 from memecap.data.tables import Example, load_split
 from memecap.models.param_patterns import select_parameters
@@ -50,21 +51,37 @@ def plan_stages(cfg: Config) -> list[Stage]:
 def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Callable[[str], None]
                         ) -> tuple[list[Example], list[Example]]:
     """The stage's train examples (its tables concatenated) and val examples, every row validated."""
+    check_cache = Path(cfg.cache.dir).expanduser() / CHECKS_FOLDER if cfg.cache.enabled else None
     if not stage.train:
-        return load_train_val(cfg.data, work_dir=work_dir, log=log)
+        return load_train_val(cfg.data, work_dir=work_dir, log=log, check_cache=check_cache)
     d = cfg.data
     splits = []
     for name, tables, cap in (("train", stage.train, d.max_train_rows), ("val", [stage.val], d.max_val_rows)):
         examples = []
         for table in tables:
             found, _ = load_split(table, image_dir=d.image_dir, on_bad_row=d.on_bad_row, max_rows=cap,
-                                  cache_dir=Path(work_dir) / "data", log=log)
+                                  cache_dir=Path(work_dir) / "data", log=log, check_cache=check_cache)
             if not found:
                 raise ValueError(f"stages[{stage.index}].{name}: {table}: no usable rows")
             log(f"{stage.label} {name}: {table}: {len(found)} images, {sum(len(e.captions) for e in found)} captions")
             examples.extend(found)
         splits.append(examples)
     return splits[0], splits[1]
+
+
+def data_fingerprint(data: list) -> list[dict]:
+    """Per stage, what its train and val splits hold (data/fingerprint.py); a checkpoint records it."""
+    return [{"train": split_fingerprint(train), "val": split_fingerprint(val)} for train, val in data]
+
+
+def data_changes(stages: list[Stage], saved: list[dict], now: list[dict]) -> list[str]:
+    """Each split whose data differs from a checkpoint's record, named by its config key, with what changed."""
+    changes = []
+    for stage, old, new in zip(stages, saved, now):
+        for split in ("train", "val"):
+            key = f"stages[{stage.index}].{split}" if stage.train else f"data.{split}"
+            changes += [f"{key}: {what}" for what in split_changes(old[split], new[split])]
+    return changes
 
 
 def apply_freeze(model: nn.Module, trainable: set[str], stage: Stage) -> None:

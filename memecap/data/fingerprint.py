@@ -1,0 +1,130 @@
+"""What a run's data is, cheaply: each image's bytes digest, a fingerprint of each split's rows
+and images (a checkpoint records it, and a resume on other data is refused), and the image
+check's results per table, so a start does not decode every image again.
+
+An image is known by (path, size, modification time in ns): an unchanged file is hashed and
+decoded once, an edited one (its time changes) is hashed and checked again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+# Bump when the image check looks at something new: results of an older check are not reused.
+CHECK_VERSION = 1
+CHECKS_FOLDER = "image_checks"
+
+StatKey = tuple[str, int, int]
+
+
+def stat_key(path: Path) -> StatKey:
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# This process's digests: the image check fills it, the fingerprint reads it, so bytes are read once.
+_digests: dict[StatKey, str] = {}
+
+
+def image_digest(path: Path, key: Optional[StatKey] = None) -> str:
+    """SHA-256 of the image file's bytes (the key the feature and OCR caches use too)."""
+    key = key or stat_key(path)
+    if key not in _digests:
+        _digests[key] = _sha256_file(path)
+    return _digests[key]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    digest: str
+    problem: Optional[tuple[str, str]]  # (kind, detail) as the check reported it
+    reduced_from: Optional[tuple[int, int]]  # original size of an image read reduced
+
+
+class ImageChecks:
+    """The decoding check's result for each image of one table, kept in
+    `<cache.dir>/image_checks/`; `root=None` keeps nothing. A file that is unreadable or whose
+    checksum does not match its contents is ignored (every image is checked again) and said once."""
+
+    def __init__(self, root: Optional[Path], source: str, log: Optional[Callable[[str], None]] = None):
+        name = hashlib.sha256(f"{CHECK_VERSION}|{source}".encode()).hexdigest()[:24]
+        self.path = Path(root).expanduser() / f"{name}.json" if root is not None else None
+        self.known = self._read(log)
+        self.now: dict[str, list] = {}
+
+    def _read(self, log) -> dict[str, list]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            images = stored["images"]
+            if stored["version"] != CHECK_VERSION or stored["sha256"] != _entries_digest(images):
+                raise ValueError("checksum mismatch")
+            return images
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            if log is not None:
+                log(f"{self.path}: damaged image-check cache ({type(err).__name__}: {err}); checking every image again")
+            return {}
+
+    def get(self, key: StatKey) -> Optional[CheckResult]:
+        entry = self.known.get(key[0])
+        if entry is None or tuple(entry[:2]) != key[1:]:
+            return None
+        self.now[key[0]] = entry
+        _digests[key] = entry[2]
+        return CheckResult(entry[2], tuple(entry[3]) if entry[3] else None, tuple(entry[4]) if entry[4] else None)
+
+    def put(self, key: StatKey, result: CheckResult) -> None:
+        self.now[key[0]] = [key[1], key[2], result.digest, result.problem, result.reduced_from]
+
+    def save(self) -> None:
+        """Keep this table's images only (so the file never grows past the table), written atomically."""
+        if self.path is None or self.now == self.known:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"version": CHECK_VERSION, "sha256": _entries_digest(self.now), "images": self.now},
+                          ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _entries_digest(images: dict) -> str:
+    return hashlib.sha256(json.dumps(images, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def split_fingerprint(examples: Sequence) -> dict:
+    """Row and image counts and digests of the captions (uid and text, in order) and of the image
+    bytes (uid and digest, in order); an image moved to another path with the same bytes is the same data."""
+    captions, images = hashlib.sha256(), hashlib.sha256()
+    for ex in examples:
+        captions.update(json.dumps([ex.uid, list(ex.captions)], ensure_ascii=False).encode() + b"\n")
+        images.update(f"{ex.uid}\t{image_digest(Path(ex.image_path))}\n".encode())
+    return {"rows": sum(len(ex.captions) for ex in examples), "images": len(examples),
+            "captions_sha256": captions.hexdigest(), "images_sha256": images.hexdigest()}
+
+
+def split_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two split fingerprints, in words."""
+    if saved["rows"] != now["rows"] or saved["images"] != now["images"]:
+        return [f"{saved['rows']} -> {now['rows']} rows, {saved['images']} -> {now['images']} images"]
+    return [what for what, key in (("captions differ", "captions_sha256"), ("image bytes differ", "images_sha256"))
+            if saved[key] != now[key]]
