@@ -38,6 +38,24 @@ def above(key: str, value: Optional[float], low: float, *, optional: bool = Fals
         raise ConfigError(f"{key}={value!r}: must be > {low}" + (" or null" if optional else ""))
 
 
+KIND_NAMES = {str: "a string", int: "an integer", (int, float): "a number"}
+
+
+def list_of(key: str, value: list, kind) -> None:
+    """Every item of a list setting is a `kind`: YAML allows nested lists (a few aliases make one
+    of billions of items), which would otherwise reach the code, or a saved copy of the config."""
+    for i, item in enumerate(value):
+        if not isinstance(item, kind) or isinstance(item, bool):
+            shown = type(item).__name__ if isinstance(item, (list, dict)) else repr(item)[:80]
+            raise ConfigError(f"{key}[{i}]={shown}: expected {KIND_NAMES.get(kind, kind)}")
+
+
+def seed(key: str, value: int) -> None:
+    """The generators seeded from it (Python's, NumPy's, torch's) take 0 .. 2**32 - 1."""
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{key}={value!r}: a seed is in 0 .. {2**32 - 1}")
+
+
 # How a model (or one part of it) trains, in the same words for every family; `trainable` patterns
 # (memecap/models/param_patterns.py, the grammar of a stage's `freeze` too) go with subset.
 TRAIN_MODES = ("frozen", "full", "subset", "lora")
@@ -45,6 +63,7 @@ TRAIN_MODES = ("frozen", "full", "subset", "lora")
 
 def check_train_mode(prefix: str, mode: str, trainable: list, *, allowed: tuple = TRAIN_MODES, example: str) -> None:
     one_of(f"{prefix}.mode", mode, allowed)
+    list_of(f"{prefix}.trainable", trainable, str)
     if mode == "subset" and not trainable:
         raise ConfigError(f"{prefix}.mode=subset needs {prefix}.trainable: module or parameter name patterns, "
                           f"e.g. {example}")
@@ -56,6 +75,7 @@ def check_lora(prefix: str, lora) -> None:
     at_least(f"{prefix}.r", lora.r, 1)
     above(f"{prefix}.alpha", lora.alpha, 0)
     dropout_probability(f"{prefix}.dropout", lora.dropout)
+    list_of(f"{prefix}.target_modules", lora.target_modules, str)
     if not lora.target_modules:
         raise ConfigError(f"{prefix}.target_modules is empty: name the modules that get adapters")
 

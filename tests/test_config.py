@@ -161,3 +161,34 @@ def test_config_command_reports_a_bad_recipe_without_a_traceback(tmp_path):
     recipe.write_text("train: {epochs: 2\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "memecap", "config", str(recipe)], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_extends_cycle_through_dotdot_names_the_recipe(tmp_path):
+    # `../sub/a.yaml` inside sub/a.yaml is itself under a longer name each time round.
+    (tmp_path / "sub").mkdir()
+    recipe = tmp_path / "sub" / "a.yaml"
+    recipe.write_text("extends: ../sub/a.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"a\.yaml extends itself"):
+        load_config(str(recipe))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.seed=-1", "train.seed"), ("train.seed=4294967296", "train.seed"),
+    ("data.synthetic.seed=-5", "data.synthetic.seed"),
+    ("train.output_dir=", "train.output_dir"), ("train.output_dir='  '", "train.output_dir"),
+    ("train.trackers=[tensorboard, [wandb]]", r"train.trackers\[1\]"), ("train.trackers=[3]", r"train.trackers\[0\]"),
+    ("model.ocr.cleaning=[[handles]]", r"model.ocr.cleaning\[0\]"), ("optim.betas=[[0.9], 0.99]", r"optim.betas\[0\]"),
+    ("model.decoder.trainable=[[h]]", r"model.decoder.trainable\[0\]"),
+])
+def test_settings_out_of_range_or_of_the_wrong_item_type_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}"):
+        load_config("demo", [override])
+
+
+def test_a_yaml_bomb_in_a_list_setting_is_refused_at_once(tmp_path):
+    # 2**25 leaves behind a few aliases: copying it (a saved config) would run for minutes.
+    anchors = ", ".join(f"&a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 25))
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(f"extends: demo\ntrain:\n  trackers: [&a0 [x, x], {anchors}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^train.trackers\[0\]=list: expected a string"):
+        load_config(str(recipe))

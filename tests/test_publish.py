@@ -146,3 +146,119 @@ def test_push_dry_run_lists_the_files_and_sends_nothing(lora_run, capsys):
     for name in EXPECTED_FILES:
         assert re.search(rf"^{re.escape(name)}\s+[\d,]+ bytes$", out, re.M), name
     assert "would be pushed" in out
+
+
+def _probe_export(lora_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(lora_run / "best", tmp_path / "export"))
+
+
+def _edit_config(export: Path, change) -> None:
+    meta = yaml.safe_load((export / "memecap.yaml").read_text(encoding="utf-8"))
+    change(meta)
+    (export / "memecap.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def _name_base(export: Path, role: str, folder) -> None:
+    from memecap.models.export import set_base
+
+    def change(meta):
+        meta["bases"][role]["needed_to_load"] = True
+        set_base(meta, meta["bases"][role], name=str(folder))
+    _edit_config(export, change)
+
+
+def _secrets(folder: Path) -> Path:
+    (folder / ".ssh").mkdir(parents=True)
+    (folder / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret\n")
+    (folder / "token").write_text("hf_secrettoken\n")
+    (folder / "config.json").write_text("{}\n")
+    return folder
+
+
+def test_push_never_uploads_a_base_folder_memecap_did_not_write(lora_run, standin_hub, tmp_path, capsys):
+    from memecap.cli import main as cli
+
+    export = _probe_export(lora_run, tmp_path)
+    home = _secrets(tmp_path / "home")
+    _name_base(export, "decoder", home)
+
+    assert cli(["push", str(export), "--repo", "alice/probe"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bases.decoder" in err and str(home) in err
+    assert "push that base to the Hub first" in err and "Traceback" not in err
+    assert "alice/probe" not in standin_hub.repos and not any("upload" in p for _, p, _ in standin_hub.requests)
+    assert cli(["push", str(export), "--repo", "alice/probe", "--dry-run"]) == 2
+    with pytest.raises(ValueError, match="bases.decoder"):
+        stage_export(export, tmp_path / "staged", repo_id="alice/probe", license="mit", log=lambda _: None)
+    staged = [p.read_bytes() for p in (tmp_path / "staged").rglob("*") if p.is_file()]
+    assert not any(b"secret" in content for content in staged)
+
+
+@pytest.mark.parametrize("listed", ["../.ssh/id_rsa", "/abs", ".ssh/id_rsa"])
+def test_a_forged_or_edited_base_manifest_uploads_nothing(lora_run, tmp_path, listed):
+    export = _probe_export(lora_run, tmp_path)
+    home = _secrets(tmp_path / "home")
+    base = tmp_path / "home" / "base"
+    shutil.copytree(lora_run / "base_models" / "decoder", base)
+    manifest = json.loads((base / "memecap-base.json").read_text())
+    listed = str(home / ".ssh" / "id_rsa") if listed == "/abs" else listed
+    if listed == ".ssh/id_rsa":  # a file recorded, then swapped for another
+        (base / ".ssh").symlink_to(home / ".ssh")
+        manifest["files"][listed] = {"bytes": 5, "sha256": "0" * 64}
+    else:
+        manifest["files"][listed] = manifest["files"]["config.json"]
+    (base / "memecap-base.json").write_text(json.dumps(manifest))
+    _name_base(export, "decoder", base)
+    with pytest.raises(ValueError, match=re.escape(repr(listed))):
+        stage_export(export, tmp_path / "staged", repo_id="alice/probe", license="mit", log=lambda _: None)
+    assert not any(b"secret" in p.read_bytes() for p in (tmp_path / "staged").rglob("*") if p.is_file())
+
+    # A recorded file changed since memecap wrote it is refused too.
+    shutil.rmtree(base)
+    shutil.copytree(lora_run / "base_models" / "decoder", base)
+    with open(base / "config.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(ValueError, match="'config.json' changed since memecap wrote it"):
+        stage_export(export, tmp_path / "staged2", repo_id="alice/probe", license="mit", log=lambda _: None)
+
+
+@pytest.mark.parametrize("entry", ["../outside_src", "/abs", "link", "adapter/../../outside_src"])
+def test_push_refuses_a_manifest_path_outside_the_export(lora_run, tmp_path, monkeypatch, capsys, entry):
+    import tempfile
+
+    from memecap.cli import main as cli
+
+    export = _probe_export(lora_run, tmp_path)
+    (tmp_path / "outside_src").write_text("secret\n")
+    (export / "link").symlink_to(tmp_path / "outside_src")
+    entry = str(tmp_path / "outside_src") if entry == "/abs" else entry
+    _edit_config(export, lambda meta: meta["files"].append(entry))
+    temp = tmp_path / "temp" / "deeper"
+    temp.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the staging folder's parent
+
+    assert cli(["push", str(export), "--repo", "alice/probe", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert repr(entry) in err and "Traceback" not in err
+    assert [p.name for p in (tmp_path / "temp").rglob("*")] == ["deeper"]  # nothing left outside staging
+
+
+def test_a_bundled_base_path_must_stay_inside_the_export(lora_run, tmp_path):
+    export = _probe_export(lora_run, tmp_path)
+    shutil.copytree(lora_run / "base_models" / "decoder", tmp_path / "elsewhere")
+    _name_base(export, "decoder", "bases/../../elsewhere")
+    with pytest.raises(ValueError, match=re.escape("bases: 'bases/../../elsewhere'")):
+        load_model(export)
+
+
+@pytest.mark.parametrize("entry", ["memecap.yaml", "README.md"])
+def test_a_manifest_naming_the_files_a_push_writes_leaves_the_export_unchanged(lora_run, tmp_path, capsys, entry):
+    from memecap.cli import main as cli
+
+    export = _probe_export(lora_run, tmp_path)
+    (export / "README.md").write_text("the user's own notes\n")
+    _edit_config(export, lambda meta: meta["files"].append(entry))
+    before = digest(export)
+    assert cli(["push", str(export), "--repo", "alice/probe", "--dry-run"]) == 2
+    assert repr(entry) in capsys.readouterr().err
+    assert digest(export) == before  # staged as a hard link, the card or config would have overwritten it

@@ -42,8 +42,11 @@ def list_recipes() -> list[str]:
 
 def _recipe_layers(path: Path, seen: tuple = ()) -> list[dict]:
     """The recipe and the recipes it `extends`, the furthest ancestor first."""
-    if path in seen:
-        raise ConfigError(f"recipe {path} extends itself through {' -> '.join(map(str, seen))}")
+    # Compared resolved: `../sub/a.yaml` written inside sub/a.yaml is the same file under a longer
+    # name each time, a cycle that would otherwise grow until the name is too long to open.
+    if path.resolve() in [p.resolve() for p in seen]:
+        chain = " -> ".join(str(p.resolve()) for p in (*seen, path))
+        raise ConfigError(f"recipe {path.resolve()} extends itself: {chain}")
     raw = _load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping")

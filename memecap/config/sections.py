@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, one_of
+from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, list_of, one_of, seed
 from memecap.config.families import FAMILY_SECTIONS
 from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
 from memecap.models.lstm.settings import LstmConfig
@@ -25,6 +25,7 @@ class SyntheticConfig:
         at_least("data.synthetic.n_train", self.n_train, 1)
         at_least("data.synthetic.n_val", self.n_val, 1)
         at_least("data.synthetic.image_size", self.image_size, 16)
+        seed("data.synthetic.seed", self.seed)
 
 
 @dataclass
@@ -91,6 +92,8 @@ class TinyConfig:
         for name in ("image_size", "patch_size", "vision_width", "vision_layers", "embed_dim", "gpt_width",
                      "gpt_layers", "gpt_heads", "vocab_size", "rudolph_text_tokens"):
             at_least(f"model.tiny.{name}", getattr(self, name), 1)
+        list_of("model.tiny.resnet_widths", self.resnet_widths, int)
+        list_of("model.tiny.resnet_depths", self.resnet_depths, int)
         if self.gpt_width % self.gpt_heads:
             raise ConfigError(f"model.tiny.gpt_width={self.gpt_width} must be a multiple of gpt_heads={self.gpt_heads}")
 
@@ -125,6 +128,8 @@ class OcrConfig:
             raise ConfigError("model.ocr.max_tokens must be >= 1")
         if not self.languages:
             raise ConfigError("model.ocr.languages is empty: name at least one, e.g. [rus, eng]")
+        list_of("model.ocr.languages", self.languages, str)
+        list_of("model.ocr.cleaning", self.cleaning, str)
         if self.workers is not None and self.workers < 1:
             raise ConfigError("model.ocr.workers must be >= 1 or null")
         unknown = [r for r in self.cleaning if r not in OCR_CLEANING_RULES]
@@ -174,6 +179,7 @@ class OptimConfig:
             raise ConfigError("optim.lr must be > 0")
         at_least("optim.weight_decay", self.weight_decay, 0)
         above("optim.eps", self.eps, 0)
+        list_of("optim.betas", self.betas, (int, float))
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas={self.betas!r}: two numbers in [0, 1), e.g. [0.9, 0.999]")
         at_least("optim.warmup_steps", self.warmup_steps, 0)
@@ -251,6 +257,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        if not self.output_dir.strip():
+            raise ConfigError("train.output_dir is empty: name the run's folder (e.g. train.output_dir=runs/first)")
+        seed("train.seed", self.seed)
+        list_of("train.trackers", self.trackers, str)
         if self.push_to_hub and not self.hub_repo:
             raise ConfigError("train.push_to_hub=true needs train.hub_repo=user/name")
         if self.hub_repo is not None and self.hub_repo.count("/") != 1:
@@ -293,6 +303,7 @@ class StageConfig:
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("stages: lr must be > 0")
         at_least(f"stages[{self.name or '?'}].epochs", self.epochs, 1, optional=True)
+        list_of(f"stages[{self.name or '?'}].freeze", self.freeze, str)
         at_least(f"stages[{self.name or '?'}].max_steps", self.max_steps, 1, optional=True)
 
 

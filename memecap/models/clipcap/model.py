@@ -30,7 +30,7 @@ from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
-from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
@@ -323,6 +323,7 @@ def materialize_tiny_bases(cfg: ModelConfig, work_dir: Path, train_texts: Sequen
         target = base / "encoder"
         if not (target / "config.json").is_file():
             save_tiny_clip_vision(target, cfg.tiny)
+            record_local_base(target)
         cfg.encoder.kind, cfg.encoder.name = "clip", str(target.resolve())
     if cfg.decoder.name == TINY:
         target = base / "decoder"
@@ -330,6 +331,7 @@ def materialize_tiny_bases(cfg: ModelConfig, work_dir: Path, train_texts: Sequen
             if not train_texts:
                 raise ValueError("a tiny-random decoder needs training captions to fit its tokenizer")
             save_tiny_gpt2(target, cfg.tiny, train_texts)
+            record_local_base(target)
         cfg.decoder.name = str(target.resolve())
     return cfg
 

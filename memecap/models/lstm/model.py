@@ -25,7 +25,7 @@ from memecap.models.clipcap.model import encoder_transform
 from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder
-from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.lstm.navec import read_navec
 from memecap.models.lstm.step_decoding import decode
 from memecap.models.tiny import TINY, save_tiny_resnet
@@ -268,6 +268,7 @@ def materialize_tiny_encoder(cfg: ModelConfig, work_dir: Path) -> ModelConfig:
         target = Path(work_dir) / "base_models" / "encoder"
         if not (target / "config.json").is_file():
             save_tiny_resnet(target, cfg.tiny)
+            record_local_base(target)
         cfg.encoder.kind, cfg.encoder.name = "resnet", str(target.resolve())
     return cfg
 

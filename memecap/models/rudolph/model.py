@@ -36,7 +36,7 @@ from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
-from memecap.models.export import base_entry, read_export_config, write_export_config
+from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last_position_logits
 from memecap.models.rudolph.weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
@@ -358,5 +358,7 @@ def materialize_tiny_rudolph(cfg: ModelConfig, work_dir: Path, train_texts: Sequ
         if not train_texts:
             raise ValueError("a tiny-random RuDOLPH needs training captions to fit its tokenizer")
         save_tiny_rudolph_bases(base, cfg.tiny, train_texts)
+        record_local_base(model_dir)
+        record_local_base(utils)
     r.name, r.vqgan, r.tokenizer = str(model_dir.resolve()), str(utils.resolve()), str(utils.resolve())
     return cfg

@@ -16,6 +16,7 @@ from memecap.models import TINY
 def materialize_tiny_vlm(cfg, work_dir: Path, train_texts: Sequence[str]):
     """Replace a "tiny-random" name with a folder holding a freshly made tiny model of
     `model.vlm.tiny_architecture`, so it loads through the same path as Hub weights."""
+    from memecap.models.export import record_local_base
     from memecap.models.vlm.tiny import save_tiny_vlm
 
     v = cfg.vlm
@@ -26,6 +27,7 @@ def materialize_tiny_vlm(cfg, work_dir: Path, train_texts: Sequence[str]):
         if not train_texts:
             raise ValueError("a tiny-random vision-language model needs training captions to fit its tokenizer")
         save_tiny_vlm(target, v.tiny_architecture, [*train_texts, v.instruction, v.ocr_instruction])
+        record_local_base(target)
     v.name, v.revision = str(target.resolve()), None
     return cfg
 
