@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
+from memecap.outputs.file_names import shown
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Problem:
 
     def __str__(self) -> str:
         who = f" uid={self.uid}" if self.uid is not None else ""
-        return f"{self.source}:{self.line}{who}: {self.detail}"
+        return shown(f"{self.source}:{self.line}{who}: {self.detail}")  # one line, whatever a name holds
 
 
 def _count_kinds(problems: Sequence[Problem]) -> str:
