@@ -117,7 +117,9 @@ def _push(args) -> int:
         push(Path(args.model), args.repo, private=args.private, license=args.license, datasets=args.dataset,
              commit_message=args.message)
     except PushError as err:
-        print(f"memecap: {err}", file=sys.stderr)
+        from memecap.outputs.redact import redact
+
+        print(f"memecap: {redact(str(err))}", file=sys.stderr)  # two lines: what failed, how to retry
         return 1
     return 0
 
@@ -254,19 +256,28 @@ def _written_places(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from memecap.training.process_exit import run_stoppable
+
     args = build_parser().parse_args(argv)
+    return run_stoppable(lambda: _run(args))
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - known failures become one line; the rest re-raise as they are
-        from memecap.outputs.file_names import shown
+        from memecap.data.validation import DataError
         from memecap.outputs.os_errors import explain
+        from memecap.outputs.redact import said
 
         message = explain(err, _written_places(args))
         if message is None and isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
             message = str(err)  # FileNotFoundError includes OcrUnavailable
         if message is None:
             raise
-        print(f"memecap: {shown(message)}", file=sys.stderr)  # a file name in it may not be UTF-8
+        # One line (a data error lists one problem a line), no token a server echoed, names escaped.
+        lines = message.split("\n") if isinstance(err, DataError) else [message]
+        print("memecap: " + "\n".join(said(line) for line in lines), file=sys.stderr)
         return 2
 
 

@@ -28,7 +28,7 @@ from memecap.training.checkpoint import DamagedCheckpoint, TrainState, list_chec
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
-from memecap.outputs.file_names import shown
+from memecap.outputs.redact import said
 from memecap.generation import with_overrides
 from memecap.publish.hub import push_run, require_hub_token
 from memecap.publish.model_card import training_summary
@@ -36,7 +36,7 @@ from memecap.data.datasets import CaptionEvalSet, CaptionTrainSet
 from memecap.training.nonfinite import BadStepGuard, NonFiniteTraining, ensure_finite_weights
 from memecap.training.optim import build_optimizer, build_scheduler
 from memecap.outputs.os_errors import explain, probe_writable
-from memecap.training.process_exit import end_launched_process
+from memecap.training.process_exit import end_launched_process, run_stoppable
 from memecap.training.run_folder import preparing
 from memecap.training.run_log import flat_hparams
 from memecap.training.run_setup import Run, setup
@@ -356,26 +356,26 @@ def cli(argv: Optional[list[str]] = None) -> int:
         cfg = load_config(argv[0], argv[1:])
         require_hub_token(cfg)
     except ConfigError as err:
-        print(f"memecap: config error: {err}", file=sys.stderr)
+        print(f"memecap: config error: {said(str(err))}", file=sys.stderr)
         return 2
     places = {"train.output_dir": cfg.train.output_dir, "cache.dir": cfg.cache.dir if cfg.cache.enabled else None}
     try:
         probe_writable(places)
         summary = main(cfg)  # its end_training() destroys the process group
     except ConfigError as err:  # found once the run folder or checkpoint is read
-        print(f"memecap: config error: {err}", file=sys.stderr)
+        print(f"memecap: config error: {said(str(err))}", file=sys.stderr)
         return 2
     except (NonFiniteTraining, DamagedCheckpoint) as err:
-        print(f"memecap: {shown(str(err))}", file=sys.stderr)
+        print(f"memecap: {said(str(err))}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - a full disk or an unwritable folder is one line; the rest re-raise
         message = explain(err, places)
         if message is None:
             raise
-        print(f"memecap: {shown(message)}", file=sys.stderr)
+        print(f"memecap: {said(message)}", file=sys.stderr)
         return 2
     return 1 if summary.get("push", {}).get("ok") is False else 0  # scripts must notice a model left unpushed
 
 
 if __name__ == "__main__":
-    sys.exit(end_launched_process(cli()))
+    sys.exit(end_launched_process(run_stoppable(cli)))

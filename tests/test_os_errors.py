@@ -12,6 +12,8 @@ from memecap import cli, train
 from memecap.outputs.os_errors import explain
 from tests.conftest import TEST_TINY, reset_accelerate
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def tiny_train_args(out: Path, synthetic_data: dict, *overrides: str) -> list[str]:
     return ["demo", f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}",
@@ -99,3 +101,56 @@ def test_an_unwritable_out_fails_before_any_work(command, tmp_path, capsys):
     assert cli.main([command, target, *extra, "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (f"memecap: cannot write {blocker}: a file stands where a folder is needed; --out is {out}: "
                                                "change --out to a folder you can write")
+
+
+def mount_namespace_tmpfs() -> list[str]:
+    """The command prefix that runs a shell in a private mount namespace, where it may mount a
+    small tmpfs that nobody else sees; skips where that is not allowed."""
+    import shutil
+    import subprocess
+
+    prefix = ["unshare", "--mount", "--map-root-user", "sh", "-c"]
+    if shutil.which("unshare") is None or subprocess.run(
+            [*prefix, "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (unshare --mount --map-root-user)")
+    return prefix
+
+
+def test_a_real_full_disk_during_torch_save_is_one_line_and_the_last_checkpoint_survives(tmp_path, synthetic_data):
+    """A real full file system (a 64 MiB tmpfs, filled until half of the optimizer state fits):
+    torch.save then fails with `[enforce fail at inline_container.cc:672] . unexpected pos` after
+    `basic_ios::clear: iostream error`, which said nothing of a disk."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    prefix = mount_namespace_tmpfs()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "run"
+    python = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 {shlex.quote(sys.executable)}"
+    train_args = tiny_train_args(out, synthetic_data, f"cache.dir={tmp_path / 'cache'}", "train.save_every=1",
+                                 "train.eval_every=100", "train.keep_checkpoints=5")
+    step_one = " ".join(shlex.quote(a) for a in train_args)
+    step_two = " ".join(shlex.quote(a) for a in [*train_args, "train.max_steps=3", "train.resume=auto"])
+    # Leave room for step 2's model weights and half its optimizer state, as measured at step 1.
+    fill = ("import os, shutil; c = {c!r}; need = os.path.getsize(c + '/model.safetensors') + "
+            "os.path.getsize(c + '/optimizer.bin') // 2; free = shutil.disk_usage({d!r}).free; "
+            "open({d!r} + '/ballast', 'wb').write(bytes(free - need))").format(
+                c=str(out / "checkpoints" / "step_0000001"), d=str(disk))
+    check = ("from memecap.training.checkpoint import list_checkpoints, verify_checkpoint; "
+             f"done = list_checkpoints({str(out)!r}); [verify_checkpoint(p) for p in done]; "
+             "print('complete:', [p.name for p in done])")
+    script = (f"mount -t tmpfs -o size=64m tmpfs {shlex.quote(str(disk))} && "
+              f"{python} -m memecap train {step_one} >/dev/null 2>&1 && {python} -c {shlex.quote(fill)} && "
+              f"{{ {python} -m memecap train {step_two} >/dev/null 2>{shlex.quote(str(tmp_path / 'err'))}; "
+              f"echo exit $?; }} && {python} -c {shlex.quote(check)}")
+    proc = subprocess.run([*prefix, script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    err = (tmp_path / "err").read_text()
+    assert proc.stdout.splitlines() == ["exit 2", "complete: ['step_0000001']"], proc.stdout + err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"memecap: no space left on device in train.output_dir={out} (")
+    assert err.strip().splitlines()[-1].endswith("free): free space there, or point train.output_dir at another disk")
+    assert "Traceback" not in err and "enforce fail" not in err

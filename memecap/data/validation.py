@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from memecap.data.fingerprint import CheckResult, ImageChecks, image_digest, stat_key
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
+from memecap.outputs.file_names import shown
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Problem:
 
     def __str__(self) -> str:
         who = f" uid={self.uid}" if self.uid is not None else ""
-        return f"{self.source}:{self.line}{who}: {self.detail}"
+        return shown(f"{self.source}:{self.line}{who}: {self.detail}")  # one line, whatever a name holds
 
 
 def _count_kinds(problems: Sequence[Problem]) -> str:

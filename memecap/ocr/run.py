@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Optional, Sequence
 
@@ -70,16 +73,68 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
     def source(i: int):
         return paths[i] if isinstance(paths[i], Image.Image) else str(paths[i])
 
-    if workers <= 1:
-        for i in todo:
-            done(i, _read_one(cfg.engine, languages, source(i)))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=limit_engine_threads) as pool:
-            futures = {pool.submit(_read_one, cfg.engine, languages, source(i)): i for i in todo}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-    bar.close()
+    try:
+        if workers <= 1:
+            for i in todo:
+                done(i, _read_one(cfg.engine, languages, source(i)))
+        else:
+            pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker,
+                                       initargs=(os.getpid(),))
+            try:
+                futures = {pool.submit(_read_one, cfg.engine, languages, source(i)): i for i in todo}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                _end_workers(pool)
+                raise
+            pool.shutdown()
+    finally:
+        bar.close()
     return out, cache
+
+
+def _start_worker(parent: int) -> None:
+    """A worker lives only as long as the command: the parent ends it on Ctrl-C, SIGTERM or an
+    error, and the kernel (or a watch thread) ends it when the parent dies without a word (SIGKILL,
+    a crash, out of memory), instead of leaving a fork of the parent's memory behind."""
+    limit_engine_threads()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by fork
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # it died before the worker could ask to follow it
+        os._exit(1)
+
+
+def _die_with_parent() -> bool:
+    """Linux: have the kernel send SIGKILL when the parent exits (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop now: queued images are dropped and running ones abandoned (shutdown alone would wait
+    for every queued image)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
 
 def read_texts(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.PathLike] = None,

@@ -13,7 +13,10 @@ from typing import Optional
 
 # safetensors and torch.save report a full disk in their own exception types, without an errno.
 NO_SPACE_TEXT = re.compile(r"No space left on device|os error 28|Disk quota exceeded")
-WRITE_FAILED_TEXT = re.compile(r"file write failed|failed writing file")  # torch.save's words
+# torch.save's words for a failed write: its zip writer checks each write ("file write failed"), or
+# its stream fails ("basic_ios::clear: iostream error") and closing the archive then finds the file
+# shorter than written ("[enforce fail at inline_container.cc:672] . unexpected pos 3531328 vs 3531216").
+WRITE_FAILED_TEXT = re.compile(r"file write failed|failed writing file|iostream error|unexpected pos \d+ vs \d+")
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 HINTS = {"cache.dir": ", or set cache.enabled=false"}
 LOW_SPACE = 64 * 2**20  # bytes free below which a bare "file write failed" is taken for a full disk
@@ -31,8 +34,20 @@ def probe_writable(places: dict[str, Optional[str]]) -> None:
 
 
 def explain(err: BaseException, places: dict[str, Optional[str]]) -> Optional[str]:
-    """One line for a known disk failure, or None."""
+    """One line for a known disk failure, or None. A full disk may also be the cause of the error
+    that reached the command (a write fails, then closing the file raises another error about it)."""
     places = {k: v for k, v in places.items() if v}
+    seen, first = set(), True
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        message = _explain_one(err, places, space_only=not first)
+        if message:
+            return message
+        err, first = err.__cause__ or err.__context__, False
+    return None
+
+
+def _explain_one(err: BaseException, places: dict[str, str], space_only: bool) -> Optional[str]:
     code = getattr(err, "errno", None)
     text = str(err)
     filename = getattr(err, "filename", None)
@@ -47,7 +62,7 @@ def explain(err: BaseException, places: dict[str, Optional[str]]) -> Optional[st
                     f"free): free space there, or point {setting} at another disk{HINTS.get(setting, '')}")
         free = ", ".join(f"{k}={v} ({_size(_free(v))} free)" for k, v in places.items())
         return f"no space left on device{where}: free space, or point one of these at another disk: {free}"
-    if isinstance(err, OSError) and code in NOT_WRITABLE and filename:
+    if isinstance(err, OSError) and code in NOT_WRITABLE and filename and not space_only:
         # mkdir under a file says "Not a directory" or "File exists", neither of which says what to fix.
         reason = ("a file stands where a folder is needed" if code in (errno.ENOTDIR, errno.EEXIST)
                   else err.strerror or text)

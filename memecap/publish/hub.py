@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
+from memecap.outputs.redact import said
 from memecap.publish.model_card import model_card
 from memecap.models.export import (BASE_MANIFEST, BUNDLED_DIR, CONFIG_FILE, UnsafePath, export_files, member,
                                    recorded_base_files, set_base)
@@ -134,7 +135,9 @@ def push(source: Path, repo_id: str, *, private: bool = False, license: str = "a
             commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging,
                                        commit_message=commit_message or f"Upload memecap model from {export.name}")
         except Exception as err:  # noqa: BLE001 - every failure gets the same way back
-            raise PushError(f"pushing to {repo_id} failed: {type(err).__name__}: {err}\n{retry}") from err
+            # The server's words may echo the request (its token) and span lines: one line, redacted.
+            failed = said(f"pushing to {repo_id} failed: {type(err).__name__}: {err}")
+            raise PushError(f"{failed}\n{said(retry)}") from err
     url = getattr(commit, "commit_url", None) or str(commit)
     log(f"pushed: {url}")
     return url
