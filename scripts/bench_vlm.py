@@ -17,6 +17,14 @@ bf16 weights and a tiny tokenizer, saved in the published layout (the GPU machin
 the real weights), trained in this process by the recipe at its image budget (synthetic images
 whose side fills `max_pixels`); prints `torch.cuda.max_memory_allocated` against `memecap plan`
 for the same batch and sequence. `--layers N` cuts the language model and vision tower to N layers.
+
+    python scripts/bench_vlm.py --caption 100 --rounds 3
+
+`--caption N`: CPU seconds and peak RSS of captioning N synthetic memes (1000 x 800 px JPEGs) with
+the tiny Qwen2-VL of `vlm_tiny` (exported, greedy, 40 new tokens, batches of 32), each in its own
+one-thread process, rounds interleaved: `memecap caption` on the folder, the `Captioner` on the
+paths, and a bare batched loop over the same export (transformers' classes, one image-processor
+and one tokenizer call per batch). `MEMECAP_REPO=/other/checkout` measures another checkout's memecap.
 """
 from __future__ import annotations
 
@@ -46,7 +54,14 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--real", metavar="RECIPE", help="measure a shipped recipe at its published shape (see above)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--caption", type=int, metavar="N", help="measure captioning N memes (see above)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--child", nargs=3, metavar=("KIND", "EXPORT", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        return caption_child(*args.child)
+    if args.caption:
+        return measure_captioning(args)
     if args.real:
         return measure_real(args)
     sys.path.insert(0, str(REPO))
@@ -149,6 +164,83 @@ def measure_real(args) -> int:
     print(f"{args.real}: batch {args.batch_size}, {side} x {side} px images, prompt {prompt} tokens, "
           f"{len(losses)} steps; peak allocated {peak:.2f} GiB, plan {plan.total() / GIB:.2f} GiB at {seq} tokens"
           f"{' (reduced to ' + str(args.layers) + ' layers)' if layers_given else ''}")
+    return 0
+
+
+def measure_captioning(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, os.environ.get("MEMECAP_REPO", str(REPO)))
+    from memecap.config import load_config
+    from memecap.models import build_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vlm-caption-"))
+    memes = work / "memes"
+    memes.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(args.caption):  # a smooth picture with noise: JPEG sizes of real memes
+        base = np.linspace(0, 255, 1000, dtype=np.float32)[None, :, None] * rng.random(3, dtype=np.float32)
+        pixels = np.clip(base + rng.normal(0, 20, (800, 1000, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(memes / f"{i:04d}.jpg", quality=90)
+    cfg = load_config("vlm_tiny", ["model.vlm.mode=full"])
+    model = build_model(cfg.model, work_dir=work, train_texts=["На фото кот. Подпись: \"привет\"", "Опиши мем"])
+    model.save_pretrained(work / "export", generation=cfg.generation)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.environ.get("MEMECAP_REPO", str(REPO))}
+    kinds = {"memecap caption": [sys.executable, "-m", "memecap", "caption", str(memes), "--model",
+                                 str(work / "export"), "--out", "OUT", "--quiet"],
+             "Captioner": [sys.executable, __file__, "--child", "captioner", str(work / "export"), str(memes)],
+             "bare loop": [sys.executable, __file__, "--child", "bare", str(work / "export"), str(memes)]}
+    results = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind, cmd in kinds.items():
+            cmd = [str(work / f"out{r}-{len(results[kind])}.jsonl") if c == "OUT" else c for c in cmd]
+            proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                print(kind, proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            field = lambda name: re.search(rf"{name}: ([\d.]+)", proc.stderr).group(1)  # noqa: E731
+            cpu = float(field(r"User time \(seconds\)")) + float(field(r"System time \(seconds\)"))
+            results[kind].append((cpu, int(field(r"Maximum resident set size \(kbytes\)")) / 1024))
+    bare_cpu = statistics.median(c for c, _ in results["bare loop"])
+    bare_rss = statistics.median(m for _, m in results["bare loop"])
+    print(f"| {args.caption} memes, {args.rounds} rounds | CPU (median) | CPU / bare | peak RSS (median) | RSS / bare |")
+    print("| --- | --- | --- | --- | --- |")
+    for kind, runs in results.items():
+        cpu, rss = statistics.median(c for c, _ in runs), statistics.median(m for _, m in runs)
+        print(f"| {kind} | {cpu:.2f} s | {cpu / bare_cpu:.2f}x | {rss:.0f} MiB | {rss / bare_rss:.2f}x |")
+    return 0
+
+
+def caption_child(kind: str, export: str, folder: str) -> int:
+    paths = sorted(Path(folder).glob("*.jpg"))
+    if kind == "captioner":
+        from memecap import Captioner
+
+        Captioner.from_pretrained(export, device="cpu", batch_size=32)(paths)
+        return 0
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(Path(export) / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(Path(export) / "processor", padding_side="left")
+    image_processor = AutoImageProcessor.from_pretrained(Path(export) / "processor", backend="pil")
+    template = (Path(export) / "processor" / "chat_template.jinja").read_text(encoding="utf-8")
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Опиши мем"}]}]
+    prompt = tokenizer.apply_chat_template(user, chat_template=template, tokenize=False, add_generation_prompt=True)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        for start in range(0, len(paths), 32):
+            images = [Image.open(p).convert("RGB") for p in paths[start:start + 32]]
+            vision = image_processor(images=images, return_tensors="pt")
+            texts = [prompt.replace("<|image_pad|>", "<|image_pad|>" * (int(g.prod()) // 4)) for g in vision["image_grid_thw"]]
+            text = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            types = (text["input_ids"] == model.config.image_token_id).long()
+            ids = model.generate(**text, **vision, mm_token_type_ids=types, do_sample=False, max_new_tokens=40,
+                                 eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
+            tokenizer.batch_decode(ids[:, text["input_ids"].shape[1]:], skip_special_tokens=True)
     return 0
 
 

@@ -60,7 +60,7 @@ def test_only_description_tokens_are_scored(arch, vlm_bases, one_thread):
     batch = model.collate(items)
     image_id = model.image_token_id
     for row, item in enumerate(items):
-        prompt = item["image"]["prompt_ids"]
+        prompt = model.prepare(images()[row])["prompt_ids"]  # the items' images are prepared in collate, per batch
         caption = item["input_ids"]
         labels, ids = batch["labels"][row], batch["input_ids"][row]
         assert caption[-1] == model.eos_id  # the end-of-turn token is scored: generation learns to stop
@@ -99,9 +99,40 @@ def test_a_long_description_is_cut_or_refused_never_the_prompt(vlm_bases):
         model.encode_caption(long, 12, truncate=False)
     item = train_items(model, [long], max_tokens=12)[0]
     batch = model.collate([item])
-    prompt = item["image"]["prompt_ids"]
+    prompt = model.prepare(images()[0])["prompt_ids"]
     assert batch["input_ids"].shape[1] == len(prompt) + 12  # the whole prompt, image tokens included
     assert sum(t == model.image_token_id for t in prompt) == 4
+
+
+def test_smolvlm_answer_keeps_the_space_merged_with_its_first_letter(vlm_bases):
+    """`Assistant: На фото` is `:`, `ĠНа`, `Ġфото` in SmolVLM's BPE: the prompt ends at `Assistant:`
+    and the answer's first token carries the space, in training labels and in what generation
+    continues from (tests/test_vlm_parity.py compares whole batches with the official processor)."""
+    model = build(vlm_bases, "smolvlm")
+    tokens = model.tokenizer.convert_ids_to_tokens
+    prompt = model.prepare(images()[0])["prompt_ids"]
+    caption = model.encode_caption(CAPTIONS[0], 64)
+    assert model.tokenizer.decode(prompt).endswith("Assistant:") and tokens(prompt)[-1] == ":"
+    assert tokens(caption)[:2] == tokens(model.tokenizer(" " + CAPTIONS[0])["input_ids"])[:2]
+    assert tokens(caption)[0].startswith("Ġ") and len(tokens(caption)[0]) > 1  # one token, not a lone space
+    conversation = model.tokenizer.decode(prompt) + " " + CAPTIONS[0]
+    assert model.tokenizer(conversation, add_special_tokens=False)["input_ids"] == prompt + caption[:-1]
+    evals = CaptionEvalSet(model.image_inputs(images()[:1], cache_dir=None, device="cpu", progress=False))
+    assert model.collate([evals[0]])["input_ids"][0].tolist() == prompt  # generation starts after `Assistant:`
+
+
+def test_a_batch_is_prepared_at_once_as_one_by_one(vlm_bases):
+    """collate prepares its items' images together (one template render, one tokenizer call):
+    the batch is the one made from images prepared one by one."""
+    for arch in ("qwen2_vl", "smolvlm", "llava"):
+        model = build(vlm_bases, arch, "model.ocr.enabled=true")
+        texts = ["КОТ", None, "", "СОБАКА"]
+        together = model.collate([{"image": {"source": im, "ocr_text": t}, "index": i}
+                                  for i, (im, t) in enumerate(zip(images(), texts))])
+        single = model.collate([{"image": model.prepare(im, t), "index": i} for i, (im, t) in enumerate(zip(images(), texts))])
+        assert together.keys() == single.keys()
+        for key, value in together.items():
+            assert torch.equal(value, single[key]) if isinstance(value, torch.Tensor) else value == single[key], key
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -31,12 +31,20 @@ class ChatFormat:
     end_id: int  # the token that ends an answer (Qwen <|im_end|>, SmolVLM <end_of_utterance>)
 
     def render(self, tokenizer, instruction: str) -> str:
-        """The user turn (image, then the instruction) and the assistant's generation prompt."""
+        """The user turn (image, then the instruction) and the assistant's generation prompt, as
+        the official processor is given it: the answer prefix is not part of the prompt."""
         if self.template is None:
-            return f"{self.placeholder}{instruction}\n{self.answer_prefix}"
+            return f"{self.placeholder}{instruction}\nОписание:"
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
         return tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                             add_generation_prompt=True) + self.answer_prefix
+                                             add_generation_prompt=True)
+
+    def answer_ids(self, tokenizer, text: str) -> list[int]:
+        """The answer's token ids with its prefix tokenized in: the rendered conversation writes
+        SmolVLM's `Assistant: Мем` as `:`, `ĠМ`, `ем`, so a lone space token at the end of the prompt
+        and an answer tokenized without it would be a split the model never saw. The model writes
+        the prefix itself when it generates."""
+        return tokenizer(self.answer_prefix + text, add_special_tokens=False)["input_ids"]
 
 
 def chat_format(tokenizer, template: Optional[str], placeholder: str) -> ChatFormat:
@@ -44,7 +52,7 @@ def chat_format(tokenizer, template: Optional[str], placeholder: str) -> ChatFor
     prompt and the answer joins the prompt, and the first token after the answer ends every caption."""
     eos = tokenizer.eos_token_id
     if template is None:
-        return ChatFormat(None, placeholder, "Описание:", eos)
+        return ChatFormat(None, placeholder, " ", eos)
     user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
     prompt = tokenizer.apply_chat_template(user, chat_template=template, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": [{"type": "text", "text": MARKER}]}],
@@ -64,19 +72,20 @@ def image_placeholder(model_type: str, tokenizer, config) -> str:
     return tokenizer.convert_ids_to_tokens(config.image_token_id)
 
 
-def image_token_text(model_type: str, vision: dict, image_processor, config) -> str:
-    """The text the image placeholder becomes for these processed pixels (what the model's
-    processor writes): Qwen one <|image_pad|> per merged patch; Idefics3/SmolVLM one tile."""
+def image_token_texts(model_type: str, vision: dict, image_processor, config) -> list[str]:
+    """Per image of a batch, the text its placeholder becomes for these processed pixels (what the
+    model's processor writes): Qwen one <|image_pad|> per merged patch; Idefics3/SmolVLM one tile."""
     if model_type in QWEN_TYPES:
         merge = getattr(image_processor, "merge_size", 2)
-        return "<|image_pad|>" * (int(vision["image_grid_thw"].prod()) // merge ** 2)
+        return ["<|image_pad|>" * (int(grid.prod()) // merge ** 2) for grid in vision["image_grid_thw"]]
     if model_type in IDEFICS_TYPES:
         if vision["pixel_values"].shape[1] != 1:
             raise ValueError(f"{model_type}: memecap feeds one tile per image; set do_image_splitting off "
                              "(model.vlm.longest_edge sets the tile's side)")
         v = config.vision_config
         tokens = (v.image_size // v.patch_size) ** 2 // config.scale_factor ** 2
-        return "<fake_token_around_image><global-img>" + "<image>" * tokens + "<fake_token_around_image>"
+        one = "<fake_token_around_image><global-img>" + "<image>" * tokens + "<fake_token_around_image>"
+        return [one] * vision["pixel_values"].shape[0]
     raise ValueError(f"model type {model_type!r}: no image-token expansion known (its processor is used instead)")
 
 

@@ -26,7 +26,7 @@ from memecap.generation import hf_generate_kwargs
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
-                                     image_token_text, mm_token_types)
+                                     image_token_texts, mm_token_types)
 from memecap.quiet import quiet_weights
 
 # bitsandbytes' quantization state of a frozen k-bit weight, which Accelerate's checkpoint holds beside the
@@ -38,17 +38,24 @@ TEMPLATE_FILE = "chat_template.jinja"
 
 
 class VlmImages:
-    """Per image, what the model reads: its pixels as the image processor makes them and the ids of
-    its prompt (image tokens expanded), made when the item is read. With OCR, also its text."""
+    """Per image, where it is read from (and with OCR its text). Its pixels and prompt ids are made
+    per batch, in `Vlm.collate` (`Vlm.prepare_batch`), so nothing is made or held before it is used."""
 
-    def __init__(self, sources: Sequence, prepare, texts: Optional[list[str]] = None):
-        self.sources, self.prepare, self.texts = list(sources), prepare, texts
+    def __init__(self, sources: Sequence, texts: Optional[list[str]] = None):
+        self.sources, self.texts = list(sources), texts
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int) -> dict:
-        return self.prepare(self.sources[i], None if self.texts is None else self.texts[i])
+        return {"source": self.sources[i], "ocr_text": None if self.texts is None else self.texts[i]}
+
+
+def joined(images: list[dict]) -> dict:
+    """Images prepared one by one (`Vlm.prepare`) as `Vlm.prepare_batch` makes them together."""
+    return {"vision": {k: torch.cat([im["vision"][k] for im in images]) for k in images[0]["vision"]},
+            "prompt_ids": [im["prompt_ids"] for im in images],
+            "per_token": {k: [im["per_token"][k] for im in images] for k in images[0]["per_token"]}}
 
 
 class Vlm(nn.Module):
@@ -87,7 +94,7 @@ class Vlm(nn.Module):
     def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
         """The description's token ids and the end-of-turn token, at most `max_tokens` (the prompt
         and its image tokens are not counted: they are never cut)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.chat.answer_ids(self.tokenizer, text)
         if not truncate and len(ids) + 1 > max_tokens:
             raise CaptionTooLong(len(ids) + 1, max_tokens)
         return ids[: max_tokens - 1] + [self.eos_id]
@@ -104,28 +111,45 @@ class Vlm(nn.Module):
     def prepare(self, source, ocr_text: Optional[str] = None) -> dict:
         """One image (path or PIL image) -> its pixel tensors and prompt ids (and, from a processor,
         any other per-token inputs it makes, such as token type ids)."""
-        image = read_image(source)
-        if self.processor is not None:
-            return self._prepare_with_processor(image, ocr_text)
-        vision = dict(self.image_processor(images=[image], return_tensors="pt"))
-        vision = {k: v for k, v in vision.items() if isinstance(v, torch.Tensor)}
-        if self.model_type in IDEFICS_TYPES and vision["pixel_values"].dim() == 4:
-            vision["pixel_values"] = vision["pixel_values"][None]
-        text = self.chat.render(self.tokenizer, self.instruction(ocr_text))
-        expanded = image_token_text(self.model_type, vision, self.image_processor, self._base_config())
-        text = text.replace(self.chat.placeholder, expanded, 1)
-        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return {"vision": vision, "prompt_ids": prompt, "ocr_text": ocr_text, "per_token": {}}
+        batch = self.prepare_batch([source], [ocr_text])
+        return {"vision": batch["vision"], "prompt_ids": batch["prompt_ids"][0], "ocr_text": ocr_text,
+                "per_token": {k: v[0] for k, v in batch["per_token"].items()}}
 
-    def _prepare_with_processor(self, image, ocr_text: Optional[str]) -> dict:
-        text = self.chat.render(self.tokenizer, self.instruction(ocr_text))
-        out = self.processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=False)
-        ids = out.pop("input_ids")
-        out.pop("attention_mask", None)
+    def prepare_batch(self, sources: Sequence, ocr_texts: Sequence[Optional[str]]) -> dict:
+        """Images (paths or PIL images) -> their pixel tensors as one batch, and per image its prompt
+        ids (and per-token inputs from a processor): the template rendered once per instruction,
+        one tokenizer call. Pixels are made image by image: an image processor given the whole
+        batch holds every decoded image and a full-size array copy of each at once (+170 MiB at 32
+        memes of 1000 x 800 px), for no saving worth it (the per-call cost is small beside the resize)."""
+        instructions = [self.instruction(t) for t in ocr_texts]
+        rendered = {i: self.chat.render(self.tokenizer, i) for i in dict.fromkeys(instructions)}
+        texts = [rendered[i] for i in instructions]
+        if self.processor is not None:
+            return self._prepare_with_processor([read_image(s) for s in sources], texts)
+        parts = [self._pixels(s) for s in sources]
+        vision = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        expanded = image_token_texts(self.model_type, vision, self.image_processor, self._base_config())
+        texts = [t.replace(self.chat.placeholder, e, 1) for t, e in zip(texts, expanded)]
+        return {"vision": vision, "prompt_ids": self.tokenizer(texts, add_special_tokens=False)["input_ids"],
+                "per_token": {}}
+
+    def _pixels(self, source) -> dict:
+        vision = self.image_processor(images=[read_image(source)], return_tensors="pt")
+        vision = {k: v for k, v in vision.items() if isinstance(v, torch.Tensor)}
+        if self.model_type in IDEFICS_TYPES and vision["pixel_values"].dim() == 4:  # one image: its tiles
+            vision["pixel_values"] = vision["pixel_values"][None]
+        return vision
+
+    def _prepare_with_processor(self, images: list, texts: list[str]) -> dict:
+        out = self.processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True,
+                             padding_side="right", add_special_tokens=False)
+        ids, lengths = out.pop("input_ids"), out.pop("attention_mask").sum(1).tolist()
         tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        per_token = {k: v[0].tolist() for k, v in tensors.items() if v.dim() == 2 and v.shape == ids.shape}
+        per_token = {k: [row[:n].tolist() for row, n in zip(v, lengths)] for k, v in tensors.items()
+                     if v.dim() == 2 and v.shape == ids.shape}
         vision = {k: v for k, v in tensors.items() if k not in per_token}
-        return {"vision": vision, "prompt_ids": ids[0].tolist(), "ocr_text": ocr_text, "per_token": per_token}
+        return {"vision": vision, "prompt_ids": [row[:n].tolist() for row, n in zip(ids, lengths)],
+                "per_token": per_token}
 
     def _base_config(self):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -135,19 +159,23 @@ class Vlm(nn.Module):
                      desc: str = "images") -> VlmImages:
         texts = (read_ocr_texts(paths, self.cfg.ocr, cache_dir=cache_dir, progress=progress, desc=desc)
                  if self.cfg.ocr.enabled else None)
-        return VlmImages(paths, self.prepare, texts)
+        return VlmImages(paths, texts)
 
     def collate(self, items: list[dict]) -> dict:
         """Training items -> right-padded prompt + description (labels on the description only);
-        evaluation items -> left-padded prompts. Pixel tensors are concatenated image after image
-        (Qwen's flattened patches with their grid sizes, SmolVLM's tiles)."""
+        evaluation items -> left-padded prompts. The items' images are prepared here, together
+        (`prepare_batch`: Qwen's flattened patches with their grid sizes, SmolVLM's tiles); images
+        prepared one by one (`prepare`) are joined instead."""
         images = [it["image"] for it in items]
-        batch = {k: torch.cat([im["vision"][k] for im in images]) for k in images[0]["vision"]}
-        if images[0]["ocr_text"] is not None:
-            batch["ocr_text"] = [im["ocr_text"] for im in images]
+        ocr_texts = [im["ocr_text"] for im in images]
+        prepared = (joined(images) if "prompt_ids" in images[0]
+                    else self.prepare_batch([im["source"] for im in images], ocr_texts))
+        batch = dict(prepared["vision"])
+        if ocr_texts[0] is not None:
+            batch["ocr_text"] = ocr_texts
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items])
-        prompts = [im["prompt_ids"] for im in images]
+        prompts = prepared["prompt_ids"]
         if "input_ids" in items[0]:
             rows = [p + list(it["input_ids"]) for p, it in zip(prompts, items)]
             width = max(map(len, rows))
@@ -170,10 +198,10 @@ class Vlm(nn.Module):
                 mask[row, width - len(p):] = 1
             batch.update(input_ids=ids, attention_mask=mask)
             starts = [width - len(p) for p in prompts]
-        for key in images[0]["per_token"]:  # the processor's per-token inputs: 0 on the description and padding
+        for key, rows in prepared["per_token"].items():  # the processor's: 0 on the description and padding
             values = torch.zeros_like(batch["input_ids"])
-            for row, (im, start) in enumerate(zip(images, starts)):
-                values[row, start:start + len(im["prompt_ids"])] = torch.tensor(im["per_token"][key])
+            for row, (per_token, start) in enumerate(zip(rows, starts)):
+                values[row, start:start + len(per_token)] = torch.tensor(per_token)
             batch[key] = values
         if self._needs_mm_types and "mm_token_type_ids" not in batch:
             batch["mm_token_type_ids"] = mm_token_types(batch["input_ids"], self.image_token_id) * batch["attention_mask"]

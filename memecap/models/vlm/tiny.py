@@ -62,6 +62,14 @@ def tiny_tokenizer(texts: Iterable[str], special: list[str], eos: str, template:
     return tokenizer
 
 
+def answers_too(texts: Iterable[str]) -> list[str]:
+    """The texts, and each as SmolVLM's template writes an answer (`Assistant: text`): a BPE fit on
+    chat data learns the merges of the space with an answer's first letter (`ĠМ`), as the published
+    SmolVLM tokenizer has them, so tests see the split the model was trained on."""
+    texts = list(texts)
+    return texts + [" " + t for t in texts]
+
+
 def _qwen(arch: str, tokenizer, width: int = 32, layers: int = 2, patch: int = 4):
     from transformers import Qwen2VLImageProcessorPil
 
@@ -152,8 +160,11 @@ def save_tiny_vlm(out_dir: Path, architecture: str, texts: Iterable[str], seed: 
         tokenizer = tiny_tokenizer(texts, LLAVA_SPECIAL, "</s>", LLAVA_TEMPLATE)
         config, image_processor = _llava(tokenizer, out_dir)
     elif architecture == "smolvlm":
-        tokenizer = tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE)
+        tokenizer = tiny_tokenizer(answers_too(texts), SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE)
         config, image_processor = _smolvlm(tokenizer)
+        # Some random draws of this 32 px model write the same greedy caption for any plain-coloured
+        # image; this one tells them apart, so tests can see that each image reaches the model.
+        seed += 2
     else:
         tokenizer = tiny_tokenizer(texts, QWEN_SPECIAL, "<|im_end|>", QWEN_TEMPLATE)
         config, image_processor = _qwen(architecture, tokenizer, width, layers, patch)
@@ -174,7 +185,7 @@ def save_shaped_vlm(out_dir: Path, config, texts: Iterable[str], seed: int = 0) 
     texts = list(texts)
     qwen = config.model_type != "smolvlm"
     tokenizer = (tiny_tokenizer(texts, QWEN_SPECIAL, "<|im_end|>", QWEN_TEMPLATE) if qwen
-                 else tiny_tokenizer(texts, SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE))
+                 else tiny_tokenizer(answers_too(texts), SMOLVLM_SPECIAL, "<end_of_utterance>", SMOLVLM_TEMPLATE))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (QWEN_SPECIAL if qwen else SMOLVLM_SPECIAL)}
     text = config.get_text_config()
     vision = config.vision_config
