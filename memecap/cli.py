@@ -78,13 +78,24 @@ def _eval(args) -> int:
 
 
 def _caption(args) -> int:
-    from memecap.inference.caption_folder import caption_folder, done_images
+    from memecap.inference.caption_folder import done_images, refuse_non_file
+    from memecap.outputs.file_lock import sole_writer
+
+    if not args.out:
+        return _caption_run(args)
+    _probe_out(args)
+    refuse_non_file(Path(args.out))
+    # One writer per captions file, for the whole run: a second `caption` on it is refused at once.
+    with sole_writer(Path(args.out), "--out"):
+        done_images(Path(args.out))  # refuse a file that is not ours before minutes of model loading
+        return _caption_run(args)
+
+
+def _caption_run(args) -> int:
+    from memecap.inference.caption_folder import caption_folder
     from memecap.inference.captioner import Captioner
     from memecap.outputs.file_names import shown
 
-    if args.out:
-        done_images(Path(args.out))  # refuse a file that is not ours before minutes of model loading
-    _probe_out(args)
     captioner = Captioner.from_pretrained(args.model, revision=args.revision, device=args.device)
     generation = _generation_overrides(args)(captioner.generation)
 

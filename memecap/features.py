@@ -3,11 +3,14 @@
 A frozen encoder gives the same vector for the same image every epoch, so it runs once per
 image, ever. The key covers everything that can change the vector: the encoder's weights
 (hashed), the image transform's settings and the image file's bytes. A changed image, a new
-transform or other weights simply miss; a stale entry can never be read back.
+transform or other weights simply miss; a stale entry can never be read back. Each file carries
+the SHA-256 of its tensor in its metadata: a damaged or edited file is a miss, recomputed and
+said once (memecap/cache_entries.py).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +19,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from tqdm.auto import tqdm
 
+from memecap.cache_entries import NO_CHECKSUM, DamagedEntry, DamageTally, payload_sha256
+from memecap.data.fingerprint import image_digest
 from memecap.data.images import read_image
 
 
@@ -41,6 +46,13 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def tensor_sha256(t: torch.Tensor) -> str:
+    """Checksum of a tensor's dtype, shape and bytes (what a feature file stores)."""
+    t = t.contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return payload_sha256(str(t.dtype).encode(), repr(tuple(t.shape)).encode(), data)
+
+
 class FeatureCache:
     """Embeddings of one (encoder weights, transform) pair, one small safetensors file per image."""
 
@@ -50,30 +62,60 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.damaged = DamageTally(self.dir)
 
     def _path(self, image_digest: str) -> Path:
         return self.dir / image_digest[:2] / f"{image_digest}.safetensors"
 
     def get(self, image_digest: str) -> Optional[torch.Tensor]:
+        """The stored embedding, or None (a miss) where there is none or it cannot be trusted."""
         path = self._path(image_digest)
-        if not path.exists():
+        try:
+            embedding = _read_entry(path) if path.exists() else None
+        except DamagedEntry as err:
+            self.damaged.add(image_digest, err)
+            embedding = None
+        if embedding is None:
             self.misses += 1
             return None
         self.hits += 1
-        return load_file(str(path))["embedding"]
+        return embedding
 
     def put(self, image_digest: str, embedding: torch.Tensor) -> None:
+        embedding = embedding.detach().to("cpu", torch.float32).contiguous()
+        if not torch.isfinite(embedding).all():
+            return  # it would be refused as damaged at every read: nothing worth keeping
         path = self._path(image_digest)
         path.parent.mkdir(exist_ok=True)
         # Written beside the target then renamed, so a crash or a second process never leaves a torn file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"embedding": embedding.detach().to("cpu", torch.float32).contiguous()}, tmp)
+            save_file({"embedding": embedding}, tmp, metadata={"sha256": tensor_sha256(embedding)})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _read_entry(path: Path) -> torch.Tensor:
+    """A feature file's embedding; DamagedEntry where it is unreadable, edited, non-finite or unchecked.
+    Read into memory, not mapped: a file truncated while its tensor is in use would kill the
+    process (SIGBUS) instead of being a miss."""
+    try:
+        data = path.read_bytes()
+        embedding = load(data)["embedding"]
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the format's 8-byte length + JSON
+        stored = (header.get("__metadata__") or {}).get("sha256")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise DamagedEntry(f"unreadable: {type(err).__name__}: {err}") from None
+    if stored is None:
+        raise DamagedEntry(NO_CHECKSUM)
+    if stored != tensor_sha256(embedding):
+        raise DamagedEntry("checksum mismatch")
+    if not torch.isfinite(embedding).all():  # only reachable with a recomputed checksum: refuse it all the same
+        raise DamagedEntry("non-finite values")
+    return embedding
 
 
 @torch.no_grad()
@@ -85,7 +127,7 @@ def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence
     paths = [p if isinstance(p, Image.Image) else Path(p) for p in paths]
 
     def digest(source) -> Optional[str]:  # in-memory images (the Python API) are not cached
-        return None if cache is None or isinstance(source, Image.Image) else file_digest(source)
+        return None if cache is None or isinstance(source, Image.Image) else image_digest(source)
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
         digests = list(pool.map(digest, paths))
@@ -106,4 +148,6 @@ def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence
             bar.update(len(chunk))
         bar.close()
         encoder.train(was_training)
+    if cache is not None:
+        cache.damaged.report()
     return torch.stack(out) if out else torch.empty(0)

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli
+from tests.launching import REPO
 
 
 def make_folder(root: Path, images: list[Path]) -> Path:
@@ -17,6 +24,8 @@ def make_folder(root: Path, images: list[Path]) -> Path:
         shutil.copy(image, folder / image.name)
     shutil.copy(images[3], folder / "nested" / "deep.jpg")
     (folder / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated JPEG
+    data = images[0].read_bytes()
+    (folder / "half.jpg").write_bytes(data[:len(data) // 2])  # its header is whole, its pixels are not
     (folder / "notes.txt").write_text("not a meme")
     return folder
 
@@ -32,7 +41,7 @@ def test_caption_folder_reports_bad_files_and_resumes(tiny_lora_run, synthetic_d
     assert cli(["caption", str(folder), "--model", str(tiny_lora_run), "--out", str(out), "--quiet"]) == 0
     report = capsys.readouterr().err
     assert "captioned 4 image(s)" in report
-    assert "corrupt.jpg" in report and "1 unreadable" in report and "notes.txt" in report
+    assert "corrupt.jpg" in report and "half.jpg" in report and "2 unreadable" in report and "notes.txt" in report
     rows = lines(out)
     assert sorted(r["image"] for r in rows) == sorted([p.name for p in images[:3]] + ["nested/deep.jpg"])
     expected = Captioner.from_pretrained(tiny_lora_run, device="cpu")([folder / r["image"] for r in rows])
@@ -97,3 +106,129 @@ def test_file_names_that_are_not_utf8_are_captioned_and_written_losslessly(tiny_
     # Printed to a terminal, the undecodable bytes are shown escaped.
     assert cli(["caption", str(folder), "--model", str(tiny_lora_run), "--quiet"]) == 0
     assert "\\xcf\\xf0\\xe8\\xe2\\xe5\\xf2.jpg\t" in capsys.readouterr().out
+
+
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds a flock on `path` (the kernel's own list of locks)."""
+    inode = f":{path.stat().st_ino} " if path.exists() else None
+    text = Path("/proc/locks").read_text()
+    return bool(inode) and any(line.split()[1:5] == ["FLOCK", "ADVISORY", "WRITE", str(pid)] and inode in line + " "
+                               for line in text.splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads the kernel's list of locks (Linux)")
+def test_a_second_caption_process_on_one_out_is_refused(tiny_lora_run, synthetic_data, tmp_path):
+    """Two real `memecap caption` processes on one --out: the second is refused at once with one line
+    naming the file (before, both wrote every row); the lock dies with its holder (SIGKILL), so
+    the next run goes ahead and the file holds each image once."""
+    images = sorted((synthetic_data["val"].parent / "images").glob("5*.jpg"))[:6]
+    folder = tmp_path / "memes"
+    folder.mkdir()
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    out = tmp_path / "captions.jsonl"
+    cmd = [sys.executable, "-m", "memecap", "caption", str(folder), "--model", str(tiny_lora_run), "--out", str(out),
+           "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not holds_flock(first.pid, out) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert holds_flock(first.pid, out), f"the first run never locked {out}: {first.poll()=}"
+        first.send_signal(signal.SIGSTOP)  # it keeps the lock, wherever it stands
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"memecap: {out}: another memecap process is writing it; wait for that one "
+                                          "to finish (a rerun then continues where it stopped), or pass another --out")
+        first.kill()  # dies holding the lock: the kernel releases it
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=60)
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert sorted(r["image"] for r in lines(out)) == sorted(p.name for p in images)
+
+
+def test_symlink_loops_and_broken_links_are_named_and_the_rest_captioned(tiny_lora_run, synthetic_data, tmp_path,
+                                                                         capsys):
+    images = sorted((synthetic_data["val"].parent / "images").glob("5*.jpg"))[:2]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(images[1], outside / "linked.jpg")
+    folder = tmp_path / "memes"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(images[0], folder / "real.jpg")
+    (folder / "self.jpg").symlink_to("self.jpg")              # a loop of one
+    (folder / "a.jpg").symlink_to("b.jpg")                    # a loop of two
+    (folder / "b.jpg").symlink_to("a.jpg")
+    (folder / "gone.jpg").symlink_to("deleted.jpg")           # a broken link
+    (folder / "sub" / "up").symlink_to("..")                  # a folder link back up: a walk without end
+    (folder / "more").symlink_to(outside)                     # a folder link elsewhere: followed
+    (folder / ".#real.jpg").symlink_to("user@host.1234:1")    # an editor's lock link: hidden, not news
+    out = tmp_path / "captions.jsonl"
+    assert cli(["caption", str(folder), "--model", str(tiny_lora_run), "--out", str(out), "--quiet"]) == 0
+    report = capsys.readouterr().err.splitlines()
+    assert report[0] == f"captioned 2 image(s) into {out}"
+    assert report[1] == ("5 link(s) or folder(s) could not be followed, skipped: "
+                         "a.jpg (a symbolic link loop (-> b.jpg)), b.jpg (a symbolic link loop (-> a.jpg)), "
+                         "gone.jpg (a broken symbolic link (-> deleted.jpg: no such file)), "
+                         "self.jpg (a symbolic link loop (-> self.jpg)), "
+                         "sub/up (a symbolic link loop (-> ..: a folder that contains it))")
+    assert sorted(r["image"] for r in lines(out)) == ["more/linked.jpg", "real.jpg"]
+    # A broken link named as the target says what it is.
+    assert cli(["caption", str(folder / "self.jpg"), "--model", str(tiny_lora_run), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"memecap: {folder / 'self.jpg'}: a symbolic link loop (-> self.jpg)"
+
+
+def test_an_ocr_model_skips_an_image_whose_pixels_are_cut(text_images, tmp_path, capsys):
+    """The OCR workers decode the images: one that fails there is named and the others captioned."""
+    folder = tmp_path / "memes"
+    folder.mkdir()
+    for path in text_images["paths"][:2]:
+        shutil.copy(path, folder / path.name)
+    data = text_images["paths"][0].read_bytes()
+    (folder / "half.jpg").write_bytes(data[:len(data) // 2])
+    out = tmp_path / "captions.jsonl"
+    assert cli(["caption", str(folder), "--model", "ocr_template", "--out", str(out), "--quiet"]) == 0
+    report = capsys.readouterr().err
+    assert "captioned 2 image(s)" in report and "1 unreadable image(s)" in report and "half.jpg" in report
+    assert sorted(r["image"] for r in lines(out)) == sorted(p.name for p in text_images["paths"][:2])
+
+
+PEAK_PROBE = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from memecap.inference.captioner import Captioner
+from memecap.inference.caption_folder import caption_folder
+
+folder, side = Path(sys.argv[2]), 1500
+ramp = np.linspace(0, 255, side, dtype=np.uint8)
+for i in range(32):  # smooth pictures: small files, 6.4 MiB each decoded
+    pixels = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)),
+                       np.full((side, side), 7 * i, np.uint8)], -1)
+    Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", quality=80)
+captioner = Captioner.from_pretrained(sys.argv[1], device="cpu")
+captioner([folder / "00.jpg"])  # the model's own first-call allocations, before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+report = caption_folder(captioner.model, folder, captioner.generation, device=captioner.device, batch_size=32,
+                        progress=False)
+print(report.captioned, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_a_folder_batch_is_not_held_decoded(tiny_lora_run, tmp_path):
+    """Captioning a folder holds no decoded batch beside the model's inputs: 32 memes of
+    1500 x 1500 px (206 MiB decoded) raise the peak RSS by less than half of that (the model
+    decodes each image as it prepares it). Before, the folder's batch was decoded first: +278 MiB."""
+    (tmp_path / "memes").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(tiny_lora_run), str(tmp_path / "memes")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    captioned, growth_mib = proc.stdout.split()
+    assert captioned == "32" and float(growth_mib) < 32 * 1500 * 1500 * 3 / 2**20 / 2, growth_mib

@@ -177,6 +177,44 @@ def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, exam
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 1)
 
 
+def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path, caplog):
+    """An empty, truncated, NaN-edited, hand-edited or checksum-less feature file is a miss: it is
+    recomputed and overwritten, one line says how many, and the features equal a clean run's."""
+    from safetensors.torch import load, save_file
+
+    from memecap.features import tensor_sha256
+
+    model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model,
+                        work_dir=tmp_path)
+    cache_dir, paths = tmp_path / "cache", [e.image_path for e in examples[:6]]
+    clean = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    files = sorted(model.frozen_encoder.last_cache.dir.rglob("*.safetensors"))
+    assert len(files) == 6
+    good = load(files[0].read_bytes())["embedding"]  # not mapped: the file is emptied below
+    nan = good.clone()
+    nan[0] = float("nan")
+    files[0].write_bytes(b"")                                          # empty
+    files[1].write_bytes(files[1].read_bytes()[:40])                   # truncated
+    save_file({"embedding": nan}, str(files[2]), metadata={"sha256": tensor_sha256(nan)})  # NaN, checksum redone
+    save_file({"embedding": good + 1}, str(files[3]), metadata={"sha256": tensor_sha256(good)})  # edited values
+    save_file({"embedding": good}, str(files[4]))                      # an older memecap's: no checksum
+
+    caplog.clear()
+    again = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    assert torch.equal(again, clean)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 5)
+    said = [r.getMessage() for r in caplog.records if "damaged cache entries" in r.getMessage()]
+    assert said == [f"5 damaged cache entries in {model.frozen_encoder.last_cache.dir} were recomputed "
+                    "(1 written by an older memecap without a checksum)"]
+
+    # Overwritten in place: the next pass hits everything and says nothing.
+    caplog.clear()
+    assert torch.equal(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False), clean)
+    assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
+    assert not list(model.frozen_encoder.last_cache.dir.rglob("*.tmp"))
+
+
 def test_cache_key_includes_encoder_weights(tmp_path):
     a = FeatureCache(tmp_path, "weights-a", "transform")
     b = FeatureCache(tmp_path, "weights-b", "transform")

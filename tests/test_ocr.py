@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 import pytest
 
 import memecap
 from memecap.config import OcrConfig
+from memecap.data.fingerprint import image_digest
 from memecap.ocr import LineEngine, OcrUnavailable, TesseractEngine, Word, clean_text, read_texts, read_words
 from tests.ocr_images import IMAGES, MAX_CER, cer
 
@@ -93,6 +95,40 @@ def test_engine_by_dotted_path_runs_once_per_image(text_images, tmp_path):
     assert plugged.calls == 3
     with pytest.raises(ValueError, match="known engines are detect_tesseract, tesseract"):
         read_texts(text_images["paths"], OcrConfig(engine="easyocr"), progress=False)
+
+
+def test_damaged_cache_entries_are_read_again_and_said_once(text_images, tmp_path, caplog):
+    """An empty, truncated, hand-edited or checksum-less OCR cache file is a miss: the image is read
+    again, the entry overwritten, one line says how many, and the texts equal a clean run's (an
+    empty file used to fail every later eval with "Expecting value")."""
+    cfg = OcrConfig(engine="tests.test_ocr.CountingEngine", workers=1)
+    plugged = importlib.import_module("tests.test_ocr").CountingEngine
+    paths, cache_dir = text_images["paths"], tmp_path / "ocr"
+    clean, cache = read_words(paths, cfg, cache_dir=cache_dir, progress=False)
+    files = [cache._path(image_digest(p)) for p in paths]
+    files[0].write_text("", encoding="utf-8")                                        # empty
+    files[1].write_text(files[1].read_text(encoding="utf-8")[:15], encoding="utf-8")  # truncated
+    edited = json.loads(files[2].read_text(encoding="utf-8"))
+    edited["words"][0][0] = "подделка"                                               # edited text
+    files[2].write_text(json.dumps(edited, ensure_ascii=False), encoding="utf-8")
+
+    plugged.calls = 0
+    caplog.clear()
+    again, cache = read_words(paths, cfg, cache_dir=cache_dir, progress=False)
+    assert again == clean and plugged.calls == 3 and (cache.hits, cache.misses) == (0, 3)
+    said = [r.getMessage() for r in caplog.records if "damaged cache entries" in r.getMessage()]
+    assert said == [f"3 damaged cache entries in {cache.dir} were recomputed"]
+
+    # Overwritten in place: read from the cache from now on, in silence.
+    caplog.clear()
+    assert read_words(paths, cfg, cache_dir=cache_dir, progress=False)[0] == clean and plugged.calls == 3
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
+
+    # An entry of an older memecap (no checksum) is read again once too.
+    files[0].write_text(json.dumps({"words": [list(w) for w in clean[0]]}), encoding="utf-8")
+    caplog.clear()
+    assert read_words(paths, cfg, cache_dir=cache_dir, progress=False)[0] == clean and plugged.calls == 4
+    assert "1 written by an older memecap without a checksum" in caplog.text
 
 
 def test_missing_tesseract_is_a_clear_error(monkeypatch, text_images):

@@ -22,6 +22,9 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {path}: {reason}")
 
+    def __reduce__(self):  # raised in an OCR worker process, it comes back to the parent whole
+        return type(self), (self.path, self.reason)
+
 
 # Decoded images are bounded: a 12000 x 12000 meme would take 430 MB as RGB (and Pillow's
 # bomb warning) for a model that reads 224-384 px and OCR that reads 40 px letters. JPEGs are
@@ -52,6 +55,20 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if max(size) > MAX_SIDE:
         rgb.info[REDUCED_FROM] = size
     return rgb
+
+
+def stored_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image file's (width, height) from its header, nothing decoded: a cheap first check
+    (a missing file, or one that is not an image, fails here as in `load_rgb`)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.size
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(path, f"{type(e).__name__}: {e}") from None
 
 
 def _bound_decode(img: Image.Image) -> None:

@@ -4,17 +4,20 @@ Like the feature cache (memecap/features.py): the key covers everything that can
 reading (the engine's signature: its version, languages and settings) and the image file's
 bytes, so a changed image or another engine setting simply misses. The engine's raw words with
 their confidences are stored, not the cleaned text: `model.ocr.min_confidence` and the cleaning
-apply when a reading is loaded, so changing them re-reads nothing.
+apply when a reading is loaded, so changing them re-reads nothing. Each entry carries the SHA-256
+of its words: a damaged or edited file is a miss, read again and said once (memecap/cache_entries.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+from memecap.cache_entries import NO_CHECKSUM, DamagedEntry, DamageTally, payload_sha256
 from memecap.ocr.engines import Word
 
 
@@ -30,23 +33,55 @@ class OcrCache:
             _write_atomic(label, engine_signature + "\n")
         self.hits = 0
         self.misses = 0
+        self.damaged = DamageTally(self.dir)
 
     def _path(self, image_digest: str) -> Path:
         return self.dir / image_digest[:2] / f"{image_digest}.json"
 
     def get(self, image_digest: str) -> Optional[list[Word]]:
+        """The stored words, or None (a miss) where there are none or they cannot be trusted."""
         path = self._path(image_digest)
-        if not path.exists():
+        try:
+            words = _read_entry(path) if path.exists() else None
+        except DamagedEntry as err:
+            self.damaged.add(image_digest, err)
+            words = None
+        if words is None:
             self.misses += 1
             return None
         self.hits += 1
-        return [Word(text, float(conf), int(line)) for text, conf, line in
-                json.loads(path.read_text(encoding="utf-8"))["words"]]
+        return words
 
     def put(self, image_digest: str, words: list[Word]) -> None:
         path = self._path(image_digest)
         path.parent.mkdir(exist_ok=True)
-        _write_atomic(path, json.dumps({"words": [list(w) for w in words]}, ensure_ascii=False))
+        stored = [list(w) for w in words]
+        _write_atomic(path, json.dumps({"words": stored, "sha256": _words_sha256(stored)}, ensure_ascii=False))
+
+
+def _words_sha256(stored: list) -> str:
+    return payload_sha256(json.dumps(stored, ensure_ascii=False).encode("utf-8"))
+
+
+def _read_entry(path: Path) -> list[Word]:
+    """An entry's words; DamagedEntry where it is unreadable, edited, malformed or unchecked."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        stored = entry["words"]
+        checksum = entry.get("sha256")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DamagedEntry(f"unreadable: {type(err).__name__}: {err}") from None
+    if checksum is None:
+        raise DamagedEntry(NO_CHECKSUM)
+    if checksum != _words_sha256(stored):
+        raise DamagedEntry("checksum mismatch")
+    try:
+        words = [Word(text, float(conf), int(line)) for text, conf, line in stored]
+    except (TypeError, ValueError) as err:  # a checksum recomputed over a malformed edit
+        raise DamagedEntry(f"malformed words: {err}") from None
+    if not all(isinstance(w.text, str) and math.isfinite(w.confidence) for w in words):
+        raise DamagedEntry("malformed words")
+    return words
 
 
 def _write_atomic(path: Path, text: str) -> None:

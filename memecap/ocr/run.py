@@ -8,13 +8,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from memecap.config import OcrConfig
-from memecap.features import file_digest
+from memecap.data.fingerprint import image_digest
 from memecap.ocr.cache import OcrCache
 from memecap.ocr.cleaning import clean_text
 from memecap.ocr.engines import ENGINES, TesseractEngine, Word, build_engine, limit_engine_threads
@@ -29,8 +30,9 @@ def _read_one(engine_name: str, languages: tuple, source) -> list[Word]:
     key = (engine_name, languages)
     if key not in _ENGINES:
         _ENGINES[key] = build_engine(engine_name, list(languages))
+    image = read_image(source)  # an ImageReadError names the file already, and a caller may skip that image
     try:
-        return list(_ENGINES[key].read(read_image(source)))
+        return list(_ENGINES[key].read(image))
     except Exception as err:  # noqa: BLE001 - name the image; the pool would otherwise hide which one
         name = source if isinstance(source, str) else "an in-memory image"
         raise RuntimeError(f"OCR failed on {name}: {type(err).__name__}: {err}") from err
@@ -56,7 +58,7 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
     engine.check()  # a missing binary or language fails here, in words, before any work
     cache = OcrCache(cache_dir, engine.signature()) if cache_dir else None
     # in-memory images (the Python API) have no file to key the cache with: they are read every time
-    digests = [file_digest(p) if cache and not isinstance(p, Image.Image) else None for p in paths]
+    digests = [image_digest(Path(p)) if cache and not isinstance(p, Image.Image) else None for p in paths]
     out: list[Optional[list[Word]]] = [cache.get(d) if d else None for d in digests]
     todo = [i for i, words in enumerate(out) if words is None]
     workers = min(cfg.workers or _cpu_count(), len(todo))
@@ -90,6 +92,8 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
             pool.shutdown()
     finally:
         bar.close()
+    if cache is not None:
+        cache.damaged.report()
     return out, cache
 
 
