@@ -348,6 +348,9 @@ def compare_with_constant(state: TrainState, final: dict, constant: dict) -> str
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """`python -m memecap.train RECIPE [key=value ...]` (what `accelerate launch -m` runs)."""
+    from memecap.models.vlm.template import ChatTemplateError
+    from memecap.untrusted import UntrustedCodeReference
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -368,6 +371,9 @@ def cli(argv: Optional[list[str]] = None) -> int:
     except (NonFiniteTraining, DamagedCheckpoint) as err:
         print(f"memecap: {said(str(err))}", file=sys.stderr)
         return 1
+    except (UntrustedCodeReference, ChatTemplateError) as err:  # a base model's files refused
+        print(f"memecap: {said(str(err))}", file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - a full disk or an unwritable folder is one line; the rest re-raise
         message = explain(err, places)
         if message is None:

@@ -5,6 +5,7 @@ the label mask, batched = one-by-one generation, what LoRA trains, a 4-bit base,
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -353,3 +354,29 @@ def test_published_smolvlm_shape_gives_its_64_image_tokens(tmp_path, one_thread)
     item = model.prepare(Image.new("RGB", (700, 300), (1, 2, 3)))
     assert sum(t == model.image_token_id for t in item["prompt_ids"]) == 64
     assert tuple(item["vision"]["pixel_values"].shape) == (1, 1, 3, 512, 512)
+
+
+def test_an_image_processor_type_transformers_lacks_falls_back_to_the_architectures(vlm_bases, tmp_path, caplog):
+    """A public copy of Qwen2.5-VL's preprocessor_config.json names `Qwen2_5_VLImageProcessor`, which
+    transformers never had: the model type's own image processor is used, and memecap says so."""
+    from memecap.models import load_model
+
+    model = build(vlm_bases, "qwen2_5_vl")
+    base = tmp_path / "base"
+    shutil.copytree(model.cfg.vlm.name, base)
+    settings = base / "preprocessor_config.json"
+    values = json.loads(settings.read_text(encoding="utf-8"))
+    assert values["image_processor_type"] == "Qwen2VLImageProcessor"
+    settings.write_text(json.dumps({**values, "image_processor_type": "Qwen2_5_VLImageProcessor"}), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="memecap"):
+        edited = build(vlm_bases, "qwen2_5_vl", f"model.vlm.name={base}")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("memecap")]
+    assert said == [f"{base}: image_processor_type 'Qwen2_5_VLImageProcessor' is not an image processor transformers "
+                    "has; using the one of model type 'qwen2_5_vl' (Qwen2VLImageProcessorPil)"]
+    assert type(edited.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    ours, theirs = model.prepare(images()[0]), edited.prepare(images()[0])
+    assert torch.equal(ours["vision"]["pixel_values"], theirs["vision"]["pixel_values"])
+    assert ours["prompt_ids"] == theirs["prompt_ids"]
+
+    edited.save_pretrained(tmp_path / "export", generation=GenerationConfig(strategy="greedy"))
+    assert load_model(tmp_path / "export").image_processor.to_dict() == edited.image_processor.to_dict()

@@ -27,6 +27,7 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from memecap.models.ruclip_weights import load_ruclip_vision, ruclip_normalisation
+from memecap.untrusted import refuse_model_code
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,10 @@ class ImageEncoder(nn.Module):
         }
 
 
-def _check_local_folder(name: str) -> None:
-    """Say which file a local transformers folder lacks, before from_pretrained's generic OSError."""
+def _check_local_folder(name: str, revision: str | None) -> None:
+    """Say which file a local transformers folder lacks, before from_pretrained's generic OSError;
+    refuse a folder or Hub repo whose settings name code of its own."""
+    refuse_model_code(name, revision)
     if not os.path.isdir(name):
         return  # a Hub repo id: from_pretrained downloads and reports its own errors
     if not os.path.isfile(os.path.join(name, "config.json")):
@@ -117,9 +120,9 @@ def _load_processor(processor_cls, name: str, revision: str | None):
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, PROCESSOR_CONFIG)):
             return None
-        return processor_cls.from_pretrained(name)
+        return processor_cls.from_pretrained(name, trust_remote_code=False)
     try:
-        return processor_cls.from_pretrained(name, revision=revision)
+        return processor_cls.from_pretrained(name, revision=revision, trust_remote_code=False)
     except OSError as err:
         logger.warning(
             "no %s for %r (%s); using the model config and default normalisation", PROCESSOR_CONFIG, name, err
@@ -152,8 +155,9 @@ def _settings(model_image_size: int, processor, default_mean: Triple, default_st
 
 def build_clip(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
     """Any transformers CLIP checkpoint (vision-only or full CLIPModel); returns `image_embeds`."""
-    _check_local_folder(name)
-    model = CLIPVisionModelWithProjection.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    _check_local_folder(name, revision)
+    model = CLIPVisionModelWithProjection.from_pretrained(name, revision=revision, dtype=dtype or torch.float32,
+                                                          trust_remote_code=False)
     processor = _load_processor(CLIPImageProcessorPil, name, revision)
     image_size, mean, std = _settings(model.config.image_size, processor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, name)
     return ImageEncoder(
@@ -164,8 +168,9 @@ def build_clip(name: str, revision: str | None = None, dtype: torch.dtype | None
 
 def build_siglip(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
     """A transformers SigLIP checkpoint (vision-only or full SiglipModel); returns `pooler_output`."""
-    _check_local_folder(name)
-    model = SiglipVisionModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    _check_local_folder(name, revision)
+    model = SiglipVisionModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32,
+                                              trust_remote_code=False)
     processor = _load_processor(SiglipImageProcessorPil, name, revision)
     image_size, mean, std = _settings(
         model.config.image_size, processor, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, name
@@ -188,8 +193,8 @@ def build_ruclip(name: str, revision: str | None = None, dtype: torch.dtype | No
 
 def build_resnet(name: str, revision: str | None = None, dtype: torch.dtype | None = None) -> ImageEncoder:
     """A transformers ResNet (`microsoft/resnet-50`, `-101`); returns the pooled last-stage vector."""
-    _check_local_folder(name)
-    model = ResNetModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    _check_local_folder(name, revision)
+    model = ResNetModel.from_pretrained(name, revision=revision, dtype=dtype or torch.float32, trust_remote_code=False)
     processor = _load_processor(ConvNextImageProcessorPil, name, revision)
     # ResNet is fully convolutional; 224 is the size it was trained at when no processor says otherwise.
     size = _processor_image_size(processor) if processor is not None else 224

@@ -20,7 +20,7 @@ from typing import Optional
 
 import yaml
 
-from memecap.untrusted import check_published_config
+from memecap.untrusted import check_published_config, refuse_auto_map
 
 CONFIG_FILE = "memecap.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name; folders and bundled paths do not match
@@ -85,6 +85,7 @@ def read_export_config(folder: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
         raise ValueError(f"{path}: not a memecap export config (expected a mapping with a model section)")
     check_published_config(meta, path)
+    refuse_auto_map(folder)  # its processor/, model/, tokenizer/, bundled bases/: code of their own is refused
     for base in (meta.get("bases") or {}).values():
         if str(base["name"]).startswith(BUNDLED_DIR + "/"):
             bundled = member(folder, base["name"], f"{path}: bases", is_dir=True)

@@ -36,6 +36,7 @@ from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 from memecap.quiet import quiet_weights
+from memecap.untrusted import refuse_model_code
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,16 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     name, revision = cfg.decoder.name, cfg.decoder.revision
     tokenizer_dir = export / "tokenizer" if export is not None and (export / "tokenizer").is_dir() else None
     decoder_dir = export / "decoder" if export is not None and (export / "decoder").is_dir() else None
-    tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir
-                 else AutoTokenizer.from_pretrained(name, revision=revision))
+    for source in (tokenizer_dir, decoder_dir):  # an export's parts (read_export_config checked them too)
+        if source is not None:
+            refuse_model_code(str(source))
+    if tokenizer_dir is None or decoder_dir is None:
+        refuse_model_code(name, revision)
+    tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False) if tokenizer_dir
+                 else AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False))
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
-    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype) if decoder_dir
-               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype,
+    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype, trust_remote_code=False) if decoder_dir
+               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, trust_remote_code=False,
                                                     **bitsandbytes_loading(cfg.decoder.quantization)))
     use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":

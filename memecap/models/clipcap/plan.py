@@ -13,6 +13,7 @@ from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
+from memecap.untrusted import refuse_model_code
 
 # ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.
 KNOWN_DECODERS = {
@@ -32,7 +33,9 @@ def decoder_config(name: str, cfg: Config) -> GPT2Config:
                           n_positions=512)
     if name in KNOWN_DECODERS:
         return GPT2Config(**KNOWN_DECODERS[name])
-    return GPT2Config.from_pretrained(name, revision=cfg.model.decoder.revision)  # config.json only
+    refuse_model_code(name, cfg.model.decoder.revision)
+    return GPT2Config.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json only
+                                      trust_remote_code=False)
 
 
 def image_features(cfg: Config) -> tuple[int, int]:
@@ -55,7 +58,8 @@ def image_features(cfg: Config) -> tuple[int, int]:
     else:
         from transformers import AutoConfig
 
-        vision = AutoConfig.from_pretrained(enc.name, revision=enc.revision)
+        refuse_model_code(enc.name, enc.revision)
+        vision = AutoConfig.from_pretrained(enc.name, revision=enc.revision, trust_remote_code=False)
         vision = getattr(vision, "vision_config", vision)
         tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         width, pooled = vision.hidden_size, getattr(vision, "projection_dim", vision.hidden_size)

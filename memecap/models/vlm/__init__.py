@@ -1,7 +1,8 @@
 """The vision-language-model family (`model.family: vlm`): any model transformers loads with
 AutoModelForImageTextToText, fine-tuned (LoRA or whole, on a 16-bit or 8/4-bit base) to describe
 memes through memecap's loop. One folder: its settings (settings.py), prompt and image tokens
-(chat.py), loading and what trains (loading.py), the captioner (model.py), tiny random models
+(chat.py; the chat template rendered with bounded work, template.py), loading and what trains
+(loading.py; the image processor, image_processor.py), the captioner (model.py), tiny random models
 (tiny.py), the memory plan (plan.py, known.py). The family's entry points (memecap/models/__init__.py)
 import transformers only when they are called.
 """
@@ -43,7 +44,7 @@ def build(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
     base = load_base(cfg)
     known = base.config.model_type in KNOWN_TYPES
     model = apply_training_mode(base, cfg)
-    tokenizer, image_processor, template = load_processing(cfg, v.name, v.revision)
+    tokenizer, image_processor, template = load_processing(cfg, v.name, v.revision, base.config.model_type)
     processor = None if known else load_processor(v.name, v.revision)
     if processor is not None:  # the prompt is made by the processor's own parts
         tokenizer, image_processor = processor.tokenizer, processor.image_processor

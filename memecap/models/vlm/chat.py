@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from memecap.models.vlm.template import ChatTemplate, render_chat
+
 QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IDEFICS_TYPES = ("smolvlm", "idefics3")
 KNOWN_TYPES = QWEN_TYPES + IDEFICS_TYPES  # expanded here; any other architecture goes through its AutoProcessor
@@ -25,7 +27,7 @@ MARKER = "\u2063MEMECAP_ANSWER\u2063"  # stands for the answer when the template
 class ChatFormat:
     """How one prompt is written for a model (see `chat_format`)."""
 
-    template: Optional[str]  # jinja chat template; None: the plain fallback
+    template: Optional[ChatTemplate]  # the model's jinja template, rendered with bounded work; None: a plain prompt
     placeholder: str  # the image token the rendered turn holds once
     answer_prefix: str  # text between the generation prompt and the answer (SmolVLM: a space)
     end_id: int  # the token that ends an answer (Qwen <|im_end|>, SmolVLM <end_of_utterance>)
@@ -36,8 +38,7 @@ class ChatFormat:
         if self.template is None:
             return f"{self.placeholder}{instruction}\nОписание:"
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        return tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                             add_generation_prompt=True)
+        return render_chat(self.template, messages, tokenizer, add_generation_prompt=True)
 
     def answer_ids(self, tokenizer, text: str) -> list[int]:
         """The answer's token ids with its prefix tokenized in: the rendered conversation writes
@@ -47,16 +48,16 @@ class ChatFormat:
         return tokenizer(self.answer_prefix + text, add_special_tokens=False)["input_ids"]
 
 
-def chat_format(tokenizer, template: Optional[str], placeholder: str) -> ChatFormat:
+def chat_format(tokenizer, template: Optional[ChatTemplate], placeholder: str) -> ChatFormat:
     """Render a turn with a marker answer once: what the template writes between its generation
     prompt and the answer joins the prompt, and the first token after the answer ends every caption."""
     eos = tokenizer.eos_token_id
     if template is None:
         return ChatFormat(None, placeholder, " ", eos)
     user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
-    prompt = tokenizer.apply_chat_template(user, chat_template=template, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": [{"type": "text", "text": MARKER}]}],
-                                         chat_template=template, tokenize=False)
+    prompt = render_chat(template, user, tokenizer, add_generation_prompt=True)
+    answer = {"role": "assistant", "content": [{"type": "text", "text": MARKER}]}
+    full = render_chat(template, user + [answer], tokenizer)
     if not full.startswith(prompt) or MARKER not in full:
         return ChatFormat(template, placeholder, "", eos)
     between, after = full[len(prompt):].split(MARKER, 1)

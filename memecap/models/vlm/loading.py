@@ -10,6 +10,7 @@ language model's (and vision tower's) module name.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,9 @@ from memecap.config import ModelConfig
 from memecap.models.dtypes import weights_dtype
 from memecap.models.lora import add_lora
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
+from memecap.models.vlm.image_processor import load_image_processor
+from memecap.models.vlm.template import ChatTemplate
+from memecap.untrusted import refuse_model_code
 
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # the processor's template, as Hub repos ship it
 VISION_NAMES = ("visual", "vision_model", "vision_tower")  # the vision tower's attribute in transformers' VLMs
@@ -31,8 +35,10 @@ def load_base(cfg: ModelConfig, folder: Optional[Path] = None) -> nn.Module:
     v = cfg.vlm
     trains_whole = v.mode == "full" or v.vision == "full"
     dtype = weights_dtype(v.dtype, trains=trains_whole)
+    refuse_model_code(*((str(folder), None) if folder is not None else (v.name, v.revision)))
     if folder is not None:
-        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, use_safetensors=True,
+                                                            trust_remote_code=False)
     else:
         model = AutoModelForImageTextToText.from_pretrained(v.name, revision=v.revision, dtype=dtype,
                                                             use_safetensors=True, trust_remote_code=False,
@@ -42,9 +48,13 @@ def load_base(cfg: ModelConfig, folder: Optional[Path] = None) -> nn.Module:
     return model
 
 
-def read_template(source: str, revision: Optional[str], tokenizer) -> Optional[str]:
-    """The processor's chat template file (chat_template.jinja / .json), else the tokenizer's, else None."""
+def read_template(source: str, revision: Optional[str], tokenizer) -> Optional[ChatTemplate]:
+    """The processor's chat template file (chat_template.jinja / .json), else the tokenizer's, else
+    None; with the file it came from, which messages about it name."""
     from memecap.models.hub_files import resolve_file
+
+    def where(name: str) -> str:
+        return str(Path(source) / name) if os.path.isdir(source) else f"{source} (revision {revision or 'main'}) {name}"
 
     for name in TEMPLATE_FILES:
         try:
@@ -52,18 +62,20 @@ def read_template(source: str, revision: Optional[str], tokenizer) -> Optional[s
         except Exception:  # noqa: BLE001 - absent here: try the next place
             continue
         text = Path(path).read_text(encoding="utf-8")
-        return json.loads(text)["chat_template"] if name.endswith(".json") else text
+        return ChatTemplate(json.loads(text)["chat_template"] if name.endswith(".json") else text, where(name))
     template = getattr(tokenizer, "chat_template", None)
-    return template if isinstance(template, str) else None
+    return ChatTemplate(template, where("tokenizer_config.json")) if isinstance(template, str) else None
 
 
-def load_processing(cfg: ModelConfig, source: str, revision: Optional[str]):
-    """(tokenizer, image processor, chat template) from a Hub id / folder; the recipe's image
-    budget (min/max_pixels for Qwen, longest_edge for Idefics3/SmolVLM) overrides the published one."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+def load_processing(cfg: ModelConfig, source: str, revision: Optional[str], model_type: str):
+    """(tokenizer, image processor, chat template) from a Hub id / folder of a `model_type` model;
+    the recipe's image budget (min/max_pixels for Qwen, longest_edge for Idefics3/SmolVLM) overrides
+    the published one."""
+    from transformers import AutoTokenizer
 
     v = cfg.vlm
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    refuse_model_code(source, revision)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
     overrides = {}
     if v.min_pixels is not None:
         overrides["min_pixels"] = v.min_pixels
@@ -72,7 +84,7 @@ def load_processing(cfg: ModelConfig, source: str, revision: Optional[str]):
     if v.longest_edge is not None:
         overrides.update(size={"longest_edge": v.longest_edge}, max_image_size={"longest_edge": v.longest_edge},
                          do_image_splitting=False)
-    image_processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend="pil", **overrides)
+    image_processor = load_image_processor(source, revision, model_type, **overrides)
     if v.min_pixels is not None or v.max_pixels is not None:  # Qwen keeps the budget in `size` too
         size = dict(getattr(image_processor, "size", None) or {})
         if "shortest_edge" in size or "longest_edge" in size:
@@ -91,6 +103,7 @@ def load_processor(source: str, revision: Optional[str]):
     itself (LLaVA, ...). Its image processor and tokenizer are the ones the prompt is made with."""
     from transformers import AutoProcessor
 
+    refuse_model_code(source, revision)
     return AutoProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
 
 

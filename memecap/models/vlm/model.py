@@ -27,6 +27,7 @@ from memecap.models.export import base_entry, read_export_config, write_export_c
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
                                      image_token_texts, mm_token_types)
+from memecap.models.vlm.template import ChatTemplate
 from memecap.quiet import quiet_weights
 
 # bitsandbytes' quantization state of a frozen k-bit weight, which Accelerate's checkpoint holds beside the
@@ -59,7 +60,7 @@ def joined(images: list[dict]) -> dict:
 
 
 class Vlm(nn.Module):
-    def __init__(self, cfg: ModelConfig, model: nn.Module, tokenizer, image_processor, template: Optional[str],
+    def __init__(self, cfg: ModelConfig, model: nn.Module, tokenizer, image_processor, template: Optional[ChatTemplate],
                  processor=None):
         super().__init__()
         self.cfg = cfg
@@ -283,7 +284,7 @@ class Vlm(nn.Module):
         self.tokenizer.save_pretrained(processor)
         self.image_processor.save_pretrained(processor)
         if self.template is not None:
-            (processor / TEMPLATE_FILE).write_text(self.template, encoding="utf-8")
+            (processor / TEMPLATE_FILE).write_text(self.template.text, encoding="utf-8")
         bases = {"vlm": base_entry("vlm", v.name, v.revision, needed_to_load=v.mode != "full")}
         what = (f"LoRA r={v.lora.r} on the language model" if v.mode == "lora" else "language model trained whole")
         write_export_config(out_dir, {"family": "vlm", "model": to_dict(self.cfg), "bases": bases,
@@ -304,7 +305,8 @@ class Vlm(nn.Module):
         cfg = model_config_from_export(meta["model"])
         whole = (folder / MODEL_DIR).is_dir()
         model = load_base(cfg, folder / MODEL_DIR if whole else None)
-        tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None)
+        tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None,
+                                                               model.config.model_type)
         processor = None if model.config.model_type in KNOWN_TYPES else load_processor(str(folder / PROCESSOR_DIR), None)
         if processor is not None:
             tokenizer, image_processor = processor.tokenizer, processor.image_processor

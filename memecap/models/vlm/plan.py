@@ -32,7 +32,10 @@ def vlm_config(cfg: Config):
     if config is None:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(v.name, revision=v.revision)  # config.json only
+        from memecap.untrusted import refuse_model_code
+
+        refuse_model_code(v.name, v.revision)
+        config = AutoConfig.from_pretrained(v.name, revision=v.revision, trust_remote_code=False)  # config.json only
     return config
 
 
