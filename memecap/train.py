@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
@@ -62,19 +63,20 @@ class StageRun:
 
 
 def main(cfg: Config) -> dict:
-    run = setup(cfg)
-    final: dict = {}
-    for i, stage in enumerate(run.stages[run.state.stage:]):
-        stage_run = prepare_stage(run, stage, first=i == 0)
-        if i == 0:
-            fail_fast(run, stage_run)
-            start(run, stage_run)
-        elif run.many_stages:
-            run.log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step "
-                         f"{run.state.optimizer_step}")
-        final = train_stage(run, stage_run)
-        next_stage(run.state, stage, len(run.stages))
-    return finish(run, final)
+    with ExitStack() as held:  # the run folder's lock, released however the run ends
+        run = setup(cfg, held)
+        final: dict = {}
+        for i, stage in enumerate(run.stages[run.state.stage:]):
+            stage_run = prepare_stage(run, stage, first=i == 0)
+            if i == 0:
+                fail_fast(run, stage_run)
+                start(run, stage_run)
+            elif run.many_stages:
+                run.log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step "
+                             f"{run.state.optimizer_step}")
+            final = train_stage(run, stage_run)
+            next_stage(run.state, stage, len(run.stages))
+        return finish(run, final)
 
 
 def stage_images(run: Run, stage: Stage) -> list:
@@ -195,16 +197,21 @@ def evaluate_and_keep_best(run: Run, stage_run: StageRun) -> dict:
     return metrics
 
 
-def save(run: Run) -> None:
+def save(run: Run, window: LossWindow) -> None:
     ensure_finite_weights(run.accelerator, run.model, f"checkpoint at optimizer step {run.state.optimizer_step}")
+    run.state.loss_window = window.totals()
     save_checkpoint(run.accelerator, run.out_dir, run.state, run.cfg, run.cfg.train.keep_checkpoints, run.writer)
 
 
 class LossWindow:
-    """Token-weighted mean loss and throughput between two log lines."""
+    """Token-weighted mean loss and throughput between two log lines; a resume reopens the window
+    the checkpoint saved (`totals`), so the log goes on as if never interrupted."""
 
-    def __init__(self):
-        self.loss, self.tokens, self.start = 0.0, 0, time.perf_counter()
+    def __init__(self, loss: float = 0.0, tokens: int = 0):
+        self.loss, self.tokens, self.start = float(loss), int(tokens), time.perf_counter()
+
+    def totals(self) -> list:
+        return [self.loss, self.tokens]
 
     def add(self, loss: float, tokens: int) -> None:
         self.loss += loss * tokens
@@ -259,11 +266,11 @@ def after_optimizer_step(run: Run, stage_run: StageRun, skipped: bool, guard: Ba
         run.log.record("train", state.optimizer_step, record)
 
 
-def act(run: Run, stage_run: StageRun, due: Due) -> Optional[dict]:
+def act(run: Run, stage_run: StageRun, due: Due, window: LossWindow) -> Optional[dict]:
     """Do what the schedule asked for: evaluate (and keep the best), then checkpoint."""
     metrics = evaluate_and_keep_best(run, stage_run) if due.evaluate else None
     if due.save:
-        save(run)
+        save(run, window)
     return metrics
 
 
@@ -272,7 +279,7 @@ def train_stage(run: Run, stage_run: StageRun) -> dict:
     and checkpoints as the schedule says. Returns the stage's last evaluation."""
     cfg, state, stage = run.cfg, run.state, stage_run.stage
     schedule = EvalSaveSchedule(cfg.train.eval_every, cfg.train.save_every, state.optimizer_step)
-    guard, window = BadStepGuard(run.accelerator, cfg.train.max_bad_steps), LossWindow()
+    guard, window = BadStepGuard(run.accelerator, cfg.train.max_bad_steps), LossWindow(*(state.loss_window or ()))
     patience = cfg.train.early_stopping_patience
     stage_run.model.train()
     bar = tqdm(total=stage_run.total_steps, initial=state.optimizer_step - state.stage_start_step, desc="training",
@@ -288,7 +295,7 @@ def train_stage(run: Run, stage_run: StageRun) -> dict:
                 continue
             after_optimizer_step(run, stage_run, skipped, guard, window, bar)
             done = state.optimizer_step - state.stage_start_step >= stage_run.total_steps
-            act(run, stage_run, schedule.after_step(state.optimizer_step))
+            act(run, stage_run, schedule.after_step(state.optimizer_step), window)
             if patience is not None and state.evals_without_improvement >= patience:
                 run.log.info(f"early stopping: {patience} evaluations without a better {cfg.train.best_metric}")
                 done = True
@@ -297,13 +304,13 @@ def train_stage(run: Run, stage_run: StageRun) -> dict:
         else:
             state.epoch += 1
             state.batches_in_epoch = 0
-            act(run, stage_run, schedule.at_epoch_end(state.optimizer_step))
+            act(run, stage_run, schedule.at_epoch_end(state.optimizer_step), window)
     bar.close()
     # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
     due = schedule.at_stage_end(state.optimizer_step)
     if not due.evaluate and not state.history:
         due = Due(evaluate=True, save=due.save)
-    metrics = act(run, stage_run, due)
+    metrics = act(run, stage_run, due, window)
     return metrics if metrics is not None else state.history[-1]
 
 
@@ -313,6 +320,7 @@ def next_stage(state: TrainState, stage: Stage, n_stages: int) -> None:
         state.stage, state.stage_start_step = stage.index + 1, state.optimizer_step
         state.epoch = state.batches_in_epoch = 0
         state.best_score, state.best_step, state.evals_without_improvement = None, None, 0
+        state.loss_window = None  # the next stage's log starts its own window
 
 
 def finish(run: Run, final: dict) -> dict:

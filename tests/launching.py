@@ -30,3 +30,11 @@ def launch_failure(proc: subprocess.CompletedProcess) -> str:
     causes = [line for line in (proc.stdout + "\n" + proc.stderr).splitlines() if CAUSE.search(line)]
     return ("\n".join(["exit code %s; the lines naming the cause:" % proc.returncode, *causes[:40],
                        "--- stdout (tail) ---", proc.stdout[-2000:], "--- stderr (tail) ---", proc.stderr[-4000:]]))
+
+
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds a flock on `path` (the kernel's own list of locks)."""
+    inode = f":{path.stat().st_ino} " if path.exists() else None
+    text = Path("/proc/locks").read_text()
+    return bool(inode) and any(line.split()[1:5] == ["FLOCK", "ADVISORY", "WRITE", str(pid)] and inode in line + " "
+                               for line in text.splitlines())

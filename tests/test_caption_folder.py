@@ -14,7 +14,7 @@ import pytest
 
 from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli
-from tests.launching import REPO
+from tests.launching import REPO, holds_flock
 
 
 def make_folder(root: Path, images: list[Path]) -> Path:
@@ -106,14 +106,6 @@ def test_file_names_that_are_not_utf8_are_captioned_and_written_losslessly(tiny_
     # Printed to a terminal, the undecodable bytes are shown escaped.
     assert cli(["caption", str(folder), "--model", str(tiny_lora_run), "--quiet"]) == 0
     assert "\\xcf\\xf0\\xe8\\xe2\\xe5\\xf2.jpg\t" in capsys.readouterr().out
-
-
-def holds_flock(pid: int, path: Path) -> bool:
-    """Whether process `pid` holds a flock on `path` (the kernel's own list of locks)."""
-    inode = f":{path.stat().st_ino} " if path.exists() else None
-    text = Path("/proc/locks").read_text()
-    return bool(inode) and any(line.split()[1:5] == ["FLOCK", "ADVISORY", "WRITE", str(pid)] and inode in line + " "
-                               for line in text.splitlines())
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads the kernel's list of locks (Linux)")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -13,7 +19,9 @@ from memecap import train
 from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints
 from memecap.config import ConfigError
 from memecap.training.nonfinite import NonFiniteTraining
+from memecap.training.run_folder import record_entries
 from tests.conftest import reset_accelerate, tiny_run_config
+from tests.launching import REPO, holds_flock
 
 QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
 
@@ -62,10 +70,51 @@ def test_overwrite_starts_afresh_with_new_tiny_bases(four_steps, synthetic_data)
 def test_resume_auto_without_a_checkpoint_starts_over(tmp_path, synthetic_data):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "log.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')  # an attempt killed early
+    record_entries(out)  # an attempt killed early: it had recorded its files, and logged a step
+    (out / "log.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
     summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
     assert summary["optimizer_steps"] == 2
     assert [r["loss"] != 9.0 for r in log_rows(out)] == [True, True]
+
+
+def tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_overwrite_deletes_only_what_the_run_recorded(four_steps, synthetic_data):
+    (four_steps / "notes.txt").write_text("mine")
+    (four_steps / "mine").mkdir()
+    (four_steps / "mine" / "data.tsv").write_text("a\tb\n")
+    run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true")
+    assert (four_steps / "notes.txt").read_text() == "mine"
+    assert (four_steps / "mine" / "data.tsv").read_text() == "a\tb\n"
+    assert [p.name for p in list_checkpoints(four_steps)] == ["step_0000002"]
+
+
+@pytest.mark.parametrize("how", ["train.overwrite=true", "train.resume=auto"])
+def test_a_folder_no_run_recorded_loses_nothing(tmp_path, synthetic_data, how):
+    """A user's folder with a stray config.yaml beside their own memecap/ and predictions/ folders
+    (before: all three deleted by name)."""
+    out = tmp_path / "mine"
+    (out / "memecap").mkdir(parents=True)
+    (out / "memecap" / "code.py").write_text("x = 1\n")
+    (out / "predictions").mkdir()
+    (out / "predictions" / "keep.jsonl").write_text("{}\n")
+    (out / "config.yaml").write_text("mine: true\n")
+    before = tree(out)
+    with pytest.raises(ConfigError, match=r"has config\.yaml but no record of a memecap run's files .*deletes nothing"):
+        run(out, synthetic_data, "train.max_steps=2", how)
+    assert tree(out) == before
+
+
+def test_a_run_does_not_write_into_entries_that_are_not_a_runs(tmp_path, synthetic_data):
+    out = tmp_path / "mine"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "keep.jsonl").write_text("{}\n")
+    before = tree(out)
+    with pytest.raises(ConfigError, match=r"already has predictions, which no memecap run there recorded"):
+        run(out, synthetic_data, "train.max_steps=2")
+    assert tree(out) == before
 
 
 def test_non_finite_loss_stops_the_run_and_saves_nothing_more(tmp_path, synthetic_data):
@@ -111,6 +160,23 @@ def test_resume_auto_skips_a_damaged_checkpoint_and_says_so(four_steps, syntheti
     assert "resumed from" in err and "step_0000002" in err
 
 
+@pytest.mark.parametrize("entry", ["../outside.bin", "/etc/hostname"])
+def test_resume_auto_skips_a_checkpoint_without_a_manifest_or_one_naming_files_outside(four_steps, synthetic_data,
+                                                                                        capsys, entry):
+    newest, older = four_steps / "checkpoints" / "step_0000004", four_steps / "checkpoints" / "step_0000003"
+    shutil.copytree(newest, older)  # the fallback the resume should take
+    (older / "manifest.json").unlink()
+    damage(older / "model.safetensors", "truncate")  # unverifiable and truncated: before, a crash in the load
+    manifest = json.loads((newest / "manifest.json").read_text())
+    manifest["files"][entry] = {"bytes": 1, "sha256": "0" * 64}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    summary = run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    err = capsys.readouterr().err
+    assert "step_0000004/manifest.json: " in err and "is not a path inside" in err
+    assert "step_0000003/manifest.json: missing, so the checkpoint's files cannot be verified" in err
+    assert "resumed from" in err and "step_0000002" in err and summary["optimizer_steps"] == 4
+
+
 def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(four_steps, synthetic_data):
     checkpoint = four_steps / "checkpoints" / "step_0000004"
     damage(checkpoint / "model.safetensors", "truncate")
@@ -140,6 +206,20 @@ def test_replayed_steps_are_logged_once(four_steps, synthetic_data):
     assert {r["step"]: r["loss"] for r in rows} == pytest.approx(before, abs=1e-6)  # the replay is exact
 
 
+def test_the_loss_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path, synthetic_data):
+    """A log window (steps 1-3) straddles the checkpoint at step 2: the resumed run's line at step 3
+    averages the same steps (before: only step 3, 5.330 vs 5.171 in the report)."""
+    out = tmp_path / "run"
+    run(out, synthetic_data, "train.max_steps=6", "train.log_every=3")
+    straight = {r["step"]: r["loss"] for r in log_rows(out)}
+    for step in (4, 6):
+        shutil.rmtree(out / "checkpoints" / f"step_{step:07d}")
+    run(out, synthetic_data, "train.max_steps=6", "train.log_every=3", "train.resume=auto")
+    resumed = {r["step"]: r["loss"] for r in log_rows(out)}
+    assert list(straight) == [3, 6]
+    assert resumed == pytest.approx(straight, abs=1e-6)
+
+
 def test_a_familys_own_run_files_are_deleted_by_overwrite_too():
     from memecap.models import FAMILIES
     from memecap.models.lstm.model import RUN_VOCAB
@@ -147,3 +227,34 @@ def test_a_familys_own_run_files_are_deleted_by_overwrite_too():
 
     assert RUN_VOCAB in FAMILIES["lstm"].run_files  # the file the LSTM writes beside the run
     assert {name for family in FAMILIES.values() for name in family.run_files} <= set(RUN_ENTRIES)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads the kernel's list of locks (Linux)")
+def test_a_second_training_on_one_run_folder_is_refused(tmp_path, synthetic_data):
+    """Two real trainings with train.resume=auto on one folder (before: both ran). The lock dies
+    with its holder (SIGKILL), so the next resume goes ahead."""
+    out = tmp_path / "run"
+    script = ("import sys; from pathlib import Path; from memecap import train; "
+              "from tests.conftest import tiny_run_config; "
+              "train.main(tiny_run_config(Path(sys.argv[1]), {'train': Path(sys.argv[2]), 'val': Path(sys.argv[3])}, "
+              "*sys.argv[4:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-c", script, str(out), str(synthetic_data["train"]),
+                              str(synthetic_data["val"]), *QUICK, "train.max_steps=1000", "train.resume=auto"],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out.is_dir() and holds_flock(first.pid, out)) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.is_dir() and holds_flock(first.pid, out), f"the first training never locked {out}: {first.poll()=}"
+        first.send_signal(signal.SIGSTOP)  # it keeps the lock, wherever it stands
+        with pytest.raises(ConfigError, match=r"is in use by another memecap training; wait for it to end"):
+            run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+        first.kill()  # dies holding the lock: the kernel releases it
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=60)
+    summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+    assert summary["optimizer_steps"] == 2

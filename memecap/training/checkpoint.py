@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from safetensors import SafetensorError
+
 from memecap.config import Config, save_config
 from memecap.features import file_digest
+from memecap.models.export import UnsafePath, member
 from memecap.quiet import quiet_weights
 
 STATE_FILE = "trainer_state.json"
@@ -42,6 +46,9 @@ class TrainState:
     evals_without_improvement: int = 0
     data_fingerprint: Optional[list] = None  # per stage, its rows and images as read (training/stages.data_fingerprint)
     history: list = field(default_factory=list)  # evaluation records
+    # The training-loss log's open window ([token-weighted loss sum, tokens]) at the save, so the
+    # first log line after a resume averages the same steps as an uninterrupted run's.
+    loss_window: Optional[list] = None
     world_size: Optional[int] = None  # processes that wrote it (a resume with another count is not exact)
 
     def to_json(self) -> str:
@@ -80,24 +87,30 @@ def write_manifest(folder: Path) -> None:
 
 
 def verify_checkpoint(folder: Path) -> None:
-    """Raise DamagedCheckpoint naming the first file that is missing, truncated or changed."""
+    """Raise DamagedCheckpoint naming the first file that is missing, truncated or changed (or the
+    manifest, when there is none to check the files against)."""
     folder = Path(folder)
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
-        # Written by a memecap before manifests: a renamed folder was complete when renamed.
-        TrainState.from_file(folder / STATE_FILE)
-        return
+        # Its files cannot be checked, and a truncated one would only fail inside the load.
+        raise DamagedCheckpoint(f"{manifest}: missing, so the checkpoint's files cannot be verified")
     try:
         files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as err:
+        entries = [(name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DamagedCheckpoint(f"{manifest}: unreadable ({err})") from None
-    for name, entry in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise DamagedCheckpoint(f"{path}: missing from the checkpoint")
-        if path.stat().st_size != entry["bytes"]:
-            raise DamagedCheckpoint(f"{path}: {path.stat().st_size} bytes, the checkpoint wrote {entry['bytes']}")
-        if file_digest(path) != entry["sha256"]:
+    if STATE_FILE not in files:
+        raise DamagedCheckpoint(f"{manifest}: does not list {STATE_FILE}")
+    for name, size, digest in entries:
+        try:
+            path = member(folder, name, str(manifest))
+        except FileNotFoundError:
+            raise DamagedCheckpoint(f"{folder / name}: missing from the checkpoint") from None
+        except UnsafePath as err:
+            raise DamagedCheckpoint(str(err)) from None
+        if path.stat().st_size != size:
+            raise DamagedCheckpoint(f"{path}: {path.stat().st_size} bytes, the checkpoint wrote {size}")
+        if file_digest(path) != digest:
             raise DamagedCheckpoint(f"{path}: its contents changed since the checkpoint was written")
     TrainState.from_file(folder / STATE_FILE)
 
@@ -117,7 +130,7 @@ def find_resume_point(resume: Optional[str], output_dir: Path, log=print) -> Opt
         return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint ({STATE_FILE} missing)")
+        raise DamagedCheckpoint(f"train.resume={resume}: not a complete checkpoint ({STATE_FILE} missing)")
     verify_checkpoint(path)
     return path
 
@@ -152,7 +165,12 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
 
 
 def load_checkpoint(accelerator, path: Path) -> TrainState:
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as err:
+        # Verified files that still do not load (written by another torch, say): one line, not a traceback.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DamagedCheckpoint(f"{path}: could not be loaded ({first})") from None
     return TrainState.from_file(Path(path) / STATE_FILE)
 
 

@@ -4,6 +4,10 @@ and never mixing two runs in it.
 A folder that holds a run (its config, log, checkpoints or exports) is only continued with
 `train.resume` or started afresh with `train.overwrite=true`; anything else is refused before
 any work, because the old log, checkpoints and tiny bases would silently mix with the new run.
+A run records the entries it owns (`run_files.json`) before it writes any, and refuses a folder
+where one of them is already someone else's; `train.overwrite` deletes only recorded entries, so
+a folder that merely has a file of the same name (a user's `config.yaml`) never loses anything.
+One training at a time holds the folder (an advisory lock the kernel drops when it dies).
 
 On several machines the folder is either shared (one filesystem: the first process writes data,
 bases and checkpoints once) or local to each machine (cloud disks: each machine's first process
@@ -12,9 +16,11 @@ checkpoints). Which one it is, is checked in the first seconds with a marker fil
 """
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import shutil
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +28,7 @@ from accelerate.utils import gather_object
 
 from memecap.config import Config, ConfigError
 from memecap.models import FAMILIES
+from memecap.outputs.file_lock import FileBusy, locked_folder
 
 # What a run writes at the top of its folder; `train.overwrite` deletes these and nothing else.
 # `data/` (prepared tables and synthetic images, keyed by their settings) is kept.
@@ -30,6 +37,7 @@ RUN_ENTRIES = ("config.yaml", "log.jsonl", "summary.json", "checkpoints", "best"
                *(name for family in FAMILIES.values() for name in family.run_files))
 HOLDS_A_RUN = ("config.yaml", "log.jsonl", "checkpoints", "best", "final", "summary.json")
 MARKER = "shared-folder-check"
+RUN_FILES = "run_files.json"  # the entries the run owns, written before any of them
 
 
 def agree(accelerator, problem: Optional[str]) -> Optional[str]:
@@ -55,10 +63,35 @@ def holds_a_run(folder: Path) -> list[str]:
     return [name for name in HOLDS_A_RUN if (folder / name).exists()]
 
 
-def clear_run(folder: Path) -> list[str]:
+def recorded_entries(folder: Path) -> Optional[list[str]]:
+    """The entries an earlier run recorded as its own, or None when no run recorded any."""
+    path = folder / RUN_FILES
+    if not path.is_file():
+        return None
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["entries"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); memecap cannot tell which files there are a run's. "
+                          "Choose a new train.output_dir") from None
+    # Only plain top-level names: a hand-edited record must not reach outside the folder.
+    return [e for e in entries if isinstance(e, str) and e and "/" not in e and "\\" not in e and e not in (".", "..")]
+
+
+def record_entries(folder: Path) -> None:
+    """Claim every top-level entry a run may write, before it writes any (atomically)."""
+    entries = sorted({*RUN_ENTRIES, MARKER, RUN_FILES})
+    tmp = folder / (RUN_FILES + ".tmp")
+    tmp.write_text(json.dumps({"entries": entries}, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / RUN_FILES)
+
+
+def clear_run(folder: Path, recorded: list[str]) -> list[str]:
+    """Delete the recorded entries of the earlier run (its record stays: this run rewrites it)."""
     removed = []
-    for name in RUN_ENTRIES:
+    for name in recorded:
         path = folder / name
+        if name == RUN_FILES:
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -69,25 +102,65 @@ def clear_run(folder: Path) -> list[str]:
     return removed
 
 
+def foreign_entries(folder: Path, recorded: Optional[list[str]]) -> list[str]:
+    """Entries a run would write that are already there and not a recorded run's."""
+    ours = set(recorded or ())
+    return [name for name in (*RUN_ENTRIES, MARKER, RUN_FILES) if name not in ours
+            and ((folder / name).exists() or (folder / name).is_symlink())]
+
+
 def claim_run_folder(accelerator, cfg: Config, folder: Path, log, *, writer: bool, has_checkpoint: bool) -> None:
-    """Refuse to mix two runs in one folder; `train.overwrite` clears it first. Checked by the
-    process that writes the folder (one per machine when each machine has its own)."""
-    problem = None
-    if writer:
-        found = holds_a_run(folder)
-        if found and cfg.train.overwrite:
-            log.info(f"train.overwrite=true: deleting the earlier run in {folder} ({', '.join(clear_run(folder))})")
-        elif found and cfg.train.resume is None:
-            problem = (f"train.output_dir={folder} holds an earlier run ({', '.join(found)}). Continue it with "
-                       f"train.resume=auto, start afresh there with train.overwrite=true (deletes it), "
-                       f"or choose a new train.output_dir")
-        elif found and cfg.train.resume == "auto" and not has_checkpoint:
-            log.info(f"train.resume=auto: {folder} holds an earlier attempt that saved no checkpoint; "
-                     f"starting from step 0 (its files are replaced: {', '.join(clear_run(folder))})")
+    """Refuse to mix two runs in one folder, or a run with files that are not a run's;
+    `train.overwrite` clears the recorded run first. Checked by the process that writes the folder
+    (one per machine when each machine has its own)."""
+    problem = _claim(cfg, folder, log, has_checkpoint) if writer else None
     problem = agree(accelerator, problem)
     if problem:
         raise ConfigError(problem)
     accelerator.wait_for_everyone()
+
+
+def _claim(cfg: Config, folder: Path, log, has_checkpoint: bool) -> Optional[str]:
+    found, recorded = holds_a_run(folder), recorded_entries(folder)
+    starts_over = found and (cfg.train.overwrite or (cfg.train.resume == "auto" and not has_checkpoint))
+    if found and not starts_over and cfg.train.resume is None:
+        return (f"train.output_dir={folder} holds an earlier run ({', '.join(found)}). Continue it with "
+                f"train.resume=auto, start afresh there with train.overwrite=true (deletes it), "
+                f"or choose a new train.output_dir")
+    if starts_over and recorded is None:
+        return (f"train.output_dir={folder} has {', '.join(found)} but no record of a memecap run's files "
+                f"({RUN_FILES}; an older memecap or someone else wrote them), so memecap deletes nothing there. "
+                f"Choose a new train.output_dir, or move those files away yourself")
+    if starts_over:
+        why = ("train.overwrite=true: deleting the earlier run" if cfg.train.overwrite else
+               "train.resume=auto: the earlier attempt left no checkpoint that verifies; starting from step 0, deleting it")
+        log.info(f"{why} in {folder} ({', '.join(clear_run(folder, recorded)) or 'nothing left to delete'})")
+    elif recorded is None and has_checkpoint:
+        # Resuming where no run recorded its files (an older memecap's run, or bases copied beside a
+        # checkpoint): the user names what is there a run's.
+        recorded = foreign_entries(folder, None)
+    foreign = foreign_entries(folder, recorded)
+    if foreign:
+        return (f"train.output_dir={folder} already has {', '.join(foreign)}, which no memecap run there recorded "
+                f"as its own, and a run would write into it. Choose a new train.output_dir, or move them away")
+    record_entries(folder)
+    return None
+
+
+def hold_run_folder(accelerator, folder: Path, held: ExitStack, *, writer: bool) -> None:
+    """One training per run folder: the writer locks it until `held` closes (or the process
+    dies, whatever kills it); a second training is refused at once, every process with it."""
+    problem = None
+    if writer:
+        try:
+            held.enter_context(locked_folder(folder, (
+                f"train.output_dir={folder} is in use by another memecap training; wait for it to end "
+                f"(train.resume=auto then continues it), or choose another train.output_dir")))
+        except FileBusy as err:
+            problem = str(err)
+    problem = agree(accelerator, problem)
+    if problem:
+        raise ConfigError(problem)
 
 
 def output_is_shared(accelerator, cfg: Config, folder: Path) -> bool:

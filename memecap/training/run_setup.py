@@ -4,6 +4,7 @@ model. `setup` finds what is wrong before anything heavy runs."""
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -13,11 +14,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from memecap.training.accelerate_setup import make_accelerator, whole_weights
-from memecap.training.checkpoint import STATE_FILE, TrainState, find_resume_point, list_checkpoints, resume_changes
+from memecap.training.checkpoint import STATE_FILE, TrainState, find_resume_point, resume_changes
 from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
 from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
-from memecap.training.run_folder import claim_run_folder, output_is_shared, preparing, same_everywhere, writes_checkpoints
+from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing, same_everywhere,
+                                         writes_checkpoints)
 from memecap.training.run_log import RunLog
 from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages
 
@@ -48,9 +50,10 @@ class Run:
         return len(self.stages) > 1
 
 
-def setup(cfg: Config) -> Run:
+def setup(cfg: Config, held: ExitStack) -> Run:
     """Accelerator, run folder, resume point, every stage's data and the model, in that order, so
-    that what is wrong is found before anything heavy runs."""
+    that what is wrong is found before anything heavy runs. The run folder stays locked until
+    `held` closes."""
     no_cpu_accelerator_notice()
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,14 +64,15 @@ def setup(cfg: Config) -> Run:
              f"mixed precision {accelerator.mixed_precision}\n--- resolved config ---\n{to_yaml(cfg)}")
     shared = output_is_shared(accelerator, cfg, out_dir)
     writer = writes_checkpoints(accelerator, shared)
-    claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=bool(list_checkpoints(out_dir)))
+    hold_run_folder(accelerator, out_dir, held, writer=writer)
+    resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
+    same_everywhere(accelerator, resume_from.name if resume_from else None, "the checkpoint to resume from")
+    claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=resume_from is not None)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
     stages = plan_stages(cfg)
     if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
         raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
-    resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
-    same_everywhere(accelerator, resume_from.name if resume_from else None, "the checkpoint to resume from")
     state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
     if resume_from is not None:
         check_resume(cfg, resume_from, state, accelerator.num_processes, log)
