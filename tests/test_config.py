@@ -185,6 +185,11 @@ def test_settings_out_of_range_or_of_the_wrong_item_type_name_their_key(override
         load_config("demo", [override])
 
 
+def test_the_vision_tower_targets_are_type_checked():
+    with pytest.raises(ConfigError, match=r"^model.vlm.vision_target_modules\[1\]"):
+        load_config("vlm_tiny", ["model.vlm.vision_target_modules=[qkv, [proj]]"])
+
+
 def test_a_yaml_bomb_in_a_list_setting_is_refused_at_once(tmp_path):
     # 2**25 leaves behind a few aliases: copying it (a saved config) would run for minutes.
     anchors = ", ".join(f"&a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 25))

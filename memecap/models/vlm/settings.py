@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from memecap.config_checks import WEIGHT_DTYPES, ConfigError, LoraConfig, at_least, check_lora, one_of
+from memecap.config_checks import WEIGHT_DTYPES, ConfigError, LoraConfig, at_least, check_lora, list_of, one_of
 
 VLM_TINY_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "llava")  # memecap/models/vlm/tiny.py
 
@@ -38,6 +38,7 @@ class VlmConfig:
 
     def __post_init__(self) -> None:
         check_lora("model.vlm.lora", self.lora)
+        list_of("model.vlm.vision_target_modules", self.vision_target_modules, str)
         if not self.vision_target_modules:
             raise ConfigError("model.vlm.vision_target_modules is empty: name the vision tower's modules for vision=lora")
         one_of("model.vlm.mode", self.mode, ("lora", "full"))
