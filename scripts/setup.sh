@@ -24,4 +24,9 @@ PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q
 # pinned in pyproject.toml and the rest is shimmed in memecap/models/rudolph/compat.py.
 .venv/bin/python -m pip install -q --no-build-isolation "youtokentome==1.0.6"
 .venv/bin/python -m pip install -q --no-deps "rudolph==0.0.1rc10" "rudalle==1.1.3" "taming-transformers==0.0.1"
+# natasha ships navec's Russian news vectors (model.lstm.navec=natasha; MIT), the only file of it
+# memecap reads, located without importing natasha. Its declared dependencies (pymorphy2 and its
+# dictionaries beside memecap's pymorphy3, slovnet, navec, yargy, ipymarkup, razdel, and docopt,
+# which builds from source) serve its NLP pipeline, which memecap never runs: --no-deps.
+.venv/bin/python -m pip install -q --no-deps "natasha==1.6.0"
 echo "memecap installed in .venv"

@@ -8,6 +8,7 @@ from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, l
 from memecap.config.families import FAMILY_SECTIONS
 from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
 from memecap.models.lstm.settings import LstmConfig
+from memecap.models.packaged import check_packaged_encoder, is_package_name
 from memecap.models.rudolph.settings import RudolphConfig
 from memecap.models.vlm.settings import VlmConfig
 
@@ -53,8 +54,8 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel, for the LSTM baselines)
-    name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one
+    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel) | auto (any transformers image backbone)
+    name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one; package:efficientnet-lite0 (kind auto)
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trainable: bool = False  # frozen encoders are run once per image and cached
     resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
@@ -62,7 +63,9 @@ class EncoderConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen weights; auto = bf16 on a bf16 GPU
 
     def __post_init__(self) -> None:
-        one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip", "resnet"))
+        one_of("model.encoder.kind", self.kind, ("ruclip", "clip", "siglip", "resnet", "auto"))
+        if is_package_name(self.name):
+            check_packaged_encoder(self.name, self.kind)
         one_of("model.encoder.dtype", self.dtype, WEIGHT_DTYPES)
         if self.trainable and self.dtype not in ("auto", "float32"):
             raise ConfigError("model.encoder.dtype: a trainable encoder keeps float32 weights "

@@ -205,11 +205,20 @@ def build_resnet(name: str, revision: str | None = None, dtype: torch.dtype | No
     )
 
 
+def build_auto(name: str, revision: str | None = None, dtype: torch.dtype | None = None,
+               features: str = "pooled") -> ImageEncoder:
+    """Any transformers image backbone (AutoModel + AutoImageProcessor); see models/backbones.py."""
+    from memecap.models.backbones import build_auto as build
+
+    return build(name, revision=revision, dtype=dtype, features=features)
+
+
 ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
     "clip": build_clip,
     "siglip": build_siglip,
     "ruclip": build_ruclip,
     "resnet": build_resnet,
+    "auto": build_auto,
 }
 
 
@@ -217,7 +226,7 @@ def build_image_encoder(
     kind: str, name: str, revision: str | None = None, dtype: torch.dtype | None = None,
     features: str = "pooled",
 ) -> ImageEncoder:
-    """Load an image encoder of `kind` ("clip", "siglip", "ruclip") from a local folder or Hub id.
+    """Load an image encoder of `kind` (a key of ENCODERS) from a local folder or Hub id.
 
     `features="pooled"` gives one vector per image, `"patches"` every token of the last layer.
     `dtype` defaults to float32. Parameters keep requires_grad; the caller freezes what it freezes.
@@ -226,5 +235,7 @@ def build_image_encoder(
         raise ValueError(f"unknown image encoder kind {kind!r}; known kinds: {sorted(ENCODERS)}")
     if features not in ("pooled", "patches"):
         raise ValueError(f"unknown image features {features!r}; use pooled or patches")
+    if kind == "auto":  # its output width and unused layers are measured for the features asked for
+        return build_auto(name, revision=revision, dtype=dtype, features=features)
     encoder = ENCODERS[kind](name, revision=revision, dtype=dtype)
     return encoder.use_patches() if features == "patches" else encoder

@@ -20,6 +20,7 @@ from memecap.outputs.redact import said
 from memecap.publish.model_card import model_card
 from memecap.models.export import (BASE_MANIFEST, BUNDLED_DIR, CONFIG_FILE, UnsafePath, export_files, member,
                                    recorded_base_files, set_base)
+from memecap.models.packaged import is_package_name
 
 EVALUATION_FILE = "eval.json"  # written beside an export by the training loop; read for the card
 
@@ -63,8 +64,8 @@ def stage_export(export: Path, staging: Path, *, repo_id: str, license: str, dat
                 if base["needed_to_load"]:
                     _bundle_local_base(Path(name), role, staging, log)
                     set_base(meta, base, name=f"{BUNDLED_DIR}/{role}")
-            elif base.get("revision") is None and api is not None:
-                _pin_revision(meta, base, api, log)
+            elif base.get("revision") is None and api is not None and not is_package_name(name):
+                _pin_revision(meta, base, api, log)  # (a package:... base is a pip package's file, not on the Hub)
         evaluation = _evaluation(export)
     except UnsafePath as err:
         raise PushRefused(f"{err}: nothing was pushed") from None

@@ -46,6 +46,10 @@ def image_features(cfg: Config) -> tuple[int, int]:
         tokens, width, pooled = (t.image_size // t.patch_size) ** 2 + 1, t.vision_width, t.embed_dim
     elif enc.name in KNOWN_ENCODERS:
         tokens, width, pooled = KNOWN_ENCODERS[enc.name]
+    elif enc.kind in ("auto", "resnet"):  # any transformers backbone: its output shape, run on the meta device
+        from memecap.models.backbones import planned_features
+
+        return planned_features(enc.name, enc.revision, enc.features)
     elif enc.kind == "ruclip":
         import json
 

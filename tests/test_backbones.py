@@ -1,0 +1,224 @@
+"""`model.encoder.kind: auto`: any transformers image backbone (tiny random EfficientNet, ConvNeXt,
+ViT, DINOv2 and ResNet saved with their image processors) as ClipCap's and the LSTM's encoder."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (AutoModel, BitImageProcessorPil, CLIPConfig, CLIPModel, ConvNextConfig,
+                          ConvNextImageProcessorPil, Dinov2Config, EfficientNetConfig, EfficientNetImageProcessorPil,
+                          ResNetConfig, ViTConfig, ViTImageProcessorPil)
+
+from memecap.config import GenerationConfig, load_config
+from memecap.config_checks import ConfigError
+from memecap.data.datasets import CaptionEvalSet
+from memecap.data.tables import load_split
+from memecap.models import build_model, load_model
+from memecap.models.clipcap.plan import image_features
+from memecap.models.encoders import build_image_encoder
+
+MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]  # not any library's default: they must come from the processor
+
+
+def tiny_backbone(arch: str):
+    """(config, image processor) of a tiny random backbone that takes 32 px images."""
+    square = {"height": 32, "width": 32}
+    if arch == "efficientnet":  # hidden_dim >= the last map's side, or its pooler is not global
+        return (EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, image_size=32),
+                EfficientNetImageProcessorPil(size=square, include_top=False, image_mean=MEAN, image_std=STD))
+    if arch == "convnext":
+        return (ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
+                ConvNextImageProcessorPil(size={"shortest_edge": 32}, image_mean=MEAN, image_std=STD))
+    if arch == "resnet":
+        return (ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+                ConvNextImageProcessorPil(size={"shortest_edge": 32}, image_mean=MEAN, image_std=STD))
+    if arch == "vit":
+        return (ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                          image_size=32, patch_size=8),
+                ViTImageProcessorPil(size=square, image_mean=MEAN, image_std=STD))
+    if arch == "dinov2":  # its processor resizes then crops, as the published ones do
+        return (Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=32,
+                             patch_size=8),
+                BitImageProcessorPil(size={"shortest_edge": 40}, crop_size=square, image_mean=MEAN, image_std=STD))
+    raise ValueError(arch)
+
+
+def save_backbone(folder, arch: str, seed: int = 0):
+    config, processor = tiny_backbone(arch)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backbones")
+    return {arch: (root / arch, save_backbone(root / arch, arch))
+            for arch in ("efficientnet", "convnext", "resnet", "vit", "dinov2")}
+
+
+# (arch, features): the tokens and width each gives for a 32 px image
+SHAPES = {("efficientnet", "pooled"): (1, 128), ("efficientnet", "patches"): (1, 128),
+          ("convnext", "pooled"): (1, 16), ("convnext", "patches"): (4 * 4, 16),
+          ("resnet", "pooled"): (1, 16), ("resnet", "patches"): (4 * 4, 16),
+          ("vit", "pooled"): (1, 16), ("vit", "patches"): (4 * 4 + 1, 16),
+          ("dinov2", "pooled"): (1, 16), ("dinov2", "patches"): (4 * 4 + 1, 16)}
+
+
+@pytest.mark.parametrize("arch, features", sorted(SHAPES))
+def test_auto_encoder_is_the_backbones_own_output(arch, features, backbones):
+    folder, model = backbones[arch]
+    encoder = build_image_encoder("auto", str(folder), features=features)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+        got = encoder(x)
+    if features == "pooled":
+        expected = out.pooler_output.flatten(1)
+    else:  # a CNN map [B, C, H, W] is read as H*W tokens
+        hidden = out.last_hidden_state
+        expected = hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
+    torch.testing.assert_close(got, expected)
+    tokens, width = SHAPES[arch, features]
+    assert got.shape == ((2, width) if features == "pooled" else (2, tokens, width))
+    assert (encoder.embed_dim, encoder.image_size) == (width, 32)
+    assert encoder.mean == pytest.approx(MEAN) and encoder.std == pytest.approx(STD)
+    assert encoder.describe() == {"kind": "auto", "name": str(folder), "revision": None, "embed_dim": width,
+                                  "image_size": 32, "features": features}
+
+    # A trained encoder has no parameter without a gradient (DDP refuses those); what only shapes
+    # the other output (ConvNeXt's final norm, ViT's pooler, DINOv2's mask token) stays, as a buffer.
+    encoder(x).sum().backward()
+    assert not [n for n, p in encoder.named_parameters() if p.grad is None]
+    assert set(encoder.model.state_dict()) == set(model.state_dict())
+
+    # memecap plan reads the same shape from the config alone
+    cfg = load_config("clipcap_mlp_frozen", ["model.encoder.kind=auto", f"model.encoder.name={folder}",
+                                             f"model.encoder.features={features}"])
+    assert image_features(cfg) == (tokens, width)
+
+
+def test_image_settings_come_from_the_processor_or_the_config(tmp_path):
+    config, _ = tiny_backbone("vit")
+    AutoModel.from_config(config).save_pretrained(tmp_path)
+    encoder = build_image_encoder("auto", str(tmp_path))  # no processor: the config's size, ImageNet's mean
+    assert encoder.image_size == 32 and encoder.mean == pytest.approx([0.485, 0.456, 0.406])
+
+    ViTImageProcessorPil(size={"height": 32, "width": 48}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.encoder\.name=.*ViTImageProcessorPil.*square") as err:
+        build_image_encoder("auto", str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_clip_checkpoint_under_auto_names_its_kind(tmp_path):
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
+                max_position_embeddings=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"CLIPModel does not encode an image alone.*kind clip or siglip"):
+        build_image_encoder("auto", str(tmp_path))
+
+
+def test_missing_folder_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        build_image_encoder("auto", str(tmp_path))
+
+
+def test_config_accepts_auto_and_checks_packaged_names():
+    cfg = load_config("lstm_resnet50", ["model.encoder.kind=auto", "model.encoder.name=package:efficientnet-lite0"])
+    assert cfg.model.encoder.kind == "auto"
+    with pytest.raises(ConfigError, match=r"package:efficientnet-lite0.*set model\.encoder\.kind=auto \(it is resnet\)"):
+        load_config("lstm_resnet50", ["model.encoder.name=package:efficientnet-lite0"])
+    with pytest.raises(ConfigError, match=r"package:resnet-50.*known: package:efficientnet-lite0"):
+        load_config("lstm_resnet50", ["model.encoder.kind=auto", "model.encoder.name=package:resnet-50"])
+
+
+def perturb(model):
+    """Move every trained part away from its initial value, so an export that dropped one shows."""
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def captions(model, paths):
+    feats = model.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    gen = GenerationConfig(strategy="greedy", max_new_tokens=6)
+    return feats, model.generate(model.collate([CaptionEvalSet(feats)[i] for i in range(len(paths))]), gen)
+
+
+@pytest.mark.parametrize("family, arch, features, trainable", [
+    ("clipcap", "efficientnet", "pooled", False), ("clipcap", "convnext", "patches", True),
+    ("clipcap", "vit", "pooled", True), ("clipcap", "dinov2", "patches", False),
+    ("lstm", "efficientnet", "patches", False), ("lstm", "vit", "pooled", True),
+    ("lstm", "convnext", "pooled", False),
+])
+def test_trains_a_step_exports_and_loads_back_the_same(family, arch, features, trainable, backbones,
+                                                        tiny_gpt2_dir, synthetic_data, tmp_path):
+    folder, _ = backbones[arch]
+    examples = load_split(synthetic_data["train"], log=None)[0]
+    common = ["model.encoder.kind=auto", f"model.encoder.name={folder}", f"model.encoder.features={features}",
+              f"model.encoder.trainable={str(trainable).lower()}"]
+    if family == "clipcap":
+        cfg = load_config("clipcap_mlp_frozen", [*common, f"model.decoder.name={tiny_gpt2_dir}"])
+    else:
+        attention = ["model.lstm.attention=true"] if features == "patches" else []
+        cfg = load_config("lstm_resnet50", [*common, *attention, "model.lstm.embed_dim=16", "model.lstm.hidden_dim=32",
+                                            "model.lstm.attention_dim=16", "model.lstm.min_word_count=1"])
+    model = build_model(cfg.model, work_dir=tmp_path, train_texts=[c for e in examples for c in e.captions])
+    assert (model.encoder is not None) == trainable
+
+    # One optimizer step moves exactly what trains: the encoder too when it is trainable.
+    paths = [e.image_path for e in examples[:4]]
+    feats = model.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    batch = model.collate([{"image": feats[i], "input_ids": model.encode_caption(e.captions[0], 32)}
+                           for i, e in enumerate(examples[:4])])
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("encoder.") for n in trained) == trainable
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    model.train()
+    model(batch)["loss"].backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == trained, changed ^ trained
+
+    perturb(model)
+    out = tmp_path / "export"
+    model.save_pretrained(out)
+    loaded = load_model(out, with_encoder=True)
+    assert loaded.encoder is not None and loaded.encoder.kind == "auto"
+    expected_feats, expected = captions(model, paths[:3])
+    got_feats, got = captions(loaded, paths[:3])
+    if not trainable:
+        torch.testing.assert_close(got_feats, expected_feats)
+    assert got == expected
+    if trainable:  # the trained encoder's weights came back, buffers included
+        mine = model.encoder.state_dict()
+        assert all(torch.equal(mine[k], v) for k, v in loaded.encoder.state_dict().items())
+
+
+def test_pooled_and_patch_features_of_one_backbone_are_cached_apart(backbones, tiny_gpt2_dir, tmp_path):
+    """EfficientNet's pooled vector and grid come from the very same weights (nothing is dropped)."""
+    folder, _ = backbones["efficientnet"]
+    images = [save_image(tmp_path / f"{i}.png", i) for i in range(2)]
+    shapes = []
+    for features in ("pooled", "patches"):
+        cfg = load_config("clipcap_mlp_frozen", ["model.encoder.kind=auto", f"model.encoder.name={folder}",
+                                                 f"model.encoder.features={features}",
+                                                 f"model.decoder.name={tiny_gpt2_dir}"])
+        model = build_model(cfg.model, work_dir=tmp_path)
+        shapes.append(tuple(model.image_inputs(images, cache_dir=tmp_path / "cache", device="cpu",
+                                               progress=False).shape))
+        assert model.frozen_encoder.last_cache.misses == 2
+    assert shapes == [(2, 128), (2, 1, 128)]
+
+
+def save_image(path, seed: int):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(seed)
+    Image.fromarray(torch.randint(0, 255, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()).save(path)
+    return path
