@@ -2,6 +2,8 @@
 ViT, DINOv2 and ResNet saved with their image processors) as ClipCap's and the LSTM's encoder."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import (AutoModel, BitImageProcessorPil, CLIPConfig, CLIPModel, ConvNextConfig,
@@ -119,6 +121,20 @@ def test_a_clip_checkpoint_under_auto_names_its_kind(tmp_path):
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"CLIPModel does not encode an image alone.*kind clip or siglip"):
         build_image_encoder("auto", str(tmp_path))
+
+
+@pytest.mark.parametrize("settings", ["config.json", "preprocessor_config.json"])
+def test_a_backbone_naming_its_own_code_is_refused_before_loading(tmp_path, settings):
+    from memecap.models.backbones import backbone_config
+    from memecap.untrusted import UntrustedCodeReference
+
+    folder = tmp_path / "convnext"
+    save_backbone(folder, "convnext")
+    values = json.loads((folder / settings).read_text())
+    (folder / settings).write_text(json.dumps({**values, "auto_map": {"AutoModel": "evil.Model"}}))
+    for load in (lambda: build_image_encoder("auto", str(folder)), lambda: backbone_config(str(folder), None)):
+        with pytest.raises(UntrustedCodeReference, match=rf"{settings}: auto_map names Python code"):
+            load()
 
 
 def test_missing_folder_files_are_named(tmp_path):

@@ -23,6 +23,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from memecap.models.encoders import PROCESSOR_CONFIG, ImageEncoder, _check_local_folder, _processor_image_size
 from memecap.models.packaged import is_package_name, packaged_encoder
+from memecap.untrusted import refuse_model_code
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def build_auto(name: str, revision: Optional[str] = None, dtype: Optional[torch.
                features: str = "pooled") -> ImageEncoder:
     """Any transformers image backbone from a local folder, a Hub id or `package:<name>`."""
     source = local_name(name)
-    _check_local_folder(source)
+    _check_local_folder(source, None if source != name else revision)
     model, info = AutoModel.from_pretrained(source, revision=revision, dtype=dtype or torch.float32,
                                             trust_remote_code=False, output_loading_info=True)
     if info.get("missing_keys"):
@@ -145,6 +146,7 @@ def backbone_config(name: str, revision: Optional[str]):
 
         packaged_encoder(name)
         return lite0_config(), lite0_processor()
+    refuse_model_code(name, revision)
     return (AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False),
             load_processor(name, revision))
 
