@@ -27,14 +27,6 @@ from memecap.data.fingerprint import image_digest
 from memecap.data.images import read_image
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def module_fingerprint(module: torch.nn.Module) -> str:
     """Hash of a module's class and every tensor of its state dict (names, shapes, dtypes, values)."""
     h = hashlib.sha256(type(module).__qualname__.encode())

@@ -6,11 +6,15 @@ that name the cause, then gives the tails.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from signal import SIGSTOP
+from typing import Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 CAUSE = re.compile(r"terminate called|Fatal Python error|Error:|Exception:|exitcode\s*:|Signal \d+|Timed out|Killed")
@@ -30,6 +34,28 @@ def launch_failure(proc: subprocess.CompletedProcess) -> str:
     causes = [line for line in (proc.stdout + "\n" + proc.stderr).splitlines() if CAUSE.search(line)]
     return ("\n".join(["exit code %s; the lines naming the cause:" % proc.returncode, *causes[:40],
                        "--- stdout (tail) ---", proc.stdout[-2000:], "--- stderr (tail) ---", proc.stderr[-4000:]]))
+
+
+def quiet_env() -> dict:
+    """The environment a test's memecap process runs in: this checkout, one thread, no Hub."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@contextmanager
+def stopped_holding_lock(cmd: list[str], path: Path, timeout: float = 180) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until it holds its flock on `path`, and freeze it there (SIGSTOP) while the
+    block runs; it is then killed (SIGKILL), dying with the lock held, which the kernel drops."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (path.exists() and holds_flock(proc.pid, path)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.exists() and holds_flock(proc.pid, path), f"{cmd[:4]} never locked {path}: {proc.poll()=}"
+        proc.send_signal(SIGSTOP)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
 
 
 def holds_flock(pid: int, path: Path) -> bool:

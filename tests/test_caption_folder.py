@@ -4,17 +4,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from memecap.inference.captioner import Captioner
 from memecap.cli import main as cli
-from tests.launching import REPO, holds_flock
+from tests.launching import REPO, quiet_env, stopped_holding_lock
 
 
 def make_folder(root: Path, images: list[Path]) -> Path:
@@ -121,24 +119,12 @@ def test_a_second_caption_process_on_one_out_is_refused(tiny_lora_run, synthetic
     out = tmp_path / "captions.jsonl"
     cmd = [sys.executable, "-m", "memecap", "caption", str(folder), "--model", str(tiny_lora_run), "--out", str(out),
            "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not holds_flock(first.pid, out) and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert holds_flock(first.pid, out), f"the first run never locked {out}: {first.poll()=}"
-        first.send_signal(signal.SIGSTOP)  # it keeps the lock, wherever it stands
+    env = quiet_env()
+    with stopped_holding_lock(cmd, out):
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         assert second.stderr.strip() == (f"memecap: {out}: another memecap process is writing it; wait for that one "
                                           "to finish (a rerun then continues where it stopped), or pass another --out")
-        first.kill()  # dies holding the lock: the kernel releases it
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(timeout=60)
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
     assert sorted(r["image"] for r in lines(out)) == sorted(p.name for p in images)

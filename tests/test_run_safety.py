@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from memecap.config import ConfigError
 from memecap.training.nonfinite import NonFiniteTraining
 from memecap.training.run_folder import record_entries
 from tests.conftest import reset_accelerate, tiny_run_config
-from tests.launching import REPO, holds_flock
+from tests.launching import stopped_holding_lock
 
 QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
 
@@ -238,23 +234,10 @@ def test_a_second_training_on_one_run_folder_is_refused(tmp_path, synthetic_data
               "from tests.conftest import tiny_run_config; "
               "train.main(tiny_run_config(Path(sys.argv[1]), {'train': Path(sys.argv[2]), 'val': Path(sys.argv[3])}, "
               "*sys.argv[4:]))")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-c", script, str(out), str(synthetic_data["train"]),
-                              str(synthetic_data["val"]), *QUICK, "train.max_steps=1000", "train.resume=auto"],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not (out.is_dir() and holds_flock(first.pid, out)) and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert out.is_dir() and holds_flock(first.pid, out), f"the first training never locked {out}: {first.poll()=}"
-        first.send_signal(signal.SIGSTOP)  # it keeps the lock, wherever it stands
+    first = [sys.executable, "-c", script, str(out), str(synthetic_data["train"]), str(synthetic_data["val"]), *QUICK,
+             "train.max_steps=1000", "train.resume=auto"]
+    with stopped_holding_lock(first, out):
         with pytest.raises(ConfigError, match=r"is in use by another memecap training; wait for it to end"):
             run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
-        first.kill()  # dies holding the lock: the kernel releases it
-        first.wait(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(timeout=60)
     summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
     assert summary["optimizer_steps"] == 2

@@ -27,7 +27,8 @@ def stat_key(path: Path) -> StatKey:
     return str(path), st.st_size, st.st_mtime_ns
 
 
-def _sha256_file(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -43,7 +44,7 @@ def image_digest(path: Path, key: Optional[StatKey] = None) -> str:
     """SHA-256 of the image file's bytes (the key the feature and OCR caches use too)."""
     key = key or stat_key(path)
     if key not in _digests:
-        _digests[key] = _sha256_file(path)
+        _digests[key] = file_digest(path)
     return _digests[key]
 
 

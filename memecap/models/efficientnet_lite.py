@@ -10,7 +10,6 @@ run that stops halfway leaves nothing a later run would read. The .pth is read w
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import EfficientNetConfig, EfficientNetImageProcessorPil, EfficientNetModel
 
+from memecap.data.fingerprint import file_digest
 from memecap.models.packaged import installed_file, memecap_cache, packaged_encoder
 
 logger = logging.getLogger(__name__)
@@ -94,12 +94,6 @@ def convert_state_dict(source: dict, model: EfficientNetModel) -> dict:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_folder(pth: Path, out_dir: Path) -> None:
@@ -131,7 +125,7 @@ def packaged_folder(name: str) -> Path:
     """The transformers folder for `package:<name>`, converted on first use and reused after."""
     short, packaged = packaged_encoder(name)
     pth = installed_file(packaged, f"model.encoder.name={name}")
-    target = memecap_cache() / "packaged" / f"{short}-{file_sha256(pth)[:16]}"
+    target = memecap_cache() / "packaged" / f"{short}-{file_digest(pth)[:16]}"
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

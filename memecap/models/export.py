@@ -117,7 +117,7 @@ def export_files(folder: Path) -> list[str]:
 def record_local_base(folder: Path) -> None:
     """List the files memecap just wrote into a local base folder, so that a push may bundle
     exactly those (and notice any changed since)."""
-    from memecap.features import file_digest
+    from memecap.data.fingerprint import file_digest
 
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
@@ -130,7 +130,7 @@ def record_local_base(folder: Path) -> None:
 def recorded_base_files(folder: Path) -> Optional[list[tuple[str, Path]]]:
     """(name, path) of each file memecap recorded in a local base folder, each checked to be the
     regular file inside it that was recorded; None for a folder memecap did not write."""
-    from memecap.features import file_digest
+    from memecap.data.fingerprint import file_digest
 
     folder = Path(folder)
     manifest = folder / BASE_MANIFEST

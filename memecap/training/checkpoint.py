@@ -20,7 +20,7 @@ from typing import Optional
 from safetensors import SafetensorError
 
 from memecap.config import Config, save_config
-from memecap.features import file_digest
+from memecap.data.fingerprint import file_digest
 from memecap.models.export import UnsafePath, member
 from memecap.quiet import quiet_weights
 
