@@ -105,7 +105,8 @@ def clear_run(folder: Path, recorded: list[str]) -> list[str]:
 def foreign_entries(folder: Path, recorded: Optional[list[str]]) -> list[str]:
     """Entries a run would write that are already there and not a recorded run's."""
     ours = set(recorded or ())
-    return [name for name in (*RUN_ENTRIES, MARKER, RUN_FILES) if name not in ours
+    # The shared-folder marker is left out: this run wrote it moments ago, before the claim.
+    return [name for name in (*RUN_ENTRIES, RUN_FILES) if name not in ours
             and ((folder / name).exists() or (folder / name).is_symlink())]
 
 
