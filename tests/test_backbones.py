@@ -137,6 +137,26 @@ def test_a_backbone_naming_its_own_code_is_refused_before_loading(tmp_path, sett
             load()
 
 
+@pytest.mark.parametrize("processor", [
+    EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD),  # include_top
+    EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, rescale_factor=1 / 127.5, rescale_offset=True,
+                                  do_normalize=False, include_top=False),  # pixels / 127.5 - 1
+    ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD),
+], ids=["efficientnet-include-top", "efficientnet-offset", "vit"])
+def test_memecaps_pixels_are_the_processors(processor):
+    import numpy as np
+    from PIL import Image
+
+    from memecap.data.images import ImageTransform
+    from memecap.models.backbones import image_settings
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    expected = processor(image, do_resize=False, return_tensors="pt")["pixel_values"][0].float()
+    size, mean, std = image_settings(None, processor, "tiny")
+    torch.testing.assert_close(ImageTransform(size, mean, std, resize_mode="squash")(image), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_missing_folder_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         build_image_encoder("auto", str(tmp_path))

@@ -66,9 +66,30 @@ def image_settings(config, processor, name: str) -> tuple[int, tuple, tuple]:
     except (ValueError, AttributeError, TypeError) as err:
         raise ValueError(f"model.encoder.name={name}: {type(processor).__name__} does not give square images "
                          f"of one size ({err}); memecap feeds the encoder squares") from None
-    if not getattr(processor, "do_normalize", True):
-        return size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return size, tuple(processor.image_mean), tuple(processor.image_std)
+    mean, std = processor_normalisation(processor)
+    return size, mean, std
+
+
+def _three(value) -> tuple:
+    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return tuple(values * 3) if len(values) == 1 else tuple(values)
+
+
+def processor_normalisation(processor) -> tuple[tuple, tuple]:
+    """(mean, std) on 0-1 pixels that give the model what its processor gives it. Besides mean and
+    std, a processor may rescale by another factor than 1/255, shift by -1 after rescaling
+    (EfficientNet's `rescale_offset`), or divide by the std a second time (EfficientNet's
+    `include_top`, how its Keras-converted checkpoints were fed): all are affine, so they fold in."""
+    rescale = getattr(processor, "do_rescale", True)
+    per_unit = float(getattr(processor, "rescale_factor", 1 / 255)) * 255 if rescale else 255.0
+    shift = 1.0 if rescale and getattr(processor, "rescale_offset", False) else 0.0
+    normalize = getattr(processor, "do_normalize", True)
+    mean = _three(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
+    std = _three(processor.image_std) if normalize else (1.0, 1.0, 1.0)
+    if normalize and getattr(processor, "include_top", False):
+        std = tuple(s * s for s in std)  # (x - mean) / std, then / std once more (its mean step uses 0)
+    # model input = ((x01 * per_unit - shift) - mean) / std = (x01 - (mean + shift) / per_unit) / (std / per_unit)
+    return tuple((m + shift) / per_unit for m in mean), tuple(s / per_unit for s in std)
 
 
 def measure(encoder: ImageEncoder, features: str) -> tuple[int, list[str]]:
