@@ -201,7 +201,8 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
 
     caplog.clear()
     again = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
-    assert torch.equal(again, clean)
+    # Recomputed in a batch of 5, not 6: some CPUs' kernels round differently by batch size.
+    torch.testing.assert_close(again, clean)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 5)
     said = [r.getMessage() for r in caplog.records if "damaged cache entries" in r.getMessage()]
     assert said == [f"5 damaged cache entries in {model.frozen_encoder.last_cache.dir} were recomputed "
@@ -209,7 +210,7 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
 
     # Overwritten in place: the next pass hits everything and says nothing.
     caplog.clear()
-    assert torch.equal(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False), clean)
+    assert torch.equal(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False), again)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
     assert not [r for r in caplog.records if "damaged" in r.getMessage()]
     assert not list(model.frozen_encoder.last_cache.dir.rglob("*.tmp"))
