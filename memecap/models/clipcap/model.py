@@ -1,4 +1,5 @@
-"""ClipCap: image encoder -> mapping network -> prefix embeddings for a GPT-2 decoder (ruGPT-3).
+"""ClipCap: image encoder -> mapping network -> prefix embeddings for a causal LM decoder (GPT-2/ruGPT-3,
+Llama, Qwen2, Gemma 3, ...: any `AutoModelForCausalLM`).
 
 The decoder is frozen, fully trained, or adapted with LoRA. When the encoder is frozen (the
 usual case) it is not part of the trained module at all: its embeddings come from the feature
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.captions import CaptionTooLong
@@ -32,6 +34,7 @@ from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
+from memecap.models.clipcap.architectures import decoder_width, lora_targets, transposed_weights
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -49,7 +52,7 @@ def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
 
 
 def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
-    """GPT-2 LM and its tokenizer from the Hub id / folder in the config, or from an export
+    """The causal LM and its tokenizer from the Hub id / folder in the config, or from an export
     (its `decoder/` when the decoder was trained, its `tokenizer/` always)."""
     name, revision = cfg.decoder.name, cfg.decoder.revision
     tokenizer_dir = export / "tokenizer" if export is not None and (export / "tokenizer").is_dir() else None
@@ -62,9 +65,9 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False) if tokenizer_dir
                  else AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False))
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
-    decoder = (GPT2LMHeadModel.from_pretrained(decoder_dir, dtype=dtype, trust_remote_code=False) if decoder_dir
-               else GPT2LMHeadModel.from_pretrained(name, revision=revision, dtype=dtype, trust_remote_code=False,
-                                                    **bitsandbytes_loading(cfg.decoder.quantization)))
+    decoder = (AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=dtype, trust_remote_code=False) if decoder_dir
+               else AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype, trust_remote_code=False,
+                                                         **bitsandbytes_loading(cfg.decoder.quantization)))
     use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(decoder)
@@ -106,8 +109,11 @@ def use_trained_eos(tokenizer, decoder, name: str) -> None:
 def apply_decoder_mode(decoder: nn.Module, cfg: ModelConfig) -> nn.Module:
     dec = cfg.decoder
     decoder = prepare_base(decoder, quantized=dec.quantization != "none", checkpointing=dec.gradient_checkpointing)
-    return apply_train_mode(decoder, dec.mode, trainable=dec.trainable, lora=dec.lora, key="model.decoder",
-                            what="the decoder", task_type="CAUSAL_LM", fan_in_fan_out=True)  # GPT-2 uses Conv1D
+    targets = lora_targets(decoder, dec.lora.target_modules)  # the GPT-2 default becomes the architecture's own
+    lora = replace(dec.lora, target_modules=targets)
+    return apply_train_mode(decoder, dec.mode, trainable=dec.trainable, lora=lora, key="model.decoder",
+                            what="the decoder", task_type="CAUSAL_LM",
+                            fan_in_fan_out=transposed_weights(decoder, targets))  # GPT-2's Conv1D
 
 
 def pad_left(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,7 +366,7 @@ def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, expo
     encoder.requires_grad_(cfg.encoder.trainable)
     keep_encoder = cfg.encoder.trainable or bool(with_encoder)
     decoder, tokenizer = load_decoder(cfg, export)
-    mapper = build_mapper(cfg.mapper, image_dim, decoder.config.n_embd, patches=cfg.encoder.features == "patches")
+    mapper = build_mapper(cfg.mapper, image_dim, decoder_width(decoder.config), patches=cfg.encoder.features == "patches")
     if apply_mode:
         decoder = apply_decoder_mode(decoder, cfg)
     return ClipCap(cfg, mapper, decoder, tokenizer, encoder if keep_encoder else None, image_dim, transform,
