@@ -1,15 +1,17 @@
-"""ClipCap's memory plan: the decoder and mapping network built on the meta device from their
-configs (ruGPT-3's shapes ship here; other decoders' config.json is read), then arithmetic."""
+"""ClipCap's memory plan: the decoder (any causal LM) and mapping network built on the meta device
+from their configs (ruGPT-3's shapes ship here; other decoders' config.json is read), then arithmetic."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig
 
 from memecap.config import Config
 from memecap.models.memory_plan import GIB, Plan
 from memecap.models.dtypes import weights_dtype
+from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
@@ -26,7 +28,7 @@ KNOWN_ENCODERS = {"ai-forever/ruclip-vit-base-patch32-384": (145, 768, 512),
                   "ai-forever/ruclip-vit-base-patch16-384": (577, 768, 512)}
 
 
-def decoder_config(name: str, cfg: Config) -> GPT2Config:
+def decoder_config(name: str, cfg: Config) -> PretrainedConfig:
     if name == TINY:
         t = cfg.model.tiny
         return GPT2Config(n_embd=t.gpt_width, n_layer=t.gpt_layers, n_head=t.gpt_heads, vocab_size=t.vocab_size,
@@ -34,8 +36,9 @@ def decoder_config(name: str, cfg: Config) -> GPT2Config:
     if name in KNOWN_DECODERS:
         return GPT2Config(**KNOWN_DECODERS[name])
     refuse_model_code(name, cfg.model.decoder.revision)
-    return GPT2Config.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json only
-                                      trust_remote_code=False)
+    config = AutoConfig.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json only
+                                        trust_remote_code=False)
+    return config.get_text_config()
 
 
 def image_features(cfg: Config) -> tuple[int, int]:
@@ -70,33 +73,31 @@ def image_features(cfg: Config) -> tuple[int, int]:
     return (tokens, width) if enc.features == "patches" else (1, pooled)
 
 
-def lora_parameters(config: GPT2Config, r: int, targets: list) -> int:
-    h = config.n_embd
-    shapes = {"c_attn": (h, 3 * h), "c_fc": (h, 4 * h)}
-    per_layer = 0
-    for name in targets:
-        if name == "c_proj":  # GPT-2 has two: attention (h -> h) and MLP (4h -> h)
-            per_layer += r * (h + h) + r * (4 * h + h)
-        elif name in shapes:
-            per_layer += r * sum(shapes[name])
-    return per_layer * config.n_layer
-
-
-def activation_bytes(config: GPT2Config, batch: int, seq: int, bytes_per: int, checkpointing: bool) -> float:
-    """Per-layer saved activations of a GPT-2 block (Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h)
-    bytes at 16 bit, attention scores included); with checkpointing only each block's input is
-    kept, plus one block's worth during its recomputation."""
-    h, a, L = config.n_embd, config.n_head, config.n_layer
-    per_layer = seq * batch * h * (34 + 5 * a * seq / h) * bytes_per / 2
+def activation_bytes(config: PretrainedConfig, batch: int, seq: int, bytes_per: int, checkpointing: bool) -> float:
+    """Per-layer saved activations, and with checkpointing only each block's input plus one
+    block's worth during its recomputation. A GPT-2 block keeps s*b*h*(34 + 5*a*s/h) bytes at
+    16 bit, attention scores included (Korthikanti et al. 2022); a Llama-style block about 12 h + 4 I
+    values per token (norms, q/k/v/o, the gated MLP; SDPA keeps no score matrix)."""
+    h, a, L = config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+    if config.model_type == "gpt2":
+        per_layer = seq * batch * h * (34 + 5 * a * seq / h) * bytes_per / 2
+    else:
+        per_layer = seq * batch * (12 * h + 4 * config.intermediate_size) * bytes_per
     if checkpointing:
         return L * seq * batch * h * bytes_per + per_layer
     return L * per_layer
 
 
-def decoder_weights(dec, decoder: GPT2LMHeadModel, config: GPT2Config, decoder_params: int,
-                    act_bytes: int) -> tuple[int, float, torch.dtype]:
+def quantizable_parameters(decoder: nn.Module) -> int:
+    """Weights bitsandbytes quantizes: every linear (or GPT-2 Conv1D) layer but the output head."""
+    head = decoder.get_output_embeddings()
+    return sum(m.weight.numel() for m in decoder.modules()
+               if m is not head and (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"))
+
+
+def decoder_weights(dec, decoder: nn.Module, decoder_params: int, act_bytes: int) -> tuple[int, float, torch.dtype]:
     """(trained decoder parameters, bytes of its frozen weights, their dtype) for `dec.mode`."""
-    linear_params = sum(m.weight.numel() for n, m in decoder.named_modules() if type(m).__name__ == "Conv1D")
+    linear_params = quantizable_parameters(decoder)
     # peft's k-bit preparation casts the layers that are not quantized back to fp32.
     frozen_dtype = (weights_dtype(dec.dtype, trains=dec.mode == "subset", sixteen_bit=act_bytes == 2)
                     if dec.quantization == "none" else torch.float32)
@@ -108,7 +109,8 @@ def decoder_weights(dec, decoder: GPT2LMHeadModel, config: GPT2Config, decoder_p
         trained = sum(p.numel() for n, p in decoder.named_parameters() if n in chosen)
         return trained, (decoder_params - trained) * frozen_dtype.itemsize, frozen_dtype
     frozen = linear_params * quant + (decoder_params - linear_params) * frozen_dtype.itemsize
-    trained = lora_parameters(config, dec.lora.r, list(dec.lora.target_modules)) if dec.mode == "lora" else 0
+    trained = (lora_parameter_count(decoder, lora_targets(decoder, dec.lora.target_modules), dec.lora.r)
+               if dec.mode == "lora" else 0)
     return trained, frozen, frozen_dtype
 
 
@@ -118,9 +120,9 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     dec = cfg.model.decoder
     config = decoder_config(dec.name, cfg)
     with torch.device("meta"):  # shapes only: nothing is allocated or downloaded
-        decoder = GPT2LMHeadModel(config)
+        decoder = AutoModelForCausalLM.from_config(config)
         tokens, width = image_features(cfg)
-        mapper = build_mapper(cfg.model.mapper, width, config.n_embd, patches=cfg.model.encoder.features == "patches")
+        mapper = build_mapper(cfg.model.mapper, width, decoder_width(config), patches=cfg.model.encoder.features == "patches")
     mapper_params = sum(p.numel() for p in mapper.parameters())
     precision = mixed_precision or cfg.train.mixed_precision
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
@@ -133,7 +135,7 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     plan = Plan()
     shard = processes if zero_stage == 3 else 1
     decoder_params = sum(p.numel() for p in decoder.parameters())  # tied lm_head counted once
-    trained, frozen_weights, frozen_dtype = decoder_weights(dec, decoder, config, decoder_params, act_bytes)
+    trained, frozen_weights, frozen_dtype = decoder_weights(dec, decoder, decoder_params, act_bytes)
     trainable = mapper_params + trained
     where_params = "CPU" if offload_params and zero_stage == 3 else "accelerator"
     if frozen_weights:
@@ -147,7 +149,7 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
              activation_bytes(config, batch, seq, act_bytes, checkpointing))
     plan.add("logits + loss (fp32 copy and its gradient)", batch * seq * config.vocab_size * (act_bytes + 8))
     if zero_stage == 3:
-        plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.n_layer) * 4.0 * 2)
+        plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.num_hidden_layers) * 4.0 * 2)
     if cfg.model.encoder.trainable:
         plan.notes.append("the image encoder trains: its weights, gradients and activations are not in this table")
     else:

@@ -1,0 +1,130 @@
+"""ClipCap with a modern causal LM as its decoder (Llama, Qwen2, Gemma 3 text): tiny random models
+saved with their tokenizers in the published layout, through the same loading path as GPT-2."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memecap.config import ConfigError, GenerationConfig
+from memecap.data.datasets import CaptionEvalSet
+from memecap.data.tables import load_split
+from memecap.models import build_model, load_model
+from memecap.models.clipcap.architectures import GPT2_TARGETS, LLAMA_TARGETS
+from memecap.models.tiny_causal_lm import FAMILIES, save_tiny_causal_lm
+from memecap.plan import GIB, plan_memory
+from tests.conftest import TEST_TINY
+from tests.test_clipcap import make_batch, recipe_with_tiny_bases
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MODES = {"lora": "clipcap_lora", "full": "clipcap_mlp_finetune"}
+TEMPLATE = "Текст на картинке: {text}\nОписание: "
+
+
+@pytest.fixture(scope="module")
+def examples(synthetic_data):
+    return load_split(synthetic_data["train"], log=None)[0]
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory, examples) -> dict:
+    root = tmp_path_factory.mktemp("causal_lms")
+    texts = [c for ex in examples for c in ex.captions]
+    return {family: save_tiny_causal_lm(root / family, family, TEST_TINY, texts) for family in FAMILIES}
+
+
+def built(recipe, tiny_ruclip_dir, decoder_dir, tmp_path, *overrides):
+    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, decoder_dir, *overrides)
+    return cfg, build_model(cfg.model, work_dir=tmp_path)
+
+
+def adapted_layers(model) -> set:
+    """Last name parts of the layers that carry LoRA adapters."""
+    return {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.decoder.named_parameters() if ".lora_" in n}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_decoder_is_the_saved_class_with_its_tokens(family, decoders, tiny_ruclip_dir, tmp_path):
+    cfg, model = built("clipcap_mlp_frozen", tiny_ruclip_dir, decoders[family], tmp_path)
+    expected = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+    assert type(model.decoder).__name__ == expected[family]
+    assert model.mapper(torch.zeros(1, model.image_dim)).shape[-1] == TEST_TINY.gpt_width  # hidden_size
+    tok = model.tokenizer
+    assert model.eos_id == tok.eos_token_id is not None
+    # Llama's tokenizer declares no pad (as published): padding reuses the end token, masked out of the loss.
+    assert model.pad_id == (tok.eos_token_id if family == "llama" else tok.pad_token_id)
+    # The OCR prompt reads back as the template around the text with this tokenizer too.
+    _, ocr = built("clipcap_ocr_frozen", tiny_ruclip_dir, decoders[family], tmp_path)
+    assert ocr.cfg.ocr.template == TEMPLATE
+    assert tok.decode(ocr.encode_prompt("кек")) == TEMPLATE.format(text="кек")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_training_step_moves_exactly_the_trainable_weights(family, mode, decoders, tiny_ruclip_dir, examples,
+                                                             tmp_path):
+    _, model = built(MODES[mode], tiny_ruclip_dir, decoders[family], tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    decoder_trainable = {n for n in trainable if n.startswith("decoder.")}
+    if mode == "lora":
+        assert decoder_trainable and all("lora_" in n for n in decoder_trainable)
+        assert adapted_layers(model) == set(LLAMA_TARGETS)  # the architecture's default, not GPT-2's names
+    else:
+        assert len(decoder_trainable) == sum(1 for _ in model.decoder.parameters())
+    batch = make_batch(model, examples)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    model(batch)["loss"].backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == trainable, changed ^ trainable
+
+
+def test_lora_targets_default_per_architecture_and_the_setting_wins(decoders, tiny_ruclip_dir, tiny_gpt2_dir,
+                                                                     tmp_path):
+    _, gpt2 = built("clipcap_lora", tiny_ruclip_dir, tiny_gpt2_dir, tmp_path)
+    assert adapted_layers(gpt2) == set(GPT2_TARGETS)
+    _, chosen = built("clipcap_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path,
+                      "model.decoder.lora.target_modules=[q_proj,v_proj]")
+    assert adapted_layers(chosen) == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match=r"model.decoder.lora.target_modules: 'c_fc2' names no module.*q_proj"):
+        built("clipcap_lora", tiny_ruclip_dir, decoders["llama"], tmp_path,
+              "model.decoder.lora.target_modules=[q_proj,c_fc2]")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_export_reloads_to_the_same_captions(family, mode, decoders, tiny_ruclip_dir, examples, tmp_path):
+    _, model = built(MODES[mode], tiny_ruclip_dir, decoders[family], tmp_path)
+    with torch.no_grad():  # move every trained part away from its initial value
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    out = tmp_path / "export"
+    model.save_pretrained(out)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert ("adapter/adapter_model.safetensors" in files) == (mode == "lora")
+    assert ("decoder/model.safetensors" in files) == (mode == "full")
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+
+    loaded = load_model(out, with_encoder=True)
+    assert type(loaded.decoder.get_base_model() if mode == "lora" else loaded.decoder) is type(
+        model.decoder.get_base_model() if mode == "lora" else model.decoder)
+    paths = [e.image_path for e in examples[:3]]
+    gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
+    feats = model.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    expected = model.generate(model.collate([CaptionEvalSet(feats)[i] for i in range(3)]), gen)
+    pixels = loaded.image_inputs(paths, cache_dir=None, device="cpu", progress=False)
+    got = loaded.generate(loaded.collate([CaptionEvalSet(pixels)[i] for i in range(3)]), gen)
+    assert got == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plan_counts_equal_the_built_model(family, decoders, tiny_ruclip_dir, tmp_path):
+    for recipe in ("clipcap_lora", "clipcap_mlp_finetune", "clipcap_mlp_frozen"):
+        cfg, model = built(recipe, tiny_ruclip_dir, decoders[family], tmp_path)
+        plan = plan_memory(cfg, mixed_precision="no")
+        assert plan.trainable == sum(p.numel() for p in model.trainable_parameters()), recipe
+        if recipe == "clipcap_mlp_frozen":  # every decoder weight frozen in fp32, tied head counted once
+            frozen = next(b for what, b, _ in plan.rows if what.startswith("decoder weights, frozen"))
+            assert frozen == 4 * sum(p.numel() for p in model.decoder.parameters())
+            assert frozen / GIB < 1
