@@ -72,3 +72,36 @@ def test_a_qlora_clipcap_run_resumes_exactly(synthetic_data, tiny_ruclip_dir, ti
     run(tmp_path / "resumed", "train.max_steps=2", "train.log_every=1")
     resumed = run(tmp_path / "resumed", "train.max_steps=4", "train.log_every=1", "train.resume=auto")
     assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_4bit_lora_with_checkpointing_on_modern_decoders(tmp_path, family, one_thread):
+    """QLoRA with gradient checkpointing on Llama-style decoders: their linear projections are
+    quantized, adapters sit on the architecture's default targets, and training gives the same
+    gradients before and after an evaluation."""
+    from memecap.models.clipcap.architectures import LLAMA_TARGETS
+    from memecap.models.tiny_causal_lm import save_tiny_causal_lm
+
+    folder = save_tiny_causal_lm(tmp_path / family, family, TinyConfig(gpt_width=64, gpt_layers=2, gpt_heads=4,
+                                                                      vocab_size=300),
+                                 ["кот сидит за столом", "подпись: мем про понедельник"] * 20)
+    cfg = load_config("clipcap_qlora_large", [f"model.decoder.name={folder}", "model.decoder.lora.dropout=0"]).model
+    assert cfg.decoder.gradient_checkpointing
+    decoder, tokenizer = load_decoder(cfg)
+    decoder = apply_decoder_mode(decoder, cfg)
+    assert decoder.base_model.model.is_activation_checkpointing
+    quantized = {n.removesuffix(".base_layer").rsplit(".", 1)[-1] for n, m in decoder.named_modules()
+                 if isinstance(m, bnb.nn.Linear4bit)}
+    assert quantized == set(LLAMA_TARGETS)  # every projection; the output head stays as loaded
+    ids = torch.tensor([tokenizer("подпись: кот сидит", add_special_tokens=False)["input_ids"]])
+    decoder.train()
+    before = lora_grads(decoder, ids)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in before} == set(LLAMA_TARGETS)
+    decoder.eval()
+    with torch.no_grad():
+        decoder(input_ids=ids)
+    decoder.train()
+    after = lora_grads(decoder, ids)
+    assert after.keys() == before.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name])
