@@ -1,4 +1,4 @@
-"""ClipCap's own sections of `model`: the mapping network and the GPT-2 decoder."""
+"""ClipCap's own sections of `model`: the mapping network and the causal LM decoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,14 +28,14 @@ class MapperConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = "ai-forever/rugpt3small_based_on_gpt2"  # GPT-2 architecture; Hub id or folder; "tiny-random"
+    name: str = "ai-forever/rugpt3small_based_on_gpt2"  # any AutoModelForCausalLM (GPT-2, Llama, Qwen2, Gemma 3...); Hub id or folder; "tiny-random"
     revision: Optional[str] = None  # Hub revision
     mode: str = "frozen"  # frozen | full | subset (only `trainable`) | lora (adapters on `lora.target_modules`)
     trainable: list = field(default_factory=list)  # mode=subset: glob patterns of decoder module or parameter names
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     quantization: str = "none"  # none | 8bit | 4bit: load the frozen base with bitsandbytes (QLoRA with mode=lora)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen (non-quantized) weights; auto = bf16 on a bf16 GPU
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"]))  # GPT-2's Conv1D names
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"]))  # GPT-2's; other architectures get their own (clipcap/architectures.py)
 
     def __post_init__(self) -> None:
         check_train_mode("model.decoder", self.mode, self.trainable, example="[transformer.h.11, transformer.ln_f]")
