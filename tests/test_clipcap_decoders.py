@@ -132,3 +132,44 @@ def test_plan_counts_equal_the_built_model(family, decoders, tiny_ruclip_dir, tm
             frozen = next(b for what, b, _ in plan.rows if what.startswith("decoder weights, frozen"))
             assert frozen == 4 * sum(p.numel() for p in model.decoder.parameters())
             assert frozen / GIB < 1
+
+
+def test_a_gguf_decoder_is_its_model(decoders, tiny_ruclip_dir, examples, tmp_path):
+    """model.decoder.gguf_file: the same Qwen2 written as a GGUF file reads the same tokens, gives
+    the same loss, trains with LoRA on its projections, exports and reloads to the same captions."""
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_qwen2_gguf
+
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    write_qwen2_gguf(decoders["qwen2"], folder / "tiny-qwen2.gguf")
+    _, plain = built("clipcap_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path)
+    cfg, model = built("clipcap_lora", tiny_ruclip_dir, folder, tmp_path, "model.decoder.gguf_file=tiny-qwen2.gguf")
+    assert type(model.decoder.get_base_model()).__name__ == "Qwen2ForCausalLM"
+    assert adapted_layers(model) == set(LLAMA_TARGETS)
+    model.mapper.load_state_dict(plain.mapper.state_dict())
+    batch = make_batch(model, examples)
+    assert torch.equal(batch["input_ids"], make_batch(plain, examples)["input_ids"])
+    assert model.eval()(batch)["loss"].item() == pytest.approx(plain.eval()(batch)["loss"].item(), abs=1e-5)
+    assert plan_memory(cfg).trainable == sum(p.numel() for p in model.trainable_parameters())
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    model.train()(batch)["loss"].backward()
+    opt.step()
+    assert {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())} == trainable
+
+    model.eval().save_pretrained(tmp_path / "export")
+    loaded = load_model(tmp_path / "export")
+    gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
+    eval_batch = model.collate([{"image": batch["image"][i]} for i in range(2)])
+    assert loaded.generate(eval_batch, gen) == model.generate(eval_batch, gen)
+
+
+def test_a_missing_gguf_file_is_one_line(decoders, tiny_ruclip_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.decoder.gguf_file: .*absent.gguf is not a file"):
+        built("clipcap_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path, "model.decoder.gguf_file=absent.gguf")
+    with pytest.raises(ConfigError, match="model.decoder.gguf_file: .*quantization=none"):
+        recipe_with_tiny_bases("clipcap_qlora_large", tiny_ruclip_dir, decoders["qwen2"],
+                               "model.decoder.gguf_file=x.gguf")

@@ -35,6 +35,7 @@ from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 from memecap.models.clipcap.architectures import decoder_width, lora_targets, transposed_weights
+from memecap.models.clipcap.gguf import gguf_kwargs
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -60,14 +61,16 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     for source in (tokenizer_dir, decoder_dir):  # an export's parts (read_export_config checked them too)
         if source is not None:
             refuse_model_code(str(source))
-    if tokenizer_dir is None or decoder_dir is None:
+    from_base = tokenizer_dir is None or decoder_dir is None
+    if from_base:
         refuse_model_code(name, revision)
+    gguf = gguf_kwargs(name, cfg.decoder.gguf_file) if from_base else {}  # a local GGUF file's config, tokens, weights
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False) if tokenizer_dir
-                 else AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False))
+                 else AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False, **gguf))
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
     decoder = (AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=dtype, trust_remote_code=False) if decoder_dir
                else AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype, trust_remote_code=False,
-                                                         **bitsandbytes_loading(cfg.decoder.quantization)))
+                                                         **gguf, **bitsandbytes_loading(cfg.decoder.quantization)))
     use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(decoder)

@@ -12,6 +12,7 @@ from memecap.config import Config
 from memecap.models.memory_plan import GIB, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
+from memecap.models.clipcap.gguf import gguf_kwargs
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
@@ -36,8 +37,8 @@ def decoder_config(name: str, cfg: Config) -> PretrainedConfig:
     if name in KNOWN_DECODERS:
         return GPT2Config(**KNOWN_DECODERS[name])
     refuse_model_code(name, cfg.model.decoder.revision)
-    config = AutoConfig.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json only
-                                        trust_remote_code=False)
+    config = AutoConfig.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json (or a GGUF's header)
+                                        trust_remote_code=False, **gguf_kwargs(name, cfg.model.decoder.gguf_file))
     return config.get_text_config()
 
 

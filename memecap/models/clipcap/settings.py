@@ -30,6 +30,7 @@ class MapperConfig:
 class DecoderConfig:
     name: str = "ai-forever/rugpt3small_based_on_gpt2"  # any AutoModelForCausalLM (GPT-2, Llama, Qwen2, Gemma 3...); Hub id or folder; "tiny-random"
     revision: Optional[str] = None  # Hub revision
+    gguf_file: Optional[str] = None  # a GGUF file inside the folder `name` (config, tokenizer, weights; needs `gguf`)
     mode: str = "frozen"  # frozen | full | subset (only `trainable`) | lora (adapters on `lora.target_modules`)
     trainable: list = field(default_factory=list)  # mode=subset: glob patterns of decoder module or parameter names
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
@@ -47,3 +48,6 @@ class DecoderConfig:
         one_of("model.decoder.quantization", self.quantization, ("none", "8bit", "4bit"))
         if self.quantization != "none" and self.mode in ("full", "subset"):
             raise ConfigError("model.decoder.quantization needs mode=lora or frozen: quantized weights cannot be trained")
+        if self.gguf_file and self.quantization != "none":
+            raise ConfigError("model.decoder.gguf_file: a GGUF file loads dequantized to float; "
+                              "set model.decoder.quantization=none")
