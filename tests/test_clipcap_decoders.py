@@ -2,6 +2,8 @@
 saved with their tokenizers in the published layout, through the same loading path as GPT-2."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -173,3 +175,27 @@ def test_a_missing_gguf_file_is_one_line(decoders, tiny_ruclip_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.decoder.gguf_file: .*quantization=none"):
         recipe_with_tiny_bases("clipcap_qlora_large", tiny_ruclip_dir, decoders["qwen2"],
                                "model.decoder.gguf_file=x.gguf")
+
+
+def test_a_llama_decoder_through_the_real_loop(decoders, synthetic_data, tmp_path):
+    """`memecap train` with a Llama decoder adapted by LoRA: the loop trains, evaluates,
+    exports, and the export captions the validation images."""
+    import json
+
+    from memecap import Captioner, train
+    from tests.conftest import reset_accelerate, tiny_run_config
+
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, synthetic_data, f"model.decoder.name={decoders['llama']}", "model.decoder.mode=lora",
+                          "model.encoder.trainable=false", "model.encoder.features=pooled", "train.epochs=1",
+                          "eval.compare_constant=false", "generation.max_new_tokens=6")
+    try:
+        summary = train.main(cfg)
+    finally:
+        reset_accelerate()
+    assert summary["optimizer_steps"] == 6 and "bleu4" in summary["final"]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in rows if r["kind"] == "train")  # no NaN
+    assert (out / "final/adapter/adapter_model.safetensors").is_file()
+    images = sorted(str(p) for p in (Path(synthetic_data["val"]).parent / "images").glob("*.jpg"))[:2]
+    assert len(Captioner.from_pretrained(out / "final", device="cpu")(images)) == 2
