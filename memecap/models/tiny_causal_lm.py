@@ -54,8 +54,9 @@ def tiny_config(family: str, cfg: TinyConfig, tokenizer):
         return Qwen2Config(**shape, tie_word_embeddings=True)  # tied, as Qwen2.5-0.5B
     from transformers import Gemma3TextConfig
 
-    return Gemma3TextConfig(**shape, head_dim=cfg.gpt_width // cfg.gpt_heads, sliding_window=8,
-                            layer_types=["sliding_attention"] * (cfg.gpt_layers - 1) + ["full_attention"])
+    # Gemma 3's own layer pattern (5 sliding-window layers to 1 global), which a GGUF file implies too;
+    # a window of 8 tokens, so that prefix and caption outgrow it.
+    return Gemma3TextConfig(**shape, head_dim=cfg.gpt_width // cfg.gpt_heads, sliding_window=8)
 
 
 def save_tiny_causal_lm(out_dir: Path, family: str, cfg: TinyConfig, texts: Iterable[str], seed: int = 0) -> Path:
