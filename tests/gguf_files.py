@@ -1,7 +1,8 @@
 """Writing a tiny causal LM (memecap/models/tiny_causal_lm.py) as a GGUF file with the `gguf`
 package, laid out as llama.cpp's converter writes Qwen2 and Gemma 3: the header holds the config
-and the byte-level BPE tokenizer, the tensors are float32 under GGUF's names (Qwen2's projections
-need no reordering; Gemma stores its RMSNorm scales as 1 + weight)."""
+and the tokenizer (Qwen2: byte-level BPE with its merges; Gemma: a sentencepiece-kind vocabulary
+in merge order with scores and no merges), the tensors are float32 under GGUF's names (Qwen2's
+projections need no reordering; Gemma stores its RMSNorm scales as 1 + weight)."""
 from __future__ import annotations
 
 import json
@@ -37,14 +38,24 @@ def _write_tokenizer(writer, folder: Path, c) -> None:
     vocab = saved["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
     special = {t["content"] for t in saved["added_tokens"]}
-    writer.add_tokenizer_model("gpt2")  # byte-level BPE
-    writer.add_tokenizer_pre("qwen2" if c.model_type == "qwen2" else "default")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in saved["model"]["merges"]])
     writer.add_eos_token_id(c.eos_token_id)
     writer.add_pad_token_id(c.pad_token_id)
     writer.add_bos_token_id(c.bos_token_id if c.bos_token_id is not None else c.eos_token_id)
+    if c.model_type == "gemma3_text":
+        writer.add_tokenizer_model("llama")  # sentencepiece kind
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores([-float(i) for i in range(len(tokens))])
+        writer.add_token_types([gguf.TokenType.CONTROL if t in special and not t.startswith("<0x")
+                                else gguf.TokenType.BYTE if t.startswith("<0x") else gguf.TokenType.NORMAL
+                                for t in tokens])
+        writer.add_unk_token_id(vocab["<unk>"])
+        writer.add_add_bos_token(True)
+        return
+    writer.add_tokenizer_model("gpt2")  # byte-level BPE
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in saved["model"]["merges"]])
     writer.add_add_bos_token(False)
 
 

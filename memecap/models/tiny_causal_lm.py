@@ -2,8 +2,9 @@
 written in the published layout (config.json, model.safetensors, tokenizer files), so ClipCap's
 decoder path loads them exactly as it loads Hub weights.
 
-Each gets a byte-level BPE fit on the given texts with its family's special tokens; like the
-published tokenizers, Llama's declares no pad token (memecap pads with the end token then).
+Each gets a tokenizer fit on the given texts with its family's special tokens, of the published
+kind: a byte-level BPE for Llama and Qwen2 (Llama's declares no pad token, as published: memecap pads
+with the end token then), Gemma's BPE over "▁"-spelled text with byte fallback for Gemma 3.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+import json
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, GemmaTokenizer, PreTrainedTokenizerFast
 
 from memecap.config import TinyConfig
 from memecap.models.tiny import save_on_any_process
@@ -21,12 +24,27 @@ from memecap.models.tiny import save_on_any_process
 SPECIAL = {
     "llama": (["<s>", "</s>"], "<s>", "</s>", None),
     "qwen2": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>", "<|endoftext|>"),
-    "gemma3_text": (["<pad>", "<eos>", "<bos>"], "<bos>", "<eos>", "<pad>"),
+    "gemma3_text": (["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], "<bos>", "<eos>", "<pad>"),
 }
 FAMILIES = tuple(SPECIAL)
 
 
-def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def gemma_tokenizer(texts: Iterable[str], vocab_size: int) -> GemmaTokenizer:
+    """Gemma's kind: spaces spelled "▁", a BPE with the 256 byte tokens to fall back on (beyond `vocab_size`)."""
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + len(byte_tokens), show_progress=False,
+                                  special_tokens=SPECIAL["gemma3_text"][0] + byte_tokens)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return GemmaTokenizer(vocab=model["vocab"], merges=merges)
+
+
+def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int):
+    if family == "gemma3_text":
+        return gemma_tokenizer(texts, vocab_size)
     special, bos, eos, pad = SPECIAL[family]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
