@@ -200,3 +200,47 @@ def test_a_llama_decoder_through_the_real_loop(decoders, synthetic_data, tmp_pat
     assert (out / "final/adapter/adapter_model.safetensors").is_file()
     images = sorted(str(p) for p in (Path(synthetic_data["val"]).parent / "images").glob("*.jpg"))[:2]
     assert len(Captioner.from_pretrained(out / "final", device="cpu")(images)) == 2
+
+
+def steer_to(decoder, token: int) -> None:
+    """Make a tiny random Llama-style decoder write `token` wherever it decodes freely: the layers
+    add nothing to the residual stream (o_proj, down_proj zeroed), the final norm keeps only
+    dimension 0, which every token embedding holds positive, and `token`'s output row reads that
+    dimension 3x as strongly as the others (the rows are the embeddings when the head is tied)."""
+    with torch.no_grad():
+        for name, module in decoder.named_modules():
+            if name.endswith(("o_proj", "down_proj")):
+                module.weight.zero_()
+        decoder.get_input_embeddings().weight[:, 0] = 1.0
+        head = decoder.get_output_embeddings().weight
+        head[:, 0] = 1.0
+        head[token, 0] = 3.0
+        norm = decoder.model.norm.weight
+        gemma = decoder.config.model_type.startswith("gemma")  # Gemma's norm scales by 1 + weight
+        norm.fill_(-1.0 if gemma else 0.0)
+        norm[0] = 0.0 if gemma else 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quote_copy_copies_the_ocr_text(family, decoders, tiny_ruclip_dir, examples, tmp_path):
+    """generation.quote=copy with each tokenizer: after the opening mark the OCR text is forced,
+    then the closing mark; left alone the steered decoder writes only quote marks."""
+    from memecap.quote_copy import quote_text
+    from tests.test_ocr_clipcap import prompted
+
+    _, model = built("clipcap_ocr_frozen", tiny_ruclip_dir, decoders[family], tmp_path)
+    model.eval()
+    tok = model.tokenizer
+    quote = tok.convert_tokens_to_ids('"')
+    assert quote != tok.unk_token_id and quote in model.quote_processor(["x"]).openers
+    steer_to(model.decoder, quote)
+    texts = ["кек лол", "ой всё ну и ну"]
+    dataset = CaptionEvalSet(prompted(model, examples, texts))
+    free = model.generate(model.collate([dataset[i] for i in range(2)]),
+                          GenerationConfig(strategy="greedy", max_new_tokens=4))
+    assert all(c[0] == '""""' for c in free), free
+    for i, text in enumerate(texts):
+        length = 2 + len(tok(quote_text(text), add_special_tokens=False)["input_ids"])
+        gen = GenerationConfig(strategy="greedy", max_new_tokens=length, quote="copy")
+        one = CaptionEvalSet(prompted(model, examples[i:], [text]))
+        assert model.generate(model.collate([one[0]]), gen) == [[f'"{text}"']]
