@@ -1,5 +1,6 @@
-"""ClipCap: image encoder -> mapping network -> GPT-2 (ruGPT-3) decoder. The family's entry points
-(memecap/models/__init__.py); the code is imported when they are called."""
+"""ClipCap: image encoder -> mapping network -> causal LM decoder (GPT-2/ruGPT-3, Llama, Qwen2,
+Gemma 3, ...). The family's entry points (memecap/models/__init__.py); the code is imported when
+they are called."""
 from __future__ import annotations
 
 

@@ -369,7 +369,8 @@ def build_clipcap(cfg: ModelConfig, *, with_encoder: Optional[bool] = None, expo
     encoder.requires_grad_(cfg.encoder.trainable)
     keep_encoder = cfg.encoder.trainable or bool(with_encoder)
     decoder, tokenizer = load_decoder(cfg, export)
-    mapper = build_mapper(cfg.mapper, image_dim, decoder_width(decoder.config), patches=cfg.encoder.features == "patches")
+    mapper = build_mapper(cfg.mapper, image_dim, decoder_width(decoder.config),
+                          patches=cfg.encoder.features == "patches")
     if apply_mode:
         decoder = apply_decoder_mode(decoder, cfg)
     return ClipCap(cfg, mapper, decoder, tokenizer, encoder if keep_encoder else None, image_dim, transform,

@@ -123,7 +123,8 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     with torch.device("meta"):  # shapes only: nothing is allocated or downloaded
         decoder = AutoModelForCausalLM.from_config(config)
         tokens, width = image_features(cfg)
-        mapper = build_mapper(cfg.model.mapper, width, decoder_width(config), patches=cfg.model.encoder.features == "patches")
+        mapper = build_mapper(cfg.model.mapper, width, decoder_width(config),
+                              patches=cfg.model.encoder.features == "patches")
     mapper_params = sum(p.numel() for p in mapper.parameters())
     precision = mixed_precision or cfg.train.mixed_precision
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
