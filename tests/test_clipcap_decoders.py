@@ -140,7 +140,6 @@ def test_plan_counts_equal_the_built_model(family, decoders, tiny_ruclip_dir, tm
 def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples, tmp_path):
     """model.decoder.gguf_file: the same model written as a GGUF file reads the same tokens, gives
     the same loss, trains with LoRA on its projections, exports and reloads to the same captions."""
-    pytest.importorskip("gguf")
     from tests.gguf_files import write_gguf
 
     folder = tmp_path / "gguf"
