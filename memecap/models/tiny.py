@@ -63,14 +63,21 @@ def save_tiny_clip_vision(out_dir: Path, cfg: TinyConfig, seed: int = 0) -> Path
     return out_dir
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> GPT2TokenizerFast:
-    """A byte-level BPE like ruGPT-3's, trained on the given captions."""
+def byte_level_bpe(texts: Iterable[str], special: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE (GPT-2's, ruGPT-3's, Llama 3's and Qwen's kind) fit on `texts`, with the
+    `special` tokens first."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> GPT2TokenizerFast:
+    """A byte-level BPE like ruGPT-3's, trained on the given captions."""
+    tok = byte_level_bpe(texts, [PAD, EOS], vocab_size)
     return GPT2TokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD)
 
 

@@ -8,17 +8,16 @@ with the end token then), Gemma's BPE over "▁"-spelled text with byte fallback
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
 import torch
-import json
-
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, normalizers, trainers
 from transformers import AutoModelForCausalLM, GemmaTokenizer, PreTrainedTokenizerFast
 
 from memecap.config import TinyConfig
-from memecap.models.tiny import save_on_any_process
+from memecap.models.tiny import byte_level_bpe, save_on_any_process
 
 # family -> (special tokens, bos, eos, pad or None)
 SPECIAL = {
@@ -46,12 +45,7 @@ def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int):
     if family == "gemma3_text":
         return gemma_tokenizer(texts, vocab_size)
     special, bos, eos, pad = SPECIAL[family]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok = byte_level_bpe(texts, special, vocab_size)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
 
 

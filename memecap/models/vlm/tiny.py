@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-from memecap.models.tiny import save_on_any_process
+from memecap.models.tiny import byte_level_bpe, save_on_any_process
 
 # The templates are the published ones cut to what captioning uses (a user turn with an image and
 # text, an assistant turn); the published Qwen2-VL template adds the same default system turn.
@@ -51,12 +50,7 @@ IMAGE_SIDE = 32  # SmolVLM's tile; Qwen images are budgeted by pixels below
 
 def tiny_tokenizer(texts: Iterable[str], special: list[str], eos: str, template: str,
                    vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok = byte_level_bpe(texts, special, vocab_size)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>")
     tokenizer.chat_template = template
     return tokenizer
