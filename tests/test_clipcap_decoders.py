@@ -243,3 +243,20 @@ def test_quote_copy_copies_the_ocr_text(family, decoders, tiny_ruclip_dir, examp
         gen = GenerationConfig(strategy="greedy", max_new_tokens=length, quote="copy")
         one = CaptionEvalSet(prompted(model, examples[i:], [text]))
         assert model.generate(model.collate([one[0]]), gen) == [[f'"{text}"']]
+
+
+def test_the_qwen2_5_recipe_trains_its_lora_on_a_qwen2_decoder(decoders, tiny_ruclip_dir, examples, tmp_path):
+    """clipcap_qwen2_5_lora, its Hub names replaced by a tiny Qwen2 of the same class: adapters on the
+    seven projections it names, checkpointing on, a step moves only the adapters and the mapper."""
+    cfg, model = built("clipcap_qwen2_5_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path)
+    assert cfg.model.decoder.gradient_checkpointing and type(model.decoder.base_model.model).__name__ == "Qwen2ForCausalLM"
+    assert adapted_layers(model) == set(LLAMA_TARGETS)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("mapper.") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    loss = model(make_batch(model, examples[:2]))["loss"]
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= trainable
