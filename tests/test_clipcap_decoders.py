@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memecap.config import ConfigError, GenerationConfig
+from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.datasets import CaptionEvalSet
 from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
@@ -172,6 +172,10 @@ def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples
 def test_a_missing_gguf_file_is_one_line(decoders, tiny_ruclip_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model.decoder.gguf_file: .*absent.gguf is not a file"):
         built("clipcap_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path, "model.decoder.gguf_file=absent.gguf")
+    # the recipe's placeholder folder, not overridden: the error says how to get the file
+    with pytest.raises(FileNotFoundError, match=r"GEMMA_FOLDER .*gemma-3-270m-q4_k_m.gguf is not a file; .*"
+                                                r"to get it, run python scripts/fetch_gemma3_270m.py"):
+        build_model(load_config("clipcap_effnet_gemma_ocr").model, work_dir=tmp_path)
     with pytest.raises(ConfigError, match="model.decoder.gguf_file: .*quantization=none"):
         recipe_with_tiny_bases("clipcap_qlora_large", tiny_ruclip_dir, decoders["qwen2"],
                                "model.decoder.gguf_file=x.gguf")
@@ -260,3 +264,28 @@ def test_the_qwen2_5_recipe_trains_its_lora_on_a_qwen2_decoder(decoders, tiny_ru
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and moved <= trainable
+
+
+def test_the_gemma_recipe_captions_with_a_tiny_gemma_gguf(decoders, tiny_ruclip_dir, examples, tmp_path):
+    """clipcap_effnet_gemma_ocr with a tiny Gemma 3 written as the GGUF file it names (and a tiny
+    encoder in place of EfficientNet): LoRA on Gemma's projections, the OCR prompt, and captions
+    whose quote is the OCR text (quote=copy)."""
+    from memecap.quote_copy import quote_text
+    from tests.gguf_files import write_gguf
+    from tests.test_ocr_clipcap import prompted
+
+    folder = tmp_path / "gemma"
+    folder.mkdir()
+    write_gguf(decoders["gemma3_text"], folder / "gemma-3-270m-q4_k_m.gguf")
+    cfg, model = built("clipcap_effnet_gemma_ocr", tiny_ruclip_dir, folder, tmp_path, "model.encoder.kind=ruclip")
+    assert cfg.model.ocr.enabled and cfg.generation.quote == "copy" and cfg.model.encoder.features == "pooled"
+    assert type(model.decoder.get_base_model()).__name__ == "Gemma3ForCausalLM"
+    assert adapted_layers(model) == set(LLAMA_TARGETS)
+    model.eval()
+    tok = model.tokenizer
+    steer_to(model.decoder.get_base_model(), tok.convert_tokens_to_ids('"'))
+    text = "кек лол"
+    gen = cfg.generation
+    gen.max_new_tokens = 2 + len(tok(quote_text(text), add_special_tokens=False)["input_ids"])
+    one = CaptionEvalSet(prompted(model, examples, [text]))
+    assert model.generate(model.collate([one[0]]), gen) == [[f'"{text}"']]

