@@ -145,3 +145,10 @@ def text_images(tmp_path_factory) -> dict:
     cache = root / "cache"
     texts = read_texts(paths, OcrConfig(workers=2), cache_dir=cache / "ocr", progress=False)
     return {"root": root, "paths": paths, "table": table, "texts": texts, "cache": cache}
+
+
+def nudge_trained_parts(model) -> None:
+    """Move every trained part away from its initial value, so an export that dropped one shows."""
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))

@@ -17,6 +17,7 @@ from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.models.clipcap.plan import image_features
 from memecap.models.encoders import build_image_encoder
+from tests.conftest import nudge_trained_parts
 
 MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]  # not any library's default: they must come from the processor
 
@@ -172,10 +173,7 @@ def test_config_accepts_auto_and_checks_packaged_names():
 
 
 def perturb(model):
-    """Move every trained part away from its initial value, so an export that dropped one shows."""
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     return model.eval()
 
 

@@ -10,6 +10,7 @@ from memecap.data.tables import load_split
 from memecap.features import FeatureCache
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
+from tests.conftest import nudge_trained_parts
 
 RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
            "clipcap_qlora_large"]
@@ -111,9 +112,7 @@ def test_generation_strategies(generation, tiny_ruclip_dir, tiny_gpt2_dir, examp
 def test_export_reloads_to_the_same_captions(recipe, features, tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
     cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir, f"model.encoder.features={features}")
     model = build_model(cfg.model, work_dir=tmp_path)
-    with torch.no_grad():  # move every trained part away from its initial value
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     model.eval()
     out = tmp_path / "export"
     model.save_pretrained(out)

@@ -14,7 +14,7 @@ from memecap.models import build_model, load_model
 from memecap.models.clipcap.architectures import GPT2_TARGETS, LLAMA_TARGETS
 from memecap.models.tiny_causal_lm import FAMILIES, save_tiny_causal_lm
 from memecap.plan import GIB, plan_memory
-from tests.conftest import TEST_TINY
+from tests.conftest import TEST_TINY, nudge_trained_parts
 from tests.test_clipcap import make_batch, recipe_with_tiny_bases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,9 +97,7 @@ def test_lora_targets_default_per_architecture_and_the_setting_wins(decoders, ti
 @pytest.mark.parametrize("mode", MODES)
 def test_export_reloads_to_the_same_captions(family, mode, decoders, tiny_ruclip_dir, examples, tmp_path):
     _, model = built(MODES[mode], tiny_ruclip_dir, decoders[family], tmp_path)
-    with torch.no_grad():  # move every trained part away from its initial value
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     model.eval()
     out = tmp_path / "export"
     model.save_pretrained(out)

@@ -14,7 +14,7 @@ from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.prompted import PromptedImages
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.conftest import reset_accelerate, tiny_run_config, nudge_trained_parts
 from tests.test_clipcap import recipe_with_tiny_bases
 
 TEMPLATE = "Текст на картинке: {text}\nОписание: "
@@ -111,9 +111,7 @@ def test_batched_generation_equals_one_by_one(recipe, tiny_ruclip_dir, tiny_gpt2
     """Prompts of different lengths are padded on the left for decoding: a caption must not depend
     on what else is in its batch."""
     model = ocr_model(recipe, tiny_ruclip_dir, tiny_gpt2_dir, tmp_path)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     model.eval()
     images = prompted(model, examples, ["кек", "", "да ладно ну и ну привет мир ой всё"])
     dataset = CaptionEvalSet(images)

@@ -19,7 +19,7 @@ from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.rudolph.model import SPECIAL_OFFSETS, base_model
 from memecap.models.rudolph.compat import import_rudolph
-from tests.conftest import rudolph_overrides
+from tests.conftest import rudolph_overrides, nudge_trained_parts
 
 RECIPES = ["rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -320,9 +320,7 @@ def test_decoding_stops_at_the_end_token(tiny_rudolph, examples, tmp_path):
 def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(overrides, expected_file, tiny_rudolph,
                                                                             examples, tmp_path, monkeypatch):
     model = build(tiny_rudolph, "rudolph_350m", *overrides, work_dir=tmp_path)
-    with torch.no_grad():  # move every trained part away from its initial value
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     model.eval()
     out = tmp_path / "export"
     model.save_pretrained(out, generation=GenerationConfig(strategy="greedy", max_new_tokens=8))

@@ -3,7 +3,6 @@ patterns for subset (the grammar of a stage's `freeze` too), the same for every 
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from memecap.config import ConfigError, GenerationConfig, LoraConfig, load_config
@@ -13,6 +12,7 @@ from memecap.models import build_model, load_model
 from memecap.models.train_modes import apply_train_mode
 from memecap.plan import plan_memory
 from tests.test_clipcap import recipe_with_tiny_bases
+from tests.conftest import nudge_trained_parts
 
 
 def small():
@@ -61,9 +61,7 @@ def test_clipcap_subset_trains_the_named_decoder_layers_exports_and_plans_them(t
     assert "decoder.transformer.h.0.attn.c_attn.weight" not in decoder_trainable
     assert plan_memory(cfg).trainable == sum(p.numel() for p in model.trainable_parameters())
 
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    nudge_trained_parts(model)
     model.eval()
     out = tmp_path / "export"
     model.save_pretrained(out)
