@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 ACCELERATE_SAVE_LOGGER = "accelerate.utils.other"  # where clean_state_dict_for_safetensors warns
 SHARED = re.compile(r"Removed shared tensor \{(.*?)\} while saving")
+BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+OPTIONAL_KERNEL = "Failed to load CPU gemm_4bit_forward"
+GGUF_READER = "transformers.modeling_gguf_pytorch_utils"
 
 
 def _no_bar(factory, args, kwargs):
@@ -24,6 +27,35 @@ class _TiedHeadOnly(logging.Filter):
             return True
         names = [n.strip().strip("'\"") for n in found.group(1).split(",")]
         return not all(n.endswith("lm_head.weight") for n in names)
+
+
+class _NoOptionalKernelNotice(logging.Filter):
+    """bitsandbytes, imported with peft, warns on CPUs with AVX-512 BF16 that an optional faster
+    4-bit kernel (another pip package) is absent; its own CPU path, which memecap tests, is used."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(OPTIONAL_KERNEL)
+
+
+def _install_once(logger_name: str, kind: type) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
+_install_once(BITSANDBYTES_CPU_LOGGER, _NoOptionalKernelNotice)
+
+
+def no_gguf_conversion_bar() -> None:
+    """transformers draws "Converting and de-quantizing GGUF tensors" with its own tqdm (not the
+    hook quiet_weights sets) on every load of a GGUF file; memecap says what it loads itself."""
+    import importlib
+    from functools import partial
+
+    reader = importlib.import_module(GGUF_READER)
+    bar = getattr(reader, "tqdm", None)
+    if bar is not None and not isinstance(bar, partial):
+        reader.tqdm = partial(bar, disable=True)
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 saved with their tokenizers in the published layout, through the same loading path as GPT-2."""
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,16 +137,23 @@ def test_plan_counts_equal_the_built_model(family, decoders, tiny_ruclip_dir, tm
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
-def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples, tmp_path):
+def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples, tmp_path, capfd):
     """model.decoder.gguf_file: the same model written as a GGUF file reads the same tokens, gives
-    the same loss, trains with LoRA on its projections, exports and reloads to the same captions."""
+    the same loss, trains with LoRA on its projections, exports and reloads to the same captions;
+    loading and saving it print nothing of transformers' or PEFT's."""
     from tests.gguf_files import write_gguf
 
     folder = tmp_path / "gguf"
     folder.mkdir()
     write_gguf(decoders[family], folder / "tiny.gguf")
     _, plain = built("clipcap_lora", tiny_ruclip_dir, decoders[family], tmp_path)
-    cfg, model = built("clipcap_lora", tiny_ruclip_dir, folder, tmp_path, "model.decoder.gguf_file=tiny.gguf")
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT's "Could not find a config file" on saving would fail here
+        cfg, model = built("clipcap_lora", tiny_ruclip_dir, folder, tmp_path, "model.decoder.gguf_file=tiny.gguf")
+        model.save_pretrained(tmp_path / "first_export")
+    printed = capfd.readouterr()
+    assert "GGUF" not in printed.err + printed.out
     assert type(model.decoder.get_base_model()) is type(plain.decoder.get_base_model())
     assert adapted_layers(model) == set(LLAMA_TARGETS)
     model.mapper.load_state_dict(plain.mapper.state_dict())
@@ -165,6 +174,18 @@ def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples
     gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
     eval_batch = model.collate([{"image": batch["image"][i]} for i in range(2)])
     assert loaded.generate(eval_batch, gen) == model.generate(eval_batch, gen)
+
+
+def test_bitsandbytes_optional_kernel_notice_is_not_shown_and_other_warnings_are(caplog):
+    """bitsandbytes (imported with peft) warns on AVX-512 BF16 CPUs that an optional kernel package
+    is absent; memecap drops that notice only."""
+    import memecap.quiet as quiet
+
+    logger = logging.getLogger(quiet.BITSANDBYTES_CPU_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=quiet.BITSANDBYTES_CPU_LOGGER):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.")
+        logger.warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]
 
 
 def test_a_missing_gguf_file_is_one_line(decoders, tiny_ruclip_dir, tmp_path):

@@ -13,6 +13,12 @@ from torch import nn
 
 from memecap.config import ConfigError, LoraConfig
 
+# memecap never resizes a base's vocabulary and never trains its embedding matrix, so an adapter
+# never needs a copy of it. PEFT's default ("auto") decides by reading the base's config.json, on
+# the Hub when the base is no local folder: a network call at every save, and a warning for a GGUF
+# base (its folder holds no config.json).
+ADAPTER_ONLY = {"save_embedding_layers": False}
+
 
 def projection_names(model: nn.Module, within: str = "") -> list[str]:
     """Last name parts of the linear layers (GPT-2's Conv1D included) in `model`, or in its module

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from memecap.models.packaged import PackageMissing
+from memecap.quiet import no_gguf_conversion_bar
 
 GGUF_PIP = "gguf==0.19.0"  # pinned in pyproject.toml
 # The one GGUF file memecap knows how to get (recipe clipcap_effnet_gemma_ocr): its missing file says how.
@@ -28,4 +29,5 @@ def gguf_kwargs(name: str, gguf_file: Optional[str]) -> dict:
     if importlib.util.find_spec("gguf") is None:
         raise PackageMissing(f"model.decoder.gguf_file: reading {path} needs the gguf package; "
                              f"install it with: pip install {GGUF_PIP}")
+    no_gguf_conversion_bar()
     return {"gguf_file": gguf_file}

@@ -41,6 +41,7 @@ from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 from memecap.quiet import quiet_weights
 from memecap.untrusted import refuse_model_code
+from memecap.models.lora import ADAPTER_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class ClipCap(nn.Module):
         if self.cfg.encoder.trainable and self.encoder is not None:
             save_file(part("encoder."), str(out_dir / ENCODER_FILE))
         if self.cfg.decoder.mode == "lora":
-            self.decoder.save_pretrained(out_dir / "adapter", state_dict=part("decoder."))
+            self.decoder.save_pretrained(out_dir / "adapter", state_dict=part("decoder."), **ADAPTER_ONLY)
         elif self.cfg.decoder.mode in ("full", "subset"):  # a partly trained decoder is exported whole too
             self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")

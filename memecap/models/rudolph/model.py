@@ -42,6 +42,7 @@ from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last
 from memecap.models.rudolph.weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 from memecap.quiet import quiet_weights
+from memecap.models.lora import ADAPTER_ONLY
 
 WEIGHTS_FILE = "model.safetensors"  # mode=full: every RuDOLPH weight
 SUBSET_FILE = "trained.safetensors"  # mode=subset: only the trained parameters
@@ -264,7 +265,7 @@ class RuDolph(nn.Module):
             trained = {n[len("rudolph."):] for n, p in self.named_parameters() if p.requires_grad}
             save_file({k: v for k, v in weights.items() if k in trained}, str(out_dir / SUBSET_FILE))
         else:
-            self.rudolph.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights)
+            self.rudolph.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, **ADAPTER_ONLY)
         (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
         shutil.copyfile(self.tokenizer_file, out_dir / TOKENIZER_DIR / "bpe.model")
         r = self.cfg.rudolph

@@ -29,6 +29,7 @@ from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, cha
                                      image_token_texts, mm_token_types)
 from memecap.models.vlm.template import ChatTemplate
 from memecap.quiet import quiet_weights
+from memecap.models.lora import ADAPTER_ONLY
 
 # bitsandbytes' quantization state of a frozen k-bit weight, which Accelerate's checkpoint holds beside the
 # packed weight and plain `load_state_dict` cannot take back (transformers reads it only in from_pretrained).
@@ -275,7 +276,7 @@ class Vlm(nn.Module):
                    if k.startswith("model.")}
         v = self.cfg.vlm
         if v.mode == "lora":
-            self.model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, safe_serialization=True)
+            self.model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, safe_serialization=True, **ADAPTER_ONLY)
         else:
             self.model.save_pretrained(out_dir / MODEL_DIR, state_dict=weights, safe_serialization=True)
         processor = out_dir / PROCESSOR_DIR
