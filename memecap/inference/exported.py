@@ -125,6 +125,14 @@ def caption_paths(model, paths: Sequence, generation: GenerationConfig, *, devic
     """Captions for each image (a path or a PIL image): `num_return_sequences` strings per image."""
     model.to(device).eval()
     images = model.image_inputs(list(paths), cache_dir=cache_dir, device=device, progress=progress)
+    return caption_items(model, images, generation, device=device, batch_size=batch_size, progress=progress)
+
+
+@torch.no_grad()
+def caption_items(model, images, generation: GenerationConfig, *, device: torch.device, batch_size: int = 32,
+                  progress: bool = True) -> list[list[str]]:
+    """Captions for what the model reads per image (its `image_inputs`)."""
+    model.to(device).eval()
     dataset = CaptionEvalSet(images)
     out: list[list[str]] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="captioning", disable=not progress, unit="batch"):
