@@ -5,13 +5,18 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import memecap
 from memecap.config import OcrConfig
 from memecap.data.fingerprint import image_digest
+from memecap.ocr import run as ocr_run
 from memecap.ocr import LineEngine, OcrUnavailable, TesseractEngine, Word, clean_text, read_texts, read_words
 from tests.ocr_images import IMAGES, MAX_CER, cer
 
@@ -95,6 +100,31 @@ def test_engine_by_dotted_path_runs_once_per_image(text_images, tmp_path):
     assert plugged.calls == 3
     with pytest.raises(ValueError, match="known engines are detect_tesseract, tesseract"):
         read_texts(text_images["paths"], OcrConfig(engine="easyocr"), progress=False)
+
+
+class StuckInWorkersEngine(CountingEngine):
+    """Reads in the command's own process; in a pool worker it blocks for good, as a worker
+    forked while another thread of the command held a lock does."""
+
+    def read(self, image):
+        if os.getpid() != int(os.environ["MEMECAP_TEST_COMMAND_PID"]):
+            threading.Event().wait()
+        return super().read(image)
+
+
+def test_a_stuck_pool_is_ended_and_its_images_read_here(text_images, monkeypatch, capsys):
+    monkeypatch.setenv("MEMECAP_TEST_COMMAND_PID", str(os.getpid()))
+    monkeypatch.setattr(ocr_run, "STALL_SECONDS", 3.0)
+    cfg = OcrConfig(engine="tests.test_ocr.StuckInWorkersEngine", workers=2)
+    before = set(psutil.Process().children(recursive=True))
+    started = time.monotonic()
+    texts = read_texts(text_images["paths"], cfg, progress=False)
+    assert texts == ["ширина760", "ширина560", "ширина760"]
+    assert time.monotonic() - started < 60
+    assert ("the OCR workers read nothing for 3 s; reading the 3 image(s) left in this process"
+            in capsys.readouterr().err)
+    stuck = set(psutil.Process().children(recursive=True)) - before
+    assert not [w for w in stuck if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_damaged_cache_entries_are_read_again_and_said_once(text_images, tmp_path, caplog):

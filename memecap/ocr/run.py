@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -84,17 +84,42 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
                                        initargs=(os.getpid(),))
             try:
                 futures = {pool.submit(_read_one, cfg.engine, languages, source(i)): i for i in todo}
-                for future in as_completed(futures):
+                for future in _as_completed_or_stalled(futures):
                     done(futures[future], future.result())
             except BaseException:
                 _end_workers(pool)
                 raise
-            pool.shutdown()
+            stalled = [i for future, i in futures.items() if not future.done()]
+            if stalled:
+                _end_workers(pool)
+                print(f"memecap: the OCR workers read nothing for {STALL_SECONDS:.0f} s; reading the "
+                      f"{len(stalled)} image(s) left in this process", file=sys.stderr, flush=True)
+                for i in stalled:
+                    done(i, _read_one(cfg.engine, languages, source(i)))
+            else:
+                pool.shutdown()
     finally:
         bar.close()
     if cache is not None:
         cache.damaged.report()
     return out, cache
+
+
+# An image takes seconds (a huge one under a minute). A pool that finishes none for this long is
+# stuck: a forked worker can wait forever on a lock or thread pool another thread of this process
+# held at the fork (once seen: a test run hung for ten minutes on its third image).
+STALL_SECONDS = 180.0
+
+
+def _as_completed_or_stalled(futures):
+    """The futures as they finish; stops early, leaving some unfinished, when none finishes for
+    STALL_SECONDS."""
+    pending = set(futures)
+    while pending:
+        finished, pending = wait(pending, timeout=STALL_SECONDS, return_when=FIRST_COMPLETED)
+        if not finished:
+            return
+        yield from finished
 
 
 def _start_worker(parent: int) -> None:
