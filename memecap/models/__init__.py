@@ -1,7 +1,7 @@
 """Model families, looked up by `model.family`: one line each in `FAMILIES`.
 
 A family is a module (a package under memecap/models/, or one file) that offers
-    build(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]) -> a `protocol.Captioner`
+    build(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]) -> a `protocol.TrainableModel` (a baseline: a `protocol.CaptioningModel`)
     load(folder: Path, with_encoder: bool = True) -> the model an export folder holds
     plan_memory(cfg: Config, **settings) -> memory_plan.Plan     (optional: what `memecap plan` estimates)
 and names the sections of `model` it reads (memecap/config refuses the others). Nothing here
@@ -14,9 +14,12 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from memecap.quiet import quiet_weights
+
+if TYPE_CHECKING:  # the protocols import torch; checking a config must not
+    from memecap.models.protocol import CaptioningModel
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def family_module(name: str) -> ModuleType:
 
 
 @quiet_weights()
-def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
+def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()) -> "CaptioningModel":
     """A fresh model of `cfg.family` (`cfg`: the run's ModelConfig; memecap/config imports this
     module for FAMILIES, so it is not imported back here)."""
     from memecap.models.kbit import keep_loaded_kbit_state
@@ -56,7 +59,7 @@ def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()):
 
 
 @quiet_weights()
-def load_model(folder: Path, with_encoder: bool = True):
+def load_model(folder: Path, with_encoder: bool = True) -> "CaptioningModel":
     """A model exported by `save_pretrained`, whatever its family."""
     from memecap.models.export import read_export_config
 

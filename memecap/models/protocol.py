@@ -1,7 +1,10 @@
 """What every model family offers: the one interface the loop, inference, plan and publishing use.
 
-A family is a folder under memecap/models/ whose model class satisfies `Captioner`, and one line
-in `FAMILIES` (memecap/models/__init__.py). Nothing outside the family asks which family it is.
+A family is a folder under memecap/models/ whose model class satisfies `CaptioningModel` (what
+inference, evaluation and publishing use) and, unless it is a baseline with nothing to train,
+`TrainableModel` (what the loop adds), and one line in `FAMILIES` (memecap/models/__init__.py).
+Nothing outside the family asks which family it is; tests/test_protocol.py holds every family to
+both, names and parameters.
 
 The loss contract: `forward(batch)` returns `{"loss": scalar, "num_tokens": scalar}`, where `loss`
 is a mean per scored caption token and `num_tokens` is how many caption tokens were scored in the
@@ -21,8 +24,29 @@ from memecap.config import GenerationConfig
 
 
 @runtime_checkable
-class Captioner(Protocol):
-    """The methods and attributes memecap's generic code uses on a model."""
+class CaptioningModel(Protocol):
+    """What captioning, scoring and exporting use on a model (an export loaded back, a baseline)."""
+
+    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
+                     desc: str = "images") -> Sequence:
+        """What the model reads for each image (cached features or pixels), indexable per image."""
+
+    def collate(self, items: list[dict]) -> dict:
+        """Items `{"image": ..., "input_ids": [...]}` (or `{"image": ..., "index": i}`) -> a batch."""
+
+    def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
+        """`generation.num_return_sequences` captions per image of the batch, best first.
+        `synced_gpus`: under ZeRO-3 every rank keeps running forward passes until all are done."""
+
+    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
+                        state_dict: Optional[dict] = None) -> None:
+        """Write an export: the trained parts as safetensors and `memecap.yaml` (family, model
+        config, generation, bases, file manifest). `state_dict`: consolidated weights under ZeRO-3."""
+
+
+@runtime_checkable
+class TrainableModel(CaptioningModel, Protocol):
+    """What the training loop adds: captions as token ids, the loss, the parameters to update."""
 
     eos_id: int  # the end-of-caption token id (captions are cut there)
     pad_id: int  # the id collate pads caption ids with (never scored)
@@ -35,24 +59,8 @@ class Captioner(Protocol):
         """Caption token ids, the end token last, at most `max_tokens` (and the family's own
         limit); `truncate=False` raises `CaptionTooLong` instead of cutting."""
 
-    def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
-                     desc: str = "images") -> Sequence:
-        """What the model reads for each image (cached features or pixels), indexable per image."""
-
-    def collate(self, items: list[dict]) -> dict:
-        """Items `{"image": ..., "input_ids": [...]}` (or `{"image": ..., "index": i}`) -> a batch."""
-
     def forward(self, batch: dict) -> dict:
         """`{"loss", "num_tokens"}` as in the module docstring."""
 
-    def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
-        """`generation.num_return_sequences` captions per image of the batch, best first.
-        `synced_gpus`: under ZeRO-3 every rank keeps running forward passes until all are done."""
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimizer updates (empty for baselines)."""
-
-    def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,
-                        state_dict: Optional[dict] = None) -> None:
-        """Write an export: the trained parts as safetensors and `memecap.yaml` (family, model
-        config, generation, bases, file manifest). `state_dict`: consolidated weights under ZeRO-3."""
+        """What the optimizer updates."""
