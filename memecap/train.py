@@ -6,7 +6,7 @@
 
 Setup -> fail-fast checks -> train (accumulation, clipping, schedule) -> evaluate every N steps
 -> checkpoint atomically -> export the best model. Nothing here depends on the model family:
-models follow the protocol in memecap/models/__init__.py. Setup lives in run_setup.py, the
+models follow the protocol in memecap/models/protocol.py. Setup lives in run_setup.py, the
 validation pass and exports in validation_pass.py, when to evaluate and save in schedule.py.
 """
 from __future__ import annotations

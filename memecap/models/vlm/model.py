@@ -31,8 +31,6 @@ from memecap.models.vlm.template import ChatTemplate
 from memecap.quiet import quiet_weights
 from memecap.models.lora import ADAPTER_ONLY
 
-# bitsandbytes' quantization state of a frozen k-bit weight, which Accelerate's checkpoint holds beside the
-# packed weight and plain `load_state_dict` cannot take back (transformers reads it only in from_pretrained).
 ADAPTER_DIR = "adapter"  # mode=lora: the PEFT adapter (safetensors)
 MODEL_DIR = "model"  # mode=full: every weight (safetensors) and the model's config
 PROCESSOR_DIR = "processor"  # tokenizer, image processor settings (the image budget) and chat template
