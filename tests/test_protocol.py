@@ -104,3 +104,22 @@ def test_a_checkpoint_with_a_tied_output_layer_exports(tiny_lora_run, tmp_path):
     shutil.copytree(tiny_lora_run, run, ignore=shutil.ignore_patterns("export"))
     export = resolve_export(list_checkpoints(run)[-1])
     assert (export / "memecap.yaml").is_file() and (export / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_loading_an_export_shows_the_user_no_library_warning():
+    """Warnings Python shows by default (not DeprecationWarning): PEFT reading transformers'
+    deprecated `is_gradient_checkpointing` printed a FutureWarning at every adapter load."""
+    import warnings
+
+    from memecap.models import load_model
+    from tests.data.make_pinned import EXPORTS, RUNS
+
+    with_adapter = [f for f in RUNS if any((EXPORTS / f).glob("**/adapter_config.json"))]
+    assert with_adapter, "no pinned export holds an adapter"
+    for family in RUNS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_model(EXPORTS / family)
+        shown = [f"{w.category.__name__}: {w.message}" for w in caught
+                 if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+        assert shown == [], family

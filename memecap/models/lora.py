@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional, Sequence
 
 from torch import nn
@@ -42,6 +43,14 @@ def quiet_peft():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
+    """`base` with the PEFT adapter saved in `folder` (an export's; frozen for inference)."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        return PeftModel.from_pretrained(base, folder)
 
 
 def add_lora(model: nn.Module, lora: LoraConfig, *, key: str, within: str = "",

@@ -41,7 +41,7 @@ from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
 from memecap.quiet import quiet_weights
 from memecap.untrusted import refuse_model_code
-from memecap.models.lora import ADAPTER_ONLY
+from memecap.models.lora import ADAPTER_ONLY, load_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -325,9 +325,7 @@ class ClipCap(nn.Module):
         if (folder / ENCODER_FILE).is_file() and model.encoder is not None:
             model.encoder.load_state_dict(load_file(str(folder / ENCODER_FILE)))
         if (folder / "adapter").is_dir():
-            from peft import PeftModel
-
-            model.decoder = PeftModel.from_pretrained(model.decoder, folder / "adapter")
+            model.decoder = load_adapter(model.decoder, folder / "adapter")
         model.requires_grad_(False)
         return model.eval()
 

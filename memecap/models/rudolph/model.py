@@ -42,7 +42,7 @@ from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last
 from memecap.models.rudolph.weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 from memecap.quiet import quiet_weights
-from memecap.models.lora import ADAPTER_ONLY
+from memecap.models.lora import ADAPTER_ONLY, load_adapter
 
 WEIGHTS_FILE = "model.safetensors"  # mode=full: every RuDOLPH weight
 SUBSET_FILE = "trained.safetensors"  # mode=subset: only the trained parameters
@@ -295,9 +295,7 @@ class RuDolph(nn.Module):
             if unexpected:
                 raise KeyError(f"{folder / SUBSET_FILE} holds tensors RuDOLPH does not have: {unexpected[:5]}")
         elif (folder / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
-            model.rudolph = PeftModel.from_pretrained(base, folder / ADAPTER_DIR)
+            model.rudolph = load_adapter(base, folder / ADAPTER_DIR)
         model.requires_grad_(False)
         return model.eval()
 

@@ -29,7 +29,7 @@ from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, cha
                                      image_token_texts, mm_token_types)
 from memecap.models.vlm.template import ChatTemplate
 from memecap.quiet import quiet_weights
-from memecap.models.lora import ADAPTER_ONLY
+from memecap.models.lora import ADAPTER_ONLY, load_adapter
 
 ADAPTER_DIR = "adapter"  # mode=lora: the PEFT adapter (safetensors)
 MODEL_DIR = "model"  # mode=full: every weight (safetensors) and the model's config
@@ -296,7 +296,6 @@ class Vlm(nn.Module):
         """The base from the Hub id + revision the export names (or the export's own whole model),
         its processing settings from the export, then the adapter. (`with_encoder` is accepted for
         the protocol: the vision tower is part of the model.)"""
-        from memecap.models.lora import quiet_peft
         from memecap.models.vlm.loading import load_base, load_processing, load_processor
 
         folder = Path(folder)
@@ -310,10 +309,7 @@ class Vlm(nn.Module):
         if processor is not None:
             tokenizer, image_processor = processor.tokenizer, processor.image_processor
         if (folder / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
-            with quiet_peft():
-                model = PeftModel.from_pretrained(model, folder / ADAPTER_DIR)
+            model = load_adapter(model, folder / ADAPTER_DIR)
         vlm = cls(cfg, model, tokenizer, image_processor, template, processor)
         vlm.requires_grad_(False)
         return vlm.eval()
