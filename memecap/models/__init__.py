@@ -1,7 +1,8 @@
 """Model families, looked up by `model.family`: one line each in `FAMILIES`.
 
 A family is a module (a package under memecap/models/, or one file) that offers
-    build(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str]) -> a `protocol.TrainableModel` (a baseline: a `protocol.CaptioningModel`)
+    build(cfg: ModelConfig, *, work_dir: Path, train_texts: Sequence[str])
+        -> a `protocol.TrainableModel` (a baseline: a `protocol.CaptioningModel`)
     load(folder: Path, with_encoder: bool = True) -> the model an export folder holds
     plan_memory(cfg: Config, **settings) -> memory_plan.Plan     (optional: what `memecap plan` estimates)
 and names the sections of `model` it reads (memecap/config refuses the others). Nothing here
