@@ -107,7 +107,7 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
 
 # An image takes seconds (a huge one under a minute). A pool that finishes none for this long is
 # stuck: a forked worker can wait forever on a lock or thread pool another thread of this process
-# held at the fork (once seen: a test run hung for ten minutes on its third image).
+# held at the fork (once seen: a CI test of three images hung for ten minutes).
 STALL_SECONDS = 180.0
 
 
