@@ -51,3 +51,6 @@ class DecoderConfig:
         if self.gguf_file and self.quantization != "none":
             raise ConfigError("model.decoder.gguf_file: a GGUF file loads dequantized to float; "
                               "set model.decoder.quantization=none")
+
+
+SECTIONS = {"mapper": MapperConfig, "decoder": DecoderConfig}  # ClipCap's own sections of `model` (FAMILIES)

@@ -30,3 +30,15 @@ class LstmConfig:
         dropout_probability("model.lstm.dropout", self.dropout)
         at_least("model.lstm.attention_dim", self.attention_dim, 1)
         at_least("model.lstm.max_vocab", self.max_vocab, 1, optional=True)
+
+
+SECTIONS = {"lstm": LstmConfig}  # the LSTM baselines' own section of `model` (FAMILIES)
+FOREIGN_SECTION_HINTS = {"ocr": "the LSTM baselines do not read OCR text; use a ClipCap or RuDOLPH recipe "
+                                "(e.g. clipcap_ocr_lora)"}
+
+
+def check_model(model) -> None:
+    """Rules between the LSTM's section and the shared encoder (`model`: the whole ModelConfig)."""
+    if model.lstm.attention and model.encoder.features != "patches":
+        raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
+                          "set model.encoder.features=patches")

@@ -50,3 +50,9 @@ class RudolphConfig:
         w = self.loss_weights
         if min(w.left_text, w.image, w.right_text) < 0 or w.left_text + w.image + w.right_text <= 0:
             raise ConfigError("model.rudolph.loss_weights must be >= 0 with a positive sum")
+
+
+SECTIONS = {"rudolph": RudolphConfig}  # RuDOLPH's own section of `model` (FAMILIES)
+# Set under model.encoder before RuDOLPH had its own section, and still read there.
+MOVED_KEYS = {"encoder.resize_mode": "rudolph.resize_mode"}
+WITHOUT_BEAM_SEARCH = "RuDOLPH decodes with greedy or sample (top-k/top-p)"

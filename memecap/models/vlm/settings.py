@@ -62,3 +62,6 @@ class VlmConfig:
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ConfigError("model.vlm.min_pixels must be <= model.vlm.max_pixels")
         at_least("model.vlm.longest_edge", self.longest_edge, 1, optional=True)
+
+
+SECTIONS = {"vlm": VlmConfig}  # the family's own section of `model` (FAMILIES)
