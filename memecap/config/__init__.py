@@ -6,7 +6,8 @@ Unknown keys and values of the wrong type raise with the dotted key's name, so a
 recipe never silently trains the default; a family's model reads only its own sections
 (families.py). Cross-field rules live in `__post_init__`.
 
-    sections.py   the shared sections and `Config`    (a family's own: memecap/models/<family>/settings.py)
+    sections.py   the shared sections, `ModelConfig` (built from memecap.models.FAMILIES) and `Config`
+                  (a family's own sections: memecap/models/<family>/settings.py)
     families.py   which sections each family reads; keys that moved; older saved configs
     binding.py    mappings -> dataclasses, errors naming the key
     files.py      recipes, overrides, saved configs

@@ -1,20 +1,20 @@
-"""Which sections of `model` a family reads (memecap/models/__init__.py's FAMILIES), the keys that
-moved into a family's own section, and the old configs that still read."""
+"""Which sections of `model` a family reads, the keys that moved into a family's own section (both
+as memecap/models/__init__.py's FAMILIES says), and the old configs that still read."""
 from __future__ import annotations
 
 from memecap.config_checks import ConfigError
-from memecap.models import FAMILIES
+from memecap.models import DEFAULT_FAMILY, FAMILIES
 
 # The sections of `model` each family reads. Setting any other is an error naming the key, and
 # the resolved, saved and exported configs hold only these (`family` itself is always there).
 FAMILY_SECTIONS = {name: family.sections for name, family in FAMILIES.items()}
 _ANY_FAMILYS = set().union(*FAMILY_SECTIONS.values())  # other keys are typos, which binding names
 # What to do instead, for a section a family does not read that users reach for.
-FOREIGN_SECTION_HINTS = {("lstm", "ocr"): "the LSTM baselines do not read OCR text; use a ClipCap or RuDOLPH "
-                                           "recipe (e.g. clipcap_ocr_lora)"}
+FOREIGN_SECTION_HINTS = {(name, section): hint for name, family in FAMILIES.items()
+                         for section, hint in family.foreign_section_hints.items()}
 
 # Keys that moved into a family's own section: family -> {old key under model: new key under model}.
-MOVED_KEYS = {"rudolph": {"encoder.resize_mode": "rudolph.resize_mode"}}
+MOVED_KEYS = {name: family.moved_keys for name, family in FAMILIES.items() if family.moved_keys}
 
 
 def move_keys(model: dict, family: str, *, strict: bool = False) -> dict:
@@ -45,7 +45,7 @@ def family_model_values(model: dict, *, saved: bool = False, where: str = "model
     """A `model` mapping as its family reads it: moved keys at their new place, and other families'
     sections refused (a recipe, an override) or dropped (`saved`: a config or export written by a
     memecap that saved every family's sections, none of which the family ever read)."""
-    family = model.get("family", "clipcap")
+    family = model.get("family", DEFAULT_FAMILY)
     if family not in FAMILY_SECTIONS:
         raise ConfigError(f"{where}.family={family!r}: must be one of {', '.join(FAMILY_SECTIONS)}")
     model = move_keys(model, family, strict=not saved)

@@ -12,6 +12,7 @@ from memecap.config.binding import bind
 from memecap.config_checks import ConfigError
 from memecap.config.families import FAMILY_SECTIONS, family_model_values, move_keys
 from memecap.config.sections import Config, ModelConfig
+from memecap.models import DEFAULT_FAMILY
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 
@@ -113,7 +114,7 @@ def model_config_from_export(model: dict) -> "ModelConfig":
 def load_config(recipe: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
     """Recipe (name or YAML path, may `extends:` another) + dotted overrides -> validated Config."""
     layers = (_recipe_layers(resolve_recipe_path(recipe)) if recipe else []) + [parse_overrides(overrides or [])]
-    family = "clipcap"
+    family = DEFAULT_FAMILY
     for layer in layers:
         model = layer.get("model")
         family = model.get("family", family) if isinstance(model, dict) else family

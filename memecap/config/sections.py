@@ -1,16 +1,13 @@
-"""The sections of a run's config that every family shares, and the whole `Config`."""
+"""The sections of a run's config that every family shares, `ModelConfig` (built from the families'
+registry) and the whole `Config`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, make_dataclass
+from typing import Mapping, Optional
 
 from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, list_of, one_of, seed
-from memecap.config.families import FAMILY_SECTIONS
-from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
-from memecap.models.lstm.settings import LstmConfig
+from memecap.models import DEFAULT_FAMILY, FAMILIES, Family
 from memecap.models.packaged import check_packaged_encoder, is_package_name
-from memecap.models.rudolph.settings import RudolphConfig
-from memecap.models.vlm.settings import VlmConfig
 
 
 @dataclass
@@ -141,28 +138,54 @@ class OcrConfig:
                               f"known: {', '.join(OCR_CLEANING_RULES)}")
 
 
-@dataclass
-class ModelConfig:
-    """One section per family plus shared ones; FAMILY_SECTIONS says which a family reads."""
+# The sections of `model` that any family may read (FAMILIES says which it does); a family's own
+# sections are in its settings module.
+SHARED_SECTIONS = {"encoder": EncoderConfig, "tiny": TinyConfig, "ocr": OcrConfig}
 
-    family: str = "clipcap"  # key of memecap.models.FAMILIES: clipcap | rudolph | lstm | vlm | ocr_template (a baseline, nothing to train)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # clipcap's and lstm's image encoder
-    mapper: MapperConfig = field(default_factory=MapperConfig)  # clipcap only
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # clipcap only
-    rudolph: RudolphConfig = field(default_factory=RudolphConfig)  # rudolph only
-    lstm: LstmConfig = field(default_factory=LstmConfig)  # lstm only
-    tiny: TinyConfig = field(default_factory=TinyConfig)
-    ocr: OcrConfig = field(default_factory=OcrConfig)  # clipcap (prompt), rudolph (left text), vlm (instruction) and ocr_template
-    vlm: VlmConfig = field(default_factory=VlmConfig)  # vlm only (memecap/models/vlm/)
 
+def model_config_class(families: Mapping[str, Family]) -> type:
+    """The `model` dataclass for a registry of families: `family`, the shared sections and every
+    family's own (its settings module's SECTIONS), so that a new family edits nothing here. A plain
+    dataclass that binding, `to_dict` and YAML treat as any other; its fields keep the order saved
+    configs have had: the image encoder, the families' own sections, then tiny and ocr."""
+    own: dict = {}
+    for name, family in families.items():
+        for section, settings in family.own_sections.items():
+            if section in own or section in SHARED_SECTIONS or section == "family":
+                raise ValueError(f"FAMILIES[{name!r}]: model.{section} is defined twice")
+            own[section] = settings
+        if set(family.sections) != set(family.sections) & set(SHARED_SECTIONS) | set(family.own_sections):
+            raise ValueError(f"FAMILIES[{name!r}].sections={family.sections}: the shared sections it reads "
+                             f"({', '.join(SHARED_SECTIONS)}) and all of its own ({', '.join(family.own_sections)})")
+    sections = {"encoder": EncoderConfig, **own, "tiny": TinyConfig, "ocr": OcrConfig}
+    fields = [("family", str, field(default=DEFAULT_FAMILY)),
+              *((name, settings, field(default_factory=settings)) for name, settings in sections.items())]
+    cls = make_dataclass("ModelConfig", fields, namespace={
+        "__doc__": "One section per family plus shared ones; FAMILY_SECTIONS says which a family reads.",
+        "__post_init__": _model_checks(families)})
+    cls.__module__ = __name__  # where pickle and binding's type hints look for it
+    return cls
+
+
+def _model_checks(families: Mapping[str, Family]):
+    """ModelConfig's __post_init__: a known family, no OCR switched on for one that does not read it,
+    and the family's own cross-field rules (its settings module's check_model)."""
     def __post_init__(self) -> None:
-        one_of("model.family", self.family, tuple(FAMILY_SECTIONS))
-        if self.family == "lstm" and self.ocr.enabled:
-            raise ConfigError("model.ocr.enabled=true: the LSTM baselines do not read OCR text; "
-                              "use a ClipCap or RuDOLPH recipe (e.g. clipcap_ocr_lora), or set model.ocr.enabled=false")
-        if self.family == "lstm" and self.lstm.attention and self.encoder.features != "patches":
-            raise ConfigError("model.lstm.attention=true attends over the spatial grid: "
-                              "set model.encoder.features=patches")
+        one_of("model.family", self.family, tuple(families))
+        family = families[self.family]
+        if self.ocr.enabled and not family.reads_ocr:
+            hint = family.foreign_section_hints.get("ocr", f"model.family={self.family} does not read OCR text")
+            raise ConfigError(f"model.ocr.enabled=true: {hint}, or set model.ocr.enabled=false")
+        if family.check_model is not None:
+            family.check_model(self)
+    return __post_init__
+
+
+ModelConfig = model_config_class(FAMILIES)
+
+
+def _either(names: list) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass
@@ -333,22 +356,24 @@ class Config:
                               "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
         # Only a config that trains is checked: an export's decoding settings are read alone, and
         # generate() itself refuses to copy without OCR text.
+        name, family = self.model.family, FAMILIES[self.model.family]
         copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
-        if copies and not (self.model.ocr.enabled and self.model.family in ("clipcap", "rudolph", "vlm")):
+        if copies and not (self.model.ocr.enabled and family.reads_ocr and not family.baseline):
+            quoting = [n for n, f in FAMILIES.items() if f.reads_ocr and not f.baseline]
             raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
-                              "on a clipcap, rudolph or vlm model")
+                              f"on a {_either(quoting)} model")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
             return
         if not self.data.train:
             return  # a config used only for inference needs no data
-        if self.model.family == "ocr_template":
-            raise ConfigError("model.family=ocr_template is a baseline with nothing to train; "
-                              "score it with: memecap eval ocr_template --data TABLE")
-        if self.model.family == "rudolph" and self.generation.strategy == "beam":
-            raise ConfigError("generation.strategy=beam: RuDOLPH decodes with greedy or sample (top-k/top-p); "
-                              "set generation.strategy=greedy or sample")
+        if family.baseline:
+            raise ConfigError(f"model.family={name} is a baseline with nothing to train; "
+                              f"score it with: memecap eval {name} --data TABLE")
+        if not family.beam_search and self.generation.strategy == "beam":
+            reason = family.without_beam_search or f"model.family={name} has no beam search"
+            raise ConfigError(f"generation.strategy=beam: {reason}; set generation.strategy=greedy or sample")
         if (self.data.train == "synthetic") != (self.data.val == "synthetic"):
             raise ConfigError("data.train and data.val must both be 'synthetic' or both be real tables")
         if not self.data.val:

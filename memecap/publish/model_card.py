@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from memecap.models import DEFAULT_FAMILY
 from memecap.models.export import BUNDLED_DIR, HUB_ID
 
 METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR",
@@ -54,7 +55,7 @@ def has_adapter(meta: dict) -> bool:
 
 def model_card(meta: dict, evaluation: Optional[dict], files: Sequence[tuple[str, int]], *, repo_id: str,
                license: str, datasets: Sequence[str] = ()) -> str:
-    family = meta.get("family", "clipcap")
+    family = meta.get("family", DEFAULT_FAMILY)
     header = {"language": ["ru"], "license": license, "library_name": "memecap", "pipeline_tag": "image-to-text",
               "tags": ["memecap", "image-captioning", "memes", family] + (["lora", "peft"] if has_adapter(meta) else [])}
     if hub_bases(meta):
