@@ -128,7 +128,7 @@ def test_clipcap_without_ocr_cannot_copy(tiny_ruclip_dir, tiny_gpt2_dir, example
 
 
 def steer_rudolph_to(model, token: int) -> None:
-    from memecap.models.rudolph.model import base_model
+    from memecap.models.lora import base_model
 
     with torch.no_grad():
         base_model(model.rudolph).to_logits[1].bias[token] += 1e4

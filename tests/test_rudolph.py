@@ -17,7 +17,8 @@ from memecap.data.captions import CaptionTooLong, encode_captions
 from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.rudolph.model import SPECIAL_OFFSETS, base_model
+from memecap.models.lora import base_model
+from memecap.models.rudolph.model import SPECIAL_OFFSETS
 from memecap.models.rudolph.compat import import_rudolph
 from tests.conftest import rudolph_overrides, nudge_trained_parts
 

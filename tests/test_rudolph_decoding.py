@@ -10,7 +10,8 @@ from memecap.data.tables import load_split
 from memecap.generation import logits_processors
 from memecap.models import build_model
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.rudolph.model import BOS, EOS, PAD, UNK, base_model
+from memecap.models.lora import base_model
+from memecap.models.rudolph.model import BOS, EOS, PAD, UNK
 from memecap.models.rudolph.compat import last_position_logits
 from tests.conftest import rudolph_overrides
 

@@ -1,4 +1,4 @@
-"""Image encoders for ClipCap: a frozen CLIP-like vision tower -> one embedding per image.
+"""Image encoders for ClipCap and the LSTM: a frozen CLIP-like vision tower -> one embedding per image.
 
     encoder = build_image_encoder("ruclip", "ai-forever/ruclip-vit-base-patch32-384")
     embeds = encoder(pixel_values)  # [B, 3, S, S] normalised with encoder.mean/std -> [B, embed_dim]
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -26,8 +26,12 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from memecap.data.images import ImageTransform
 from memecap.models.ruclip_weights import load_ruclip_vision, ruclip_normalisation
 from memecap.untrusted import refuse_model_code
+
+if TYPE_CHECKING:
+    from memecap.config import EncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +243,8 @@ def build_image_encoder(
         return build_auto(name, revision=revision, dtype=dtype, features=features)
     encoder = ENCODERS[kind](name, revision=revision, dtype=dtype)
     return encoder.use_patches() if features == "patches" else encoder
+
+
+def encoder_transform(encoder: ImageEncoder, cfg: EncoderConfig) -> ImageTransform:
+    """The pixels `encoder` reads: its input size and normalisation, resized as `cfg` says."""
+    return ImageTransform(encoder.image_size, tuple(encoder.mean), tuple(encoder.std), resize_mode=cfg.resize_mode)

@@ -45,6 +45,11 @@ def quiet_peft():
         yield
 
 
+def base_model(module: nn.Module) -> nn.Module:
+    """The model inside a PEFT wrapper (or the module itself, when it has no adapters)."""
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
 def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
     """`base` with the PEFT adapter saved in `folder` (an export's; frozen for inference)."""
     from peft import PeftModel

@@ -18,18 +18,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-from memecap.config import EncoderConfig, GenerationConfig, ModelConfig, model_config_from_export, to_dict
-from memecap.data.captions import CaptionTooLong
+from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.datasets import LazyPixels
 from memecap.data.images import ImageTransform
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
-from memecap.models.encoders import build_image_encoder
+from memecap.models.encoders import build_image_encoder, encoder_transform
+from memecap.models.family_parts import QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
@@ -47,10 +46,6 @@ logger = logging.getLogger(__name__)
 
 MAPPER_FILE = "mapper.safetensors"
 ENCODER_FILE = "encoder.safetensors"
-
-
-def encoder_transform(encoder, cfg: EncoderConfig) -> ImageTransform:
-    return ImageTransform(encoder.image_size, tuple(encoder.mean), tuple(encoder.std), resize_mode=cfg.resize_mode)
 
 
 def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
@@ -146,7 +141,7 @@ class ClipCap(nn.Module):
         self.frozen_encoder = FrozenEncoder(frozen, transform, variant=frozen.output_key) if frozen is not None else None
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._openers: Optional[dict] = None  # generation.quote=copy: tokens ending with an opening quote mark
+        self._quotes = QuoteCopying()
 
     @property
     def config(self):
@@ -158,9 +153,7 @@ class ClipCap(nn.Module):
         """Token ids of a caption, cut to `max_tokens` with the end-of-text token always last
         (or CaptionTooLong when `truncate` is false and it does not fit)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not truncate and len(ids) + 1 > max_tokens:
-            raise CaptionTooLong(len(ids) + 1, max_tokens)
-        return ids[: max_tokens - 1] + [self.eos_id]
+        return ended_caption(ids, self.eos_id, max_tokens, truncate)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of the OCR prompt: the template around the text, the text cut to `max_tokens`.
@@ -239,12 +232,7 @@ class ClipCap(nn.Module):
                                      device=inputs.device), batch["attention_mask"]], dim=1)
         logits = self.decoder(inputs_embeds=inputs, attention_mask=mask).logits
         # Position P-1+t predicts caption token t: the last prefix slot predicts the first word.
-        pred = logits[:, prefix.shape[1] - 1:-1].float()
-        labels = batch["labels"]
-        num_tokens = (labels != -100).sum()
-        loss_sum = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-        return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+        return caption_loss(logits[:, prefix.shape[1] - 1:-1], batch["labels"])
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
@@ -263,19 +251,14 @@ class ClipCap(nn.Module):
             warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
             ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus, **kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        k = generation.num_return_sequences
-        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+        return per_image(texts, generation.num_return_sequences)
 
     def quote_processor(self, texts: Sequence[str]):
         """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py)."""
-        from memecap.quote_copy import opening_tokens, quote_processor
-
-        if self._openers is None:  # one pass over the vocabulary per model
-            self._openers = opening_tokens(len(self.tokenizer), lambda i: self.tokenizer.decode([i]))
-        return quote_processor(texts, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"], self._openers)
+        return self._quotes.with_tokenizer(self.tokenizer, texts)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return parameters_that_train(self)
 
     # -- save / load ------------------------------------------------------------------------
     @quiet_weights()

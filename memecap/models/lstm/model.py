@@ -19,12 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
-from memecap.data.captions import CaptionTooLong
 from memecap.models.frozen import FrozenEncoder
-from memecap.models.clipcap.model import encoder_transform
 from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
-from memecap.models.encoders import build_image_encoder
+from memecap.models.encoders import build_image_encoder, encoder_transform
+from memecap.models.family_parts import caption_loss, ended_caption, parameters_that_train
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.lstm.navec import read_navec
 from memecap.models.lstm.step_decoding import decode
@@ -84,10 +83,7 @@ class LstmCaptioner(nn.Module):
     def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
         """Word ids, cut to `max_tokens` with the end token always last (or CaptionTooLong when
         `truncate` is false and the caption does not fit)."""
-        ids = self.vocab.encode(text)
-        if not truncate and len(ids) + 1 > max_tokens:
-            raise CaptionTooLong(len(ids) + 1, max_tokens)
-        return ids[: max_tokens - 1] + [self.eos_id]
+        return ended_caption(self.vocab.encode(text), self.eos_id, max_tokens, truncate)
 
     def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "encoding images"):
@@ -166,11 +162,7 @@ class LstmCaptioner(nn.Module):
                 step_logits, state = self._run(inputs[:, t], state, grid, keys)
                 steps.append(step_logits)
             logits = torch.cat(steps, dim=1)
-        labels = batch["labels"]
-        num_tokens = (labels != -100).sum()
-        loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-        return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+        return caption_loss(logits, batch["labels"])
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
@@ -207,7 +199,7 @@ class LstmCaptioner(nn.Module):
         return [[self.vocab.decode(seq) for seq in per_image] for per_image in ids]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return parameters_that_train(self)
 
     # -- save / load ------------------------------------------------------------------------
     def save_pretrained(self, out_dir: Path, generation: Optional[GenerationConfig] = None,

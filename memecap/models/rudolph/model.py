@@ -30,19 +30,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
-from memecap.data.captions import CaptionTooLong
 from memecap.data.images import ImageTransform
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
+from memecap.models.family_parts import QuoteCopying, ended_caption, parameters_that_train, per_image
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last_position_logits
 from memecap.models.rudolph.weights import load_rudolph, load_tokenizer, load_vqgan, model_params, rudolph_of_shape
 from memecap.models.tiny import TINY
 from memecap.quiet import quiet_weights
-from memecap.models.lora import ADAPTER_ONLY, load_adapter
+from memecap.models.lora import ADAPTER_ONLY, base_model, load_adapter
 
 WEIGHTS_FILE = "model.safetensors"  # mode=full: every RuDOLPH weight
 SUBSET_FILE = "trained.safetensors"  # mode=subset: only the trained parameters
@@ -63,11 +63,6 @@ class VQGANCodes(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.get_codebook_indices(pixels * 0.5 + 0.5, disable_gumbel_softmax=True)
-
-
-def base_model(module: nn.Module) -> nn.Module:
-    """The ruDolphModel inside a PEFT wrapper (or the model itself)."""
-    return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 
 class RuDolph(nn.Module):
@@ -94,6 +89,7 @@ class RuDolph(nn.Module):
         self.right_prefix = [BOS] + ([self.text_vocab + SPECIAL_OFFSETS["<RT_I2T>"]] if special else [])
         self.caption_limit = self.r_len - len(self.right_prefix)  # caption tokens + <EOS>
         self.eos_id, self.pad_id = EOS, PAD
+        self._quotes = QuoteCopying()
 
     @property
     def config(self):
@@ -105,12 +101,7 @@ class RuDolph(nn.Module):
         """Caption token ids ending with <EOS>, at most min(max_tokens, what the right text holds).
         Lower-cased, as rudolph.api encodes text for the published models."""
         ids = self.tokenizer.tokenizer.encode([text.lower().strip()])[0]
-        limit = min(max_tokens, self.caption_limit)
-        if len(ids) + 1 > limit:
-            if not truncate:
-                raise CaptionTooLong(len(ids) + 1, limit)
-            ids = ids[: limit - 1]
-        return ids + [EOS]
+        return ended_caption(ids, EOS, min(max_tokens, self.caption_limit), truncate)
 
     def encode_left(self, text: str) -> list[int]:
         """The left text holding a meme's OCR text (see the module docstring), `l_len` ids."""
@@ -229,21 +220,17 @@ class RuDolph(nn.Module):
         for row in out[:, start:].tolist():
             row = row[: row.index(EOS)] if EOS in row else row
             texts.append(self.tokenizer.decode_text(torch.tensor(row, dtype=torch.long)).strip() if row else "")
-        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+        return per_image(texts, k)
 
     def quote_processor(self, texts: Sequence[str]):
         """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py),
         lower-cased as the captions are."""
-        from memecap.quote_copy import opening_tokens, quote_processor
-
         bpe = self.tokenizer.tokenizer
-        if getattr(self, "_openers", None) is None:  # one pass over the vocabulary per model
-            self._openers = opening_tokens(self.bpe_vocab, bpe.id_to_subword)
-        return quote_processor(texts, lambda t: bpe.encode([t.lower()])[0], self._openers,
-                               start=len(self.right_prefix))
+        return self._quotes.processor(texts, vocab_size=self.bpe_vocab, token_text=bpe.id_to_subword,
+                                      encode=lambda t: bpe.encode([t.lower()])[0], start=len(self.right_prefix))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return parameters_that_train(self)
 
     # -- save / load ------------------------------------------------------------------------
     @quiet_weights()

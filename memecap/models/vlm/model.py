@@ -15,21 +15,20 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessorList
 
 from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
-from memecap.data.captions import CaptionTooLong
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
+from memecap.models.family_parts import QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
                                      image_token_texts, mm_token_types)
 from memecap.models.vlm.template import ChatTemplate
 from memecap.quiet import quiet_weights
-from memecap.models.lora import ADAPTER_ONLY, load_adapter
+from memecap.models.lora import ADAPTER_ONLY, base_model, load_adapter
 
 ADAPTER_DIR = "adapter"  # mode=lora: the PEFT adapter (safetensors)
 MODEL_DIR = "model"  # mode=full: every weight (safetensors) and the model's config
@@ -68,7 +67,7 @@ class Vlm(nn.Module):
         self.image_processor = image_processor
         self.template = template
         self.processor = processor  # architectures memecap has no expansion for: their AutoProcessor
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         self.model_type = base.config.model_type
         if self.model_type not in KNOWN_TYPES and processor is None:
             raise ValueError(f"model type {self.model_type!r}: memecap expands the image tokens of "
@@ -82,22 +81,18 @@ class Vlm(nn.Module):
         params = inspect.signature(type(base).forward).parameters
         self._needs_mm_types = "mm_token_type_ids" in params
         self._keeps_logits = "logits_to_keep" in params
-        self._openers: Optional[dict] = None
+        self._quotes = QuoteCopying()
 
     @property
     def config(self):
         """The language model's config: DeepSpeed's "auto" bucket sizes come from its hidden size."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.config.get_text_config()
+        return base_model(self.model).config.get_text_config()
 
     # -- data -------------------------------------------------------------------------------
     def encode_caption(self, text: str, max_tokens: int, truncate: bool = True) -> list[int]:
         """The description's token ids and the end-of-turn token, at most `max_tokens` (the prompt
         and its image tokens are not counted: they are never cut)."""
-        ids = self.chat.answer_ids(self.tokenizer, text)
-        if not truncate and len(ids) + 1 > max_tokens:
-            raise CaptionTooLong(len(ids) + 1, max_tokens)
-        return ids[: max_tokens - 1] + [self.eos_id]
+        return ended_caption(self.chat.answer_ids(self.tokenizer, text), self.eos_id, max_tokens, truncate)
 
     def instruction(self, ocr_text: Optional[str]) -> str:
         """The user turn's text: the recipe's instruction, and a line with the OCR text (cut to
@@ -152,8 +147,7 @@ class Vlm(nn.Module):
                 "per_token": per_token}
 
     def _base_config(self):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.config
+        return base_model(self.model).config
 
     def image_inputs(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                      desc: str = "images") -> VlmImages:
@@ -225,12 +219,7 @@ class Vlm(nn.Module):
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
         logits = self.model(**self._model_inputs(batch), use_cache=False, **extra).logits
         logits = logits[:, -keep:] if logits.shape[1] >= keep else logits
-        pred = logits[:, :-1].float()
-        target = labels[:, length - keep + 1:]
-        num_tokens = (target != -100).sum()
-        loss_sum = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100,
-                                   reduction="sum")
-        return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+        return caption_loss(logits[:, :-1], labels[:, length - keep + 1:])
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
@@ -245,20 +234,14 @@ class Vlm(nn.Module):
             warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
             ids = self.model.generate(**inputs, synced_gpus=synced_gpus, **kwargs)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True)]
-        k = generation.num_return_sequences
-        return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+        return per_image(texts, generation.num_return_sequences)
 
     def quote_processor(self, texts: Sequence[str], start: int):
         """generation.quote=copy: each text's tokens forced after an opening quote mark (memecap/quote_copy.py)."""
-        from memecap.quote_copy import opening_tokens, quote_processor
-
-        if self._openers is None:
-            self._openers = opening_tokens(len(self.tokenizer), lambda i: self.tokenizer.decode([i]))
-        return quote_processor(texts, lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"],
-                               self._openers, start=start)
+        return self._quotes.with_tokenizer(self.tokenizer, texts, start=start)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return parameters_that_train(self)
 
     # -- save / load ------------------------------------------------------------------------
     @quiet_weights()

@@ -1,0 +1,65 @@
+"""What the model families do alike, written once: a caption's ids ending with the end token, the
+loss over caption tokens, captions grouped per image, the parameters that train, and the
+quote-copy processor (generation.quote=copy) over a family's tokenizer."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memecap.data.captions import CaptionTooLong
+
+IGNORED = -100  # the label of a position that is not scored: prompts, image slots, padding
+
+
+def ended_caption(ids: list[int], eos_id: int, max_tokens: int, truncate: bool) -> list[int]:
+    """A caption's token ids with the end token last, at most `max_tokens` in all: cut to fit, or
+    CaptionTooLong when `truncate` is false and they do not fit."""
+    if not truncate and len(ids) + 1 > max_tokens:
+        raise CaptionTooLong(len(ids) + 1, max_tokens)
+    return ids[: max_tokens - 1] + [eos_id]
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """`{"loss", "num_tokens"}` as models/protocol.py defines them: the cross-entropy summed over
+    the scored labels (not IGNORED), divided by how many there are. `logits[:, t]` predicts
+    `labels[:, t]`; they are scored in fp32 whatever the model computes in."""
+    num_tokens = (labels != IGNORED).sum()
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=IGNORED, reduction="sum")
+    return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+
+
+def per_image(texts: list[str], k: int) -> list[list[str]]:
+    """Generated texts in image order, `k` per image, as lists of each image's `k`."""
+    return [texts[i * k:(i + 1) * k] for i in range(len(texts) // k)]
+
+
+def parameters_that_train(module: nn.Module) -> list[nn.Parameter]:
+    """The optimizer's parameters: those that require a gradient."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class QuoteCopying:
+    """generation.quote=copy for one model (memecap/quote_copy.py). The tokens that end with an
+    opening quote mark are found on first use: one pass over the vocabulary per model."""
+
+    def __init__(self) -> None:
+        self._openers: Optional[dict[int, str]] = None
+
+    def processor(self, texts: Sequence[str], *, vocab_size: int, token_text: Callable[[int], str],
+                  encode: Callable[[str], list[int]], start: int = 0):
+        """The processor forcing each text's tokens (`encode`: as the model writes words after a
+        quote mark) after an opening quote mark; `token_text` names a token id of the vocabulary."""
+        from memecap.quote_copy import opening_tokens, quote_processor
+
+        if self._openers is None:
+            self._openers = opening_tokens(vocab_size, token_text)
+        return quote_processor(texts, encode, self._openers, start=start)
+
+    def with_tokenizer(self, tokenizer, texts: Sequence[str], start: int = 0):
+        """`processor` over a transformers tokenizer."""
+        return self.processor(texts, vocab_size=len(tokenizer), token_text=lambda i: tokenizer.decode([i]),
+                              encode=lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], start=start)
