@@ -11,12 +11,12 @@ import time
 import warnings
 from pathlib import Path
 
-import evaluate
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
 from memecap import evaluation
+from memecap.config import ConfigError, load_config
 from memecap.evaluation import (
     _constant_scores,
     best_constant_caption,
@@ -27,6 +27,7 @@ from memecap.evaluation import (
 )
 from memecap.metrics.bleu_score import corpus_bleu
 from memecap.metrics.meteor_score import mean_meteor
+from memecap.metrics.registry import SCORINGS, metric_names
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 
 METRICS_DIR = Path(evaluation.__file__).parent / "metrics"
@@ -196,12 +197,34 @@ def test_evaluate_loads_the_modules_by_path_offline(tmp_path):
     assert got["rougeL"] == pytest.approx(2.44 * 0.75 / (1 + 1.44 * 0.75), abs=1e-9)
 
 
-def test_loaded_metrics_are_cached():
-    compute_metrics(["кот"], [["кот"]])
-    first = dict(evaluation._LOADED)
-    compute_metrics(["кот"], [["кот"]])
-    assert evaluation._LOADED == first and set(first) == {"bleu", "meteor", "cider", "rouge"}
-    assert isinstance(first["bleu"], evaluate.Metric)
+def test_scoring_imports_no_evaluate():
+    # `evaluate` pulls in datasets and transformers' pipelines; the modules above are for loading by path.
+    code = ("import sys; from memecap.evaluation import compute_metrics\n"
+            "for scoring in ('memecap', 'seed'): compute_metrics(['кот спит'], [['кот спит', 'кот']], scoring)\n"
+            "print([m for m in ('evaluate', 'datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_registered_metric_is_reported_and_can_choose_the_best_checkpoint():
+    for scoring in SCORINGS:
+        reported = compute_metrics(["кот спит"], [["кот спит", "кот"]], scoring)
+        assert (*reported, "val_loss") == metric_names(scoring)  # the validation pass adds its loss
+        for name in metric_names(scoring):
+            cfg = load_config("demo", [f"train.best_metric={name}", f"eval.scoring={scoring}"])
+            assert cfg.train.best_metric == name
+    assert set(metric_names("seed")) == set(metric_names("memecap")) - {"cider", "rougeL"}
+    with pytest.raises(ConfigError, match=r"train.best_metric='bleu5': use bleu1, bleu2, .*, quote or val_loss$"):
+        load_config("demo", ["train.best_metric=bleu5"])
+
+
+def test_the_best_checkpoint_follows_each_metrics_direction():
+    from memecap.training.validation_pass import is_better
+
+    for name in metric_names():
+        lower = name in ("quote", "val_loss")  # an error rate and a loss
+        assert is_better(name, 0.1, 0.2) == lower and is_better(name, 0.3, 0.2) == (not lower), name
 
 
 def test_bad_inputs_say_what_is_wrong():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Mapping, Optional
 
 from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, list_of, one_of, seed
+from memecap.metrics.registry import SCORINGS, metric_names, not_offered
 from memecap.models import DEFAULT_FAMILY, FAMILIES, Family
 from memecap.models.packaged import check_packaged_encoder, is_package_name
 
@@ -250,7 +251,7 @@ class EvalConfig:
     compare_constant: bool = True  # also score the best constant caption (a floor the model must beat)
 
     def __post_init__(self) -> None:
-        one_of("eval.scoring", self.scoring, ("memecap", "seed"))
+        one_of("eval.scoring", self.scoring, tuple(SCORINGS))
         at_least("eval.batch_size", self.batch_size, 1)
         at_least("eval.samples_to_show", self.samples_to_show, 0)
 
@@ -303,9 +304,9 @@ class TrainConfig:
         at_least("train.max_bad_steps", self.max_bad_steps, 0)
         if self.overwrite and self.resume is not None:
             raise ConfigError("train.overwrite=true deletes the earlier run; it cannot be combined with train.resume")
-        if self.best_metric not in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider", "rougeL", "quote", "val_loss"):
-            raise ConfigError(f"train.best_metric={self.best_metric!r}: use bleu1..bleu4, meteor, cider, rougeL, "
-                              "quote or val_loss")
+        if self.best_metric not in metric_names():
+            *first, last = metric_names()
+            raise ConfigError(f"train.best_metric={self.best_metric!r}: use {', '.join(first)} or {last}")
 
 
 @dataclass
@@ -351,9 +352,8 @@ class Config:
     stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
 
     def __post_init__(self) -> None:
-        if self.eval.scoring == "seed" and self.train.best_metric in ("cider", "rougeL"):
-            raise ConfigError(f"train.best_metric={self.train.best_metric}: eval.scoring=seed (the original project's "
-                              "scorer) has no CIDEr-D or ROUGE-L; use eval.scoring=memecap")
+        if why := not_offered(self.train.best_metric, self.eval.scoring):
+            raise ConfigError(f"train.best_metric={self.train.best_metric}: {why}")
         # Only a config that trains is checked: an export's decoding settings are read alone, and
         # generate() itself refuses to copy without OCR text.
         name, family = self.model.family, FAMILIES[self.model.family]

@@ -16,6 +16,12 @@ times 10 (the COCO scale); the corpus score is the mean over examples.
 - Lengths are counted as the COCO code counts them, as the bigrams of a caption (its word count
   less one): delta is the word-count difference for any two captions of two words or more.
 
+Why not pycocoevalcap's `Cider` fed these tokens joined by spaces (measured on the 546 validation
+memes, a training caption as each prediction, one and three references): the same scores to 6e-17
+per example, but 0.50 s against this file's 0.36 s (1.27 s against 0.76 s with three references);
+its package installs 101 MB (Java scorers and their data, unused here) and needs pycocotools, a
+compiled extension. It stays the reference tests/test_cider_rouge.py checks against (a dev dependency).
+
 No `evaluate` import (see bleu_score.py) and no imports of other memecap files.
 """
 
@@ -76,3 +82,9 @@ def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], max_
             total += _similarity(hyp_tfidf, _tfidf(ngrams(ref, max_order), df, log_n, max_order), penalty)
         scores.append(10.0 * total / max_order / len(refs))
     return scores
+
+
+def cider_scores(captions) -> dict[str, float]:
+    """Mean CIDEr-D of a `memecap.evaluation.ScoredCaptions`, for the metric registry."""
+    scores = cider_d(captions.hypotheses, captions.reference_tokens)
+    return {"cider": float(sum(scores) / len(scores))}

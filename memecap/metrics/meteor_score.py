@@ -2,14 +2,15 @@
 
 NLTK's `meteor_score` with the Russian Snowball stemmer for the stem stage and no synonym
 stage: English WordNet is a download and has no Russian lemmas. Several references: the best
-one counts (NLTK's rule). The result is the mean of the sentence scores.
+one counts (NLTK's rule). The result is the mean of the sentence scores. The seed scoring stems
+with NLTK's default, Porter, as the original project did.
 
 No `evaluate` import (see bleu_score.py) and no imports of other memecap files.
 """
 
 import functools
 
-from nltk.stem import SnowballStemmer
+from nltk.stem import PorterStemmer, SnowballStemmer
 from nltk.translate.meteor_score import meteor_score
 
 
@@ -21,6 +22,11 @@ class CachedStemmer:
 
 
 RUSSIAN_STEMMER = CachedStemmer(SnowballStemmer("russian"))
+PORTER_STEMMER = CachedStemmer(PorterStemmer())  # NLTK's default METEOR stemmer, which the seed project used
+
+
+def stemmer_for(scoring: str) -> CachedStemmer:
+    return PORTER_STEMMER if scoring == "seed" else RUSSIAN_STEMMER
 
 
 class NoWordNet:
@@ -40,3 +46,15 @@ def mean_meteor(hypotheses, references, stemmer=RUSSIAN_STEMMER, alpha=0.9, beta
         for hyp, refs in zip(hypotheses, references)
     ]
     return sum(scores) / len(scores)
+
+
+def meteor_scores(captions) -> dict[str, float]:
+    """Mean METEOR of a `memecap.evaluation.ScoredCaptions`, for the metric registry."""
+    stemmer = stemmer_for(captions.scoring)
+    return {"meteor": float(mean_meteor(captions.hypotheses, captions.reference_tokens, stemmer=stemmer))}
+
+
+def constant_meteor(candidates: list[list[str]], references: list[list[list[str]]], scoring: str) -> list[dict]:
+    """Mean METEOR of each tokenised candidate used as the prediction for every example."""
+    stemmer = stemmer_for(scoring)
+    return [{"meteor": mean_meteor([hyp] * len(references), references, stemmer=stemmer)} for hyp in candidates]

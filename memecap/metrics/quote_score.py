@@ -123,3 +123,9 @@ def mean_quote_cer(predictions: list[str], references: list[list[str]], quoted: 
         if candidates:
             scores.append(min(candidates))
     return (sum(scores) / len(scores) if scores else 0.0), len(scores)
+
+
+def quote_scores(captions) -> dict[str, float]:
+    """Quote CER of a `memecap.evaluation.ScoredCaptions`, for the metric registry: the raw captions,
+    not word tokens, so both scorings agree."""
+    return {"quote": float(mean_quote_cer(captions.predictions, captions.references)[0])}

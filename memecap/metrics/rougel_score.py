@@ -7,6 +7,12 @@ over the references (taken separately, as the COCO code does); the score is the 
 (1 + beta^2) P R / (R + beta^2 P) with beta = 1.2, 0 when either is 0. The corpus score is the mean
 over examples.
 
+Why not pycocoevalcap's `Rouge` fed these tokens joined by spaces (measured on the 546 validation
+memes, a training caption as each prediction, one and three references): the same scores, every
+one exactly, but 0.37 s against this file's 0.010 s (1.15 s against 0.032 s with three references):
+its LCS walks the whole table in Python. Its package is also heavy (see cider_score.py); it stays
+the reference tests/test_cider_rouge.py checks against.
+
 No `evaluate` import (see bleu_score.py) and no imports of other memecap files.
 """
 
@@ -45,3 +51,9 @@ def rouge_l(hypotheses: list[list[str]], references: list[list[list[str]]], beta
         else:
             scores.append(0.0)
     return scores
+
+
+def rouge_scores(captions) -> dict[str, float]:
+    """Mean ROUGE-L of a `memecap.evaluation.ScoredCaptions`, for the metric registry."""
+    scores = rouge_l(captions.hypotheses, captions.reference_tokens)
+    return {"rougeL": float(sum(scores) / len(scores))}

@@ -62,9 +62,9 @@ def _constant(step: int, *, warmup: int, total: int) -> float:
 
 
 # transformers' linear, cosine and constant_with_warmup schedules (the same arithmetic), written here
-# because importing them imports transformers.trainer_utils, which imports peft and bitsandbytes: most
-# of a second at start, and bitsandbytes prints a line about its CPU kernels. Pinned to
-# transformers' by tests/test_startup.py.
+# because `from transformers import get_scheduler` imports transformers.trainer_utils, which imports
+# peft and bitsandbytes: 3.7 s more after `import memecap.train` (a 2-core machine, lightly loaded).
+# Pinned to transformers' bit for bit by tests/test_startup.py.
 SCHEDULES = {"linear": _linear, "cosine": _cosine, "constant": _constant}
 
 

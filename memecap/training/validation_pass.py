@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from memecap.config import Config
 from memecap.evaluation import compute_metrics
+from memecap.metrics.registry import higher_is_better
 from memecap.publish.hub import EVALUATION_FILE
 from memecap.training.nonfinite import ensure_finite_weights
 
@@ -51,15 +52,13 @@ def validation_pass(accelerator, model, eval_loader, loss_loader, examples, cfg:
     return metrics, rows
 
 
-LOWER_IS_BETTER = ("val_loss", "quote")  # a loss and an error rate
-
-
 def is_better(metric: str, new: float, best: Optional[float]) -> bool:
+    """Whether `new` beats the best `metric` so far, in the direction the metric registry gives it."""
     if not math.isfinite(new):
         return False  # a NaN score is never the best
     if best is None:
         return True
-    return new < best if metric in LOWER_IS_BETTER else new > best
+    return new > best if higher_is_better(metric) else new < best
 
 
 def export_model(accelerator, model, out_dir: Path, cfg: Config, evaluation: Optional[dict]) -> None:
