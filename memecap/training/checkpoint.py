@@ -19,7 +19,8 @@ from typing import Optional
 
 from safetensors import SafetensorError
 
-from memecap.config import Config, save_config
+from memecap.config import Config, save_config, to_dict
+from memecap.config.files import flat_keys
 from memecap.data.fingerprint import file_digest
 from memecap.models.export import UnsafePath, member
 from memecap.quiet import quiet_weights
@@ -183,24 +184,13 @@ EXACT_RESUME_KEYS = ("data.train", "data.val", "data.max_train_rows", "data.max_
 SCHEDULE_KEYS = ("train.epochs", "train.max_steps")
 
 
-def _flat(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _under(key: str, prefixes: tuple) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def resume_changes(saved: Config, now: Config) -> tuple[list[str], list[str]]:
     """(keys that make the resume inexact, schedule keys that changed), as `key: old -> new`."""
-    from memecap.config import to_dict
-
-    old, new = _flat(to_dict(saved)), _flat(to_dict(now))
+    old, new = flat_keys(to_dict(saved)), flat_keys(to_dict(now))
     changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     exact = [c for c in changed if _under(c.split(":")[0], EXACT_RESUME_KEYS)
              and not _under(c.split(":")[0], ("model.ocr.workers",))]  # how many processes read, not what

@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from memecap.config import Config, to_dict
+from memecap.config.files import flat_keys
 
 
 class RunLog:
@@ -53,17 +54,6 @@ def _step_of(line: str):
 
 
 def flat_hparams(cfg: Config) -> dict:
-    out = {}
-
-    def walk(prefix, node):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(name + ".", value)
-            elif isinstance(value, (int, float, str, bool)):
-                out[name] = value
-            else:
-                out[name] = str(value)
-
-    walk("", to_dict(cfg))
-    return out
+    """The config by dotted key, as trackers take hyperparameters: numbers and strings, anything else as text."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flat_keys(to_dict(cfg)).items()}
