@@ -23,9 +23,9 @@ from memecap.config import Config, save_config, to_dict
 from memecap.config.files import flat_keys
 from memecap.data.fingerprint import file_digest
 from memecap.models.export import UnsafePath, member
+from memecap.outputs.run_layout import STATE_FILE
 from memecap.quiet import quiet_weights
 
-STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
 

@@ -14,9 +14,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from memecap.training.accelerate_setup import make_accelerator, whole_weights
-from memecap.training.checkpoint import STATE_FILE, TrainState, find_resume_point, resume_changes
+from memecap.training.checkpoint import TrainState, find_resume_point, resume_changes
 from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
 from memecap.models import build_model
+from memecap.outputs.run_layout import STATE_FILE
 from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing, same_everywhere,
                                          writes_checkpoints)
