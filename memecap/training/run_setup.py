@@ -14,12 +14,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from memecap.training.accelerate_setup import make_accelerator, whole_weights
+from memecap.training.agreement import same_everywhere
 from memecap.training.checkpoint import TrainState, find_resume_point, resume_changes
 from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
 from memecap.models import build_model
 from memecap.outputs.run_layout import STATE_FILE
 from memecap.quiet import no_cpu_accelerator_notice
-from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing, same_everywhere,
+from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
 from memecap.training.run_log import RunLog
 from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages
