@@ -1,4 +1,5 @@
-"""What a run reports: console lines on the main process, `log.jsonl`, and the trackers."""
+"""What a run reports: console lines on the main process, `log.jsonl` (with the training loss
+averaged over the steps between two lines), and the trackers."""
 from __future__ import annotations
 
 import json
@@ -44,6 +45,27 @@ class RunLog:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, self.path)
         return len(lines) - len(kept)
+
+
+class LossWindow:
+    """Token-weighted mean loss and throughput between two log lines; a resume reopens the window
+    the checkpoint saved (`totals`), so the log goes on as if never interrupted."""
+
+    def __init__(self, loss: float = 0.0, tokens: int = 0):
+        self.loss, self.tokens, self.start = float(loss), int(tokens), time.perf_counter()
+
+    def totals(self) -> list:
+        return [self.loss, self.tokens]
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss += loss * tokens
+        self.tokens += tokens
+
+    def close(self, num_processes: int) -> dict:
+        elapsed = time.perf_counter() - self.start
+        record = {"loss": self.loss / max(self.tokens, 1), "tokens_per_s": self.tokens * num_processes / elapsed}
+        self.__init__()
+        return record
 
 
 def _step_of(line: str):
