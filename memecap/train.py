@@ -8,15 +8,16 @@ Setup -> fail-fast checks -> train (accumulation, clipping, schedule) -> evaluat
 -> checkpoint atomically -> export the best model. Nothing here depends on the model family:
 models follow the protocol in memecap/models/protocol.py. Setup lives in run_setup.py, the
 validation pass and exports in validation_pass.py, when to evaluate and save in schedule.py.
+Each step returns what it changed: the live model comes out of `prepare_stage`, the counters a
+checkpoint keeps (train_state.py) and the latest evaluation out of `train_stage`.
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
-import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights
-from memecap.training.checkpoint import DamagedCheckpoint, TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
@@ -39,16 +40,18 @@ from memecap.training.optim import build_optimizer, build_scheduler
 from memecap.outputs.os_errors import explain, probe_writable
 from memecap.training.process_exit import end_launched_process, run_stoppable
 from memecap.training.run_folder import preparing
-from memecap.training.run_log import flat_hparams
+from memecap.training.run_log import LossWindow, flat_hparams
 from memecap.training.run_setup import Run, setup
 from memecap.training.schedule import Due, EvalSaveSchedule
 from memecap.training.stages import Stage, apply_freeze
+from memecap.training.train_state import TrainState
 from memecap.training.validation_pass import export_model, is_better, validation_pass
 
 
-@dataclass
-class StageRun:
-    """The prepared objects of one stage."""
+@dataclass(frozen=True)
+class PreparedStage:
+    """One stage's loaders, optimizer and schedule, prepared by Accelerate together with the model:
+    `model` is the live model from then on (wrapped for the distributed setup)."""
 
     stage: Stage
     model: torch.nn.Module
@@ -64,25 +67,27 @@ class StageRun:
 
 def main(cfg: Config) -> dict:
     with ExitStack() as held:  # the run folder's lock, released however the run ends
-        run = setup(cfg, held)
-        final: dict = {}
-        for i, stage in enumerate(run.stages[run.state.stage:]):
-            stage_run = prepare_stage(run, stage, first=i == 0)
+        run, model, state = setup(cfg, held)
+        evaluation, constant = {}, None  # the latest evaluation (written beside an export), the floor
+        for i, stage in enumerate(run.stages[state.stage:]):
+            prepared = prepare_stage(run, model, stage, first=i == 0)
+            model = prepared.model
             if i == 0:
-                fail_fast(run, stage_run)
-                start(run, stage_run)
-            elif run.many_stages:
+                fail_fast(run, prepared)
+                state = restore(run, stage, state)
+                constant = start_tracking(run)
+            else:
                 run.log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step "
-                             f"{run.state.optimizer_step}")
-            final = train_stage(run, stage_run)
-            next_stage(run.state, stage, len(run.stages))
-        return finish(run, final)
+                             f"{state.optimizer_step}")
+            state, evaluation = train_stage(run, prepared, state, evaluation)
+            if stage.index + 1 < len(run.stages):
+                state = state.next_stage()
+        return finish(run, model, state, evaluation, constant)
 
 
-def stage_images(run: Run, stage: Stage) -> list:
+def stage_images(run: Run, net: torch.nn.Module, stage: Stage) -> list:
     """The stage's train and val images as the model reads them (features from the cache, written
     by the first process of each machine, or pixels)."""
-    net = run.accelerator.unwrap_model(run.model)
     cache_dir = run.cfg.cache.dir if run.cfg.cache.enabled else None
     show = run.cfg.train.progress_bar and run.accelerator.is_local_main_process
     with whole_weights(run.accelerator, run.log), preparing(run.accelerator, run.shared):
@@ -91,57 +96,57 @@ def stage_images(run: Run, stage: Stage) -> list:
                 for split, examples in zip(("train", "val"), run.data[stage.index])]
 
 
-def make_loader(run: Run, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool) -> DataLoader:
     # A private generator: creating an iterator then draws from it, not from the global RNG that
     # dropout uses, so a resumed run's random stream matches the uninterrupted one.
-    net = run.accelerator.unwrap_model(run.model)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=net.collate,
                       num_workers=run.cfg.data.num_workers, generator=torch.Generator().manual_seed(run.cfg.train.seed))
 
 
-def prepare_stage(run: Run, stage: Stage, first: bool) -> StageRun:
-    """The stage's datasets, loaders, optimizer and schedule, prepared with the model."""
+def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -> PreparedStage:
+    """The stage's datasets, loaders, optimizer and schedule, prepared with the model (the previous
+    stage's, unwrapped: its trainable parameters may change)."""
     cfg, accelerator = run.cfg, run.accelerator
-    run.model = accelerator.unwrap_model(run.model)
+    net = accelerator.unwrap_model(model)
     train_examples, val_examples = run.data[stage.index]
-    train_images, val_images = stage_images(run, stage)
-    apply_freeze(run.model, run.trainable, stage)
+    train_images, val_images = stage_images(run, net, stage)
+    apply_freeze(net, run.trainable, stage)
 
     def caption_set(examples, images, split):
-        ids, owners = encode_captions(run.model, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
+        ids, owners = encode_captions(net, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
         return CaptionTrainSet(images, ids, owners)
 
     train_set = caption_set(train_examples, train_images, "train")
     val_loss_set = caption_set(val_examples, val_images, "validation")
-    train_loader = make_loader(run, train_set, cfg.train.batch_size, True)
-    val_loss_loader = make_loader(run, val_loss_set, cfg.eval.batch_size, False)
-    eval_loader = make_loader(run, CaptionEvalSet(val_images), cfg.eval.batch_size, False)
+    train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True)
+    val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False)
+    eval_loader = make_loader(run, net, CaptionEvalSet(val_images), cfg.eval.batch_size, False)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
     total_steps = stage.max_steps or steps_per_epoch * stage.epochs
-    n_trainable = sum(p.numel() for p in run.model.trainable_parameters())
+    n_trainable = sum(p.numel() for p in net.trainable_parameters())
     run.log.info(f"{stage.label + ': ' if run.many_stages else ''}data: {len(train_examples)} train images "
                  f"({len(train_set)} captions), {len(val_examples)} val; model: {n_trainable:,} trainable of "
-                 f"{sum(p.numel() for p in run.model.parameters()):,} parameters; {total_steps} optimizer steps")
-    optimizer = build_optimizer(stage.optim, run.model.trainable_parameters())
+                 f"{sum(p.numel() for p in net.parameters()):,} parameters; {total_steps} optimizer steps")
+    optimizer = build_optimizer(stage.optim, net.trainable_parameters())
     scheduler = build_scheduler(stage.optim, optimizer, total_steps, accelerator.num_processes)
     if not first:
         forget_prepared(accelerator)
     # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
-    run.model, optimizer, train_loader, scheduler = accelerator.prepare(run.model, optimizer, train_loader, scheduler)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
     val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
-    return StageRun(stage, run.model, optimizer, scheduler, train_loader, val_loss_loader, eval_loader,
-                    val_loss_set, val_images, total_steps)
+    return PreparedStage(stage, model, optimizer, scheduler, train_loader, val_loss_loader, eval_loader,
+                         val_loss_set, val_images, total_steps)
 
 
-def fail_fast(run: Run, stage_run: StageRun) -> None:
+def fail_fast(run: Run, prepared: PreparedStage) -> None:
     """A forward pass and a short generation with the configured decoding on real validation
     items, before step 0: a broken setup fails in seconds, not after an epoch."""
-    accelerator, net = run.accelerator, run.accelerator.unwrap_model(run.model)
-    items = stage_run.val_loss_set
+    accelerator, net = run.accelerator, run.accelerator.unwrap_model(prepared.model)
+    items = prepared.val_loss_set
     with torch.no_grad(), accelerator.autocast():
         probe = send_to_device(net.collate([items[i] for i in range(min(2, len(items)))]), accelerator.device)
         probe_loss = net(probe)["loss"].item()
-        probe_eval = send_to_device(net.collate([CaptionEvalSet(stage_run.val_images)[0]]), accelerator.device)
+        probe_eval = send_to_device(net.collate([CaptionEvalSet(prepared.val_images)[0]]), accelerator.device)
         quick = with_overrides(run.cfg.generation, max_new_tokens=min(8, run.cfg.generation.max_new_tokens))
         probe_caption = net.generate(probe_eval, quick, synced_gpus=run.synced_gpus)[0][0]
     if not math.isfinite(probe_loss):
@@ -149,86 +154,68 @@ def fail_fast(run: Run, stage_run: StageRun) -> None:
     run.log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
 
 
-def start(run: Run, stage_run: StageRun) -> None:
-    """Restore a checkpoint into the prepared objects, start the trackers, score the floor."""
-    cfg, log = run.cfg, run.log
-    if run.resume_from is not None:
-        data = run.state.data_fingerprint  # the data as read now, checked against the checkpoint's in setup
-        run.state = load_checkpoint(run.accelerator, run.resume_from)
-        run.state.data_fingerprint = data
-        replayed = log.forget_after(run.state.optimizer_step)
-        log.info(f"resumed from {run.resume_from}: {stage_run.stage.label + ', ' if run.many_stages else ''}"
-                 f"epoch {run.state.epoch}, optimizer step {run.state.optimizer_step}"
+def restore(run: Run, stage: Stage, state: TrainState) -> TrainState:
+    """Load the checkpoint to resume from into the prepared objects; returns its counters (with the
+    data as read now, checked against the checkpoint's in setup)."""
+    if run.resume_from is None:
+        return state
+    restored = replace(load_checkpoint(run.accelerator, run.resume_from), data_fingerprint=state.data_fingerprint)
+    replayed = run.log.forget_after(restored.optimizer_step)
+    run.log.info(f"resumed from {run.resume_from}: {stage.label + ', ' if run.many_stages else ''}"
+                 f"epoch {restored.epoch}, optimizer step {restored.optimizer_step}"
                  + (f" ({replayed} log records of the interrupted attempt after it were dropped)" if replayed else ""))
+    return restored
+
+
+def start_tracking(run: Run) -> Optional[dict]:
+    """Start the trackers; returns the best constant caption and its scores (the floor a model must
+    beat; on the main process, when `eval.compare_constant`)."""
+    cfg = run.cfg
     run.accelerator.init_trackers("memecap", config=flat_hparams(cfg))
-    if cfg.eval.compare_constant and run.accelerator.is_main_process:
-        last_train, last_val = run.data[-1]  # against the data the run ends on: the last stage's
-        caption, scores = best_constant_caption([c for ex in last_train for c in ex.captions],
-                                                [list(ex.captions) for ex in last_val], scoring=cfg.eval.scoring)
-        run.constant = {"caption": caption, **scores}
-        log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
+    if not (cfg.eval.compare_constant and run.accelerator.is_main_process):
+        return None
+    last_train, last_val = run.data[-1]  # against the data the run ends on: the last stage's
+    caption, scores = best_constant_caption([c for ex in last_train for c in ex.captions],
+                                            [list(ex.captions) for ex in last_val], scoring=cfg.eval.scoring)
+    run.log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
+    return {"caption": caption, **scores}
 
 
-def evaluate_and_keep_best(run: Run, stage_run: StageRun) -> dict:
-    """Score the model now, write the predictions, log the table and export it if it is the best."""
-    cfg, state, accelerator = run.cfg, run.state, run.accelerator
-    stage = stage_run.stage
+def evaluate_and_keep_best(run: Run, prepared: PreparedStage, state: TrainState) -> tuple[TrainState, dict]:
+    """Score the model now, write the predictions, log the table and export it if it is the best.
+    Returns the counters with the score in them, and the evaluation as written beside an export."""
+    cfg, accelerator, step, stage = run.cfg, run.accelerator, state.optimizer_step, prepared.stage
     val_examples = run.data[stage.index][1]
-    metrics, rows = validation_pass(accelerator, run.model, stage_run.eval_loader, stage_run.val_loss_loader, val_examples,
-                             cfg, run.synced_gpus)
-    run.last_evaluation.update(step=state.optimizer_step, metrics=metrics, samples=rows[:5],
-                               data={"train": stage.train or cfg.data.train, "val": stage.val,
-                                     "val_examples": len(rows)},
-                               training=training_summary(cfg, state.optimizer_step))
+    metrics, rows = validation_pass(accelerator, prepared.model, prepared.eval_loader, prepared.val_loss_loader,
+                                    val_examples, cfg, run.synced_gpus)
+    evaluation = {"step": step, "metrics": metrics, "samples": rows[:5],
+                  "data": {"train": stage.train or cfg.data.train, "val": stage.val, "val_examples": len(rows)},
+                  "training": training_summary(cfg, step)}
     if accelerator.is_main_process:
-        write_predictions(run.out_dir / "predictions" / f"step_{state.optimizer_step:07d}.jsonl", rows)
-        table = format_metrics_table(metrics, title=f"evaluation at optimizer step {state.optimizer_step}")
+        write_predictions(run.out_dir / "predictions" / f"step_{step:07d}.jsonl", rows)
+        table = format_metrics_table(metrics, title=f"evaluation at optimizer step {step}")
         samples = "\n".join(f"  [{r['uid']}] {r['prediction']}\n      ref: {r['references'][0]}"
                             for r in rows[: cfg.eval.samples_to_show])
         run.log.info(f"{table}\n{samples}")
-    run.log.record("eval", state.optimizer_step, metrics)
-    state.history.append({"step": state.optimizer_step, **metrics})
+    run.log.record("eval", step, metrics)
     score = metrics[cfg.train.best_metric]
-    if is_better(cfg.train.best_metric, score, state.best_score):
-        state.best_score, state.best_step, state.evals_without_improvement = score, state.optimizer_step, 0
-        export_model(accelerator, run.model, run.out_dir / "best", cfg, run.last_evaluation)
-    else:
-        state.evals_without_improvement += 1
-    return metrics
+    better = is_better(cfg.train.best_metric, score, state.best_score)
+    if better:
+        export_model(accelerator, prepared.model, run.out_dir / "best", cfg, evaluation)
+    return state.after_evaluation(metrics, score, better), evaluation
 
 
-def save(run: Run, window: LossWindow) -> None:
-    ensure_finite_weights(run.accelerator, run.model, f"checkpoint at optimizer step {run.state.optimizer_step}")
-    run.state.loss_window = window.totals()
-    save_checkpoint(run.accelerator, run.out_dir, run.state, run.cfg, run.cfg.train.keep_checkpoints, run.writer)
+def save(run: Run, model: torch.nn.Module, state: TrainState, window: LossWindow) -> None:
+    ensure_finite_weights(run.accelerator, model, f"checkpoint at optimizer step {state.optimizer_step}")
+    save_checkpoint(run.accelerator, run.out_dir, replace(state, loss_window=window.totals()), run.cfg,
+                    run.cfg.train.keep_checkpoints, run.writer)
 
 
-class LossWindow:
-    """Token-weighted mean loss and throughput between two log lines; a resume reopens the window
-    the checkpoint saved (`totals`), so the log goes on as if never interrupted."""
-
-    def __init__(self, loss: float = 0.0, tokens: int = 0):
-        self.loss, self.tokens, self.start = float(loss), int(tokens), time.perf_counter()
-
-    def totals(self) -> list:
-        return [self.loss, self.tokens]
-
-    def add(self, loss: float, tokens: int) -> None:
-        self.loss += loss * tokens
-        self.tokens += tokens
-
-    def close(self, num_processes: int) -> dict:
-        elapsed = time.perf_counter() - self.start
-        record = {"loss": self.loss / max(self.tokens, 1), "tokens_per_s": self.tokens * num_processes / elapsed}
-        self.__init__()
-        return record
-
-
-def micro_step(run: Run, stage_run: StageRun, batch, guard: BadStepGuard, window: LossWindow) -> Optional[bool]:
+def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, window: LossWindow) -> Optional[bool]:
     """Forward, backward and, at the end of an accumulation, the optimizer step (skipped when the
     loss or gradient norm is not finite). Returns None mid-accumulation, else whether the
     optimizer step was skipped."""
-    accelerator, model = run.accelerator, stage_run.model
+    accelerator, model = run.accelerator, prepared.model
     with accelerator.accumulate(model):
         out = model(batch)
         accelerator.backward(out["loss"])
@@ -240,18 +227,17 @@ def micro_step(run: Run, stage_run: StageRun, batch, guard: BadStepGuard, window
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.cfg.optim.max_grad_norm)
         skipped = accelerator.sync_gradients and guard.step_is_bad(grad_norm)
         if not skipped:
-            stage_run.optimizer.step()
-        stage_run.scheduler.step()
-        stage_run.optimizer.zero_grad(set_to_none=True)
-    run.state.micro_step += 1
-    run.state.batches_in_epoch += 1
+            prepared.optimizer.step()
+        prepared.scheduler.step()
+        prepared.optimizer.zero_grad(set_to_none=True)
     return skipped if accelerator.sync_gradients else None
 
 
-def after_optimizer_step(run: Run, stage_run: StageRun, skipped: bool, guard: BadStepGuard, window: LossWindow,
-                         bar) -> None:
-    cfg, state = run.cfg, run.state
-    state.optimizer_step += 1
+def report_step(run: Run, prepared: PreparedStage, state: TrainState, skipped: bool, guard: BadStepGuard,
+                window: LossWindow, bar) -> None:
+    """After an optimizer step: count it if skipped (too many stop the run), move the progress bar,
+    write the loss log line."""
+    cfg = run.cfg
     bar.update(1)
     if skipped:
         newest = list_checkpoints(run.out_dir)
@@ -260,78 +246,79 @@ def after_optimizer_step(run: Run, stage_run: StageRun, skipped: bool, guard: Ba
                      f"({guard.bad_steps} of train.max_bad_steps={cfg.train.max_bad_steps})")
         run.log.record("skipped", state.optimizer_step, {"bad_steps": guard.bad_steps})
     if state.optimizer_step % cfg.train.log_every == 0:
-        record = {**window.close(run.accelerator.num_processes), "lr": stage_run.scheduler.get_last_lr()[0],
+        record = {**window.close(run.accelerator.num_processes), "lr": prepared.scheduler.get_last_lr()[0],
                   "epoch": state.epoch, **({"stage": state.stage} if run.many_stages else {})}
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         run.log.record("train", state.optimizer_step, record)
 
 
-def act(run: Run, stage_run: StageRun, due: Due, window: LossWindow) -> Optional[dict]:
-    """Do what the schedule asked for: evaluate (and keep the best), then checkpoint."""
-    metrics = evaluate_and_keep_best(run, stage_run) if due.evaluate else None
+def act(run: Run, prepared: PreparedStage, due: Due, state: TrainState, window: LossWindow,
+        evaluation: dict) -> tuple[TrainState, dict]:
+    """Do what the schedule asked for: evaluate (and keep the best), then checkpoint. Returns the
+    counters and the latest evaluation."""
+    if due.evaluate:
+        state, evaluation = evaluate_and_keep_best(run, prepared, state)
     if due.save:
-        save(run, window)
-    return metrics
+        save(run, prepared.model, state, window)
+    return state, evaluation
 
 
-def train_stage(run: Run, stage_run: StageRun) -> dict:
+def stage_is_over(run: Run, prepared: PreparedStage, state: TrainState) -> bool:
+    """After an optimizer step: the stage has its length, or early stopping ends it."""
+    patience = run.cfg.train.early_stopping_patience
+    if patience is not None and state.evals_without_improvement >= patience:
+        run.log.info(f"early stopping: {patience} evaluations without a better {run.cfg.train.best_metric}")
+        return True
+    return state.stage_steps >= prepared.total_steps
+
+
+def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation: dict) -> tuple[TrainState, dict]:
     """Optimizer steps until the stage's length, early stopping or its epochs are done; evaluations
-    and checkpoints as the schedule says. Returns the stage's last evaluation."""
-    cfg, state, stage = run.cfg, run.state, stage_run.stage
+    and checkpoints as the schedule says. Returns the counters and the latest evaluation."""
+    cfg, stage = run.cfg, prepared.stage
     schedule = EvalSaveSchedule(cfg.train.eval_every, cfg.train.save_every, state.optimizer_step)
     guard, window = BadStepGuard(run.accelerator, cfg.train.max_bad_steps), LossWindow(*(state.loss_window or ()))
-    patience = cfg.train.early_stopping_patience
-    stage_run.model.train()
-    bar = tqdm(total=stage_run.total_steps, initial=state.optimizer_step - state.stage_start_step, desc="training",
-               unit="step", disable=not (cfg.train.progress_bar and run.accelerator.is_main_process))
-    done = state.optimizer_step - state.stage_start_step >= stage_run.total_steps
+    prepared.model.train()
+    bar = tqdm(total=prepared.total_steps, initial=state.stage_steps, desc="training", unit="step",
+               disable=not (cfg.train.progress_bar and run.accelerator.is_main_process))
+    done = state.stage_steps >= prepared.total_steps
     while not done and state.epoch < (stage.epochs if stage.max_steps is None else 10**9):
-        stage_run.train_loader.set_epoch(state.epoch)
-        batches = (run.accelerator.skip_first_batches(stage_run.train_loader, state.batches_in_epoch)
-                   if state.batches_in_epoch else stage_run.train_loader)
+        prepared.train_loader.set_epoch(state.epoch)
+        batches = (run.accelerator.skip_first_batches(prepared.train_loader, state.batches_in_epoch)
+                   if state.batches_in_epoch else prepared.train_loader)
         for batch in batches:
-            skipped = micro_step(run, stage_run, batch, guard, window)
+            skipped = micro_step(run, prepared, batch, guard, window)
+            state = state.after_micro_batch()
             if skipped is None:
-                continue
-            after_optimizer_step(run, stage_run, skipped, guard, window, bar)
-            done = state.optimizer_step - state.stage_start_step >= stage_run.total_steps
-            act(run, stage_run, schedule.after_step(state.optimizer_step), window)
-            if patience is not None and state.evals_without_improvement >= patience:
-                run.log.info(f"early stopping: {patience} evaluations without a better {cfg.train.best_metric}")
-                done = True
+                continue  # mid-accumulation
+            state = state.after_optimizer_step()
+            report_step(run, prepared, state, skipped, guard, window, bar)
+            state, evaluation = act(run, prepared, schedule.after_step(state.optimizer_step), state, window, evaluation)
+            done = stage_is_over(run, prepared, state)
             if done:
                 break
         else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-            act(run, stage_run, schedule.at_epoch_end(state.optimizer_step), window)
+            state = state.after_epoch()
+            state, evaluation = act(run, prepared, schedule.at_epoch_end(state.optimizer_step), state, window,
+                                    evaluation)
     bar.close()
     # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
     due = schedule.at_stage_end(state.optimizer_step)
     if not due.evaluate and not state.history:
         due = Due(evaluate=True, save=due.save)
-    metrics = act(run, stage_run, due, window)
-    return metrics if metrics is not None else state.history[-1]
+    return act(run, prepared, due, state, window, evaluation)
 
 
-def next_stage(state: TrainState, stage: Stage, n_stages: int) -> None:
-    if stage.index + 1 < n_stages:
-        # The next stage has its own data: its best checkpoint is chosen on its own validation set.
-        state.stage, state.stage_start_step = stage.index + 1, state.optimizer_step
-        state.epoch = state.batches_in_epoch = 0
-        state.best_score, state.best_step, state.evals_without_improvement = None, None, 0
-        state.loss_window = None  # the next stage's log starts its own window
-
-
-def finish(run: Run, final: dict) -> dict:
+def finish(run: Run, model: torch.nn.Module, state: TrainState, evaluation: dict, constant: Optional[dict]) -> dict:
     """Export the final model, check the replicas, push if asked, write and return the summary."""
-    cfg, state, accelerator, log, out_dir = run.cfg, run.state, run.accelerator, run.log, run.out_dir
-    export_model(accelerator, run.model, out_dir / "final", cfg, run.last_evaluation)
-    in_sync = replicas_in_sync(accelerator, run.model)
+    cfg, accelerator, log, out_dir = run.cfg, run.accelerator, run.log, run.out_dir
+    export_model(accelerator, model, out_dir / "final", cfg, evaluation)
+    in_sync = replicas_in_sync(accelerator, model)
     accelerator.end_training()
-    summary = {"final": {k: v for k, v in final.items() if k != "step"}, "best_step": state.best_step,
+    final = {k: v for k, v in state.history[-1].items() if k != "step"}  # every stage ends evaluated
+    summary = {"final": final, "best_step": state.best_step,
                "best_score": state.best_score, "best_metric": cfg.train.best_metric,
-               "optimizer_steps": state.optimizer_step, "constant": run.constant,
+               "optimizer_steps": state.optimizer_step, "constant": constant,
                "distributed_type": str(accelerator.distributed_type), "num_processes": accelerator.num_processes,
                "replicas_in_sync": in_sync}
     if cfg.train.push_to_hub and accelerator.is_main_process:
@@ -340,8 +327,8 @@ def finish(run: Run, final: dict) -> dict:
         (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
         log.info(f"done: best {cfg.train.best_metric} {state.best_score:.4f} at step {state.best_step}; "
                  f"exported to {out_dir / 'best'} and {out_dir / 'final'}")
-        if run.constant is not None:
-            log.info(compare_with_constant(state, final, run.constant))
+        if constant is not None:
+            log.info(compare_with_constant(state, final, constant))
     return summary
 
 

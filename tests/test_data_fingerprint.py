@@ -13,7 +13,8 @@ from memecap.config import ConfigError
 from memecap.data import validation
 from memecap.data.synthetic import make_synthetic_dataset
 from memecap.data.tables import load_split
-from memecap.training.checkpoint import STATE_FILE, write_manifest
+from memecap.outputs.run_layout import STATE_FILE
+from memecap.training.checkpoint import write_manifest
 from tests.conftest import reset_accelerate, tiny_run_config
 
 QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")

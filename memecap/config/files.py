@@ -137,6 +137,18 @@ def to_dict(cfg) -> dict:
     return out
 
 
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping by dotted key (`to_dict(cfg)` -> `{"optim.lr": 0.0003, ...}`); an empty
+    mapping adds no key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def to_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
 

@@ -1,4 +1,5 @@
-"""The train and validation examples a config names: tables, HF datasets or the synthetic demo set."""
+"""The train and validation examples a config names: tables, HF datasets or the synthetic demo set.
+Every table a run trains or validates on, with or without stages, is read here (`load_table`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,19 +25,26 @@ def synthetic_tables(cfg: DataConfig, work_dir: Path) -> dict[str, Path]:
 
 def load_train_val(cfg: DataConfig, *, work_dir: Path, log: Callable[[str], None] = print,
                    check_cache: Path | None = None) -> tuple[list[Example], list[Example]]:
+    """The train and val examples of `data.train` and `data.val` (or the synthetic set)."""
     train, val = cfg.train, cfg.val
     if train == SYNTHETIC:
         tables = synthetic_tables(cfg, work_dir)
         train, val = tables["train"], tables["val"]
     if not train:
         raise ValueError("data.train is empty: name a table (.tsv/.csv/.jsonl), hf:..., or 'synthetic'")
-    cache = Path(work_dir) / "data"
-    splits = []
-    for name, path, cap in (("train", train, cfg.max_train_rows), ("val", val, cfg.max_val_rows)):
-        examples, report = load_split(path, image_dir=cfg.image_dir, on_bad_row=cfg.on_bad_row, max_rows=cap,
-                                      cache_dir=cache, log=log, check_cache=check_cache)
-        if not examples:
-            raise ValueError(f"data.{name}={path}: no usable rows")
-        log(f"data.{name}: {path}: {len(examples)} images, {sum(len(e.captions) for e in examples)} captions")
-        splits.append(examples)
+    splits = [load_table(path, cfg, max_rows=cap, work_dir=work_dir, log=log, check_cache=check_cache,
+                         key=f"data.{name}={path}", shown=f"data.{name}: {path}")
+              for name, path, cap in (("train", train, cfg.max_train_rows), ("val", val, cfg.max_val_rows))]
     return splits[0], splits[1]
+
+
+def load_table(table, cfg: DataConfig, *, max_rows: int | None, work_dir: Path, log: Callable[[str], None],
+               check_cache: Path | None, key: str, shown: str) -> list[Example]:
+    """One table's examples, every row validated (`data.on_bad_row`); a table with no usable row is
+    refused under its config `key`, the others counted in the log under `shown`."""
+    examples, _ = load_split(table, image_dir=cfg.image_dir, on_bad_row=cfg.on_bad_row, max_rows=max_rows,
+                             cache_dir=Path(work_dir) / "data", log=log, check_cache=check_cache)
+    if not examples:
+        raise ValueError(f"{key}: no usable rows")
+    log(f"{shown}: {len(examples)} images, {sum(len(e.captions) for e in examples)} captions")
+    return examples

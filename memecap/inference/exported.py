@@ -10,13 +10,13 @@ import torch
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from memecap.training.checkpoint import STATE_FILE
 from memecap.config import GenerationConfig
 from memecap.data.tables import load_split
 from memecap.evaluation import compute_metrics, refuse_foreign_predictions, write_predictions
 from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.export import CONFIG_FILE, read_export_config
+from memecap.outputs.run_layout import STATE_FILE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

@@ -21,8 +21,7 @@ from memecap.publish.model_card import model_card
 from memecap.models.export import (BASE_MANIFEST, BUNDLED_DIR, CONFIG_FILE, UnsafePath, export_files, member,
                                    recorded_base_files, set_base)
 from memecap.models.packaged import is_package_name
-
-EVALUATION_FILE = "eval.json"  # written beside an export by the training loop; read for the card
+from memecap.outputs.run_layout import EVALUATION_FILE
 
 
 class PushError(RuntimeError):

@@ -13,18 +13,20 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from safetensors import SafetensorError
 
-from memecap.config import Config, save_config
+from memecap.config import Config, save_config, to_dict
+from memecap.config.files import flat_keys
 from memecap.data.fingerprint import file_digest
 from memecap.models.export import UnsafePath, member
+from memecap.outputs.run_layout import STATE_FILE
+from memecap.training.train_state import TrainState
 from memecap.quiet import quiet_weights
 
-STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
 
@@ -33,33 +35,12 @@ class DamagedCheckpoint(ValueError):
     """A checkpoint whose files do not match its manifest (or that has none to check)."""
 
 
-@dataclass
-class TrainState:
-    stage: int = 0  # index into cfg.stages of the stage in progress (0 for a run without stages)
-    stage_start_step: int = 0  # optimizer_step at which that stage began
-    epoch: int = 0  # epochs of the current stage fully done
-    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    micro_step: int = 0  # micro-batches seen in total
-    optimizer_step: int = 0  # optimizer updates done
-    best_score: Optional[float] = None
-    best_step: Optional[int] = None
-    evals_without_improvement: int = 0
-    data_fingerprint: Optional[list] = None  # per stage, its rows and images as read (training/stages.data_fingerprint)
-    history: list = field(default_factory=list)  # evaluation records
-    # The training-loss log's open window ([token-weighted loss sum, tokens]) at the save, so the
-    # first log line after a resume averages the same steps as an uninterrupted run's.
-    loss_window: Optional[list] = None
-    world_size: Optional[int] = None  # processes that wrote it (a resume with another count is not exact)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
-
-    @classmethod
-    def from_file(cls, path: Path) -> "TrainState":
-        try:
-            return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as err:  # JSONDecodeError and unknown fields
-            raise DamagedCheckpoint(f"{path}: not a readable trainer state ({err})") from None
+def read_train_state(checkpoint: Path) -> TrainState:
+    path = Path(checkpoint) / STATE_FILE
+    try:
+        return TrainState.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, TypeError) as err:  # JSONDecodeError and unknown fields
+        raise DamagedCheckpoint(f"{path}: not a readable trainer state ({err})") from None
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -112,7 +93,7 @@ def verify_checkpoint(folder: Path) -> None:
             raise DamagedCheckpoint(f"{path}: {path.stat().st_size} bytes, the checkpoint wrote {size}")
         if file_digest(path) != digest:
             raise DamagedCheckpoint(f"{path}: its contents changed since the checkpoint was written")
-    TrainState.from_file(folder / STATE_FILE)
+    read_train_state(folder)
 
 
 def find_resume_point(resume: Optional[str], output_dir: Path, log=print) -> Optional[Path]:
@@ -151,7 +132,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if writer:
-        state.world_size = accelerator.num_processes
+        state = replace(state, world_size=accelerator.num_processes)
         (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
         save_config(cfg, tmp / "config.yaml")
         write_manifest(tmp)
@@ -171,7 +152,7 @@ def load_checkpoint(accelerator, path: Path) -> TrainState:
         # Verified files that still do not load (written by another torch, say): one line, not a traceback.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DamagedCheckpoint(f"{path}: could not be loaded ({first})") from None
-    return TrainState.from_file(Path(path) / STATE_FILE)
+    return read_train_state(path)
 
 
 # Settings that define the steps already taken: resuming with other values would not continue
@@ -183,24 +164,13 @@ EXACT_RESUME_KEYS = ("data.train", "data.val", "data.max_train_rows", "data.max_
 SCHEDULE_KEYS = ("train.epochs", "train.max_steps")
 
 
-def _flat(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _under(key: str, prefixes: tuple) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def resume_changes(saved: Config, now: Config) -> tuple[list[str], list[str]]:
     """(keys that make the resume inexact, schedule keys that changed), as `key: old -> new`."""
-    from memecap.config import to_dict
-
-    old, new = _flat(to_dict(saved)), _flat(to_dict(now))
+    old, new = flat_keys(to_dict(saved)), flat_keys(to_dict(now))
     changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     exact = [c for c in changed if _under(c.split(":")[0], EXACT_RESUME_KEYS)
              and not _under(c.split(":")[0], ("model.ocr.workers",))]  # how many processes read, not what

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from memecap.training.run_folder import agree
+from memecap.training.agreement import agree
 
 
 class NonFiniteTraining(RuntimeError):

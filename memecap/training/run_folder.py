@@ -29,6 +29,7 @@ from accelerate.utils import gather_object
 from memecap.config import Config, ConfigError
 from memecap.models import FAMILIES
 from memecap.outputs.file_lock import FileBusy, locked_folder
+from memecap.training.agreement import agree
 
 # What a run writes at the top of its folder; `train.overwrite` deletes these and nothing else.
 # `data/` (prepared tables and synthetic images, keyed by their settings) is kept.
@@ -38,25 +39,6 @@ RUN_ENTRIES = ("config.yaml", "log.jsonl", "summary.json", "checkpoints", "best"
 HOLDS_A_RUN = ("config.yaml", "log.jsonl", "checkpoints", "best", "final", "summary.json")
 MARKER = "shared-folder-check"
 RUN_FILES = "run_files.json"  # the entries the run owns, written before any of them
-
-
-def agree(accelerator, problem: Optional[str]) -> Optional[str]:
-    """Every process learns the first problem any process found, so all stop together instead
-    of some waiting forever at the next collective call."""
-    if accelerator.num_processes == 1:
-        return problem
-    found = [p for p in gather_object([problem]) if p]
-    return found[0] if found else None
-
-
-def same_everywhere(accelerator, value, what: str) -> None:
-    """Every process must hold the same `value` (e.g. the checkpoint each machine resumes from)."""
-    if accelerator.num_processes == 1:
-        return
-    values = gather_object([value])
-    if len(set(values)) > 1:
-        raise ConfigError(f"the processes disagree on {what}: {', '.join(sorted(set(map(str, values))))}; "
-                          "each machine must hold the same checkpoints")
 
 
 def holds_a_run(folder: Path) -> list[str]:

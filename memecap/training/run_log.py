@@ -1,4 +1,5 @@
-"""What a run reports: console lines on the main process, `log.jsonl`, and the trackers."""
+"""What a run reports: console lines on the main process, `log.jsonl` (with the training loss
+averaged over the steps between two lines), and the trackers."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from memecap.config import Config, to_dict
+from memecap.config.files import flat_keys
 
 
 class RunLog:
@@ -45,6 +47,27 @@ class RunLog:
         return len(lines) - len(kept)
 
 
+class LossWindow:
+    """Token-weighted mean loss and throughput between two log lines; a resume reopens the window
+    the checkpoint saved (`totals`), so the log goes on as if never interrupted."""
+
+    def __init__(self, loss: float = 0.0, tokens: int = 0):
+        self.loss, self.tokens, self.start = float(loss), int(tokens), time.perf_counter()
+
+    def totals(self) -> list:
+        return [self.loss, self.tokens]
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss += loss * tokens
+        self.tokens += tokens
+
+    def close(self, num_processes: int) -> dict:
+        elapsed = time.perf_counter() - self.start
+        record = {"loss": self.loss / max(self.tokens, 1), "tokens_per_s": self.tokens * num_processes / elapsed}
+        self.__init__()
+        return record
+
+
 def _step_of(line: str):
     try:
         return json.loads(line).get("step")
@@ -53,17 +76,6 @@ def _step_of(line: str):
 
 
 def flat_hparams(cfg: Config) -> dict:
-    out = {}
-
-    def walk(prefix, node):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(name + ".", value)
-            elif isinstance(value, (int, float, str, bool)):
-                out[name] = value
-            else:
-                out[name] = str(value)
-
-    walk("", to_dict(cfg))
-    return out
+    """The config by dotted key, as trackers take hyperparameters: numbers and strings, anything else as text."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flat_keys(to_dict(cfg)).items()}

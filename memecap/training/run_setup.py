@@ -1,11 +1,12 @@
 """Everything a run shares, and how it is set up: the accelerator, the run folder (one run per
 folder, shared or one per machine), the resume point and its checks, every stage's data, the
-model. `setup` finds what is wrong before anything heavy runs."""
+model. `setup` finds what is wrong before anything heavy runs; what it returns besides the
+settings (the model and the counters) is the loop's to carry from there."""
 from __future__ import annotations
 
 import copy
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -14,20 +15,22 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from memecap.training.accelerate_setup import make_accelerator, whole_weights
-from memecap.training.checkpoint import STATE_FILE, TrainState, find_resume_point, resume_changes
+from memecap.training.agreement import same_everywhere
+from memecap.training.checkpoint import find_resume_point, read_train_state, resume_changes
 from memecap.config import Config, ConfigError, load_saved_config, save_config, to_yaml
 from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
-from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing, same_everywhere,
+from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
 from memecap.training.run_log import RunLog
 from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages
+from memecap.training.train_state import TrainState
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """What the whole run shares: settings, the accelerator, the folder, the data of every stage,
-    the model (wrapped by `prepare` once a stage runs) and the counters that a checkpoint keeps."""
+    """What the whole run shares and never changes: settings, the accelerator, the folder, the
+    stages and their data, where it resumes from."""
 
     cfg: Config
     accelerator: Accelerator
@@ -35,25 +38,22 @@ class Run:
     out_dir: Path
     shared: bool  # every machine sees the same run folder
     writer: bool  # this process writes checkpoint files besides its own
-    stages: list
-    data: list  # (train examples, val examples) of each stage
-    model: torch.nn.Module
-    trainable: set  # parameter names the recipe trains (a stage may freeze some)
-    state: TrainState
+    stages: tuple
+    data: tuple  # (train examples, val examples) of each stage
+    trainable: frozenset  # parameter names the recipe trains (a stage may freeze some)
     resume_from: Optional[Path]
     synced_gpus: bool  # ZeRO-3: every rank runs generate's forward passes until all are done
-    constant: Optional[dict] = None
-    last_evaluation: dict = field(default_factory=dict)
 
     @property
     def many_stages(self) -> bool:
         return len(self.stages) > 1
 
 
-def setup(cfg: Config, held: ExitStack) -> Run:
+def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainState]:
     """Accelerator, run folder, resume point, every stage's data and the model, in that order, so
-    that what is wrong is found before anything heavy runs. The run folder stays locked until
-    `held` closes."""
+    that what is wrong is found before anything heavy runs. Returns the run, the model as built
+    and the counters to start from (the checkpoint's, with the data as read now). The run folder
+    stays locked until `held` closes."""
     no_cpu_accelerator_notice()
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,23 +70,24 @@ def setup(cfg: Config, held: ExitStack) -> Run:
     claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=resume_from is not None)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
-    stages = plan_stages(cfg)
+    stages = tuple(plan_stages(cfg))
     if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
         raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
-    state = TrainState.from_file(resume_from / STATE_FILE) if resume_from is not None else TrainState()
+    state = read_train_state(resume_from) if resume_from is not None else TrainState()
     if resume_from is not None:
         check_resume(cfg, resume_from, state, accelerator.num_processes, log)
     with preparing(accelerator, shared):  # every row of every stage is read and checked first
-        data = [load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages]
-    state.data_fingerprint = check_resume_data(stages, data, resume_from, state.data_fingerprint, log)
+        data = tuple(load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages)
+    state = replace(state, data_fingerprint=check_resume_data(stages, data, resume_from, state.data_fingerprint, log))
     train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
     with whole_weights(accelerator, log), preparing(accelerator, shared):
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
         model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)
     plugin = accelerator.state.deepspeed_plugin
-    return Run(cfg, accelerator, log, out_dir, shared, writer, stages, data, model,
-               trainable={name for name, p in model.named_parameters() if p.requires_grad}, state=state,
-               resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)
+    run = Run(cfg, accelerator, log, out_dir, shared, writer, stages, data,
+              trainable=frozenset(name for name, p in model.named_parameters() if p.requires_grad),
+              resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)
+    return run, model, state
 
 
 def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes: int, log: RunLog) -> None:

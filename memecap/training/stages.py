@@ -18,8 +18,8 @@ from torch import nn
 
 from memecap.config import Config, OptimConfig
 from memecap.data.fingerprint import CHECKS_FOLDER, split_changes, split_fingerprint
-from memecap.data.sources import load_train_val
-from memecap.data.tables import Example, load_split
+from memecap.data.sources import load_table, load_train_val
+from memecap.data.tables import Example
 from memecap.models.param_patterns import select_parameters
 
 
@@ -57,15 +57,10 @@ def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Calla
     d = cfg.data
     splits = []
     for name, tables, cap in (("train", stage.train, d.max_train_rows), ("val", [stage.val], d.max_val_rows)):
-        examples = []
-        for table in tables:
-            found, _ = load_split(table, image_dir=d.image_dir, on_bad_row=d.on_bad_row, max_rows=cap,
-                                  cache_dir=Path(work_dir) / "data", log=log, check_cache=check_cache)
-            if not found:
-                raise ValueError(f"stages[{stage.index}].{name}: {table}: no usable rows")
-            log(f"{stage.label} {name}: {table}: {len(found)} images, {sum(len(e.captions) for e in found)} captions")
-            examples.extend(found)
-        splits.append(examples)
+        splits.append([example for table in tables
+                       for example in load_table(table, d, max_rows=cap, work_dir=work_dir, log=log,
+                                                 check_cache=check_cache, key=f"stages[{stage.index}].{name}: {table}",
+                                                 shown=f"{stage.label} {name}: {table}")])
     return splits[0], splits[1]
 
 

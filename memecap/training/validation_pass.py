@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from memecap.config import Config
 from memecap.evaluation import compute_metrics
 from memecap.metrics.registry import higher_is_better
-from memecap.publish.hub import EVALUATION_FILE
+from memecap.outputs.run_layout import EVALUATION_FILE
 from memecap.training.nonfinite import ensure_finite_weights
 
 
