@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from memecap.config import GenerationConfig, load_config
-from memecap.data.tables import load_split
 from memecap.generation import logits_processors
 from memecap.models import build_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.rudolph.model import BOS, EOS, PAD, UNK, base_model
 from memecap.models.rudolph.compat import last_position_logits
-from tests.conftest import rudolph_overrides
+from tests.helpers import rudolph_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GENERATIONS = {
@@ -24,8 +23,8 @@ GENERATIONS = {
 
 
 @pytest.fixture(scope="module")
-def model_and_batch(tiny_rudolph, synthetic_data, tmp_path_factory):
-    examples = load_split(synthetic_data["train"], log=None)[0][:4]
+def model_and_batch(tiny_rudolph, examples, tmp_path_factory):
+    examples = examples[:4]
     cfg = load_config("rudolph_350m", rudolph_overrides(tiny_rudolph)).model
     model = build_model(cfg, work_dir=tmp_path_factory.mktemp("work")).eval()
     codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)
@@ -108,8 +107,8 @@ def test_training_still_projects_every_position_after_decoding(model_and_batch, 
 
 
 @pytest.fixture()
-def examples_for_loss(synthetic_data):
-    examples = load_split(synthetic_data["train"], log=None)[0][:2]
+def examples_for_loss(examples):
+    examples = examples[:2]
 
     def make(model):
         codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)
