@@ -102,7 +102,8 @@ def main() -> None:
         tmp = Path(tmp)
         save_ruclip_shaped(tmp / "ruclip")
         save_decoder(tmp / "gpt", args.decoder, texts)
-        cfg = load_config("clipcap_mlp_frozen", [f"model.encoder.name={tmp / 'ruclip'}", f"model.decoder.name={tmp / 'gpt'}"])
+        cfg = load_config("clipcap_mlp_frozen",
+                          [f"model.encoder.name={tmp / 'ruclip'}", f"model.decoder.name={tmp / 'gpt'}"])
         model = build_model(cfg.model, work_dir=tmp)
         ids = [model.encode_caption(t, 128) for t in texts]
         paths = [e.image_path for e in examples]

@@ -103,7 +103,8 @@ def main() -> None:
             print(f"run {r}: memecap loop {loop * 1000:.1f} ms/step, bare PyTorch {bare * 1000:.1f} ms/step")
         loop = statistics.median(r[0] for r in results)
         bare = statistics.median(r[1] for r in results)
-        print(f"| loop overhead ({args.recipe}, batch {args.batch_size}, {args.steps} steps, CPU x{torch.get_num_threads()}) "
+        print(f"| loop overhead ({args.recipe}, batch {args.batch_size}, {args.steps} steps, "
+              f"CPU x{torch.get_num_threads()}) "
               f"| {loop * 1000:.1f} ms/step | {bare * 1000:.1f} ms/step | {100 * (loop / bare - 1):+.1f}% |")
 
 

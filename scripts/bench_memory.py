@@ -1,10 +1,12 @@
-"""Peak memory and step time of every memory mode, through the real loop, beside `memecap plan`.
+r"""Peak memory and step time of every memory mode, through the real loop, beside `memecap plan`.
 
     .venv/bin/python scripts/bench_memory.py --decoder small            # CPU: peak RSS
     .venv/bin/python scripts/bench_memory.py --decoder large --batch-size 8 --caption-tokens 128   # on a GPU
     .venv/bin/python scripts/bench_memory.py --rudolph small --steps 4   # RuDOLPH, 350M's sequence, reduced depth/width
-    .venv/bin/python scripts/bench_memory.py --rudolph 350M_v1 --modes "full fine-tune" "full + 8-bit AdamW"   # on a GPU
-    .venv/bin/python scripts/bench_memory.py --rudolph 2.7B --batch-size 1 --modes "LoRA, bf16 base" "full + ZeRO-3 offload"
+    .venv/bin/python scripts/bench_memory.py --rudolph 350M_v1 \
+        --modes "full fine-tune" "full + 8-bit AdamW"   # on a GPU
+    .venv/bin/python scripts/bench_memory.py --rudolph 2.7B --batch-size 1 \
+        --modes "LoRA, bf16 base" "full + ZeRO-3 offload"
 
 With --rudolph SHAPE the model is a random-initialised RuDOLPH of that shape (a key of the
 rudolph package's MODELS table, or `small`), saved fp16 in the published layout beside a tiny
@@ -49,8 +51,10 @@ RUDOLPH_MODES = {  # name -> (overrides, accelerate config or None)
     "full fine-tune": (["model.rudolph.mode=full", "optim.name=torch.optim.AdamW"], None),
     "full + 8-bit AdamW": (["model.rudolph.mode=full", "optim.name=bitsandbytes.optim.AdamW8bit"], None),
     "LoRA, fp32 base": (["model.rudolph.mode=lora", "optim.name=torch.optim.AdamW"], None),
-    "LoRA, bf16 base": (["model.rudolph.mode=lora", "model.rudolph.base_dtype=bfloat16", "optim.name=torch.optim.AdamW"], None),
-    "full + ZeRO-3 offload": (["model.rudolph.mode=full", "optim.name=torch.optim.AdamW"], "deepspeed_zero3_offload.yaml"),
+    "LoRA, bf16 base": (["model.rudolph.mode=lora", "model.rudolph.base_dtype=bfloat16",
+                         "optim.name=torch.optim.AdamW"], None),
+    "full + ZeRO-3 offload": (["model.rudolph.mode=full", "optim.name=torch.optim.AdamW"],
+                              "deepspeed_zero3_offload.yaml"),
 }
 # RuDOLPH-350M's sequence and vocabularies (64 + 16x16 + 64 tokens) at a depth and width a CPU trains.
 RUDOLPH_SMALL = dict(num_layers=4, hidden_size=256, num_attention_heads=4)
@@ -64,7 +68,10 @@ from memecap import train
 from memecap.config import load_config
 cfg = load_config(sys.argv[1], sys.argv[2:])
 summary = train.main(cfg)
-peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if torch.cuda.is_available():
+    peak = torch.cuda.max_memory_allocated()
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 json.dump({"peak": peak, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
           open(cfg.train.output_dir + f"/peak{int(__import__('os').environ.get('RANK', 0))}.json", "w"))
 """
@@ -82,8 +89,8 @@ def make_decoder(folder: Path, shape: str, texts: list[str]) -> None:
     from memecap.models.tiny import train_tokenizer
 
     tok = train_tokenizer(texts, 1000)
-    config = GPT2Config(vocab_size=50257, n_positions=2048, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id, **SHAPES[shape])
+    config = GPT2Config(vocab_size=50257, n_positions=2048, eos_token_id=tok.eos_token_id,
+                        bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SHAPES[shape])
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
 
@@ -102,7 +109,8 @@ def make_rudolph(folder: Path, shape: str, texts: list[str]) -> list[str]:
     save_tiny_tokenizer(utils, texts, 1000)
     save_tiny_vqgan(utils, params["image_tokens_per_dim"] * 8, params["image_vocab_size"])
     save_tiny_rudolph(folder / "rudolph", params, dtype=torch.float16)
-    return [f"model.rudolph.name={folder / 'rudolph'}", f"model.rudolph.vqgan={utils}", f"model.rudolph.tokenizer={utils}"]
+    return [f"model.rudolph.name={folder / 'rudolph'}", f"model.rudolph.vqgan={utils}",
+            f"model.rudolph.tokenizer={utils}"]
 
 
 def run_mode(overrides, accel_config, base: list[str], out: Path, recipe: str = "demo") -> dict:
@@ -174,7 +182,7 @@ def main() -> None:
             base = [*common, f"model.decoder.name={tmp / 'decoder'}", "model.encoder.trainable=false",
                     "model.encoder.features=pooled", "model.mapper.prefix_length=10",
                     f"data.max_caption_tokens={args.caption_tokens}"]
-        print(f"| mode | checkpointing | peak | plan | step | samples/s |\n| --- | --- | --- | --- | --- | --- |")
+        print("| mode | checkpointing | peak | plan | step | samples/s |\n| --- | --- | --- | --- | --- | --- |")
         for name in args.modes:
             overrides, accel = modes[name]
             for ckpt in (False, True):

@@ -32,7 +32,8 @@ from memecap.ocr.run import min_confidence
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("screenshot", "comic", "english", "photo")
 _SCREENSHOT = re.compile(r"скриншот|переписк|твит|tweet|комментари|пост\b|запис[ьи] из", re.IGNORECASE)
-_COMIC = re.compile(r"комикс|кадр|панел|разделен|частей|части\b|две картинки|четыре картинки|верхн\w+ част", re.IGNORECASE)
+_COMIC = re.compile(r"комикс|кадр|панел|разделен|частей|части\b|две картинки|четыре картинки|верхн\w+ част",
+                    re.IGNORECASE)
 _LATIN = re.compile(r"[a-z]")
 
 
@@ -148,8 +149,8 @@ def main() -> None:
             read_words(paths, cfg, cache_dir=args.cache, progress=False)
             reload = time.perf_counter() - start
             texts = [clean_text(w, min_confidence(cfg), cfg.cleaning) for w in words]
-            per_image = (f"{first / fresh:.2f} wall, {cpu / fresh:.2f} CPU ({fresh} read, load {os.getloadavg()[0]:.1f})"
-                         if fresh else "cached")
+            per_image = (f"{first / fresh:.2f} wall, {cpu / fresh:.2f} CPU "
+                         f"({fresh} read, load {os.getloadavg()[0]:.1f})" if fresh else "cached")
             print(row(f"{engine}, {split}", texts, examples, f" {per_image} | {reload:.2f} s |"), flush=True)
             later.append((engine, split, cfg, words, examples, texts))
     for engine, split, cfg, words, examples, texts in later:
@@ -160,7 +161,8 @@ def main() -> None:
                 print(row(f"{engine}, {split}, {kind}", [texts[i] for i in keep], [examples[i] for i in keep], " | |"))
         if args.cleaning and engine == args.engines[0]:
             threshold = min_confidence(cfg)
-            print(row(f"{engine}, {split}, no cleaning rule", [clean_text(w, threshold, ()) for w in words], examples, " | |"))
+            uncleaned = [clean_text(w, threshold, ()) for w in words]
+            print(row(f"{engine}, {split}, no cleaning rule", uncleaned, examples, " | |"))
             for rule in RULES:
                 rules = [r for r in cfg.cleaning if r != rule]
                 print(row(f"{engine}, {split}, without `{rule}`", [clean_text(w, threshold, rules) for w in words],

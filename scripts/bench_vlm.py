@@ -92,7 +92,8 @@ def main() -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-        times = [r["time"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+        rows = map(json.loads, (out / "log.jsonl").read_text().splitlines())
+        times = [r["time"] for r in rows if r["kind"] == "train"]
         step = statistics.median(b - a for a, b in zip(times[1:], times[2:]))  # the first step warms up
         plan = plan_memory(load_config("vlm_qwen2_5_3b_qlora", settings))
         rows.append((mode, step, rss_kib / 2**20, plan.total() / GIB, plan.trainable))
@@ -143,7 +144,8 @@ def measure_real(args) -> int:
         side = int((v.max_pixels or 401408) ** 0.5) // token_px * token_px
     settings = [f"model.vlm.name={base}", "model.vlm.revision=null", "data.train=synthetic", "data.val=synthetic",
                 f"data.synthetic.n_train={args.batch_size * args.steps}", "data.synthetic.n_val=2",
-                f"data.synthetic.image_size={side}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
+                f"data.synthetic.image_size={side}", f"train.max_steps={args.steps}",
+                f"train.batch_size={args.batch_size}",
                 "train.grad_accum=1", "train.log_every=1", "train.trackers=[]", "train.progress_bar=false",
                 "eval.compare_constant=false", "eval.batch_size=2", "generation.max_new_tokens=4",
                 f"train.output_dir={work / 'run'}", f"cache.dir={work / 'cache'}"]
@@ -156,7 +158,8 @@ def measure_real(args) -> int:
     model = load_model(work / "run" / "final")
     images = sorted((work / "run" / "data").glob("*/images/*.jpg"))[: args.batch_size]
     prompt = len(model.prepare(images[0])["prompt_ids"])
-    losses = [r["loss"] for r in map(json.loads, (work / "run" / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    rows = map(json.loads, (work / "run" / "log.jsonl").read_text().splitlines())
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
     seq = prompt + 32  # the synthetic captions are short: the plan is taken at the measured sequence
     plan = plan_memory(cfg, batch_size=args.batch_size, seq_len=seq,
                        mixed_precision=cfg.train.mixed_precision if cfg.train.mixed_precision != "auto" else None)
@@ -205,7 +208,8 @@ def measure_captioning(args) -> int:
             results[kind].append((cpu, int(field(r"Maximum resident set size \(kbytes\)")) / 1024))
     bare_cpu = statistics.median(c for c, _ in results["bare loop"])
     bare_rss = statistics.median(m for _, m in results["bare loop"])
-    print(f"| {args.caption} memes, {args.rounds} rounds | CPU (median) | CPU / bare | peak RSS (median) | RSS / bare |")
+    print(f"| {args.caption} memes, {args.rounds} rounds "
+          "| CPU (median) | CPU / bare | peak RSS (median) | RSS / bare |")
     print("| --- | --- | --- | --- | --- |")
     for kind, runs in results.items():
         cpu, rss = statistics.median(c for c, _ in runs), statistics.median(m for _, m in runs)
@@ -235,7 +239,8 @@ def caption_child(kind: str, export: str, folder: str) -> int:
         for start in range(0, len(paths), 32):
             images = [Image.open(p).convert("RGB") for p in paths[start:start + 32]]
             vision = image_processor(images=images, return_tensors="pt")
-            texts = [prompt.replace("<|image_pad|>", "<|image_pad|>" * (int(g.prod()) // 4)) for g in vision["image_grid_thw"]]
+            texts = [prompt.replace("<|image_pad|>", "<|image_pad|>" * (int(g.prod()) // 4))
+                     for g in vision["image_grid_thw"]]
             text = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
             types = (text["input_ids"] == model.config.image_token_id).long()
             ids = model.generate(**text, **vision, mm_token_type_ids=types, do_sample=False, max_new_tokens=40,

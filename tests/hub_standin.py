@@ -36,8 +36,8 @@ Offline mode: tests/conftest.py sets HF_HUB_OFFLINE=1. huggingface_hub reads it 
 request, and by transformers) returns that constant, so unsetting the env var alone does nothing:
 `online()` patches the constant too, for its duration only.
 
-Use from other tests:
-    from tests.hub_standin import STANDIN_TOKEN, StandinHub, online, standin_hub  # noqa: F401
+Use from other tests (the `standin_hub` fixture is in tests/conftest.py):
+    from tests.hub_standin import STANDIN_TOKEN
     def test_push(standin_hub): HfApi(endpoint=standin_hub.url, token=STANDIN_TOKEN) ...
 """
 from __future__ import annotations
@@ -495,9 +495,3 @@ def online(endpoint: str | None = None, token: str | None = None) -> Iterator[No
             mp.setenv("HF_TOKEN", token)
         yield
 
-
-@pytest.fixture
-def standin_hub() -> Iterator[StandinHub]:
-    """A running StandinHub that requires STANDIN_TOKEN, with `online(hub.url, STANDIN_TOKEN)` applied."""
-    with StandinHub(token=STANDIN_TOKEN) as hub, online(endpoint=hub.url, token=STANDIN_TOKEN):
-        yield hub

@@ -48,7 +48,8 @@ def stopped_holding_lock(cmd: list[str], path: Path, timeout: float = 180) -> It
     proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        while not (path.exists() and holds_flock(proc.pid, path)) and proc.poll() is None and time.monotonic() < deadline:
+        while (not (path.exists() and holds_flock(proc.pid, path)) and proc.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.02)
         assert path.exists() and holds_flock(proc.pid, path), f"{cmd[:4]} never locked {path}: {proc.poll()=}"
         proc.send_signal(SIGSTOP)

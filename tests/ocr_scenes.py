@@ -73,7 +73,8 @@ def two_panels() -> tuple[Image.Image, list[str]]:
     return img, left + right
 
 
-SCENES = {"over_photo": over_photo, "light_on_dark": light_on_dark, "two_columns": two_columns, "two_panels": two_panels}
+SCENES = {"over_photo": over_photo, "light_on_dark": light_on_dark, "two_columns": two_columns,
+          "two_panels": two_panels}
 
 
 def make_scenes(root: Path) -> dict[str, tuple[Path, list[str]]]:

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoModel, BitImageProcessorPil, CLIPConfig, CLIPModel, ConvNextConfig,
-                          ConvNextImageProcessorPil, Dinov2Config, EfficientNetConfig, EfficientNetImageProcessorPil,
-                          ResNetConfig, ViTConfig, ViTImageProcessorPil)
+from transformers import AutoModel, CLIPConfig, CLIPModel, EfficientNetImageProcessorPil, ViTImageProcessorPil
 
 from memecap.config import GenerationConfig, load_config
 from memecap.config_checks import ConfigError
@@ -17,41 +15,7 @@ from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.models.clipcap.plan import image_features
 from memecap.models.encoders import build_image_encoder
-from tests.conftest import nudge_trained_parts
-
-MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]  # not any library's default: they must come from the processor
-
-
-def tiny_backbone(arch: str):
-    """(config, image processor) of a tiny random backbone that takes 32 px images."""
-    square = {"height": 32, "width": 32}
-    if arch == "efficientnet":  # hidden_dim >= the last map's side, or its pooler is not global
-        return (EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, image_size=32),
-                EfficientNetImageProcessorPil(size=square, include_top=False, image_mean=MEAN, image_std=STD))
-    if arch == "convnext":
-        return (ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
-                ConvNextImageProcessorPil(size={"shortest_edge": 32}, image_mean=MEAN, image_std=STD))
-    if arch == "resnet":
-        return (ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
-                ConvNextImageProcessorPil(size={"shortest_edge": 32}, image_mean=MEAN, image_std=STD))
-    if arch == "vit":
-        return (ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                          image_size=32, patch_size=8),
-                ViTImageProcessorPil(size=square, image_mean=MEAN, image_std=STD))
-    if arch == "dinov2":  # its processor resizes then crops, as the published ones do
-        return (Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=32,
-                             patch_size=8),
-                BitImageProcessorPil(size={"shortest_edge": 40}, crop_size=square, image_mean=MEAN, image_std=STD))
-    raise ValueError(arch)
-
-
-def save_backbone(folder, arch: str, seed: int = 0):
-    config, processor = tiny_backbone(arch)
-    torch.manual_seed(seed)
-    model = AutoModel.from_config(config).eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model
+from tests.helpers import BACKBONE_MEAN, BACKBONE_STD, nudge_trained_parts, save_backbone, tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +50,7 @@ def test_auto_encoder_is_the_backbones_own_output(arch, features, backbones):
     tokens, width = SHAPES[arch, features]
     assert got.shape == ((2, width) if features == "pooled" else (2, tokens, width))
     assert (encoder.embed_dim, encoder.image_size) == (width, 32)
-    assert encoder.mean == pytest.approx(MEAN) and encoder.std == pytest.approx(STD)
+    assert encoder.mean == pytest.approx(BACKBONE_MEAN) and encoder.std == pytest.approx(BACKBONE_STD)
     assert encoder.describe() == {"kind": "auto", "name": str(folder), "revision": None, "embed_dim": width,
                                   "image_size": 32, "features": features}
 
@@ -139,10 +103,11 @@ def test_a_backbone_naming_its_own_code_is_refused_before_loading(tmp_path, sett
 
 
 @pytest.mark.parametrize("processor", [
-    EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD),  # include_top
+    # include_top
+    EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, image_mean=BACKBONE_MEAN, image_std=BACKBONE_STD),
     EfficientNetImageProcessorPil(size={"height": 32, "width": 32}, rescale_factor=1 / 127.5, rescale_offset=True,
                                   do_normalize=False, include_top=False),  # pixels / 127.5 - 1
-    ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD),
+    ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=BACKBONE_MEAN, image_std=BACKBONE_STD),
 ], ids=["efficientnet-include-top", "efficientnet-offset", "vit"])
 def test_memecaps_pixels_are_the_processors(processor):
     import numpy as np
@@ -166,7 +131,8 @@ def test_missing_folder_files_are_named(tmp_path):
 def test_config_accepts_auto_and_checks_packaged_names():
     cfg = load_config("lstm_resnet50", ["model.encoder.kind=auto", "model.encoder.name=package:efficientnet-lite0"])
     assert cfg.model.encoder.kind == "auto"
-    with pytest.raises(ConfigError, match=r"package:efficientnet-lite0.*set model\.encoder\.kind=auto \(it is resnet\)"):
+    with pytest.raises(ConfigError,
+                       match=r"package:efficientnet-lite0.*set model\.encoder\.kind=auto \(it is resnet\)"):
         load_config("lstm_resnet50", ["model.encoder.name=package:efficientnet-lite0"])
     with pytest.raises(ConfigError, match=r"package:resnet-50.*known: package:efficientnet-lite0"):
         load_config("lstm_resnet50", ["model.encoder.kind=auto", "model.encoder.name=package:resnet-50"])

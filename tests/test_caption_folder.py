@@ -86,7 +86,8 @@ def test_out_that_is_not_a_captions_file_is_refused_and_left_unchanged(tiny_lora
     assert "not a file" in capsys.readouterr().err
 
 
-def test_file_names_that_are_not_utf8_are_captioned_and_written_losslessly(tiny_lora_run, synthetic_data, tmp_path, capsys):
+def test_file_names_that_are_not_utf8_are_captioned_and_written_losslessly(tiny_lora_run, synthetic_data, tmp_path,
+                                                                            capsys):
     images = sorted((synthetic_data["val"].parent / "images").glob("5*.jpg"))[:2]
     folder = tmp_path / "memes"
     folder.mkdir()

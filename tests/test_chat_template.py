@@ -7,13 +7,12 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from memecap.models.vlm.template import ChatTemplate, ChatTemplateError, render_chat
 from memecap.models.vlm.tiny import LLAVA_TEMPLATE, QWEN_SPECIAL, QWEN_TEMPLATE, SMOLVLM_TEMPLATE, tiny_tokenizer
-from tests.test_untrusted import one_image_folder, vlm_exports  # noqa: F401 - a fixture
+from tests.helpers import one_image_folder
 
 # The features published templates use, in the layout they are written in (indented tags and line
 # breaks, which trim_blocks / lstrip_blocks shape): namespaces, loop variables, tests, filters,

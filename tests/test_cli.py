@@ -11,7 +11,7 @@ import pytest
 from memecap import cli, train
 from memecap.data.validation import DataError
 from memecap.evaluation import read_predictions
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import reset_accelerate, tiny_run_config
 
 
 @pytest.fixture(scope="module")

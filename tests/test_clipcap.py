@@ -5,32 +5,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memecap.config import GenerationConfig, load_config
-from memecap.data.tables import load_split
+from memecap.config import GenerationConfig
 from memecap.features import FeatureCache
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
-from tests.conftest import nudge_trained_parts
+from tests.helpers import clipcap_batch, nudge_trained_parts, recipe_with_tiny_bases
 
 RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
            "clipcap_qlora_large"]
-
-
-def recipe_with_tiny_bases(recipe, ruclip_dir, gpt2_dir, *overrides):
-    """A shipped recipe with its Hub ids swapped for tiny models saved in the same layouts."""
-    return load_config(recipe, [f"model.encoder.name={ruclip_dir}", f"model.decoder.name={gpt2_dir}",
-                                "model.mapper.num_heads=2", "model.mapper.num_layers=1", *overrides])
-
-
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
-
-
-def make_batch(model, examples, n=4, cache_dir=None):
-    images = model.image_inputs([e.image_path for e in examples[:n]], cache_dir=cache_dir, device="cpu", progress=False)
-    items = [{"image": images[i], "input_ids": model.encode_caption(e.captions[0], 64)} for i, e in enumerate(examples[:n])]
-    return model.collate(items)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -51,7 +33,7 @@ def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_ruclip_d
     else:
         assert len(decoder_trainable) == sum(1 for _ in model.decoder.parameters())
 
-    batch = make_batch(model, examples)
+    batch = clipcap_batch(model, examples)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     out = model(batch)
@@ -87,7 +69,8 @@ def test_loss_masks_padding_not_real_tokens(tiny_ruclip_dir, tiny_gpt2_dir, exam
 
 
 def test_truncation_keeps_the_end_token(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
-    model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model, work_dir=tmp_path)
+    cfg = recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir)
+    model = build_model(cfg.model, work_dir=tmp_path)
     ids = model.encode_caption(examples[0].captions[0] * 5, 10)
     assert len(ids) == 10 and ids[-1] == model.eos_id
 
@@ -143,7 +126,7 @@ def test_patch_features_feed_the_decoder_one_token_per_patch(mapper, expected_pr
     cfg = recipe_with_tiny_bases(f"clipcap_{mapper}_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
                                  "model.encoder.features=patches")
     model = build_model(cfg.model, work_dir=tmp_path)
-    batch = make_batch(model, examples, n=2, cache_dir=tmp_path / "cache")
+    batch = clipcap_batch(model, examples, n=2, cache_dir=tmp_path / "cache")
     assert batch["image"].shape == (2, 17, 64)  # 4x4 patches + class token, width 64, cached as such
     # mlp: every patch becomes a prefix token; transformer: prefix_length queries read the patches.
     assert model.prefix(batch["image"]).shape[:2] == (2, expected_prefix)
@@ -230,7 +213,8 @@ def test_pinned_regression_loss(tiny_ruclip_dir, examples, tmp_path):
     texts = ["на картинке красный круг слева на белом фоне.", 'на картинке синяя звезда. подпись: "кек"'] * 20
     gpt = save_tiny_gpt2(tmp_path / "gpt", TinyConfig(gpt_width=32, gpt_layers=2, gpt_heads=2, vocab_size=300), texts)
     torch.manual_seed(0)
-    model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, gpt).model, work_dir=tmp_path).eval()
+    cfg = recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, gpt)
+    model = build_model(cfg.model, work_dir=tmp_path).eval()
     batch = model.collate([{"image": torch.linspace(-1, 1, model.image_dim) * (i + 1),
                             "input_ids": model.encode_caption(t, 32)} for i, t in enumerate(texts[:2])])
     loss = model(batch)["loss"].item()

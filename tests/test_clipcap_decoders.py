@@ -11,22 +11,15 @@ import torch
 
 from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.datasets import CaptionEvalSet
-from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.models.clipcap.architectures import GPT2_TARGETS, LLAMA_TARGETS
 from memecap.models.tiny_causal_lm import FAMILIES, save_tiny_causal_lm
 from memecap.plan import GIB, plan_memory
-from tests.conftest import TEST_TINY, nudge_trained_parts
-from tests.test_clipcap import make_batch, recipe_with_tiny_bases
+from tests.helpers import TEST_TINY, clipcap_batch, nudge_trained_parts, prompted, recipe_with_tiny_bases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODES = {"lora": "clipcap_lora", "full": "clipcap_mlp_finetune"}
 TEMPLATE = "Текст на картинке: {text}\nОписание: "
-
-
-@pytest.fixture(scope="module")
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +67,7 @@ def test_a_training_step_moves_exactly_the_trainable_weights(family, mode, decod
         assert adapted_layers(model) == set(LLAMA_TARGETS)  # the architecture's default, not GPT-2's names
     else:
         assert len(decoder_trainable) == sum(1 for _ in model.decoder.parameters())
-    batch = make_batch(model, examples)
+    batch = clipcap_batch(model, examples)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     model(batch)["loss"].backward()
@@ -157,8 +150,8 @@ def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples
     assert type(model.decoder.get_base_model()) is type(plain.decoder.get_base_model())
     assert adapted_layers(model) == set(LLAMA_TARGETS)
     model.mapper.load_state_dict(plain.mapper.state_dict())
-    batch = make_batch(model, examples)
-    assert torch.equal(batch["input_ids"], make_batch(plain, examples)["input_ids"])
+    batch = clipcap_batch(model, examples)
+    assert torch.equal(batch["input_ids"], clipcap_batch(plain, examples)["input_ids"])
     assert model.eval()(batch)["loss"].item() == pytest.approx(plain.eval()(batch)["loss"].item(), abs=1e-5)
     assert plan_memory(cfg).trainable == sum(p.numel() for p in model.trainable_parameters())
 
@@ -206,7 +199,7 @@ def test_a_llama_decoder_through_the_real_loop(decoders, synthetic_data, tmp_pat
     import json
 
     from memecap import Captioner, train
-    from tests.conftest import reset_accelerate, tiny_run_config
+    from tests.helpers import reset_accelerate, tiny_run_config
 
     out = tmp_path / "run"
     cfg = tiny_run_config(out, synthetic_data, f"model.decoder.name={decoders['llama']}", "model.decoder.mode=lora",
@@ -248,7 +241,6 @@ def test_quote_copy_copies_the_ocr_text(family, decoders, tiny_ruclip_dir, examp
     """generation.quote=copy with each tokenizer: after the opening mark the OCR text is forced,
     then the closing mark; left alone the steered decoder writes only quote marks."""
     from memecap.quote_copy import quote_text
-    from tests.test_ocr_clipcap import prompted
 
     _, model = built("clipcap_ocr_frozen", tiny_ruclip_dir, decoders[family], tmp_path)
     model.eval()
@@ -272,13 +264,14 @@ def test_the_qwen2_5_recipe_trains_its_lora_on_a_qwen2_decoder(decoders, tiny_ru
     """clipcap_qwen2_5_lora, its Hub names replaced by a tiny Qwen2 of the same class: adapters on the
     seven projections it names, checkpointing on, a step moves only the adapters and the mapper."""
     cfg, model = built("clipcap_qwen2_5_lora", tiny_ruclip_dir, decoders["qwen2"], tmp_path)
-    assert cfg.model.decoder.gradient_checkpointing and type(model.decoder.base_model.model).__name__ == "Qwen2ForCausalLM"
+    assert cfg.model.decoder.gradient_checkpointing
+    assert type(model.decoder.base_model.model).__name__ == "Qwen2ForCausalLM"
     assert adapted_layers(model) == set(LLAMA_TARGETS)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n or n.startswith("mapper.") for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    loss = model(make_batch(model, examples[:2]))["loss"]
+    loss = model(clipcap_batch(model, examples[:2]))["loss"]
     loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -291,7 +284,6 @@ def test_the_gemma_recipe_captions_with_a_tiny_gemma_gguf(decoders, tiny_ruclip_
     whose quote is the OCR text (quote=copy)."""
     from memecap.quote_copy import quote_text
     from tests.gguf_files import write_gguf
-    from tests.test_ocr_clipcap import prompted
 
     folder = tmp_path / "gemma"
     folder.mkdir()

@@ -97,7 +97,8 @@ def test_saved_config_round_trips(tmp_path):
 def test_rudolph_recipes_name_the_real_hub_models_and_weight_the_caption():
     cfg = load_config("rudolph_350m")
     r = cfg.model.rudolph
-    assert (r.name, r.vqgan, r.tokenizer) == ("ai-forever/RUDOLPH-350M", "ai-forever/rudalle-utils", "ai-forever/rudalle-utils")
+    assert (r.name, r.vqgan, r.tokenizer) == ("ai-forever/RUDOLPH-350M", "ai-forever/rudalle-utils",
+                                              "ai-forever/rudalle-utils")
     assert r.loss_weights.right_text > 5 * max(r.loss_weights.left_text, r.loss_weights.image)
     assert load_config("rudolph_1.3b").model.rudolph.name == "ai-forever/RUDOLPH-1.3B"
     assert load_config("rudolph_2.7b").model.rudolph.mode == "lora"

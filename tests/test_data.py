@@ -172,7 +172,8 @@ def test_a_field_opening_a_quote_counts_every_row_it_swallows(tmp_path):
     assert [e.uid for e in examples] == ["1"]
     assert (report.skipped_rows, report.n_rows) == (11, 12)
     assert logged[-1].startswith(f"{path}: skipped 11 of 12 rows")
-    assert "lines 3-13 (11 rows)" in logged[0] and "field 2 of line 3 starts with &, which opens a quoted field" in logged[0]
+    assert "lines 3-13 (11 rows)" in logged[0]
+    assert "field 2 of line 3 starts with &, which opens a quoted field" in logged[0]
 
     # Closed lines later, the swallowed span is one legal field: counted the same way.
     body = b"uid\ttext\n1\t&opens\n2\tb\n3\tand closes&\n4\tok\n"

@@ -8,29 +8,15 @@ import shutil
 import pytest
 from PIL import Image
 
-from memecap import train
 from memecap.config import ConfigError
 from memecap.data import validation
 from memecap.data.synthetic import make_synthetic_dataset
 from memecap.data.tables import load_split
 from memecap.outputs.run_layout import STATE_FILE
 from memecap.training.checkpoint import write_manifest
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import checkpointed_run, reset_accelerate
 
-QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(one_thread):
-    yield
-    reset_accelerate()
-
-
-def run(out, data, *overrides):
-    try:
-        return train.main(tiny_run_config(out, data, *QUICK, *overrides))
-    finally:
-        reset_accelerate()
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +25,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("fingerprint")
     data = make_synthetic_dataset(root / "data", n_train=30, n_val=8, image_size=32, seed=3)
     shutil.copytree(root / "data", root / "pristine")
-    run(root / "run", data, "train.max_steps=4")
+    checkpointed_run(root / "run", data, "train.max_steps=4")
     reset_accelerate()
     return {"root": root, "data": data}
 
@@ -73,13 +59,13 @@ def test_resume_on_changed_data_is_refused_naming_what_changed(four_steps, edit,
         Image.new("RGB", (32, 32), (200, 10, 10)).save(data["train"].parent / "images" / "0.jpg", quality=92)
     with pytest.raises(ConfigError, match=r"^train\.resume: the data changed since .*step_0000004 was written.*"
                                           + message) as err:
-        run(out, data, "train.max_steps=6", "train.resume=auto")
+        checkpointed_run(out, data, "train.max_steps=6", "train.resume=auto")
     assert "\n" not in str(err.value)
 
 
 def test_resume_on_the_same_data_continues_and_records_the_fingerprint(four_steps):
     out, data = four_steps
-    summary = run(out, data, "train.max_steps=6", "train.resume=auto")
+    summary = checkpointed_run(out, data, "train.max_steps=6", "train.resume=auto")
     assert summary["optimizer_steps"] == 6
     state = json.loads((out / "checkpoints" / "step_0000006" / STATE_FILE).read_text())
     assert state["data_fingerprint"][0]["train"]["rows"] == 30
@@ -92,7 +78,7 @@ def test_a_checkpoint_without_a_fingerprint_resumes_and_says_so_once(four_steps,
     del state["data_fingerprint"]  # as written before fingerprints
     (checkpoint / STATE_FILE).write_text(json.dumps(state))
     write_manifest(checkpoint)
-    summary = run(out, data, "train.max_steps=6", "train.resume=auto")
+    summary = checkpointed_run(out, data, "train.max_steps=6", "train.resume=auto")
     assert summary["optimizer_steps"] == 6
     assert capsys.readouterr().err.count("no data fingerprint recorded") == 1
     # The checkpoints written after the resume record it.

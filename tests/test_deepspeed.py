@@ -13,13 +13,14 @@ from memecap.config import GenerationConfig, save_config
 from memecap.evaluation import read_predictions
 from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
-from tests.conftest import tiny_run_config
+from tests.helpers import log_rows, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("config_file, stage", [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
+@pytest.mark.parametrize("config_file, stage",
+                         [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
 def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_data):
     out = tmp_path / "run"
     # Full decoder training: ZeRO partitions real optimizer state; 13 val images over 2 ranks is uneven,
@@ -39,11 +40,12 @@ def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_da
     if stage == 3:
         rank0, rank1 = (json.loads((out / f"generated_lengths.rank{r}.json").read_text()) for r in (0, 1))
         # Lengths are re-tokenised decoded text, so a 2-token caption can count a few more.
-        assert rank0 and rank1 and max(rank0) < max(rank1) and sorted(rank0)[len(rank0) // 2] * 3 < sorted(rank1)[len(rank1) // 2], (rank0, rank1)
+        assert (rank0 and rank1 and max(rank0) < max(rank1)
+                and sorted(rank0)[len(rank0) // 2] * 3 < sorted(rank1)[len(rank1) // 2]), (rank0, rank1)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distributed_type"] == "DistributedType.DEEPSPEED" and summary["num_processes"] == 2
-    losses = [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    losses = [r["loss"] for r in log_rows(out)]
     assert losses[-1] < losses[0] - 0.3, losses
     for path in sorted((out / "predictions").glob("*.jsonl")):
         uids = [r["uid"] for r in read_predictions(path)]
@@ -55,5 +57,6 @@ def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_da
     model = load_model(out / "final")
     feats = model.image_inputs([synthetic_data["val"].parent / "images" / "48.jpg"], cache_dir=None, device="cpu",
                                progress=False)
-    captions = model.generate(model.collate([CaptionEvalSet(feats)[0]]), GenerationConfig(strategy="greedy", max_new_tokens=8))
+    captions = model.generate(model.collate([CaptionEvalSet(feats)[0]]),
+                              GenerationConfig(strategy="greedy", max_new_tokens=8))
     assert len(captions) == 1 and captions[0][0]

@@ -6,7 +6,7 @@ import os
 
 from memecap.config import save_config
 from memecap.evaluation import read_predictions
-from tests.conftest import tiny_run_config
+from tests.helpers import log_rows, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure
 
 
@@ -30,6 +30,5 @@ def test_two_process_ddp_run(tmp_path, synthetic_data):
         rows = read_predictions(path)
         uids = [r["uid"] for r in rows]
         assert len(uids) == 13 and len(set(uids)) == 13  # both ranks' captions, none twice
-    losses = [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()
-              if json.loads(l)["kind"] == "train"]
+    losses = [r["loss"] for r in log_rows(out)]
     assert losses[-1] < losses[0]

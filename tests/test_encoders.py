@@ -24,7 +24,7 @@ from transformers import (
 
 from memecap.models.encoders import ImageEncoder, build_image_encoder
 from memecap.models.ruclip_weights import RUCLIP_MEAN, RUCLIP_STD
-from tests.conftest import ruclip_model_module as _ruclip_module
+from tests.helpers import ruclip_model_module
 
 CUSTOM_MEAN = [0.1, 0.2, 0.3]
 CUSTOM_STD = [0.4, 0.5, 0.6]
@@ -49,7 +49,7 @@ def _save_ruclip(folder: Path, config: dict, fmt: str = "bin"):
     """A random ruclip.model.CLIP saved in the published layout; returns the model."""
     torch.manual_seed(0)
     arch = {k: v for k, v in config.items() if k not in ("mean", "std")}
-    clip = _ruclip_module().CLIP(**arch).eval()
+    clip = ruclip_model_module().CLIP(**arch).eval()
     with torch.no_grad():  # LayerNorms start at 1/0 and attention biases at 0: randomise them so
         for name, param in clip.named_parameters():  # a swapped norm or a mis-split bias would show
             if "ln_" in name or name.endswith("bias"):
@@ -81,7 +81,8 @@ def test_ruclip_matches_original_encode_image(tmp_path, vision_width, fmt):
     assert (encoder.embed_dim, encoder.image_size) == (16, 32)
     assert encoder.mean == pytest.approx(RUCLIP_MEAN) and encoder.std == pytest.approx(RUCLIP_STD)
     assert encoder.describe() == {
-        "kind": "ruclip", "name": str(tmp_path), "revision": None, "embed_dim": 16, "image_size": 32, "features": "pooled",
+        "kind": "ruclip", "name": str(tmp_path), "revision": None, "embed_dim": 16, "image_size": 32,
+        "features": "pooled",
     }
 
 

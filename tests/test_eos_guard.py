@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from memecap.data.tables import load_split
 from memecap.models import build_model
-from tests.test_clipcap import make_batch, recipe_with_tiny_bases
+from tests.helpers import clipcap_batch, recipe_with_tiny_bases
 
 RUGPT3_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0-4, as in ruGPT-3's vocab.json
 
@@ -32,7 +32,8 @@ def save_old_rugpt3_layout(folder: Path, texts: list[str], specials: list[str], 
     config = GPT2Config(vocab_size=len(vocab) + extra_rows, n_positions=128, n_embd=32, n_layer=1, n_head=2,
                         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None)
     GPT2LMHeadModel(config).save_pretrained(folder)
-    assert not {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} & {p.name for p in folder.iterdir()}
+    written = {p.name for p in folder.iterdir()}
+    assert not {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} & written
     return vocab
 
 
@@ -51,7 +52,7 @@ def test_the_models_own_end_token_replaces_an_appended_one(extra_rows, config_eo
     assert model.eos_id == vocab["</s>"] == 2 and model.pad_id < len(vocab)
     assert "using the model's own '</s>' (id 2)" in caplog.text
     examples = load_split(synthetic_data["train"], log=None)[0]
-    batch = make_batch(model, examples)
+    batch = clipcap_batch(model, examples)
     assert int(batch["input_ids"].max()) < len(vocab)  # every id, padding included, is a trained row
     model(batch)["loss"].backward()  # the first step that used to raise an index error
 

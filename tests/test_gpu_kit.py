@@ -25,9 +25,10 @@ BROKEN = "rudolph-350m"  # made to fail with a config error the mode cannot star
 def dry_run(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("gpu_kit")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+    # The timeout is inside pytest-timeout's 600 s, so the output is reported.
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu" / "run.py"), "--cpu-dry-run", "--out", str(out),
-                           "--jobs", "2", "--set", BROKEN, "train.batch_size=0"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=580)  # inside pytest-timeout's 600 s, so the output is reported
+                           "--jobs", "2", "--set", BROKEN, "train.batch_size=0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((out / "results.json").read_text(encoding="utf-8")), out
 

@@ -12,7 +12,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import get_session
 from safetensors.torch import save_file
 
-from tests.hub_standin import STANDIN_TOKEN, StandinHub, online, standin_hub  # noqa: F401
+from tests.hub_standin import STANDIN_TOKEN, online
 
 REPO = "tester/tiny-captioner"
 

@@ -51,10 +51,9 @@ def test_4bit_lora_trains_the_same_after_an_evaluation(tmp_path, width, heads, o
 def test_a_qlora_clipcap_run_resumes_exactly(synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir, tmp_path, one_thread):
     """4 steps straight == 2 steps, stop, resume, 2 more on a 4-bit base: the checkpoint's copy of the
     frozen weights' quantization state is kept as loaded, not refused as unexpected keys."""
-    import json
 
     from memecap.train import main as train_main
-    from tests.conftest import reset_accelerate
+    from tests.helpers import log_rows, reset_accelerate
 
     def run(out, *extra):
         cfg = load_config("clipcap_qlora_large", [
@@ -66,7 +65,7 @@ def test_a_qlora_clipcap_run_resumes_exactly(synthetic_data, tiny_ruclip_dir, ti
             "train.progress_bar=false", "train.trackers=[]", *extra])
         reset_accelerate()
         train_main(cfg)
-        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+        return [r["loss"] for r in log_rows(out)]
 
     straight = run(tmp_path / "straight", "train.max_steps=4", "train.log_every=1")
     run(tmp_path / "resumed", "train.max_steps=2", "train.log_every=1")

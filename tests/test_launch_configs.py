@@ -14,7 +14,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from memecap.config import save_config
-from tests.conftest import tiny_run_config
+from tests.helpers import tiny_run_config
 from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ def test_accelerate_config_loads(path):
     ds_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
     if ds_file:
         assert (REPO / ds_file).is_file(), ds_file
-        assert config.deepspeed_config.get("zero3_init_flag") is False  # see memecap.training.accelerate_setup.whole_weights
+        # See memecap.training.accelerate_setup.whole_weights.
+        assert config.deepspeed_config.get("zero3_init_flag") is False
     assert path.read_text().lstrip().startswith("#")  # each file opens with what it does and how to run it
 
 

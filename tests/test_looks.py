@@ -10,7 +10,7 @@ from memecap.inference.exported import caption_items
 from memecap.looks import SwappedPictures, class_naming, derangement, named_classes, overall_recall, unquoted
 from memecap.models import build_model
 from memecap.models.prompted import PromptedImages
-from tests.test_clipcap import recipe_with_tiny_bases
+from tests.helpers import recipe_with_tiny_bases
 
 
 @pytest.mark.parametrize("text, classes", [
@@ -63,7 +63,7 @@ def test_swapped_pictures_keep_each_memes_own_ocr_prompt():
 def test_captioning_swapped_items_captions_the_other_memes_picture(tiny_ruclip_dir, tiny_gpt2_dir, synthetic_data,
                                                                   tmp_path, one_thread):
     from memecap.data.tables import load_split
-    from tests.conftest import nudge_trained_parts
+    from tests.helpers import nudge_trained_parts
 
     examples = load_split(synthetic_data["val"], log=None)[0][:6]
     cfg = recipe_with_tiny_bases("clipcap_lora", tiny_ruclip_dir, tiny_gpt2_dir)

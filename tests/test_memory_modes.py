@@ -7,15 +7,9 @@ import pytest
 import torch
 
 from memecap.config import ConfigError, OptimConfig
-from memecap.data.tables import load_split
 from memecap.models import build_model
 from memecap.training.optim import build_optimizer
-from tests.test_clipcap import make_batch, recipe_with_tiny_bases
-
-
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
+from tests.helpers import clipcap_batch, recipe_with_tiny_bases
 
 
 def train_steps(model, batch, optimizer, steps=8):
@@ -44,7 +38,7 @@ def test_8bit_optimizer_trains_the_full_decoder(optimizer, tiny_ruclip_dir, tiny
     opt = build_optimizer(OptimConfig(name=optimizer, lr=3e-3), model.trainable_parameters())
     assert type(opt).__module__.startswith("bitsandbytes")
     before = snapshot(model)
-    losses = train_steps(model, make_batch(model, examples), opt)
+    losses = train_steps(model, clipcap_batch(model, examples), opt)
     assert losses[-1] < losses[0] - 0.5, losses
     assert changed(before, model) == {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -61,7 +55,7 @@ def test_lora_on_quantized_base(bits, tiny_ruclip_dir, tiny_gpt2_dir, examples, 
     assert trainable and all(n.startswith("mapper.") or "lora_" in n for n in trainable)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
     before = snapshot(model)
-    losses = train_steps(model, make_batch(model, examples), opt, steps=20)
+    losses = train_steps(model, clipcap_batch(model, examples), opt, steps=20)
     assert losses[-1] < losses[0] - 0.2, losses
     assert changed(before, model) == trainable  # the quantized base stays as loaded
 
@@ -69,8 +63,8 @@ def test_lora_on_quantized_base(bits, tiny_ruclip_dir, tiny_gpt2_dir, examples, 
     torch.manual_seed(0)
     plain = build_model(recipe_with_tiny_bases("clipcap_lora", tiny_ruclip_dir, tiny_gpt2_dir).model, work_dir=tmp_path)
     plain.mapper.load_state_dict({k[len("mapper."):]: v for k, v in before.items() if k.startswith("mapper.")})
-    reference = train_steps(plain, make_batch(plain, examples), torch.optim.AdamW(plain.trainable_parameters(), lr=3e-3),
-                            steps=20)
+    reference = train_steps(plain, clipcap_batch(plain, examples),
+                            torch.optim.AdamW(plain.trainable_parameters(), lr=3e-3), steps=20)
     assert max(abs(a - b) for a, b in zip(losses, reference)) < 0.1, (losses, reference)
 
 
@@ -96,7 +90,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_ruc
         first_layer = model.decoder.transformer.h[0].attn.c_attn
         calls = []
         first_layer.register_forward_hook(lambda *_: calls.append(1))
-        model(make_batch(model, examples))["loss"].backward()
+        model(clipcap_batch(model, examples))["loss"].backward()
         grads[ckpt] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         forward_calls[ckpt] = len(calls)
     assert forward_calls == {False: 1, True: 2}  # the block ran again in backward
@@ -105,11 +99,12 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_ruc
         torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)
 
 
-def test_loop_runs_qlora_with_8bit_optimizer_and_checkpointing(tmp_path, synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir):
+def test_loop_runs_qlora_with_8bit_optimizer_and_checkpointing(tmp_path, synthetic_data, tiny_ruclip_dir,
+                                                               tiny_gpt2_dir):
     """The modes combine through the one loop: 4-bit base + LoRA + AdamW8bit + gradient checkpointing."""
     from memecap import train
     from memecap.models import load_model
-    from tests.conftest import reset_accelerate, tiny_run_config
+    from tests.helpers import reset_accelerate, tiny_run_config
 
     out = tmp_path / "run"
     cfg = tiny_run_config(out, synthetic_data, "train.max_steps=4", "eval.compare_constant=false",
@@ -141,7 +136,7 @@ def test_bf16_frozen_base_under_lora(tiny_ruclip_dir, tiny_gpt2_dir, examples, t
     assert next(model.frozen_encoder.module.parameters()).dtype == torch.bfloat16
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
     before = snapshot(model)
-    losses = train_steps(model, make_batch(model, examples), opt, steps=12)
+    losses = train_steps(model, clipcap_batch(model, examples), opt, steps=12)
     assert losses[-1] < losses[0] - 0.2, losses
     assert changed(before, model) == trainable
 

@@ -13,7 +13,7 @@ import pytest
 
 from memecap.training.checkpoint import list_checkpoints
 from memecap.config import save_config
-from tests.conftest import tiny_run_config
+from tests.helpers import tiny_run_config
 from tests.launching import REPO, launch_failure
 
 pytestmark = pytest.mark.timeout(900)
@@ -35,7 +35,8 @@ def launch_two_machines(recipes: list[Path], timeout: int = 400) -> list[subproc
                "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "memecap.train", str(recipe)]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     done = []
     for proc in procs:
         try:

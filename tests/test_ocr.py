@@ -165,7 +165,8 @@ def test_missing_tesseract_is_a_clear_error(monkeypatch, text_images):
     import pytesseract
 
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
-    with pytest.raises(OcrUnavailable, match=r"/nonexistent/tesseract.*apt-get install -y tesseract-ocr tesseract-ocr-rus"):
+    with pytest.raises(OcrUnavailable,
+                       match=r"/nonexistent/tesseract.*apt-get install -y tesseract-ocr tesseract-ocr-rus"):
         read_texts(text_images["paths"], OcrConfig(engine="tesseract"), progress=False)
 
 

@@ -10,31 +10,11 @@ import torch.nn.functional as F
 
 from memecap import train
 from memecap.config import GenerationConfig, load_config
-from memecap.data.tables import load_split
-from memecap.models import build_model, load_model
+from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
-from memecap.models.prompted import PromptedImages
-from tests.conftest import reset_accelerate, tiny_run_config, nudge_trained_parts
-from tests.test_clipcap import recipe_with_tiny_bases
+from tests.helpers import nudge_trained_parts, ocr_model, prompted, reset_accelerate, tiny_run_config
 
 TEMPLATE = "Текст на картинке: {text}\nОписание: "
-
-
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
-
-
-def ocr_model(recipe, tiny_ruclip_dir, tiny_gpt2_dir, tmp_path, *overrides):
-    cfg = recipe_with_tiny_bases(recipe, tiny_ruclip_dir, tiny_gpt2_dir, *overrides)
-    return build_model(cfg.model, work_dir=tmp_path)
-
-
-def prompted(model, examples, texts):
-    """Image features of the first examples with given OCR texts: the layout is under test, not the OCR."""
-    feats = model._visual_inputs([e.image_path for e in examples[:len(texts)]], cache_dir=None, device="cpu",
-                                 progress=False, desc="")
-    return PromptedImages(feats, [model.encode_prompt(t) for t in texts], list(texts))
 
 
 def test_ocr_recipes_are_one_switch_on_clipcap_recipes():
@@ -71,7 +51,8 @@ def test_loss_covers_caption_tokens_only(tiny_ruclip_dir, tiny_gpt2_dir, example
     model = ocr_model("clipcap_ocr_frozen", tiny_ruclip_dir, tiny_gpt2_dir, tmp_path).eval()
     texts = ["кек", "ой всё ну и ну"]
     images = prompted(model, examples, texts)
-    captions = [model.encode_caption('на картинке круг. подпись: "кек"', 64), model.encode_caption("на картинке звезда.", 64)]
+    captions = [model.encode_caption('на картинке круг. подпись: "кек"', 64),
+                model.encode_caption("на картинке звезда.", 64)]
     items = [{"image": images[i], "input_ids": captions[i]} for i in range(2)]
     batch = model.collate(items)
     for row in range(2):

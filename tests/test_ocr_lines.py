@@ -97,13 +97,15 @@ def test_cache_hit_and_invalidation(scenes, monkeypatch):
     words, cache = read_words(scenes["paths"], OcrConfig(), cache_dir=cache_dir, progress=False)
     assert (cache.hits, cache.misses) == (len(scenes["paths"]), 0)  # the fixture's pool run filled it
     # Cleaning and the threshold apply after the cache: nothing is read again.
-    _, cache = read_words(scenes["paths"], OcrConfig(cleaning=[], min_confidence=80), cache_dir=cache_dir, progress=False)
+    _, cache = read_words(scenes["paths"], OcrConfig(cleaning=[], min_confidence=80), cache_dir=cache_dir,
+                          progress=False)
     assert cache.misses == 0
     # A new engine version, another language list: another key, read again.
     monkeypatch.setattr(LineEngine, "VERSION", LineEngine.VERSION + 1)
     _, cache = read_words(scenes["paths"][:1], OcrConfig(workers=1), cache_dir=cache_dir, progress=False)
     assert (cache.hits, cache.misses) == (0, 1)
     monkeypatch.undo()
-    _, cache = read_words(scenes["paths"][:1], OcrConfig(languages=["rus"], workers=1), cache_dir=cache_dir, progress=False)
+    _, cache = read_words(scenes["paths"][:1], OcrConfig(languages=["rus"], workers=1), cache_dir=cache_dir,
+                          progress=False)
     assert (cache.hits, cache.misses) == (0, 1)
     assert LineEngine(["rus", "eng"]).signature() != LineEngine(["rus"]).signature()

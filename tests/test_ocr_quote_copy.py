@@ -7,13 +7,10 @@ import pytest
 import torch
 
 from memecap.config import ConfigError, GenerationConfig, config_from_dict, load_config
-from memecap.data.tables import load_split
 from memecap.metrics.quote_score import normalize_quote, quote_spans, quoted_text
 from memecap.data.datasets import CaptionEvalSet
 from memecap.quote_copy import QuoteCopyProcessor, quote_text
-from tests.test_ocr_clipcap import ocr_model, prompted
-from tests.test_rudolph import build, no_dropout
-from tests.test_rudolph_ocr import with_texts
+from tests.helpers import build_rudolph, no_dropout, ocr_model, prompted, with_texts
 
 TEXTS = ["кек лол", "", "ой всё ну и ну"]
 
@@ -78,11 +75,6 @@ def assert_copied(caption: str, text: str) -> None:
     assert caption.count('"') >= 2  # the closing mark was written
 
 
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
-
-
 def test_clipcap_copies_the_ocr_text(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path):
     model = ocr_model("clipcap_ocr_frozen", tiny_ruclip_dir, tiny_gpt2_dir, tmp_path).eval()
     tok = model.tokenizer
@@ -112,7 +104,8 @@ def test_clipcap_copies_the_ocr_text(tiny_ruclip_dir, tiny_gpt2_dir, examples, t
     beam1 = GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=24, quote="copy")
     assert captions(model, dataset, beam1, 3) == greedy  # greedy = a beam of one
     beams = GenerationConfig(strategy="beam", num_beams=3, num_return_sequences=3, max_new_tokens=24, quote="copy")
-    sampled = GenerationConfig(strategy="sample", num_return_sequences=2, temperature=1.5, max_new_tokens=24, quote="copy")
+    sampled = GenerationConfig(strategy="sample", num_return_sequences=2, temperature=1.5, max_new_tokens=24,
+                               quote="copy")
     for gen in (beams, sampled):
         for outs, text in zip(captions(model, dataset, gen, 3), TEXTS):
             assert len(outs) == gen.num_return_sequences
@@ -135,7 +128,7 @@ def steer_rudolph_to(model, token: int) -> None:
 
 
 def test_rudolph_copies_the_ocr_text(tiny_rudolph, examples, tmp_path):
-    model = no_dropout(build(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)).eval()
+    model = no_dropout(build_rudolph(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)).eval()
     openers = model.quote_processor(["x"]).openers
     assert openers  # the caption vocabulary has quote marks
     steer_rudolph_to(model, min(openers))

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 
 from memecap import cli, train
 from memecap.outputs.os_errors import explain
-from tests.conftest import TEST_TINY, reset_accelerate
+from tests.helpers import TEST_TINY, reset_accelerate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +97,11 @@ def test_an_unwritable_out_fails_before_any_work(command, tmp_path, capsys):
     out = blocker / "result"
     extra = ["--model", str(tmp_path / "no-model")] if command == "caption" else (
         ["--data", str(tmp_path / "no-table.tsv")] if command == "eval" else [])
-    target = {"caption": str(tmp_path), "eval": str(tmp_path / "no-model"), "report": str(tmp_path / "no.jsonl")}[command]
+    target = {"caption": str(tmp_path), "eval": str(tmp_path / "no-model"),
+              "report": str(tmp_path / "no.jsonl")}[command]
     assert cli.main([command, target, *extra, "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == (f"memecap: cannot write {blocker}: a file stands where a folder is needed; --out is {out}: "
-                                               "change --out to a folder you can write")
+    assert capsys.readouterr().err.strip() == (f"memecap: cannot write {blocker}: a file stands where a folder is "
+                                               f"needed; --out is {out}: change --out to a folder you can write")
 
 
 def mount_namespace_tmpfs() -> list[str]:

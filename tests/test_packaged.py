@@ -191,7 +191,7 @@ def test_a_packaged_encoder_needs_kind_auto_on_the_command_line(capsys):
 
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory):
-    from tests.test_backbones import save_backbone
+    from tests.helpers import save_backbone
 
     folder = tmp_path_factory.mktemp("effnet") / "tiny"
     save_backbone(folder, "efficientnet")

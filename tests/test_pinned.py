@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memecap import train
-from tests.conftest import reset_accelerate
+from tests.helpers import reset_accelerate
 from tests.data.make_pinned import EXPORTS, PINNED, RUNS, committed_bases, family_config, synthetic, train_losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")

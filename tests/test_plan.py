@@ -9,7 +9,7 @@ import pytest
 from memecap.config import load_config
 from memecap.models import build_model
 from memecap.plan import GIB, plan_memory
-from tests.test_clipcap import recipe_with_tiny_bases
+from tests.helpers import recipe_with_tiny_bases
 
 
 def rows(plan):

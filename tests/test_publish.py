@@ -19,8 +19,8 @@ from memecap.publish.hub import PushError, push, stage_export
 from memecap.models import load_model
 from memecap.train import cli as train_cli
 from memecap.train import main as train_main
-from tests.conftest import LORA_RUN, tiny_run_config
-from tests.hub_standin import STANDIN_TOKEN, StandinHub, online, standin_hub  # noqa: F401
+from tests.helpers import LORA_RUN, tiny_run_config
+from tests.hub_standin import STANDIN_TOKEN, StandinHub, online
 
 # A LoRA export names two local tiny bases, which a push must bundle; the rest is what training wrote.
 EXPECTED_FILES = {"README.md", "memecap.yaml", "mapper.safetensors", "adapter/adapter_config.json",
@@ -42,7 +42,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def digest(root: Path) -> str:
-    return hashlib.sha256(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in sorted(tree(root).items())}).encode()).hexdigest()
+    files = {k: hashlib.sha256(v).hexdigest() for k, v in sorted(tree(root).items())}
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
 
 
 def test_staged_upload_is_exactly_the_model_and_loads_anywhere(lora_run, val_images, tmp_path):
@@ -134,7 +135,8 @@ def test_training_pushes_at_the_end(synthetic_data, standin_hub, tmp_path, monke
 
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
-    rc = train_cli(["demo", f"train.output_dir={tmp_path / 'never'}", "train.push_to_hub=true", "train.hub_repo=bob/memes"])
+    rc = train_cli(["demo", f"train.output_dir={tmp_path / 'never'}", "train.push_to_hub=true",
+                    "train.hub_repo=bob/memes"])
     assert rc == 2 and not (tmp_path / "never").exists()  # refused before any training
 
 

@@ -11,7 +11,7 @@ from memecap import train
 from memecap.inference.captioner import Captioner
 from memecap.inference.exported import export_checkpoint
 from memecap.quiet import quiet_weights
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import reset_accelerate, tiny_run_config
 
 THEIRS = ("Writing model shards", "Loading weights", "Removed shared tensor")
 
@@ -40,7 +40,8 @@ def test_other_shared_tensors_are_still_reported(caplog):
     try:
         with quiet_weights(), caplog.at_level(logging.WARNING):
             # In state-dict order, as a GPT-2 has them: the embedding first, its tied output layer after.
-            clean_state_dict_for_safetensors({"decoder.transformer.wte.weight": weight, "decoder.lm_head.weight": weight})
+            clean_state_dict_for_safetensors({"decoder.transformer.wte.weight": weight,
+                                              "decoder.lm_head.weight": weight})
             assert "Removed shared tensor" not in caplog.text
             clean_state_dict_for_safetensors({"mapper.a.weight": weight, "mapper.b.weight": weight})
     finally:

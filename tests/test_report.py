@@ -18,7 +18,8 @@ from memecap.publish.report import write_report
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 ROWS = [  # predictions of different quality, so sorting has something to do
-    {"uid": "red", "references": ["на фото красный квадрат. подпись: \"жиза\""], "prediction": "на фото красный квадрат. подпись: \"жиза\""},
+    {"uid": "red", "references": ["на фото красный квадрат. подпись: \"жиза\""],
+     "prediction": "на фото красный квадрат. подпись: \"жиза\""},
     {"uid": "green", "references": ["на фото зелёный круг на белом фоне"], "prediction": "на фото синий круг"},
     {"uid": "blue", "references": ["на фото синее кольцо", "синее кольцо на картинке"], "prediction": "кот"},
     {"uid": "lost", "references": ["на фото ничего"], "prediction": "на фото что-то"},

@@ -14,25 +14,15 @@ from safetensors.torch import load_file
 
 from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.captions import CaptionTooLong, encode_captions
-from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.lora import base_model
 from memecap.models.rudolph.model import SPECIAL_OFFSETS
 from memecap.models.rudolph.compat import import_rudolph
-from tests.conftest import rudolph_overrides, nudge_trained_parts
+from tests.helpers import build_rudolph, no_dropout, nudge_trained_parts, rudolph_overrides
 
 RECIPES = ["rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"]
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
-
-
-def build(tiny, recipe="rudolph_350m", *overrides, work_dir):
-    return build_model(load_config(recipe, [*rudolph_overrides(tiny), *overrides]).model, work_dir=work_dir)
 
 
 def make_batch(model, examples, n=4):
@@ -44,13 +34,6 @@ def make_batch(model, examples, n=4):
 def eval_batch(model, examples, n=3):
     codes = model.image_inputs([e.image_path for e in examples[:n]], cache_dir=None, device="cpu", progress=False)
     return model.collate([CaptionEvalSet(codes)[i] for i in range(n)])
-
-
-def no_dropout(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
 
 
 # -- the compatibility layer -----------------------------------------------------------------
@@ -97,7 +80,7 @@ def test_the_packages_own_checkpointing_flag_still_crashes(tiny_rudolph):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, recipe, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, recipe, work_dir=tmp_path)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     mode = load_config(recipe).model.rudolph.mode
     if mode == "lora":
@@ -107,7 +90,8 @@ def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_rudolph,
     else:
         assert trainable == {n for n, _ in model.named_parameters()}
     vqgan = {p.data_ptr() for p in model.frozen_encoder.module.parameters()}
-    assert vqgan and not vqgan & {t.data_ptr() for t in model.state_dict().values()}  # the frozen VQGAN is not trained or saved
+    # The frozen VQGAN is not trained or saved.
+    assert vqgan and not vqgan & {t.data_ptr() for t in model.state_dict().values()}
     batch = make_batch(model, examples)
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
@@ -120,11 +104,12 @@ def test_every_recipe_builds_and_trains_the_intended_parts(recipe, tiny_rudolph,
 
 
 def test_subset_trains_only_the_named_modules_and_rejects_patterns_that_match_nothing(tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, "rudolph_350m", "model.rudolph.mode=subset",
-                  "model.rudolph.trainable=[transformer.layers.2, 'to_logits.*']", work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.mode=subset",
+                          "model.rudolph.trainable=[transformer.layers.2, 'to_logits.*']", work_dir=tmp_path)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("rudolph.transformer.layers.2.", "rudolph.to_logits.")) for n in trainable)
-    assert "rudolph.to_logits.1.weight" in trainable and "rudolph.transformer.layers.1.mlp.dense_h_to_4h.weight" not in trainable
+    assert "rudolph.to_logits.1.weight" in trainable
+    assert "rudolph.transformer.layers.1.mlp.dense_h_to_4h.weight" not in trainable
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     model(make_batch(model, examples))["loss"].backward()
@@ -133,17 +118,18 @@ def test_subset_trains_only_the_named_modules_and_rejects_patterns_that_match_no
 
     # The meme notebook's mistake: a substring of a name RuDOLPH does not have silently trained the wrong set.
     with pytest.raises(ValueError, match=r"'transformer\.layer\.23' matches no module.*transformer\.layers"):
-        build(tiny_rudolph, "rudolph_350m", "model.rudolph.mode=subset",
-              "model.rudolph.trainable=[transformer.layer.23]", work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.mode=subset",
+                      "model.rudolph.trainable=[transformer.layer.23]", work_dir=tmp_path)
     with pytest.raises(ConfigError, match="needs model.rudolph.trainable"):
         load_config("rudolph_350m", ["model.rudolph.mode=subset"])
     with pytest.raises(ValueError, match="'attn' names no module"):
-        build(tiny_rudolph, "rudolph_1.3b", "model.rudolph.lora.target_modules=[query_key_value, attn]",
-              work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_1.3b", "model.rudolph.lora.target_modules=[query_key_value, attn]",
+                      work_dir=tmp_path)
 
 
 def test_lora_changes_only_the_adapter_and_learns(tiny_rudolph, examples, tmp_path):
-    model = no_dropout(build(tiny_rudolph, "rudolph_1.3b", "model.rudolph.base_dtype=float32", work_dir=tmp_path))
+    model = no_dropout(build_rudolph(tiny_rudolph, "rudolph_1.3b", "model.rudolph.base_dtype=float32",
+                                     work_dir=tmp_path))
     batch = make_batch(model, examples)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
@@ -162,8 +148,9 @@ def test_lora_changes_only_the_adapter_and_learns(tiny_rudolph, examples, tmp_pa
 def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_rudolph, examples, tmp_path):
     grads, calls = {}, {}
     for ckpt in (False, True):
-        model = no_dropout(build(tiny_rudolph, "rudolph_350m",
-                                 f"model.rudolph.gradient_checkpointing={str(ckpt).lower()}", work_dir=tmp_path)).train()
+        model = no_dropout(build_rudolph(tiny_rudolph, "rudolph_350m",
+                                         f"model.rudolph.gradient_checkpointing={str(ckpt).lower()}",
+                                         work_dir=tmp_path)).train()
         seen = []
         base_model(model.rudolph).transformer.layers[0].attention.query_key_value.register_forward_hook(
             lambda *_: seen.append(1))
@@ -179,13 +166,13 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_rud
 
 def test_bf16_autocast_and_a_bf16_base_train(tiny_rudolph, examples, tmp_path):
     """Mixed precision as Accelerate applies it (autocast), and a half-precision frozen base under LoRA."""
-    model = build(tiny_rudolph, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path)
     batch = make_batch(model, examples)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.trainable_parameters()[:5])
-    lora = build(tiny_rudolph, "rudolph_1.3b", work_dir=tmp_path)  # base_dtype: bfloat16, no autocast
+    lora = build_rudolph(tiny_rudolph, "rudolph_1.3b", work_dir=tmp_path)  # base_dtype: bfloat16, no autocast
     assert base_model(lora.rudolph).text_embeddings.weight.dtype == torch.bfloat16
     out = lora(make_batch(lora, examples))
     out["loss"].backward()
@@ -195,7 +182,7 @@ def test_bf16_autocast_and_a_bf16_base_train(tiny_rudolph, examples, tmp_path):
 # -- inputs -----------------------------------------------------------------------------------
 
 def test_long_captions_are_truncated_keeping_the_end_token_or_rejected_with_a_count(tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path)
     assert model.caption_limit == 24 - 2  # <BOS> and <RT_I2T> lead the 24 right-text positions
     long = " ".join(ex.captions[0] for ex in examples[:4])
     ids = model.encode_caption(long, 128)
@@ -224,40 +211,41 @@ def test_bases_that_do_not_belong_together_or_are_incomplete_are_refused(tiny_ru
 
     other = save_tiny_vqgan(tmp_path / "other-vqgan", 32, n_embed=32)  # RuDOLPH reads 64 codes
     with pytest.raises(ValueError, match="has 32 codes but RuDOLPH reads 64"):
-        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.vqgan={other}", work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_350m", f"model.rudolph.vqgan={other}", work_dir=tmp_path)
     empty = tmp_path / "no-weights"
     empty.mkdir()
     shutil.copy(Path(tiny_rudolph["name"]) / "config.json", empty)
     with pytest.raises(FileNotFoundError, match="no 'pytorch_model.bin'"):
-        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
     (empty / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="set model.rudolph.shape"):
-        build(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_350m", f"model.rudolph.name={empty}", work_dir=tmp_path)
     with pytest.raises(ValueError, match="not a RuDOLPH repo the rudolph package knows"):
-        build(tiny_rudolph, "rudolph_350m", "model.rudolph.name=someone/RuDOLPH-9B", work_dir=tmp_path)
+        build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.name=someone/RuDOLPH-9B", work_dir=tmp_path)
 
 
 def test_images_are_letterboxed_not_squashed(tiny_rudolph, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path)
     assert model.transform.size == 32  # 4x4 codes from an 8x-downsampling VQGAN
     wide = Image.new("RGB", (64, 16), (255, 0, 0))
     pixels = model.transform(wide)
     assert pixels.shape == (3, 32, 32)
     assert torch.all(pixels[:, :12] == 0) and torch.all(pixels[:, 20:] == 0)  # grey bars above and below
-    assert torch.allclose(pixels[:, 12:20], torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1))  # the whole picture, unstretched
-    squashed = build(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=squash", work_dir=tmp_path)
+    # The whole picture, unstretched.
+    assert torch.allclose(pixels[:, 12:20], torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1))
+    squashed = build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=squash", work_dir=tmp_path)
     assert not torch.all(squashed.transform(wide)[:, :12] == 0)
 
 
 def test_codes_are_cached_and_keyed_by_the_transform(tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path)
     paths = [e.image_path for e in examples[:5]]
     first = model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     assert first.dtype == torch.long and first.shape == (5, 16) and int(first.max()) < 64
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (0, 5)
     assert torch.equal(model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False), first)
     assert model.frozen_encoder.last_cache.hits == 5
-    cropped = build(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=crop", work_dir=tmp_path)
+    cropped = build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=crop", work_dir=tmp_path)
     cropped.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     assert cropped.frozen_encoder.last_cache.misses == 5
 
@@ -270,7 +258,7 @@ def test_codes_are_cached_and_keyed_by_the_transform(tiny_rudolph, examples, tmp
     GenerationConfig(strategy="greedy", max_new_tokens=8, repetition_penalty=1.3, no_repeat_ngram_size=2),
 ])
 def test_generation_strategies(generation, tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path).eval()
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path).eval()
     captions = model.generate(eval_batch(model, examples), generation)
     assert len(captions) == 3 and all(len(c) == generation.num_return_sequences for c in captions)
     assert all(isinstance(t, str) for c in captions for t in c)
@@ -279,7 +267,7 @@ def test_generation_strategies(generation, tiny_rudolph, examples, tmp_path):
 
 
 def test_cached_decoding_equals_full_recomputation(tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path).eval()
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path).eval()
     batch = eval_batch(model, examples)
     greedy = GenerationConfig(strategy="greedy", max_new_tokens=10)
     got = model.generate(batch, greedy)
@@ -302,12 +290,13 @@ def test_cached_decoding_equals_full_recomputation(tiny_rudolph, examples, tmp_p
 
 
 def test_decoding_stops_at_the_end_token(tiny_rudolph, examples, tmp_path):
-    model = build(tiny_rudolph, work_dir=tmp_path).eval()
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path).eval()
     with torch.no_grad():  # make <EOS> the most likely next token everywhere
         base_model(model.rudolph).to_logits[1].bias[model.eos_id] = 1e4
     forwards = []
     model.rudolph.register_forward_hook(lambda *_: forwards.append(1))
-    assert model.generate(eval_batch(model, examples), GenerationConfig(strategy="greedy", max_new_tokens=12)) == [[""]] * 3
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=12)
+    assert model.generate(eval_batch(model, examples), greedy) == [[""]] * 3
     assert len(forwards) == 1
 
 
@@ -320,7 +309,7 @@ def test_decoding_stops_at_the_end_token(tiny_rudolph, examples, tmp_path):
 ])
 def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(overrides, expected_file, tiny_rudolph,
                                                                             examples, tmp_path, monkeypatch):
-    model = build(tiny_rudolph, "rudolph_350m", *overrides, work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, "rudolph_350m", *overrides, work_dir=tmp_path)
     nudge_trained_parts(model)
     model.eval()
     out = tmp_path / "export"
@@ -343,7 +332,8 @@ def test_export_holds_only_the_trained_parts_and_reloads_to_the_same_captions(ov
 
 # -- memecap plan -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [[], ["model.rudolph.mode=subset", "model.rudolph.trainable=[transformer.layers.1]"],
+@pytest.mark.parametrize("overrides", [[],
+                                       ["model.rudolph.mode=subset", "model.rudolph.trainable=[transformer.layers.1]"],
                                        ["model.rudolph.mode=lora", "model.rudolph.lora.r=4"]])
 def test_plan_counts_exactly_what_the_built_model_trains(overrides, tiny_rudolph, tmp_path):
     from memecap.plan import plan_memory

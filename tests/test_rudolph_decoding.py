@@ -1,19 +1,19 @@
-"""RuDOLPH decoding projects only the last position to logits, and decodes exactly as the loop
-that projected every position did (greedy and sampled, batched, with penalties)."""
+"""RuDOLPH decoding projects only the last position to logits, and decodes exactly as its own
+`generate` does with every position projected (greedy and sampled, batched, with penalties)."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 from memecap.config import GenerationConfig, load_config
-from memecap.data.tables import load_split
-from memecap.generation import logits_processors
 from memecap.models import build_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.lora import base_model
-from memecap.models.rudolph.model import BOS, EOS, PAD, UNK
+from memecap.models.rudolph import model as rudolph_model
 from memecap.models.rudolph.compat import last_position_logits
-from tests.conftest import rudolph_overrides
+from tests.helpers import rudolph_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GENERATIONS = {
@@ -25,8 +25,8 @@ GENERATIONS = {
 
 
 @pytest.fixture(scope="module")
-def model_and_batch(tiny_rudolph, synthetic_data, tmp_path_factory):
-    examples = load_split(synthetic_data["train"], log=None)[0][:4]
+def model_and_batch(tiny_rudolph, examples, tmp_path_factory):
+    examples = examples[:4]
     cfg = load_config("rudolph_350m", rudolph_overrides(tiny_rudolph)).model
     model = build_model(cfg, work_dir=tmp_path_factory.mktemp("work")).eval()
     codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)
@@ -35,51 +35,30 @@ def model_and_batch(tiny_rudolph, synthetic_data, tmp_path_factory):
 
 
 def decode_projecting_every_position(model, batch: dict, generation: GenerationConfig) -> list[list[str]]:
-    """memecap's RuDOLPH decoding loop as it was before the fast path: the package's forward with
-    its cache, logits of every position, the last one kept."""
-    k = generation.num_return_sequences
-    codes = batch["image"].repeat_interleave(k, dim=0)
-    n = codes.shape[0]
-    out = model._inputs(codes, torch.tensor(model.right_prefix).expand(n, -1))
-    mask = model._causal_mask(model.l_len + model.image_len + model.r_len, "cpu")
-    processors = logits_processors(generation)
-    finished = torch.zeros(n, dtype=torch.bool)
-    cache, start = None, out.shape[1]
-    for _ in range(min(generation.max_new_tokens, model.caption_limit)):
-        logits, cache = model.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
-        scores = logits[:, -1, :model.bpe_vocab].float()
-        scores[:, [PAD, UNK, BOS]] = float("-inf")
-        scores = processors(out[:, start - len(model.right_prefix):], scores)
-        if generation.strategy == "sample":
-            token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-        else:
-            token = scores.argmax(dim=-1)
-        token = torch.where(finished, torch.full_like(token, PAD), token)
-        out = torch.cat([out, token[:, None]], dim=1)
-        finished |= token == EOS
-        if finished.all():
-            break
-    texts = []
-    for row in out[:, start:].tolist():
-        row = row[: row.index(EOS)] if EOS in row else row
-        texts.append(model.tokenizer.decode_text(torch.tensor(row, dtype=torch.long)).strip() if row else "")
-    return [texts[i * k:(i + 1) * k] for i in range(n // k)]
+    """The model's own `generate` with the fast path switched off: `last_position_logits` made a
+    no-op, so each step projects every position, as the package does, and keeps the last."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rudolph_model, "last_position_logits", lambda base: contextlib.nullcontext())
+        return model.generate(batch, generation)
 
 
 @pytest.mark.parametrize("name", list(GENERATIONS))
 def test_captions_equal_those_of_projecting_every_position(name, model_and_batch):
     model, batch = model_and_batch
     generation = GENERATIONS[name]
-    torch.manual_seed(7)
-    with torch.no_grad():
-        expected = decode_projecting_every_position(model, batch, generation)
     seen = []
     handle = base_model(model.rudolph).to_logits.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     try:
         torch.manual_seed(7)
+        expected = decode_projecting_every_position(model, batch, generation)
+        projected_all = list(seen)
+        seen.clear()
+        torch.manual_seed(7)
         got = model.generate(batch, generation)
     finally:
         handle.remove()
+    # The reference really took the slow path: more than the last position reached the projection.
+    assert projected_all and all(shape[1] > 1 for shape in projected_all), projected_all
     assert got == expected
     assert len(got) == 4 and all(len(c) == generation.num_return_sequences for c in got)
     assert any(text for captions in got for text in captions), "a test of empty captions compares nothing"
@@ -109,8 +88,8 @@ def test_training_still_projects_every_position_after_decoding(model_and_batch, 
 
 
 @pytest.fixture()
-def examples_for_loss(synthetic_data):
-    examples = load_split(synthetic_data["train"], log=None)[0][:2]
+def examples_for_loss(examples):
+    examples = examples[:2]
 
     def make(model):
         codes = model.image_inputs([e.image_path for e in examples], cache_dir=None, device="cpu", progress=False)

@@ -9,28 +9,19 @@ from pathlib import Path
 import pytest
 
 from memecap import cli, train
-from memecap.config import load_config, save_config
+from memecap.config import save_config
 from memecap.evaluation import read_predictions
 from memecap.inference.exported import exported_generation
 from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
-from tests.conftest import reset_accelerate, rudolph_overrides
+from tests.helpers import log_rows, reset_accelerate, rudolph_run_config
 from tests.launching import REPO, accelerate_launch, launch_failure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rudolph_run_config(recipe, out: Path, data: dict, tiny: dict, *overrides):
-    """A shipped RuDOLPH recipe on the tiny model and the synthetic set, shrunk to seconds."""
-    return load_config(recipe, [
-        *rudolph_overrides(tiny), f"data.train={data['train']}", f"data.val={data['val']}",
-        f"train.output_dir={out}", f"cache.dir={out / 'cache'}", "train.trackers=[]", "train.progress_bar=false",
-        "train.batch_size=8", "train.grad_accum=1", "eval.batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=2",
-        "generation.max_new_tokens=12", "train.log_every=1", "eval.samples_to_show=1", *overrides])
-
-
 def train_losses(out: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    return [r["loss"] for r in log_rows(out)]
 
 
 def test_recipe_smoke_trains_evaluates_exports_and_captions(tmp_path, synthetic_data, tiny_rudolph, capsys):

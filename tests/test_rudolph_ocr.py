@@ -11,27 +11,13 @@ from memecap.models import load_model
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models.prompted import PromptedImages
 from memecap.models.rudolph.model import EOS, PAD
-from tests.conftest import reset_accelerate
-from tests.test_rudolph import build, no_dropout
-from tests.test_rudolph_loop import rudolph_run_config
+from tests.helpers import build_rudolph, no_dropout, reset_accelerate, rudolph_run_config, with_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture()
-def examples(synthetic_data):
-    return load_split(synthetic_data["train"], log=None)[0]
-
-
-def with_texts(model, examples, texts):
-    """VQGAN codes of the first images with the given OCR texts: the layout is under test, not the OCR."""
-    codes = model._codes([e.image_path for e in examples[:len(texts)]], cache_dir=None, device="cpu",
-                         progress=False, desc="")
-    return PromptedImages(codes, [model.encode_left(t) for t in texts], list(texts))
-
-
 def test_left_text_holds_the_lower_cased_ocr_text_cut_to_fit(tiny_rudolph, tmp_path):
-    model = build(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)
+    model = build_rudolph(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)
     head = model.left[: model.left.index(EOS)]
     text_ids = model.tokenizer.tokenizer.encode(["на картинке синий круг и жёлтый квадрат слева на зелёном фоне"])[0]
     room = model.l_len - len(head) - 1
@@ -41,12 +27,14 @@ def test_left_text_holds_the_lower_cased_ocr_text_cut_to_fit(tiny_rudolph, tmp_p
     assert left == head + text_ids[:room] + [EOS] + [PAD] * (model.l_len - len(head) - room - 1)
     assert model.encode_left("   ") == model.left  # no text read: the published captioning layout
 
-    capped = build(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", "model.ocr.max_tokens=2", work_dir=tmp_path)
-    assert capped.encode_left("на картинке синий круг и жёлтый квадрат слева на зелёном фоне") == head + text_ids[:2] + [EOS] + [PAD] * (model.l_len - len(head) - 3)
+    capped = build_rudolph(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", "model.ocr.max_tokens=2",
+                           work_dir=tmp_path)
+    two_tokens = head + text_ids[:2] + [EOS] + [PAD] * (model.l_len - len(head) - 3)
+    assert capped.encode_left("на картинке синий круг и жёлтый квадрат слева на зелёном фоне") == two_tokens
 
 
 def test_the_caption_reads_the_left_text(tiny_rudolph, examples, tmp_path):
-    model = no_dropout(build(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)).eval()
+    model = no_dropout(build_rudolph(tiny_rudolph, "rudolph_350m", "model.ocr.enabled=true", work_dir=tmp_path)).eval()
     captions = [model.encode_caption(e.captions[0], 128) for e in examples[:2]]
 
     def loss(texts):

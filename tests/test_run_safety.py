@@ -16,47 +16,30 @@ from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints
 from memecap.config import ConfigError
 from memecap.training.nonfinite import NonFiniteTraining
 from memecap.training.run_folder import record_entries
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import QUICK_CHECKPOINTS, checkpointed_run, log_rows
 from tests.launching import stopped_holding_lock
 
-QUICK = ("train.save_every=2", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(one_thread):
-    yield
-    reset_accelerate()
-
-
-def log_rows(out, kind="train"):
-    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
-def run(out, data, *overrides):
-    try:
-        return train.main(tiny_run_config(out, data, *QUICK, *overrides))
-    finally:
-        reset_accelerate()
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
 
 @pytest.fixture()
 def four_steps(tmp_path, synthetic_data):
     out = tmp_path / "run"
-    run(out, synthetic_data, "train.max_steps=4")
+    checkpointed_run(out, synthetic_data, "train.max_steps=4")
     return out
 
 
 def test_a_second_run_into_the_same_folder_is_refused(four_steps, synthetic_data):
     before = (four_steps / "log.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"holds an earlier run.*train\.resume=auto.*train\.overwrite=true"):
-        run(four_steps, synthetic_data, "train.max_steps=2")
+        checkpointed_run(four_steps, synthetic_data, "train.max_steps=2")
     assert (four_steps / "log.jsonl").read_text() == before  # nothing of the old run was touched
 
 
 def test_overwrite_starts_afresh_with_new_tiny_bases(four_steps, synthetic_data):
     old_width = json.loads((four_steps / "base_models" / "decoder" / "config.json").read_text())["n_embd"]
-    run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true", "model.tiny.gpt_width=48",
-        "model.tiny.gpt_heads=2")
+    checkpointed_run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true",
+                     "model.tiny.gpt_width=48", "model.tiny.gpt_heads=2")
     assert [r["step"] for r in log_rows(four_steps)] == [1, 2]
     assert [p.name for p in list_checkpoints(four_steps)] == ["step_0000002"]
     new_width = json.loads((four_steps / "base_models" / "decoder" / "config.json").read_text())["n_embd"]
@@ -68,7 +51,7 @@ def test_resume_auto_without_a_checkpoint_starts_over(tmp_path, synthetic_data):
     out.mkdir()
     record_entries(out)  # an attempt killed early: it had recorded its files, and logged a step
     (out / "log.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
-    summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+    summary = checkpointed_run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
     assert summary["optimizer_steps"] == 2
     assert [r["loss"] != 9.0 for r in log_rows(out)] == [True, True]
 
@@ -81,7 +64,7 @@ def test_overwrite_deletes_only_what_the_run_recorded(four_steps, synthetic_data
     (four_steps / "notes.txt").write_text("mine")
     (four_steps / "mine").mkdir()
     (four_steps / "mine" / "data.tsv").write_text("a\tb\n")
-    run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true")
+    checkpointed_run(four_steps, synthetic_data, "train.max_steps=2", "train.overwrite=true")
     assert (four_steps / "notes.txt").read_text() == "mine"
     assert (four_steps / "mine" / "data.tsv").read_text() == "a\tb\n"
     assert [p.name for p in list_checkpoints(four_steps)] == ["step_0000002"]
@@ -99,7 +82,7 @@ def test_a_folder_no_run_recorded_loses_nothing(tmp_path, synthetic_data, how):
     (out / "config.yaml").write_text("mine: true\n")
     before = tree(out)
     with pytest.raises(ConfigError, match=r"has config\.yaml but no record of a memecap run's files .*deletes nothing"):
-        run(out, synthetic_data, "train.max_steps=2", how)
+        checkpointed_run(out, synthetic_data, "train.max_steps=2", how)
     assert tree(out) == before
 
 
@@ -109,14 +92,15 @@ def test_a_run_does_not_write_into_entries_that_are_not_a_runs(tmp_path, synthet
     (out / "predictions" / "keep.jsonl").write_text("{}\n")
     before = tree(out)
     with pytest.raises(ConfigError, match=r"already has predictions, which no memecap run there recorded"):
-        run(out, synthetic_data, "train.max_steps=2")
+        checkpointed_run(out, synthetic_data, "train.max_steps=2")
     assert tree(out) == before
 
 
 def test_non_finite_loss_stops_the_run_and_saves_nothing_more(tmp_path, synthetic_data):
     out = tmp_path / "run"
     with pytest.raises(NonFiniteTraining, match=r"optimizer step 2: .*not finite.*step_0000001"):
-        run(out, synthetic_data, "train.max_steps=8", "train.save_every=1", "optim.lr=1e6", "optim.warmup_steps=0")
+        checkpointed_run(out, synthetic_data, "train.max_steps=8", "train.save_every=1", "optim.lr=1e6",
+                         "optim.warmup_steps=0")
     assert [p.name for p in list_checkpoints(out)] == ["step_0000001"]
     weights = load_file(list_checkpoints(out)[0] / "model.safetensors")
     assert all(t.isfinite().all() for t in weights.values())
@@ -126,7 +110,8 @@ def test_non_finite_loss_stops_the_run_and_saves_nothing_more(tmp_path, syntheti
 def test_a_few_bad_steps_may_be_skipped(tmp_path, synthetic_data):
     out = tmp_path / "run"
     with pytest.raises(NonFiniteTraining, match="4 bad steps"):
-        run(out, synthetic_data, "train.max_steps=8", "optim.lr=1e6", "optim.warmup_steps=0", "train.max_bad_steps=3")
+        checkpointed_run(out, synthetic_data, "train.max_steps=8", "optim.lr=1e6", "optim.warmup_steps=0",
+                         "train.max_bad_steps=3")
     assert [r["step"] for r in log_rows(out, "skipped")] == [2, 3, 4]
 
 
@@ -149,7 +134,7 @@ def damage(path, how):
                                       ("trainer_state.json", "truncate"), ("random_states_0.pkl", "delete")])
 def test_resume_auto_skips_a_damaged_checkpoint_and_says_so(four_steps, synthetic_data, name, how, capsys):
     damage(four_steps / "checkpoints" / "step_0000004" / name, how)
-    summary = run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    summary = checkpointed_run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
     assert summary["optimizer_steps"] == 4
     err = capsys.readouterr().err
     assert "skipping a damaged checkpoint" in err and f"step_0000004/{name}" in err
@@ -166,7 +151,7 @@ def test_resume_auto_skips_a_checkpoint_without_a_manifest_or_one_naming_files_o
     manifest = json.loads((newest / "manifest.json").read_text())
     manifest["files"][entry] = {"bytes": 1, "sha256": "0" * 64}
     (newest / "manifest.json").write_text(json.dumps(manifest))
-    summary = run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    summary = checkpointed_run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
     err = capsys.readouterr().err
     assert "step_0000004/manifest.json: " in err and "is not a path inside" in err
     assert "step_0000003/manifest.json: missing, so the checkpoint's files cannot be verified" in err
@@ -177,17 +162,17 @@ def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(four_steps, 
     checkpoint = four_steps / "checkpoints" / "step_0000004"
     damage(checkpoint / "model.safetensors", "truncate")
     with pytest.raises(DamagedCheckpoint, match=r"step_0000004/model\.safetensors"):
-        run(four_steps, synthetic_data, "train.max_steps=6", f"train.resume={checkpoint}")
+        checkpointed_run(four_steps, synthetic_data, "train.max_steps=6", f"train.resume={checkpoint}")
 
 
 def test_resume_refuses_settings_that_change_the_math(four_steps, synthetic_data):
     with pytest.raises(ConfigError, match=r"model\.decoder\.mode: .full. -> .lora.; train\.batch_size: 8 -> 4"):
-        run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto", "train.batch_size=4",
-            "model.decoder.mode=lora")
+        checkpointed_run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto", "train.batch_size=4",
+                         "model.decoder.mode=lora")
 
 
 def test_resume_may_extend_the_run_and_says_what_changes(four_steps, synthetic_data, capsys):
-    summary = run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto")
+    summary = checkpointed_run(four_steps, synthetic_data, "train.max_steps=6", "train.resume=auto")
     assert summary["optimizer_steps"] == 6
     assert "train.max_steps: 4 -> 6" in capsys.readouterr().err
 
@@ -196,7 +181,7 @@ def test_replayed_steps_are_logged_once(four_steps, synthetic_data):
     # A kill after step 4 was logged, before its checkpoint was written.
     shutil.rmtree(four_steps / "checkpoints" / "step_0000004")
     before = {r["step"]: r["loss"] for r in log_rows(four_steps)}
-    run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
+    checkpointed_run(four_steps, synthetic_data, "train.max_steps=4", "train.resume=auto")
     rows = log_rows(four_steps)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {r["step"]: r["loss"] for r in rows} == pytest.approx(before, abs=1e-6)  # the replay is exact
@@ -206,11 +191,11 @@ def test_the_loss_log_after_a_resume_equals_the_uninterrupted_runs(tmp_path, syn
     """A log window (steps 1-3) straddles the checkpoint at step 2: the resumed run's line at step 3
     averages the same steps (before: only step 3, 5.330 vs 5.171 in the report)."""
     out = tmp_path / "run"
-    run(out, synthetic_data, "train.max_steps=6", "train.log_every=3")
+    checkpointed_run(out, synthetic_data, "train.max_steps=6", "train.log_every=3")
     straight = {r["step"]: r["loss"] for r in log_rows(out)}
     for step in (4, 6):
         shutil.rmtree(out / "checkpoints" / f"step_{step:07d}")
-    run(out, synthetic_data, "train.max_steps=6", "train.log_every=3", "train.resume=auto")
+    checkpointed_run(out, synthetic_data, "train.max_steps=6", "train.log_every=3", "train.resume=auto")
     resumed = {r["step"]: r["loss"] for r in log_rows(out)}
     assert list(straight) == [3, 6]
     assert resumed == pytest.approx(straight, abs=1e-6)
@@ -231,13 +216,13 @@ def test_a_second_training_on_one_run_folder_is_refused(tmp_path, synthetic_data
     with its holder (SIGKILL), so the next resume goes ahead."""
     out = tmp_path / "run"
     script = ("import sys; from pathlib import Path; from memecap import train; "
-              "from tests.conftest import tiny_run_config; "
+              "from tests.helpers import tiny_run_config; "
               "train.main(tiny_run_config(Path(sys.argv[1]), {'train': Path(sys.argv[2]), 'val': Path(sys.argv[3])}, "
               "*sys.argv[4:]))")
-    first = [sys.executable, "-c", script, str(out), str(synthetic_data["train"]), str(synthetic_data["val"]), *QUICK,
-             "train.max_steps=1000", "train.resume=auto"]
+    first = [sys.executable, "-c", script, str(out), str(synthetic_data["train"]), str(synthetic_data["val"]),
+             *QUICK_CHECKPOINTS, "train.max_steps=1000", "train.resume=auto"]
     with stopped_holding_lock(first, out):
         with pytest.raises(ConfigError, match=r"is in use by another memecap training; wait for it to end"):
-            run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
-    summary = run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+            checkpointed_run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
+    summary = checkpointed_run(out, synthetic_data, "train.max_steps=2", "train.resume=auto")
     assert summary["optimizer_steps"] == 2

@@ -12,17 +12,12 @@ from safetensors.torch import load_file
 from memecap import train
 from memecap.config import ConfigError, load_config
 from memecap.data.synthetic import make_synthetic_dataset
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import log_rows, reset_accelerate, tiny_run_config
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 SMALL = ("model.encoder.name=tiny-random", "model.lstm.embed_dim=16", "model.lstm.hidden_dim=32",
          "model.lstm.min_word_count=1", "eval.compare_constant=false", "train.eval_every=100",
          "generation.strategy=greedy", "generation.max_new_tokens=6")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate()
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +37,12 @@ def staged_config(out, synthetic_data, two_datasets, *overrides, freeze="embed")
     return cfg
 
 
-def train_records(out):
-    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-
-
 def test_two_stages_carry_weights_and_resume_mid_stage(tmp_path, synthetic_data, two_datasets):
     straight = tmp_path / "straight"
     summary = train.main(staged_config(straight, synthetic_data, two_datasets, "train.save_every=1",
                                        "train.keep_checkpoints=10"))
     assert summary["optimizer_steps"] == 7
-    records = train_records(straight)
+    records = log_rows(straight)
     assert [(r["step"], r["stage"]) for r in records] == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 1), (7, 1)]
     assert records[3]["lr"] < 5.0e-3 and records[0]["lr"] < 1.0e-3  # each stage has its own schedule
     end_of_stage_1 = load_file(straight / "checkpoints" / "step_0000003" / "model.safetensors")
@@ -69,7 +60,7 @@ def test_two_stages_carry_weights_and_resume_mid_stage(tmp_path, synthetic_data,
     shutil.copytree(straight / "base_models", resumed / "base_models")
     train.main(staged_config(resumed, synthetic_data, two_datasets,
                              f"train.resume={straight / 'checkpoints' / 'step_0000005'}"))
-    again = {r["step"]: r["loss"] for r in train_records(resumed)}
+    again = {r["step"]: r["loss"] for r in log_rows(resumed)}
     first = {r["step"]: r["loss"] for r in records}
     assert sorted(again) == [6, 7]
     for step in again:

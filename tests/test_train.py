@@ -1,7 +1,6 @@
 """The real training loop, in-process, on tiny models: smoke run, exact resume, pinned loss."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -11,18 +10,13 @@ from safetensors.torch import load_file
 from memecap import train
 from memecap.training.checkpoint import list_checkpoints
 from memecap.evaluation import read_predictions
-from tests.conftest import reset_accelerate, tiny_run_config
+from tests.helpers import log_rows, reset_accelerate, tiny_run_config
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def train_losses(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+    return {r["step"]: r["loss"] for r in log_rows(out_dir)}
 
 
 def test_demo_recipe_smoke_run_writes_everything(tmp_path, synthetic_data):
@@ -85,5 +79,5 @@ def test_resume_auto_picks_newest_complete_checkpoint(tmp_path, synthetic_data):
     summary = train.main(tiny_run_config(out, synthetic_data, "train.max_steps=6", "train.save_every=2",
                                          "train.resume=auto", "eval.compare_constant=false", "train.eval_every=100"))
     assert summary["optimizer_steps"] == 6
-    steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    steps = [r["step"] for r in log_rows(out)]
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 from the first run, then 5-6 only: nothing redone

@@ -11,8 +11,7 @@ from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.models.train_modes import apply_train_mode
 from memecap.plan import plan_memory
-from tests.test_clipcap import recipe_with_tiny_bases
-from tests.conftest import nudge_trained_parts
+from tests.helpers import nudge_trained_parts, recipe_with_tiny_bases
 
 
 def small():
@@ -46,7 +45,8 @@ def test_lora_mode_trains_only_adapters_and_a_bad_target_names_the_key():
 def test_subset_needs_patterns_and_patterns_need_subset_in_every_family(recipe, section):
     with pytest.raises(ConfigError, match=rf"model\.{section}\.mode=subset needs model\.{section}\.trainable"):
         load_config(recipe, [f"model.{section}.mode=subset"])
-    with pytest.raises(ConfigError, match=rf"model\.{section}\.trainable is only read with model\.{section}\.mode=subset"):
+    with pytest.raises(ConfigError,
+                       match=rf"model\.{section}\.trainable is only read with model\.{section}\.mode=subset"):
         load_config(recipe, [f"model.{section}.trainable=[a]"])
 
 
@@ -76,6 +76,6 @@ def test_clipcap_subset_trains_the_named_decoder_layers_exports_and_plans_them(t
 
     assert captions(loaded) == captions(model)
     with pytest.raises(ConfigError, match=r"model\.decoder\.trainable: 'transformer\.h\.9' matches no module"):
-        build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
-                                           "model.decoder.mode=subset", "model.decoder.trainable=[transformer.h.9]").model,
-                    work_dir=tmp_path)
+        cfg = recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
+                                     "model.decoder.mode=subset", "model.decoder.trainable=[transformer.h.9]")
+        build_model(cfg.model, work_dir=tmp_path)

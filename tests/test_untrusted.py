@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from memecap.untrusted import UntrustedCodeReference
+from tests.helpers import one_image_folder
 
 
 def hostile_copy(run, tmp_path, edit) -> tuple:
@@ -79,7 +80,6 @@ def test_registered_names_still_load(tiny_lora_run, tmp_path):
 PLANTED = {"AutoTokenizer": ("tokenizer_class", "HostileTokenizer", ["hostile.HostileTokenizer", None]),
            "AutoImageProcessor": ("image_processor_type", "HostileImageProcessor", "hostile.HostileImageProcessor"),
            "AutoConfig": ("model_type", "hostile", "hostile.HostileConfig")}
-VLM_CAPTIONS = ["На фото кот сидит на диване.", "На фото собака в шапке.", "На фото мужчина у доски."]
 
 
 def plant_code(settings: Path, auto_class: str, marker: Path) -> None:
@@ -90,30 +90,6 @@ def plant_code(settings: Path, auto_class: str, marker: Path) -> None:
     values.update({key: value, "auto_map": {auto_class: reference}})
     settings.write_text(json.dumps(values), encoding="utf-8")
     (settings.parent / "hostile.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def vlm_exports(tmp_path_factory) -> dict:
-    """A tiny Qwen2-VL's base folder and its exports: LoRA (adapter + processor/) and whole (model/ too)."""
-    from memecap.config import GenerationConfig, load_config
-    from memecap.models import build_model
-
-    root = tmp_path_factory.mktemp("vlm_exports")
-    out = {}
-    for mode in ("lora", "full"):
-        cfg = load_config("vlm_tiny", ["model.vlm.tiny_architecture=qwen2_vl", f"model.vlm.mode={mode}"]).model
-        model = build_model(cfg, work_dir=root, train_texts=VLM_CAPTIONS)
-        model.save_pretrained(root / mode, generation=GenerationConfig(strategy="greedy", max_new_tokens=4))
-        out[mode], out["base"] = root / mode, Path(model.cfg.vlm.name)
-    return out
-
-
-def one_image_folder(synthetic_data, tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    first = sorted((Path(synthetic_data["train"]).parent / "images").glob("*.jpg"))[0]
-    shutil.copy(first, folder / first.name)
-    return folder
 
 
 @pytest.mark.parametrize("family, settings, auto_class", [
@@ -204,7 +180,8 @@ def test_a_hub_base_naming_its_own_code_is_refused_before_transformers_reads_it(
         api.create_repo("tester/hostile-base")
         api.upload_folder(repo_id="tester/hostile-base", folder_path=folder)
         cfg = load_config("vlm_tiny", ["model.vlm.name=tester/hostile-base", "model.vlm.mode=lora"]).model
-        with pytest.raises(UntrustedCodeReference, match=r"tester/hostile-base \(revision main\) config\.json: auto_map"):
+        with pytest.raises(UntrustedCodeReference,
+                           match=r"tester/hostile-base \(revision main\) config\.json: auto_map"):
             load_base(cfg)
 
 

@@ -75,7 +75,8 @@ def test_only_description_tokens_are_scored(arch, vlm_bases, one_thread):
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "prompt_length")}
         full = model.model(**inputs).logits[:, :-1].float()
-        expected = F.cross_entropy(full.reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+        expected = F.cross_entropy(full.reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                                   ignore_index=-100)
     assert torch.allclose(out["loss"], expected, atol=1e-5)
     if arch in ("qwen2_vl",):  # M-RoPE: what the bypassed processor would return, 1 on image tokens only
         assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == image_id).long())
@@ -130,7 +131,8 @@ def test_a_batch_is_prepared_at_once_as_one_by_one(vlm_bases):
         texts = ["КОТ", None, "", "СОБАКА"]
         together = model.collate([{"image": {"source": im, "ocr_text": t}, "index": i}
                                   for i, (im, t) in enumerate(zip(images(), texts))])
-        single = model.collate([{"image": model.prepare(im, t), "index": i} for i, (im, t) in enumerate(zip(images(), texts))])
+        single = model.collate([{"image": model.prepare(im, t), "index": i}
+                                for i, (im, t) in enumerate(zip(images(), texts))])
         assert together.keys() == single.keys()
         for key, value in together.items():
             assert torch.equal(value, single[key]) if isinstance(value, torch.Tensor) else value == single[key], key
@@ -208,7 +210,8 @@ def test_kbit_base_trains(bits, vlm_bases, one_thread):
     assert losses[-1] < losses[0]
     model.eval()  # evaluation between training steps (the first one repacks on AVX-512 CPUs without the guard)
     evals = CaptionEvalSet(model.image_inputs(images()[:2], cache_dir=None, device="cpu", progress=False))
-    assert len(model.generate(model.collate([evals[0], evals[1]]), GenerationConfig(strategy="greedy", max_new_tokens=3))) == 2
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=3)
+    assert len(model.generate(model.collate([evals[0], evals[1]]), greedy)) == 2
     model.train()
     model(batch)["loss"].backward()
     assert all(p.grad is not None for p in model.trainable_parameters())
@@ -220,7 +223,8 @@ def test_qwen3_vl_trains_and_generates(vlm_bases, one_thread):
     assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == model.image_token_id).long())
     model(batch)["loss"].backward()
     evals = CaptionEvalSet(model.image_inputs(images()[:2], cache_dir=None, device="cpu", progress=False))
-    assert len(model.generate(model.collate([evals[0], evals[1]]), GenerationConfig(strategy="greedy", max_new_tokens=3))) == 2
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=3)
+    assert len(model.generate(model.collate([evals[0], evals[1]]), greedy)) == 2
 
 
 def test_ocr_text_joins_the_instruction_and_stays_unscored(vlm_bases):
@@ -271,7 +275,8 @@ def test_plan_of_the_shipped_recipes(recipe):
 
 
 def test_plan_command_runs_offline():
-    proc = subprocess.run([sys.executable, "-m", "memecap", "plan", "vlm_qwen2_5_3b_qlora", "--mixed-precision", "bf16"],
+    proc = subprocess.run([sys.executable, "-m", "memecap", "plan", "vlm_qwen2_5_3b_qlora",
+                           "--mixed-precision", "bf16"],
                           capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert "frozen weights (4bit" in proc.stdout and "total on each accelerator" in proc.stdout

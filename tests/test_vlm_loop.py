@@ -17,8 +17,7 @@ from memecap.evaluation import read_predictions
 from memecap.publish.hub import push
 from memecap.models import load_model
 from memecap.train import main as train_main
-from tests.conftest import reset_accelerate
-from tests.hub_standin import standin_hub  # noqa: F401 (the fixture)
+from tests.helpers import log_rows, reset_accelerate
 from tests.launching import accelerate_launch, launch_failure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ PROCESSOR_FILES = {"processor/tokenizer.json", "processor/tokenizer_config.json"
 
 
 def run_config(out: Path, synthetic_data, *overrides: str, recipe: str = "vlm_tiny"):
-    """conftest.tiny_run_config without `model.tiny` (the vlm family makes its tiny models itself)."""
+    """helpers.tiny_run_config without `model.tiny` (the vlm family makes its tiny models itself)."""
     return load_config(recipe, [
         f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}",
         f"train.output_dir={out}", f"cache.dir={out / 'cache'}", "train.trackers=[]", "train.progress_bar=false",
@@ -86,7 +85,8 @@ def check_export_round_trip(run: Path, synthetic_data, mode: str, tmp_path: Path
     for path in val_paths(synthetic_data, rows[:3]):
         (images / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "captions.jsonl"
-    assert cli_main(["caption", "--model", str(final), "--device", "cpu", "--quiet", "--out", str(out), str(images)]) == 0
+    assert cli_main(["caption", "--model", str(final), "--device", "cpu", "--quiet", "--out", str(out),
+                     str(images)]) == 0
     captions = {json.loads(line)["image"]: json.loads(line)["caption"] for line in out.read_text().splitlines()}
     assert captions == {f"{r['uid']}.jpg": r["prediction"] for r in rows[:3]}
 
@@ -94,7 +94,7 @@ def check_export_round_trip(run: Path, synthetic_data, mode: str, tmp_path: Path
 def test_lora_run_exports_reloads_and_captions(vlm_run, synthetic_data, tmp_path, one_thread):
     summary = json.loads((vlm_run / "summary.json").read_text())
     assert summary["optimizer_steps"] == 6  # 48 captions, batch 8
-    losses = [r["loss"] for r in map(json.loads, (vlm_run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    losses = [r["loss"] for r in log_rows(vlm_run)]
     assert losses[-1] < losses[0]
     assert losses == pytest.approx(PINNED_LOSSES, rel=2e-4, abs=2e-4)
     check_export_round_trip(vlm_run, synthetic_data, "lora", tmp_path)
@@ -148,7 +148,8 @@ def test_two_process_ddp_run(tmp_path, synthetic_data):
         assert len(uids) == 13 and len(set(uids)) == 13
 
 
-@pytest.mark.parametrize("config_file, stage", [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
+@pytest.mark.parametrize("config_file, stage",
+                         [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
 def test_two_process_zero_run(config_file, stage, tmp_path, synthetic_data):
     recipe = launch_config(tmp_path, synthetic_data)
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # DeepSpeed must not see it
@@ -191,7 +192,7 @@ def test_qlora_run_resumes_exactly(synthetic_data, tmp_path, one_thread):
                               "train.batch_size=4", *extra, recipe="vlm_qwen2_5_3b_qlora")
         reset_accelerate()
         train_main(cfg)
-        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+        return [r["loss"] for r in log_rows(out)]
 
     straight = run(tmp_path / "straight", "train.max_steps=4")
     run(tmp_path / "resumed", "train.max_steps=2")
@@ -199,7 +200,8 @@ def test_qlora_run_resumes_exactly(synthetic_data, tmp_path, one_thread):
     assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-6)
     from safetensors.torch import load_file
 
-    a, b = (load_file(tmp_path / d / "final" / "adapter" / "adapter_model.safetensors") for d in ("straight", "resumed"))
+    a, b = (load_file(tmp_path / d / "final" / "adapter" / "adapter_model.safetensors")
+            for d in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -217,5 +219,6 @@ def test_ocr_run_with_quote_copy(synthetic_data, tmp_path, one_thread):
     assert model.cfg.ocr.enabled and yaml.safe_load((out / "final" / "memecap.yaml").read_text(encoding="utf-8")
                                                     )["generation"]["quote"] == "copy"
     rows = last_predictions(out)
-    inputs = model.image_inputs(val_paths(synthetic_data, rows), cache_dir=str(out / "cache"), device="cpu", progress=False)
+    inputs = model.image_inputs(val_paths(synthetic_data, rows), cache_dir=str(out / "cache"), device="cpu",
+                                progress=False)
     assert all(inputs[i]["ocr_text"] is not None for i in range(len(rows)))

@@ -113,12 +113,14 @@ def test_training_batch_equals_the_official_processor(arch, work, one_thread):
     token) and tokenized by the processor; labels are its ids after the generation prompt."""
     model, processor = build(work, arch)
     inputs = model.image_inputs(images(), cache_dir=None, device="cpu", progress=False)
-    ours = model.collate([{"image": inputs[i], "input_ids": model.encode_caption(c, 64)} for i, c in enumerate(CAPTIONS)])
+    ours = model.collate([{"image": inputs[i], "input_ids": model.encode_caption(c, 64)}
+                          for i, c in enumerate(CAPTIONS)])
     prompt = render(processor, user_turn(model), generation=True)
     end = model.tokenizer.convert_ids_to_tokens(model.eos_id)
     texts = []
     for caption in CAPTIONS:
-        full = render(processor, user_turn(model) + [{"role": "assistant", "content": [{"type": "text", "text": caption}]}])
+        answer = {"role": "assistant", "content": [{"type": "text", "text": caption}]}
+        full = render(processor, user_turn(model) + [answer])
         assert full.startswith(prompt)
         texts.append(full[:full.index(end, len(prompt)) + len(end)])
     official = processor(text=texts, images=[[im] for im in images()], padding=True, padding_side="right",

@@ -42,12 +42,11 @@ def train_lines(records: list[dict]) -> list[str]:
         ratio = f"{r['allocated'] / r['plan']:.2f}" if ok and r.get("plan") and r["memory_kind"] == "cuda" else ""
         memory = f"{gib(r.get('allocated'))}{' RSS' if r.get('memory_kind') == 'peak RSS' else ''}" if ok else ""
         target = f"<= {r['target_gib']} GiB" if r.get("target_gib") else ""
-        lines.append(f"| {r['mode']}: {r['what']} | {r.get('model', '')} | {r.get('batch', '')} x {r.get('tokens', '')} "
-                     f"| {memory} | {gib(r.get('reserved')) if ok else ''} | {step} "
+        shape = f"| {r['mode']}: {r['what']} | {r.get('model', '')} | {r.get('batch', '')} x {r.get('tokens', '')} "
+        lines.append(shape + f"| {memory} | {gib(r.get('reserved')) if ok else ''} | {step} "
                      f"| {r['tokens_per_s']:.0f} | {gib(r['plan'])} | {ratio} | {target} | {status(r)} |"
                      if ok else
-                     f"| {r['mode']}: {r['what']} | {r.get('model', '')} | {r.get('batch', '')} x {r.get('tokens', '')} "
-                     f"| | | | | | | {target} | {status(r)} |")
+                     shape + f"| | | | | | | {target} | {status(r)} |")
     return [*lines, ""]
 
 
@@ -61,12 +60,14 @@ def precision_lines(records: list[dict]) -> list[str]:
 
 
 def generate_lines(records: list[dict]) -> list[str]:
-    lines = ["| mode | model | batch x new tokens | captions/s | per batch (median) | precision | max allocated | status |",
+    lines = ["| mode | model | batch x new tokens | captions/s | per batch (median) | precision | max allocated "
+             "| status |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         if r["status"] == "ok":
             lines.append(f"| {r['mode']}: {r['what']} | {r['model']} | {r['batch']} x {r['tokens']} "
-                         f"| {r['captions_per_s']:.1f} | {r['step_s'] * 1000:.0f} ms (of {r['timed']}) | {r['precision']} "
+                         f"| {r['captions_per_s']:.1f} | {r['step_s'] * 1000:.0f} ms (of {r['timed']}) "
+                         f"| {r['precision']} "
                          f"| {gib(r['allocated'])} | ok |")
         else:
             lines.append(f"| {r['mode']}: {r['what']} | {r.get('model', '')} | | | | | | {status(r)} |")

@@ -73,7 +73,8 @@ def run_mode(mode: Mode, out: Path, dry_run: bool, overrides: list[str], timeout
     cmd = [sys.executable, str(HERE / "measure.py"), *args]
     if mode.accelerate:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "accelerate_configs" / mode.accelerate), "--num_processes", "1", str(HERE / "measure.py"), *args]
+               str(REPO / "accelerate_configs" / mode.accelerate), "--num_processes", "1", str(HERE / "measure.py"),
+               *args]
     record = {"mode": mode.name, "what": mode.what, "kind": mode.kind, "model": f"{mode.family} {mode.shape}",
               "batch": mode.batch, "tokens": mode.tokens, "target_gib": mode.target_gib, "budget_s": round(timeout),
               "started": stamp()}
@@ -156,7 +157,8 @@ def main(argv=None) -> int:
             record = future.result()
             summary["modes"].append(record)
             summary["wall_s"] = round(time.monotonic() - start)
-            print(f"{mode.name}: {record['status']}{' - ' + record['error'] if record.get('error') else ''}", flush=True)
+            error = f" - {record['error']}" if record.get("error") else ""
+            print(f"{mode.name}: {record['status']}{error}", flush=True)
             write_report(summary, out)
     write_report(summary, out)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")

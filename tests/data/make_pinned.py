@@ -11,6 +11,7 @@ rerun this on purpose (a deliberate change of the math), and say so in the commi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -20,11 +21,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as under pytest (tests/conftest.py): nothing from the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from memecap import train  # noqa: E402
 from memecap.data.synthetic import make_synthetic_dataset  # noqa: E402
 from memecap.publish.hub import stage_export  # noqa: E402
-from tests.conftest import reset_accelerate, tiny_run_config  # noqa: E402
+from tests.helpers import reset_accelerate, tiny_run_config  # noqa: E402
 
 EXPORTS = HERE / "exports"
 PINNED = HERE / "pinned.json"
