@@ -6,6 +6,7 @@
     memecap eval ocr_template [key=value ...] --data TABLE      # a baseline recipe: nothing to train
     memecap push RUN_OR_EXPORT --repo user/name [--private]
     memecap report PREDICTIONS --images DIR --out report.html
+    memecap export RUN_OR_EXPORT --merge --out DIR [--dtype bfloat16]   # LoRA merged into its base, whole
     memecap serve RUN_OR_EXPORT [--port 8000] [--max-batch 8]   # HTTP: POST /caption, a web page at /
     memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
     memecap recipes            # list shipped recipes
@@ -150,6 +151,24 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from memecap.merging import merge_export
+
+    images = None
+    if args.images:
+        from memecap.inference.exported import IMAGE_SUFFIXES
+        from memecap.inference.folder_listing import list_files
+
+        root, files, _ = list_files(Path(args.images))
+        images = [root / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise FileNotFoundError(f"--images {args.images}: no images there")
+    report = merge_export(Path(args.model), Path(args.out), dtype=args.dtype, images=images, sample=args.sample,
+                          device=args.device)
+    print(report.format())
+    return 0
+
+
 def _serve(args) -> int:
     try:
         from memecap.serve.server import serve
@@ -263,6 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title")
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("export", help="merge a LoRA run into its base: one whole model, loadable without the adapter")
+    p.add_argument("model", help="run, export or checkpoint folder")
+    p.add_argument("--merge", action="store_true", required=True,
+                   help="merge the LoRA adapter into the base, loaded again unquantized (the only export kind)")
+    p.add_argument("--out", required=True, help="a new folder for the merged export")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="the base's dtype for the merge (auto: bf16 on a bf16 GPU, else fp32)")
+    p.add_argument("--images", help="folder of images whose captions are compared before and after (default: 8 generated)")
+    p.add_argument("--sample", type=_number(low=1), default=8, help="how many images are compared")
+    p.add_argument("--device", help="cuda, mps or cpu for the comparison (default: the best available)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="an HTTP server (and web page) captioning memes with a trained model")
     p.add_argument("model", help="run, export or checkpoint folder, or a baseline recipe (ocr_template)")
