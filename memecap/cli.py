@@ -6,6 +6,8 @@
     memecap eval ocr_template [key=value ...] --data TABLE      # a baseline recipe: nothing to train
     memecap push RUN_OR_EXPORT --repo user/name [--private]
     memecap report PREDICTIONS --images DIR --out report.html
+    memecap export RUN_OR_EXPORT --merge --out DIR [--dtype bfloat16]   # LoRA merged into its base, whole
+    memecap serve RUN_OR_EXPORT [--port 8000] [--max-batch 8]   # HTTP: POST /caption, a web page at /
     memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
     memecap recipes            # list shipped recipes
     memecap config RECIPE [key=value ...]   # print the resolved config without running
@@ -149,6 +151,40 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from memecap.merging import merge_export
+
+    images = None
+    if args.images:
+        from memecap.inference.exported import IMAGE_SUFFIXES
+        from memecap.inference.folder_listing import list_files
+
+        root, files, _ = list_files(Path(args.images))
+        images = [root / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise FileNotFoundError(f"--images {args.images}: no images there")
+    report = merge_export(Path(args.model), Path(args.out), dtype=args.dtype, images=images, sample=args.sample,
+                          device=args.device)
+    print(report.format())
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        from memecap.serve.server import serve
+    except ModuleNotFoundError as err:
+        if err.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise FileNotFoundError(f"memecap serve needs {err.name}: pip install 'memecap[serve]'") from None
+    from memecap.serve.settings import ServeSettings
+
+    settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                             max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens, max_beams=args.max_beams,
+                             api_key_env=args.api_key_env, allow_files=args.allow_files)
+    return serve(args.model, args.overrides, settings, device=args.device)
+
+
 def _number(kind=int, low=None, high=None, above=None):
     """An argparse type: a number in range, so `--batch-size 0` is a usage error, not a crash later."""
     def parse(text: str):
@@ -246,6 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title")
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("export", help="merge a LoRA run into its base: one whole model, loadable without the adapter")
+    p.add_argument("model", help="run, export or checkpoint folder")
+    p.add_argument("--merge", action="store_true", required=True,
+                   help="merge the LoRA adapter into the base, loaded again unquantized (the only export kind)")
+    p.add_argument("--out", required=True, help="a new folder for the merged export")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="the base's dtype for the merge (auto: bf16 on a bf16 GPU, else fp32)")
+    p.add_argument("--images", help="folder of images whose captions are compared before and after (default: 8 generated)")
+    p.add_argument("--sample", type=_number(low=1), default=8, help="how many images are compared")
+    p.add_argument("--device", help="cuda, mps or cpu for the comparison (default: the best available)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="an HTTP server (and web page) captioning memes with a trained model")
+    p.add_argument("model", help="run, export or checkpoint folder, or a baseline recipe (ocr_template)")
+    p.add_argument("overrides", nargs="*", help="baseline recipes only: e.g. model.ocr.min_confidence=50")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set a key)")
+    p.add_argument("--port", type=_number(low=0, high=65535), default=8000, help="0 takes any free port")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    p.add_argument("--max-batch", type=_number(low=1), default=8, help="images captioned together at most")
+    p.add_argument("--max-wait-ms", type=_number(float, low=0), default=10.0,
+                   help="how long a batch's first request waits for others")
+    p.add_argument("--max-queue", type=_number(low=1), default=64, help="waiting requests beyond it get 503")
+    p.add_argument("--max-body-mb", type=_number(float, above=0), default=10.0, help="largest upload")
+    p.add_argument("--max-pixels", type=_number(low=1), default=40_000_000, help="largest image, in pixels")
+    p.add_argument("--max-new-tokens", type=_number(low=1), default=256, help="the most a request may ask for")
+    p.add_argument("--max-beams", type=_number(low=1), default=8, help="the most beams or captions a request may ask for")
+    p.add_argument("--api-key-env", default="MEMECAP_API_KEY",
+                   help="environment variable holding the API key; when set, /caption and /metrics need it")
+    p.add_argument("--allow-files", type=Path, help="a folder whose images requests may name by path")
+    p.set_defaults(func=_serve)
     return parser
 
 

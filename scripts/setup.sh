@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0" "cython==3.3.1"
 # With the license an SPDX string, setuptools' only message here is a notice that the install is
 # editable; hidden, so what setup prints is ours.
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[memory,dev]"
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e ".[memory,serve,dev]"
 # ruCLIP's reference model code, used by the tests to check our ruCLIP loader against it
 # numerically. Its own pins (transformers 4.10, torchvision, ...) cannot install on this stack,
 # and its model file needs none of them.

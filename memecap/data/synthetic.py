@@ -85,6 +85,14 @@ def make_synthetic_dataset(
     return tables
 
 
+def sample_images(n: int, image_size: int = 224, seed: int = 0) -> list[Image.Image]:
+    """`n` demo images (shapes, half with a Cyrillic caption bar), the same for the same seed: a
+    fixed sample to compare two models' captions on when no images are at hand."""
+    rng = random.Random(seed)
+    font = _cyrillic_font(max(6, round(image_size * 0.14)))
+    return [_sample(rng, image_size, font)[0] for _ in range(n)]
+
+
 def _sample(rng: random.Random, size: int, font) -> tuple[Image.Image, str]:
     bg = rng.choice(list(COLOURS))
     img = Image.new("RGB", (size, size), COLOURS[bg][0])

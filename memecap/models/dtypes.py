@@ -22,3 +22,9 @@ def weights_dtype(requested: str, *, trains: bool, sixteen_bit: Optional[bool] =
         return getattr(torch, requested)
     sixteen_bit = bf16_available() if sixteen_bit is None else sixteen_bit
     return torch.bfloat16 if sixteen_bit and not trains else torch.float32
+
+
+def merge_dtype(requested: str) -> str:
+    """The dtype name a LoRA merge loads its base in: as asked, or for `auto` what a frozen base
+    gets here (bf16 on a bf16 GPU, else fp32); never a quantized one."""
+    return str(weights_dtype(requested, trains=False)).removeprefix("torch.")

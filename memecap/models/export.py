@@ -75,6 +75,14 @@ def write_export_config(out_dir: Path, meta: dict) -> None:
     (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
+def note_merge(out_dir: Path, line: str, merged_from: dict) -> None:
+    """Say in a merged export's config (and so its model card) what was merged into what."""
+    meta = yaml.safe_load((Path(out_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    meta["architecture"] = [*(meta.get("architecture") or []), line]
+    meta["merged_from"] = merged_from
+    write_export_config(out_dir, meta)
+
+
 def read_export_config(folder: Path) -> dict:
     """The export's metadata, with bundled base paths made absolute (so the folder can move)."""
     folder = Path(folder)

@@ -58,6 +58,12 @@ def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
         return PeftModel.from_pretrained(base, folder)
 
 
+def merged_into_base(model: nn.Module) -> nn.Module:
+    """The base model with the PEFT adapter's weights added into its own (the adapter gone)."""
+    with quiet_peft():
+        return model.merge_and_unload()
+
+
 def add_lora(model: nn.Module, lora: LoraConfig, *, key: str, within: str = "",
              also: Sequence[tuple[str, Sequence[str]]] = (), modules_to_save: Optional[list] = None,
              task_type: Optional[str] = None, fan_in_fan_out: bool = False) -> nn.Module:

@@ -40,7 +40,7 @@ class OcrTemplate(nn.Module):
     def collate(self, items: list[dict]) -> dict:
         if "input_ids" in items[0]:
             raise ValueError(NOTHING_TO_TRAIN)
-        batch: dict = {"text": [it["image"] for it in items]}
+        batch: dict = {"ocr_text": [it["image"] for it in items]}
         if "index" in items[0]:
             batch["index"] = torch.tensor([it["index"] for it in items])
         return batch
@@ -55,7 +55,7 @@ class OcrTemplate(nn.Module):
 
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
         """The template around each image's text; decoding settings do not apply."""
-        captions = [TEMPLATE.format(text=text.translate(_QUOTE_MARKS)) for text in batch["text"]]
+        captions = [TEMPLATE.format(text=text.translate(_QUOTE_MARKS)) for text in batch["ocr_text"]]
         return [[caption] * generation.num_return_sequences for caption in captions]
 
     def trainable_parameters(self) -> list[nn.Parameter]:

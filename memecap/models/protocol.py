@@ -32,7 +32,9 @@ class CaptioningModel(Protocol):
         """What the model reads for each image (cached features or pixels), indexable per image."""
 
     def collate(self, items: list[dict]) -> dict:
-        """Items `{"image": ..., "input_ids": [...]}` (or `{"image": ..., "index": i}`) -> a batch."""
+        """Items `{"image": ..., "input_ids": [...]}` (or `{"image": ..., "index": i}`) -> a batch.
+        A model that reads the meme's text puts it in the batch as `ocr_text`, one string per image
+        (the server shows it beside the caption)."""
 
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:
         """`generation.num_return_sequences` captions per image of the batch, best first.

@@ -21,6 +21,14 @@ from memecap.ocr.cleaning import clean_text
 from memecap.ocr.engines import ENGINES, TesseractEngine, Word, build_engine, limit_engine_threads
 
 _ENGINES: dict = {}  # per process: an engine is built once, not once per image
+_POOL_ALLOWED = True
+
+
+def read_in_this_process() -> None:
+    """From now on, read every image in this process, never in a pool of forked workers (a
+    long-lived process with threads of its own, such as the server, calls it)."""
+    global _POOL_ALLOWED
+    _POOL_ALLOWED = False
 
 
 def _read_one(engine_name: str, languages: tuple, source) -> list[Word]:
@@ -61,7 +69,7 @@ def read_words(paths: Sequence, cfg: OcrConfig, *, cache_dir: Optional[str | os.
     digests = [image_digest(Path(p)) if cache and not isinstance(p, Image.Image) else None for p in paths]
     out: list[Optional[list[Word]]] = [cache.get(d) if d else None for d in digests]
     todo = [i for i, words in enumerate(out) if words is None]
-    workers = min(cfg.workers or _cpu_count(), len(todo))
+    workers = min(cfg.workers or _cpu_count(), len(todo)) if _POOL_ALLOWED else 1
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
 
     def done(i: int, words: list[Word]) -> None:

@@ -20,3 +20,9 @@ def plan_memory(cfg, **settings):
     from memecap.models.clipcap.plan import plan_clipcap
 
     return plan_clipcap(cfg, **settings)
+
+
+def merge(folder, out_dir, *, dtype: str = "auto"):
+    from memecap.models.clipcap.merge_lora import merge_clipcap
+
+    return merge_clipcap(folder, out_dir, dtype=dtype)

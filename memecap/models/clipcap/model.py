@@ -298,10 +298,9 @@ class ClipCap(nn.Module):
                                                        f"{self.cfg.mapper.prefix_length} embeddings"]})
 
     @classmethod
-    def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "ClipCap":
+    def from_pretrained(cls, folder: Path, with_encoder: bool = True, cfg: Optional[ModelConfig] = None) -> "ClipCap":
         folder = Path(folder)
-        meta = read_export_config(folder)
-        cfg = model_config_from_export(meta["model"])
+        cfg = cfg or model_config_from_export(read_export_config(folder)["model"])  # a merge passes its own
         model = build_clipcap(cfg, with_encoder=with_encoder or cfg.encoder.trainable, export=folder,
                               apply_mode=False)
         model.mapper.load_state_dict(load_file(str(folder / MAPPER_FILE)))

@@ -19,3 +19,9 @@ def plan_memory(cfg, **settings):
     from memecap.models.rudolph.plan import plan_rudolph
 
     return plan_rudolph(cfg, **settings)
+
+
+def merge(folder, out_dir, *, dtype: str = "auto"):
+    from memecap.models.rudolph.merge_lora import merge_rudolph
+
+    return merge_rudolph(folder, out_dir, dtype=dtype)

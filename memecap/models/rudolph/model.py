@@ -266,12 +266,11 @@ class RuDolph(nn.Module):
                                       "generation": to_dict(generation) if generation else None})
 
     @classmethod
-    def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "RuDolph":
+    def from_pretrained(cls, folder: Path, with_encoder: bool = True, cfg: Optional[ModelConfig] = None) -> "RuDolph":
         """Base model + VQGAN from the Hub ids in the export's config, then its trained weights.
         (`with_encoder` is accepted for the protocol: the VQGAN is always loaded, it turns images into codes.)"""
         folder = Path(folder)
-        meta = read_export_config(folder)
-        cfg = model_config_from_export(meta["model"])
+        cfg = cfg or model_config_from_export(read_export_config(folder)["model"])  # a merge passes its own
         whole = (folder / WEIGHTS_FILE).is_file()  # every weight is here: the base checkpoint is not downloaded
         model = build_rudolph(cfg, export=folder, apply_mode=False, base_weights=not whole)
         base = model.rudolph

@@ -61,3 +61,9 @@ def plan_memory(cfg, **settings):
     from memecap.models.vlm.plan import plan_vlm
 
     return plan_vlm(cfg, **settings)
+
+
+def merge(folder, out_dir, *, dtype: str = "auto"):
+    from memecap.models.vlm.merge_lora import merge_vlm
+
+    return merge_vlm(folder, out_dir, dtype=dtype)

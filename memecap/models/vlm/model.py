@@ -275,15 +275,14 @@ class Vlm(nn.Module):
                                                        f"vision tower {v.vision}"]})
 
     @classmethod
-    def from_pretrained(cls, folder: Path, with_encoder: bool = True) -> "Vlm":
+    def from_pretrained(cls, folder: Path, with_encoder: bool = True, cfg: Optional[ModelConfig] = None) -> "Vlm":
         """The base from the Hub id + revision the export names (or the export's own whole model),
         its processing settings from the export, then the adapter. (`with_encoder` is accepted for
         the protocol: the vision tower is part of the model.)"""
         from memecap.models.vlm.loading import load_base, load_processing, load_processor
 
         folder = Path(folder)
-        meta = read_export_config(folder)
-        cfg = model_config_from_export(meta["model"])
+        cfg = cfg or model_config_from_export(read_export_config(folder)["model"])  # a merge passes its own
         whole = (folder / MODEL_DIR).is_dir()
         model = load_base(cfg, folder / MODEL_DIR if whole else None)
         tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None,
