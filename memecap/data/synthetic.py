@@ -85,12 +85,16 @@ def make_synthetic_dataset(
     return tables
 
 
-def sample_images(n: int, image_size: int = 224, seed: int = 0) -> list[Image.Image]:
-    """`n` demo images (shapes, half with a Cyrillic caption bar), the same for the same seed: a
-    fixed sample to compare two models' captions on when no images are at hand."""
+def sample_pairs(n: int, image_size: int = 224, seed: int = 0) -> list[tuple[Image.Image, str]]:
+    """`n` demo (image, caption) pairs (shapes, half with a Cyrillic caption bar), the same for the
+    same seed: a fixed sample when no memes are at hand (comparing captions, timing)."""
     rng = random.Random(seed)
     font = _cyrillic_font(max(6, round(image_size * 0.14)))
-    return [_sample(rng, image_size, font)[0] for _ in range(n)]
+    return [_sample(rng, image_size, font) for _ in range(n)]
+
+
+def sample_images(n: int, image_size: int = 224, seed: int = 0) -> list[Image.Image]:
+    return [image for image, _ in sample_pairs(n, image_size, seed)]
 
 
 def _sample(rng: random.Random, size: int, font) -> tuple[Image.Image, str]:
