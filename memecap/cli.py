@@ -163,7 +163,8 @@ def _export(args) -> int:
         images = [root / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise FileNotFoundError(f"--images {args.images}: no images there")
-    report = merge_export(Path(args.model), Path(args.out), dtype=args.dtype, images=images, sample=args.sample,
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype, args.dtype)
+    report = merge_export(Path(args.model), Path(args.out), dtype=dtype, images=images, sample=args.sample,
                           device=args.device)
     print(report.format())
     return 0
@@ -288,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", required=True,
                    help="merge the LoRA adapter into the base, loaded again unquantized (the only export kind)")
     p.add_argument("--out", required=True, help="a new folder for the merged export")
-    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"],
                    help="the base's dtype for the merge (auto: bf16 on a bf16 GPU, else fp32)")
     p.add_argument("--images", help="folder of images whose captions are compared before and after (default: 8 generated)")
     p.add_argument("--sample", type=_number(low=1), default=8, help="how many images are compared")

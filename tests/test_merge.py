@@ -163,7 +163,7 @@ def test_the_command_prints_the_comparison_and_refuses_what_it_cannot_do(tmp_pat
         return subprocess.run([sys.executable, "-m", "memecap", *args], capture_output=True, text=True, env=env,
                               timeout=300)
 
-    done = memecap("export", str(CLIPCAP_EXPORT), "--merge", "--out", str(tmp_path / "m"), "--dtype", "float32",
+    done = memecap("export", str(CLIPCAP_EXPORT), "--merge", "--out", str(tmp_path / "m"), "--dtype", "fp32",
                    "--images", str(ROOT / "tests" / "data" / "exports" / "images"))
     assert done.returncode == 0, done.stderr
     assert "greedy captions of 3 sample images: 3 equal, 0 differ" in done.stdout
