@@ -124,7 +124,8 @@ def _push(args) -> int:
             files = stage_export(export, Path(staging), repo_id=args.repo, license=args.license, datasets=args.dataset)
         width = max(len(name) for name, _ in files)
         print("\n".join(f"{name:<{width}}  {size:>13,} bytes" for name, size in files))
-        print(f"{len(files)} files, {sum(size for _, size in files):,} bytes would be pushed from {export} to {args.repo}")
+        print(f"{len(files)} files, {sum(size for _, size in files):,} bytes "
+              f"would be pushed from {export} to {args.repo}")
         return 0
     try:
         push(Path(args.model), args.repo, private=args.private, license=args.license, datasets=args.dataset,
@@ -192,7 +193,8 @@ def _number(kind=int, low=None, high=None, above=None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if not ((low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)):
@@ -211,7 +213,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=_number(low=0), help="sampling: top-k (0 = off)")
     p.add_argument("--top-p", type=_number(float, above=0.0, high=1.0), help="sampling: nucleus mass")
     p.add_argument("--temperature", type=_number(float, above=0.0), help="sampling temperature")
-    p.add_argument("--quote", choices=["free", "copy"], help="copy: an opened quote is the meme's OCR text (OCR models)")
+    p.add_argument("--quote", choices=["free", "copy"],
+                   help="copy: an opened quote is the meme's OCR text (OCR models)")
     p.add_argument("--batch-size", type=_number(low=1), default=32, help="images per generation batch")
 
 
@@ -236,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=int, choices=[0, 2, 3], default=0, help="DeepSpeed ZeRO stage (0 = off)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO: optimizer states in CPU RAM")
     p.add_argument("--offload-params", action="store_true", help="ZeRO-3: parameters in CPU RAM")
-    p.add_argument("--seq-len", type=_number(low=1), help="tokens per sample (default: prefix + OCR prompt + data.max_caption_tokens)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="activation precision (default: the recipe's)")
+    p.add_argument("--seq-len", type=_number(low=1),
+                   help="tokens per sample (default: prefix + OCR prompt + data.max_caption_tokens)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   help="activation precision (default: the recipe's)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
@@ -257,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption an image or every image in a folder")
     p.add_argument("target", help="image file or folder")
-    p.add_argument("--model", required=True, help="run, export or checkpoint folder, a Hub repo id, or a baseline recipe (ocr_template)")
+    p.add_argument("--model", required=True,
+                   help="run, export or checkpoint folder, a Hub repo id, or a baseline recipe (ocr_template)")
     p.add_argument("--revision", help="Hub revision of --model")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     p.add_argument("--out", help="append JSON Lines here (resumable: images already in it are skipped)")
@@ -292,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto",
                    choices=["auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"],
                    help="the base's dtype for the merge (auto: bf16 on a bf16 GPU, else fp32)")
-    p.add_argument("--images", help="folder of images whose captions are compared before and after (default: 8 generated)")
+    p.add_argument("--images",
+                   help="folder of images whose captions are compared before and after (default: 8 generated)")
     p.add_argument("--sample", type=_number(low=1), default=8, help="how many images are compared")
     p.add_argument("--device", help="cuda, mps or cpu for the comparison (default: the best available)")
     p.set_defaults(func=_export)
@@ -310,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=_number(float, above=0), default=10.0, help="largest upload")
     p.add_argument("--max-pixels", type=_number(low=1), default=40_000_000, help="largest image, in pixels")
     p.add_argument("--max-new-tokens", type=_number(low=1), default=256, help="the most a request may ask for")
-    p.add_argument("--max-beams", type=_number(low=1), default=8, help="the most beams or captions a request may ask for")
+    p.add_argument("--max-beams", type=_number(low=1), default=8,
+                   help="the most beams or captions a request may ask for")
     p.add_argument("--api-key-env", default="MEMECAP_API_KEY",
                    help="environment variable holding the API key; when set, /caption and /metrics need it")
     p.add_argument("--allow-files", type=Path, help="a folder whose images requests may name by path")

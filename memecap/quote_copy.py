@@ -60,7 +60,8 @@ class QuoteCopyProcessor(LogitsProcessor):
         copied = False
         for token in generated:
             if pending:
-                pending = pending[1:] if token == pending[0] else []  # a row that left the copy (cut by a length limit) is free
+                # A row that left the copy (cut by a length limit) is free.
+                pending = pending[1:] if token == pending[0] else []
                 copied = copied or not pending
             elif token in self.openers:
                 pending = self.quotes[item] + self.closers[self.openers[token]]

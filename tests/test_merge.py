@@ -31,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def loss_on(model, images, captions=CAPTIONS) -> float:
     """The model's mean caption-token loss on fixed images and captions (the protocol's forward)."""
     inputs = model.image_inputs(images, cache_dir=None, device="cpu", progress=False)
-    batch = model.collate([{"image": inputs[i], "input_ids": model.encode_caption(c, 48)} for i, c in enumerate(captions)])
+    batch = model.collate([{"image": inputs[i], "input_ids": model.encode_caption(c, 48)}
+                           for i, c in enumerate(captions)])
     with torch.no_grad():
         return model(batch)["loss"].item()
 

@@ -56,7 +56,8 @@ def serving(*args: str, env: dict | None = None):
 
 def call(url: str, body: bytes | None = None, *, headers: dict | None = None, method: str = "POST"):
     """(status, decoded JSON or text, headers) of one request; HTTP errors are answers too."""
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method if body is not None else "GET")
+    request = urllib.request.Request(url, data=body, headers=headers or {},
+                                     method=method if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             status, raw, got = response.status, response.read(), response.headers
@@ -223,7 +224,8 @@ def test_sigterm_under_load_answers_every_request_in_flight(tmp_path):
 
 def test_a_wrong_flag_or_a_taken_port_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "memecap", "serve", str(EXPORT), "--allow-files", str(tmp_path / "no")],
+    done = subprocess.run([sys.executable, "-m", "memecap", "serve", str(EXPORT),
+                           "--allow-files", str(tmp_path / "no")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "--allow-files" in done.stderr and "Traceback" not in done.stderr
     with socket.socket() as taken:

@@ -29,8 +29,10 @@ def test_the_next_stage_starts_its_own_count_and_keeps_the_history():
     state = TrainState(optimizer_step=5, epoch=2, batches_in_epoch=3, micro_step=40, loss_window=[1.0, 8],
                        history=[{"step": 5, "bleu4": 0.1}]).after_evaluation({"bleu4": 0.1}, 0.1, better=True)
     state = state.next_stage()
-    assert (state.stage, state.stage_start_step, state.stage_steps, state.epoch, state.batches_in_epoch) == (1, 5, 0, 0, 0)
-    assert (state.best_score, state.best_step, state.evals_without_improvement, state.loss_window) == (None, None, 0, None)
+    assert ((state.stage, state.stage_start_step, state.stage_steps, state.epoch, state.batches_in_epoch)
+            == (1, 5, 0, 0, 0))
+    assert ((state.best_score, state.best_step, state.evals_without_improvement, state.loss_window)
+            == (None, None, 0, None))
     assert (state.micro_step, len(state.history)) == (40, 2)
 
 

@@ -24,8 +24,8 @@ from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
 from memecap.models.lstm.settings import LstmConfig
 from memecap.models.rudolph.settings import RudolphConfig, RudolphLossWeights
 
-__all__ = ["FAMILY_SECTIONS", "MOVED_KEYS", "OCR_CLEANING_RULES", "RECIPES_DIR", "WEIGHT_DTYPES", "CacheConfig", "Config",
-           "ConfigError", "DataConfig", "DecoderConfig", "EncoderConfig", "EvalConfig", "GenerationConfig",
+__all__ = ["FAMILY_SECTIONS", "MOVED_KEYS", "OCR_CLEANING_RULES", "RECIPES_DIR", "WEIGHT_DTYPES", "CacheConfig",
+           "Config", "ConfigError", "DataConfig", "DecoderConfig", "EncoderConfig", "EvalConfig", "GenerationConfig",
            "LoraConfig", "LstmConfig", "MapperConfig", "ModelConfig", "OcrConfig", "OptimConfig", "RudolphConfig",
            "RudolphLossWeights", "StageConfig", "SyntheticConfig", "TinyConfig", "TrainConfig", "config_from_dict",
            "family_model_values", "list_recipes", "load_config", "load_saved_config", "model_config_from_export",

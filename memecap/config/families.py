@@ -55,7 +55,8 @@ def family_model_values(model: dict, *, saved: bool = False, where: str = "model
         return {k: v for k, v in model.items() if k not in foreign}
     if foreign:
         keys = [key for k in foreign for key in _keys_set(model[k], f"{where}.{k}")]
-        hints = "".join(f"; {FOREIGN_SECTION_HINTS[family, k]}" for k in foreign if (family, k) in FOREIGN_SECTION_HINTS)
+        hints = "".join(f"; {FOREIGN_SECTION_HINTS[family, k]}"
+                        for k in foreign if (family, k) in FOREIGN_SECTION_HINTS)
         raise ConfigError(f"{', '.join(keys)}: not read by model.family={family} "
                           f"(its settings: {', '.join(f'{where}.{k}' for k in allowed)}){hints}")
     return model

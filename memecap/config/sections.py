@@ -36,7 +36,8 @@ class DataConfig:
     max_train_rows: Optional[int] = None  # cap for quick experiments
     max_val_rows: Optional[int] = None  # cap on evaluated examples
     max_caption_tokens: int = 128  # caption length cap in tokens, end-of-text token included (a model may allow fewer)
-    long_captions: str = "truncate"  # truncate: cut, keeping the end-of-text token; reject: stop and say how many are too long
+    # truncate: cut, keeping the end-of-text token; reject: stop and say how many are too long
+    long_captions: str = "truncate"
     num_workers: int = 0  # DataLoader workers
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -52,8 +53,10 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "ruclip"  # ruclip | clip | siglip | resnet (a transformers ResNetModel) | auto (any transformers image backbone)
-    name: str = "ai-forever/ruclip-vit-base-patch32-384"  # Hub id or local folder; "tiny-random" builds one; package:efficientnet-lite0 (kind auto)
+    # ruclip | clip | siglip | resnet (a transformers ResNetModel) | auto (any transformers image backbone)
+    kind: str = "ruclip"
+    # Hub id or local folder; "tiny-random" builds one; package:efficientnet-lite0 (kind auto)
+    name: str = "ai-forever/ruclip-vit-base-patch32-384"
     revision: Optional[str] = None  # Hub revision (commit, tag or branch)
     trainable: bool = False  # frozen encoders are run once per image and cached
     resize_mode: str = "pad"  # pad keeps the whole meme (its text); crop is CLIP's centre crop; squash
@@ -99,7 +102,8 @@ class TinyConfig:
             raise ConfigError(f"model.tiny.gpt_width={self.gpt_width} must be a multiple of gpt_heads={self.gpt_heads}")
 
 
-# The names of memecap.ocr.cleaning.RULES (a test keeps them equal), here so that validating a config imports no OCR code.
+# The names of memecap.ocr.cleaning.RULES (a test keeps them equal), here so that validating a config
+# imports no OCR code.
 OCR_CLEANING_RULES = ("handles", "timestamps", "chrome", "watermarks")
 
 
@@ -108,11 +112,16 @@ class OcrConfig:
     """Reading the meme's own text and showing it to the decoder (ClipCap's prompt, RuDOLPH's left
     text) or quoting it (ocr_template)."""
 
-    enabled: bool = False  # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
-    engine: str = "detect_tesseract"  # key of memecap.ocr.ENGINES (detect_tesseract: detected lines; tesseract: whole page), or a dotted path to an engine class
+    # condition the decoder on the OCR text: ClipCap's prompt after the image prefix, RuDOLPH's left text
+    enabled: bool = False
+    # key of memecap.ocr.ENGINES (detect_tesseract: detected lines; tesseract: whole page), or a dotted path
+    # to an engine class
+    engine: str = "detect_tesseract"
     languages: list = field(default_factory=lambda: ["rus", "eng"])  # engine language codes (Tesseract names)
-    min_confidence: Optional[float] = None  # words read with a lower confidence (0-100) are dropped; null: the engine's own (detect_tesseract 0, tesseract 60)
-    cleaning: list = field(default_factory=lambda: ["handles", "timestamps", "chrome", "watermarks"])  # rules of memecap.ocr.cleaning.RULES applied to each line
+    # words read with a lower confidence (0-100) are dropped; null: the engine's own (detect_tesseract 0, tesseract 60)
+    min_confidence: Optional[float] = None
+    # rules of memecap.ocr.cleaning.RULES applied to each line
+    cleaning: list = field(default_factory=lambda: ["handles", "timestamps", "chrome", "watermarks"])
     max_tokens: int = 96  # OCR text tokens the decoder sees; longer text is cut (the separator is kept)
     template: str = "Текст на картинке: {text}\nОписание: "  # ClipCap's prompt around the text; the caption follows
     workers: Optional[int] = None  # OCR processes; null: one per CPU core
@@ -122,7 +131,8 @@ class OcrConfig:
             raise ConfigError("model.ocr.template must contain {text} exactly once")
         if "\n" not in self.template.split("{text}")[1]:
             # Cleaned OCR text has no line breaks, so a break after it marks where the text ends.
-            raise ConfigError("model.ocr.template needs a line break after {text}: it separates the text from the caption")
+            raise ConfigError("model.ocr.template needs a line break after {text}: "
+                              "it separates the text from the caption")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 100:
             raise ConfigError("model.ocr.min_confidence must be between 0 and 100")
         if self.max_tokens < 1:
@@ -225,7 +235,8 @@ class GenerationConfig:
     max_new_tokens: int = 96  # hard cap on caption length
     repetition_penalty: float = 1.0  # >1 discourages repeated tokens
     no_repeat_ngram_size: int = 0  # forbid repeating n-grams of this size (0 = off)
-    quote: str = "free"  # free | copy: after an opening quote mark, write the OCR text, then the closing mark (needs model.ocr.enabled)
+    # free | copy: after an opening quote mark, write the OCR text, then the closing mark (needs model.ocr.enabled)
+    quote: str = "free"
 
     def __post_init__(self) -> None:
         one_of("generation.strategy", self.strategy, ("greedy", "beam", "sample"))
@@ -239,7 +250,8 @@ class GenerationConfig:
         above("generation.repetition_penalty", self.repetition_penalty, 0)
         at_least("generation.no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         one_of("generation.quote", self.quote, ("free", "copy"))
-        if self.strategy != "sample" and self.num_return_sequences > max(1, self.num_beams if self.strategy == "beam" else 1):
+        beams = self.num_beams if self.strategy == "beam" else 1
+        if self.strategy != "sample" and self.num_return_sequences > max(1, beams):
             raise ConfigError("generation.num_return_sequences must be <= num_beams (or use strategy=sample)")
 
 
@@ -280,7 +292,7 @@ class TrainConfig:
     hub_license: str = "apache-2.0"  # the model card's license (check the base models' licenses)
     overwrite: bool = False  # start afresh in an output_dir that holds an earlier run (its run files are deleted first)
     max_bad_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm skipped before the run stops
-    save_on_each_node: bool = False  # machines without a shared output_dir: each keeps its own checkpoints to resume from
+    save_on_each_node: bool = False  # no shared output_dir: each machine keeps its own checkpoints to resume from
 
     def __post_init__(self) -> None:
         one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
@@ -320,7 +332,8 @@ class StageConfig:
     epochs: Optional[int] = None  # epochs of this stage (null: train.epochs)
     max_steps: Optional[int] = None  # optimizer steps of this stage; overrides epochs when set
     lr: Optional[float] = None  # peak learning rate of this stage (null: optim.lr); the schedule restarts
-    freeze: list = field(default_factory=list)  # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
+    # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
+    freeze: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.train or not self.val:
@@ -336,7 +349,8 @@ class StageConfig:
 
 @dataclass
 class CacheConfig:
-    dir: str = "~/.cache/memecap/features"  # frozen-encoder embeddings (OCR results in ocr/, image checks in image_checks/), keyed by what made them
+    # frozen-encoder embeddings (OCR results in ocr/, image checks in image_checks/), keyed by what made them
+    dir: str = "~/.cache/memecap/features"
     enabled: bool = True
 
 
@@ -349,7 +363,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    stages: list[StageConfig] = field(default_factory=list)  # multi-stage training; empty: one stage from data/train/optim
+    # multi-stage training; empty: one stage from data/train/optim
+    stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if why := not_offered(self.train.best_metric, self.eval.scoring):
@@ -360,11 +375,12 @@ class Config:
         copies = self.generation.quote == "copy" and bool(self.data.train or self.stages)
         if copies and not (self.model.ocr.enabled and family.reads_ocr and not family.baseline):
             quoting = [n for n, f in FAMILIES.items() if f.reads_ocr and not f.baseline]
-            raise ConfigError("generation.quote=copy copies the OCR text into the caption: it needs model.ocr.enabled=true "
-                              f"on a {_either(quoting)} model")
+            raise ConfigError("generation.quote=copy copies the OCR text into the caption: "
+                              f"it needs model.ocr.enabled=true on a {_either(quoting)} model")
         if self.stages:
             if self.data.train or self.data.val:
-                raise ConfigError("data.train/data.val and stages are exclusive: with stages, each stage names its data")
+                raise ConfigError("data.train/data.val and stages are exclusive: "
+                                  "with stages, each stage names its data")
             return
         if not self.data.train:
             return  # a config used only for inference needs no data

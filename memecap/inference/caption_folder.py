@@ -48,7 +48,8 @@ class FolderReport:
             lines.append(f"{len(self.unfollowed)} link(s) or folder(s) could not be followed, skipped: {names}"
                          + (" ..." if len(self.unfollowed) > 10 else ""))
         if self.not_images:
-            names = ", ".join(shown(name) for name in self.not_images[:10]) + (" ..." if len(self.not_images) > 10 else "")
+            names = (", ".join(shown(name) for name in self.not_images[:10])
+                     + (" ..." if len(self.not_images) > 10 else ""))
             lines.append(f"{len(self.not_images)} file(s) are not images by their extension, skipped: {names}")
         return "\n".join(lines)
 

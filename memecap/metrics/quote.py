@@ -1,7 +1,8 @@
 """Quote CER: how well a caption quotes the meme's own text, as an `evaluate` metric that loads offline.
 
     quote = evaluate.load("/abs/path/memecap/metrics/quote.py")
-    quote.compute(predictions=['кот. подпись: "когда пятница"'], references=[['на фото кот. подпись: «Когда пятница!»']])
+    quote.compute(predictions=['кот. подпись: "когда пятница"'],
+                  references=[['на фото кот. подпись: «Когда пятница!»']])
 
 The rules and the arithmetic are in quote_score.py.
 """

@@ -25,7 +25,8 @@ from memecap.models.packaged import installed_file, memecap_cache, packaged_enco
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 224  # Lite0's training resolution (efficientnet_lite_builder.py: 'efficientnet-lite0': (1.0, 1.0, 224, 0.2))
+# Lite0's training resolution (efficientnet_lite_builder.py: 'efficientnet-lite0': (1.0, 1.0, 224, 0.2))
+IMAGE_SIZE = 224
 # Lite models were trained on (pixel - 127) / 128 ("inception-style MEAN and STDDEV for better
 # post-quantization", MEAN_RGB/STDDEV_RGB in tensorflow/tpu models/official/efficientnet/lite/
 # efficientnet_lite_builder.py); memecap's transform scales pixels to [0, 1] first, hence /255.

@@ -77,7 +77,8 @@ def add_lora(model: nn.Module, lora: LoraConfig, *, key: str, within: str = "",
     for target in lora.target_modules:
         if not any(n == target or n.endswith("." + target) for n in inside):
             raise ConfigError(f"{key}.target_modules: {target!r} names no module of "
-                              f"{within or 'the model'}; its projections are {', '.join(projection_names(model, within))}")
+                              f"{within or 'the model'}; its projections are "
+                              f"{', '.join(projection_names(model, within))}")
     if also and not within:
         raise ValueError("add_lora: `also` scopes go with `within`")  # a programming error, not the user's
     model.requires_grad_(False)

@@ -15,5 +15,5 @@ from memecap.ocr.engines import ENGINES, OcrUnavailable, TesseractEngine, Word, 
 from memecap.ocr.line_engine import LineEngine
 from memecap.ocr.run import read_texts, read_words
 
-__all__ = ["ENGINES", "LineEngine", "OcrCache", "OcrUnavailable", "TesseractEngine", "Word", "build_engine", "clean_text",
-           "read_texts", "read_words"]
+__all__ = ["ENGINES", "LineEngine", "OcrCache", "OcrUnavailable", "TesseractEngine", "Word", "build_engine",
+           "clean_text", "read_texts", "read_words"]

@@ -11,7 +11,8 @@ RAPIDOCR_INSTALL = "pip install 'rapidocr==3.10.0' 'onnxruntime==1.31.1'"
 class LineDetector:
     """Quadrilaterals of the text lines of an RGB image, each [4, 2] (x, y), clockwise from top left."""
 
-    LIMIT_SIDE = 960  # the detector sees the image with its longer side at most this (smaller: faster, misses small print)
+    # the detector sees the image with its longer side at most this (smaller: faster, misses small print)
+    LIMIT_SIDE = 960
     BOX_THRESHOLD = 0.5  # mean text probability inside a box to keep it
 
     def __init__(self):

@@ -6,10 +6,10 @@ the line boxes; each line is cut out straight, scaled to a good text height and 
 (lines.py, recognize.py), in the order a person reads (order.py). Per line the candidates are its
 two polarities and, when neither reads confidently, the mask of its white pixels (the reading
 with the most confident words wins: light-on-dark captions read well inverted, outlined white
-captions over a picture only as a mask) and, for a line whose Russian reading has few dictionary words, the other languages
-(an English line read as Russian is `Ме еуегу тогптв`). Look-alike letters are then put in their
-line's script (script.py). Each of these choices was measured on the sample's memes
-(docs/benchmarks.md).
+captions over a picture only as a mask) and, for a line whose Russian reading has few dictionary
+words, the other languages (an English line read as Russian is `Ме еуегу тогптв`). Look-alike
+letters are then put in their line's script (script.py). Each of these choices was measured on
+the sample's memes (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ class LineEngine:
     MIN_CONFIDENCE = 0.0  # the threshold clean_text applies when model.ocr.min_confidence is null
     LINE_PSM = 7  # Tesseract page mode "a single text line"
     MASK_BELOW = 85.0  # also read a line's white-pixel mask when neither polarity reads it with this mean confidence
-    OTHER_LANGUAGE_BELOW = 0.5  # re-read a line in the other languages when fewer of its letters are in known Russian words
-    OTHER_LANGUAGE_UNSURE = 75.0  # ... or when its mean word confidence is lower (short Russian-looking words occur in English misread as Russian)
+    # re-read a line in the other languages when fewer of its letters are in known Russian words
+    OTHER_LANGUAGE_BELOW = 0.5
+    # ... or when its mean word confidence is lower (short Russian-looking words occur in English misread as Russian)
+    OTHER_LANGUAGE_UNSURE = 75.0
     OTHER_LANGUAGE_MARGIN = 10.0  # ... and keep that reading when its mean word confidence is this much higher
     VERSION = 2  # bump when the reading changes, so cached readings are not reused
 
@@ -102,7 +104,8 @@ class LineEngine:
         choice = max(range(len(readings)), key=lambda k: _evidence(readings[k]))
         best = readings[choice]
         known, total = known_letters(" ".join(w[0] for w in best))
-        if total == 0 or known / total < self.OTHER_LANGUAGE_BELOW or _mean_confidence(best) < self.OTHER_LANGUAGE_UNSURE:
+        if (total == 0 or known / total < self.OTHER_LANGUAGE_BELOW
+                or _mean_confidence(best) < self.OTHER_LANGUAGE_UNSURE):
             image = for_tesseract(images[choice])
             for lang in self.languages[1:]:
                 other = self.recognizer.words(image, lang, self.LINE_PSM)

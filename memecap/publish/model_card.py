@@ -57,7 +57,8 @@ def model_card(meta: dict, evaluation: Optional[dict], files: Sequence[tuple[str
                license: str, datasets: Sequence[str] = ()) -> str:
     family = meta.get("family", DEFAULT_FAMILY)
     header = {"language": ["ru"], "license": license, "library_name": "memecap", "pipeline_tag": "image-to-text",
-              "tags": ["memecap", "image-captioning", "memes", family] + (["lora", "peft"] if has_adapter(meta) else [])}
+              "tags": (["memecap", "image-captioning", "memes", family]
+                       + (["lora", "peft"] if has_adapter(meta) else []))}
     if hub_bases(meta):
         header["base_model"] = hub_bases(meta)
     if datasets:
@@ -87,12 +88,14 @@ def model_card(meta: dict, evaluation: Optional[dict], files: Sequence[tuple[str
         samples = evaluation.get("samples") or []
         if samples:
             parts += ["### Sample captions", "", "| image | generated | reference |", "|---|---|---|"]
-            parts += [f"| {_cell(s['uid'])} | {_cell(s['prediction'])} | {_cell(s['references'][0])} |" for s in samples]
+            parts += [f"| {_cell(s['uid'])} | {_cell(s['prediction'])} | {_cell(s['references'][0])} |"
+                      for s in samples]
             parts.append("")
         training = evaluation.get("training")
         if training:
             parts += ["## Training", "", *(f"- {k}: `{v}`" for k, v in training.items()), ""]
-    parts += ["## Files", "", "| file | bytes |", "|---|---|", *(f"| `{name}` | {size:,} |" for name, size in files), "",
+    parts += ["## Files", "", "| file | bytes |", "|---|---|",
+              *(f"| `{name}` | {size:,} |" for name, size in files), "",
               "## Limitations", "",
               "Generated descriptions can misread or invent the meme's text and misjudge what is pictured; "
               "check them before publishing.", ""]

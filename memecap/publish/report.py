@@ -133,7 +133,8 @@ def training_curves(log_path: Optional[Path]) -> list[str]:
     records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     evals = [r for r in records if r.get("kind") == "eval"]
-    charts = [line_chart({"train loss": train, "val loss": [(r["step"], r["val_loss"]) for r in evals if "val_loss" in r]},
+    charts = [line_chart({"train loss": train,
+                          "val loss": [(r["step"], r["val_loss"]) for r in evals if "val_loss" in r]},
                          title="loss"),
               line_chart({m: [(r["step"], r[m]) for r in evals if m in r] for m in CURVE_METRICS},
                          title="validation metrics")]
@@ -165,12 +166,14 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                       + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + "</div>"
                       if scores else "")
         cards.append(
-            f'<div class="example" data-uid="{escape(shown(str(row["uid"])))}" data-bleu4="{scores.get("bleu4", "NaN")}" '
-            f'data-meteor="{scores.get("meteor", "NaN")}" data-quote="{"NaN" if quote is None else quote}">{picture}<div>'
+            f'<div class="example" data-uid="{escape(shown(str(row["uid"])))}" '
+            f'data-bleu4="{scores.get("bleu4", "NaN")}" data-meteor="{scores.get("meteor", "NaN")}" '
+            f'data-quote="{"NaN" if quote is None else quote}">{picture}<div>'
             f'<div class="uid">{escape(shown(str(row["uid"])))}</div>'
             f'<div class="label">generated</div><div class="generated">{escape(row["prediction"])}</div>'
             + (f'<div class="label">other candidates</div>{alts}' if alts else "")
-            + (f'<div class="label">reference{"s" if len(row.get("references") or []) > 1 else ""}</div>{refs}' if refs else "")
+            + (f'<div class="label">reference{"s" if len(row.get("references") or []) > 1 else ""}</div>{refs}'
+               if refs else "")
             + f"{score_line}</div></div>")
     metrics_html = ""
     if metrics:
@@ -184,8 +187,10 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
     charts = training_curves(log_path)
     sort_options = ([("bleu4:desc", "BLEU-4, best first"), ("bleu4:asc", "BLEU-4, worst first"),
                      ("meteor:desc", "METEOR, best first"), ("meteor:asc", "METEOR, worst first"),
-                     ("quote:asc", "quote CER, best first"), ("quote:desc", "quote CER, worst first")] if scored else [])
+                     ("quote:asc", "quote CER, best first"), ("quote:desc", "quote CER, worst first")]
+                    if scored else [])
     sort_options.append(("uid:asc", "id"))
+    options = "".join(f'<option value="{v}">{escape(t)}</option>' for v, t in sort_options)
     html = f"""<!DOCTYPE html>
 <html lang="ru"><head><meta charset="utf-8">{GENERATOR}<title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
@@ -195,7 +200,7 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
 {metrics_html}
 {'<div class="charts">' + "".join(charts) + "</div>" if charts else ""}
 <div class="controls">
-<label>sort <select id="sort">{"".join(f'<option value="{v}">{escape(t)}</option>' for v, t in sort_options)}</select></label>
+<label>sort <select id="sort">{options}</select></label>
 <label>min score <input id="min" type="range" min="0" max="1" step="0.01" value="0"{"" if scored else " disabled"}>
 <span id="min-value">0.00</span></label>
 <label>find <input id="search" type="search" placeholder="text in captions"></label>

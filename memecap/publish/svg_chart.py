@@ -45,8 +45,10 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], *, title: str, 
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 6}" y="{py(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.3g}</text>')
     for x in _ticks(x0, x1):
-        parts.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{escape(x_label)}</text>')
+        parts.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" font-size="11" '
+                     f'text-anchor="middle">{x:.0f}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="11" '
+                 f'text-anchor="middle">{escape(x_label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)

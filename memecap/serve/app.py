@@ -59,8 +59,8 @@ def create_app(batcher: Batcher, settings: ServeSettings, stats: ServerStats, *,
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": source, "in_flight": stats.in_flight, "waiting": batcher.waiting(),
-                             "key_required": settings.api_key() is not None})
+        return JSONResponse({"status": "ok", "model": source, "in_flight": stats.in_flight,
+                             "waiting": batcher.waiting(), "key_required": settings.api_key() is not None})
 
     @app.get("/metrics")
     async def metrics(request: Request):

@@ -56,5 +56,6 @@ def _read(path: Path, *, max_pixels: int, name: str) -> Image.Image:
                                     f"({max_pixels:,} pixels): downscale it")
         return load_rgb(path)
     except ImageReadError as err:
-        reason = err.reason.replace(f"'{path}'", "it").replace(str(path), "it")  # a temporary name means nothing to the client
+        # A temporary name means nothing to the client.
+        reason = err.reason.replace(f"'{path}'", "it").replace(str(path), "it")
         raise ImageRefused(415, f"{name} is not an image memecap can read ({reason})") from None

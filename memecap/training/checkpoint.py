@@ -171,7 +171,8 @@ def _under(key: str, prefixes: tuple) -> bool:
 def resume_changes(saved: Config, now: Config) -> tuple[list[str], list[str]]:
     """(keys that make the resume inexact, schedule keys that changed), as `key: old -> new`."""
     old, new = flat_keys(to_dict(saved)), flat_keys(to_dict(now))
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
     exact = [c for c in changed if _under(c.split(":")[0], EXACT_RESUME_KEYS)
              and not _under(c.split(":")[0], ("model.ocr.workers",))]  # how many processes read, not what
     schedule = [c for c in changed if _under(c.split(":")[0], SCHEDULE_KEYS)]

@@ -116,7 +116,8 @@ def _claim(cfg: Config, folder: Path, log, has_checkpoint: bool) -> Optional[str
                 f"Choose a new train.output_dir, or move those files away yourself")
     if starts_over:
         why = ("train.overwrite=true: deleting the earlier run" if cfg.train.overwrite else
-               "train.resume=auto: the earlier attempt left no checkpoint that verifies; starting from step 0, deleting it")
+               "train.resume=auto: the earlier attempt left no checkpoint that verifies; "
+               "starting from step 0, deleting it")
         log.info(f"{why} in {folder} ({', '.join(clear_run(folder, recorded)) or 'nothing left to delete'})")
     elif recorded is None and has_checkpoint:
         # Resuming where no run recorded its files (an older memecap's run, or bases copied beside a

@@ -31,7 +31,8 @@ class RunLog:
         self.accelerator.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values},
+                                   ensure_ascii=False) + "\n")
 
     def forget_after(self, step: int) -> int:
         """After a resume at `step`: drop the records the interrupted attempt wrote past it (the

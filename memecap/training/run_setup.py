@@ -109,7 +109,8 @@ def check_resume_data(stages: list, data: list, checkpoint: Optional[Path], save
     """The data's fingerprint now; a resume whose data changed since the checkpoint is refused."""
     now = data_fingerprint(data)
     if checkpoint is not None and saved is None:
-        log.info(f"train.resume: {checkpoint} has no data fingerprint recorded (an earlier memecap wrote it); not checked")
+        log.info(f"train.resume: {checkpoint} has no data fingerprint recorded "
+                 "(an earlier memecap wrote it); not checked")
     changed = data_changes(stages, saved, now) if checkpoint is not None and saved is not None else []
     if changed:
         raise ConfigError(f"train.resume: the data changed since {checkpoint} was written, and resuming on it would "

@@ -1,7 +1,8 @@
 """The stages of a run: one per `stages:` entry, or a single one made of data/train/optim.
 
     stages:
-      - {name: general, train: [flickr30k_ru/train.jsonl, vizwiz_ru/train.jsonl], val: flickr30k_ru/val.jsonl, epochs: 30}
+      - {name: general, train: [flickr30k_ru/train.jsonl, vizwiz_ru/train.jsonl], val: flickr30k_ru/val.jsonl,
+         epochs: 30}
       - {name: memes, train: [memes/train.tsv], val: memes/val.tsv, epochs: 20, lr: 3.0e-4, freeze: [embed]}
 
 Each stage has its own data, length, learning rate (with a fresh schedule) and frozen parameters;

@@ -20,7 +20,8 @@ from memecap.training.nonfinite import ensure_finite_weights
 
 
 @torch.no_grad()
-def validation_pass(accelerator, model, eval_loader, loss_loader, examples, cfg: Config, synced_gpus: bool) -> tuple[dict, list]:
+def validation_pass(accelerator, model, eval_loader, loss_loader, examples, cfg: Config,
+                    synced_gpus: bool) -> tuple[dict, list]:
     """Validation loss, generated captions and metrics; every example is scored exactly once."""
     model.eval()
     net = accelerator.unwrap_model(model)

@@ -10,7 +10,8 @@ from torch import nn
 
 # The default lists, tried in order: the first whose names all exist in the model is used.
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]  # GPT-2's Conv1D attention and MLP projections
-LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # Llama/Qwen2/Gemma/Mistral
+# Llama/Qwen2/Gemma/Mistral
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS = (GPT2_TARGETS, LLAMA_TARGETS)
 
 

@@ -25,7 +25,8 @@ def gguf_kwargs(name: str, gguf_file: Optional[str]) -> dict:
         fetch = (f"; to get it, run {FETCHED[gguf_file]} (it prints both overrides)"
                  if gguf_file in FETCHED else "")
         raise FileNotFoundError(f"model.decoder.gguf_file: {path} is not a file; name the folder that holds it "
-                                f"in model.decoder.name and the file's name inside it in model.decoder.gguf_file{fetch}")
+                                "in model.decoder.name and the file's name inside it in "
+                                f"model.decoder.gguf_file{fetch}")
     if importlib.util.find_spec("gguf") is None:
         raise PackageMissing(f"model.decoder.gguf_file: reading {path} needs the gguf package; "
                              f"install it with: pip install {GGUF_PIP}")

@@ -19,7 +19,8 @@ def merge_clipcap(folder: Path, out_dir: Path, *, dtype: str) -> None:
         raise ValueError(f"{folder}: its decoder is {d.mode}, not a LoRA adapter: nothing to merge")
     base = f"{d.name}" + (f" ({d.revision})" if d.revision else "")
     was = f"{d.quantization} quantized" if d.quantization != "none" else d.dtype
-    d.quantization, d.dtype = "none", merge_dtype(dtype)  # a 4-bit base is loaded again in 16/32 bits, never dequantized
+    # A 4-bit base is loaded again in 16/32 bits, never dequantized.
+    d.quantization, d.dtype = "none", merge_dtype(dtype)
     model = ClipCap.from_pretrained(folder, with_encoder=False, cfg=cfg)
     model.decoder = merged_into_base(model.decoder)
     # A whole decoder is exported as a trained one is; it loads in float32 (memecap's rule for

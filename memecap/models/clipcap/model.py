@@ -138,7 +138,8 @@ class ClipCap(nn.Module):
         self.transform = transform
         frozen = None if cfg.encoder.trainable else (encoder if encoder is not None else feature_encoder)
         # A CNN's pooled vector and grid come from the same weights: the output is part of the cache key.
-        self.frozen_encoder = FrozenEncoder(frozen, transform, variant=frozen.output_key) if frozen is not None else None
+        self.frozen_encoder = (FrozenEncoder(frozen, transform, variant=frozen.output_key)
+                               if frozen is not None else None)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._quotes = QuoteCopying()

@@ -21,8 +21,10 @@ from memecap.untrusted import refuse_model_code
 # ai-forever's ruGPT-3 family (GPT-2 architecture), so that planning needs no download.
 KNOWN_DECODERS = {
     "ai-forever/rugpt3small_based_on_gpt2": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50264, n_positions=2048),
-    "ai-forever/rugpt3medium_based_on_gpt2": dict(n_embd=1024, n_layer=24, n_head=16, vocab_size=50257, n_positions=2048),
-    "ai-forever/rugpt3large_based_on_gpt2": dict(n_embd=1536, n_layer=24, n_head=16, vocab_size=50257, n_positions=2048),
+    "ai-forever/rugpt3medium_based_on_gpt2": dict(n_embd=1024, n_layer=24, n_head=16, vocab_size=50257,
+                                                  n_positions=2048),
+    "ai-forever/rugpt3large_based_on_gpt2": dict(n_embd=1536, n_layer=24, n_head=16, vocab_size=50257,
+                                                 n_positions=2048),
 }
 # Image encoders: (tokens per image incl. class token, width, pooled output size).
 KNOWN_ENCODERS = {"ai-forever/ruclip-vit-base-patch32-384": (145, 768, 512),
@@ -102,7 +104,8 @@ def decoder_weights(dec, decoder: nn.Module, decoder_params: int, act_bytes: int
     # peft's k-bit preparation casts the layers that are not quantized back to fp32.
     frozen_dtype = (weights_dtype(dec.dtype, trains=dec.mode == "subset", sixteen_bit=act_bytes == 2)
                     if dec.quantization == "none" else torch.float32)
-    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]  # NF4 + block constants
+    # 4bit: NF4 + block constants
+    quant = {"none": frozen_dtype.itemsize, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64}[dec.quantization]
     if dec.mode == "full":
         return decoder_params, 0.0, frozen_dtype
     if dec.mode == "subset":  # the chosen parameters train in fp32, the rest stays as loaded
@@ -129,7 +132,8 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     precision = mixed_precision or cfg.train.mixed_precision
     act_bytes = 4 if precision in ("no", "auto") and not torch.cuda.is_available() else 2
     batch = batch_size or cfg.train.batch_size
-    prefix = tokens if (cfg.model.encoder.features == "patches" and cfg.model.mapper.type == "mlp") else cfg.model.mapper.prefix_length
+    prefix = (tokens if (cfg.model.encoder.features == "patches" and cfg.model.mapper.type == "mlp")
+              else cfg.model.mapper.prefix_length)
     ocr = cfg.model.ocr
     prompt = ocr.max_tokens + 16 if ocr.enabled else 0  # the OCR text and the template around it (a bound)
     seq = seq_len or prefix + prompt + cfg.data.max_caption_tokens

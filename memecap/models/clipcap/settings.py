@@ -28,15 +28,17 @@ class MapperConfig:
 
 @dataclass
 class DecoderConfig:
-    name: str = "ai-forever/rugpt3small_based_on_gpt2"  # any AutoModelForCausalLM (GPT-2, Llama, Qwen2, Gemma 3...); Hub id or folder; "tiny-random"
+    # any AutoModelForCausalLM (GPT-2, Llama, Qwen2, Gemma 3...); Hub id or folder; "tiny-random"
+    name: str = "ai-forever/rugpt3small_based_on_gpt2"
     revision: Optional[str] = None  # Hub revision
     gguf_file: Optional[str] = None  # a GGUF file inside the folder `name` (config, tokenizer, weights; needs `gguf`)
     mode: str = "frozen"  # frozen | full | subset (only `trainable`) | lora (adapters on `lora.target_modules`)
     trainable: list = field(default_factory=list)  # mode=subset: glob patterns of decoder module or parameter names
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     quantization: str = "none"  # none | 8bit | 4bit: load the frozen base with bitsandbytes (QLoRA with mode=lora)
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen (non-quantized) weights; auto = bf16 on a bf16 GPU
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"]))  # GPT-2's; other architectures get their own (clipcap/architectures.py)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: frozen (unquantized) weights; auto = bf16 on a bf16 GPU
+    # GPT-2's; other architectures get their own (clipcap/architectures.py)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"]))
 
     def __post_init__(self) -> None:
         check_train_mode("model.decoder", self.mode, self.trainable, example="[transformer.h.11, transformer.ln_f]")
@@ -47,7 +49,8 @@ class DecoderConfig:
                               "(use train.mixed_precision=bf16 for 16-bit compute)")
         one_of("model.decoder.quantization", self.quantization, ("none", "8bit", "4bit"))
         if self.quantization != "none" and self.mode in ("full", "subset"):
-            raise ConfigError("model.decoder.quantization needs mode=lora or frozen: quantized weights cannot be trained")
+            raise ConfigError("model.decoder.quantization needs mode=lora or frozen: "
+                              "quantized weights cannot be trained")
         if self.gguf_file and self.quantization != "none":
             raise ConfigError("model.decoder.gguf_file: a GGUF file loads dequantized to float; "
                               "set model.decoder.quantization=none")

@@ -55,7 +55,8 @@ class LstmCaptioner(nn.Module):
         self.encoder = encoder
         frozen = None if cfg.encoder.trainable else (encoder if encoder is not None else feature_encoder)
         # The ResNet's pooled vector and grid come from the same weights: the output is part of the cache key.
-        self.frozen_encoder = FrozenEncoder(frozen, transform, variant=frozen.output_key) if frozen is not None else None
+        self.frozen_encoder = (FrozenEncoder(frozen, transform, variant=frozen.output_key)
+                               if frozen is not None else None)
         c = cfg.lstm
         self.project = nn.Linear(image_dim, c.embed_dim)
         self.norm = ProjectionNorm(c.embed_dim)

@@ -19,7 +19,9 @@ class LstmConfig:
     attention_dim: int = 256  # attention MLP width
     min_word_count: int = 1  # training-caption words seen fewer times become <unk>
     max_vocab: Optional[int] = None  # keep only the most frequent words (null: all)
-    navec: Optional[str] = None  # navec file (navec_hudlit_v1_12B_500K_300d_100q.tar) to initialise embeddings; natasha: the news vectors inside the installed natasha package
+    # navec file (navec_hudlit_v1_12B_500K_300d_100q.tar) to initialise embeddings; natasha: the news vectors
+    # inside the installed natasha package
+    navec: Optional[str] = None
     train_embeddings: bool = True  # false keeps the (navec) word vectors fixed
 
     def __post_init__(self) -> None:

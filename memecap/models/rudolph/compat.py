@@ -98,7 +98,8 @@ def _bare_package(name: str) -> None:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the {name!r} package is not installed; run scripts/setup.sh "
                           f"(it installs rudolph==0.0.1rc10, rudalle==1.1.3 and taming-transformers with --no-deps)")
-    module = types.ModuleType(name, f"{name}, imported by memecap without its __init__ (see memecap/models/rudolph/compat.py)")
+    module = types.ModuleType(
+        name, f"{name}, imported by memecap without its __init__ (see memecap/models/rudolph/compat.py)")
     module.__path__ = list(spec.submodule_search_locations)
     module.__spec__ = spec
     module.__file__ = spec.origin

@@ -82,7 +82,8 @@ class RuDolph(nn.Module):
         self.bpe_vocab = tokenizer.vocab_size()  # decoding chooses among these (the published BPE fills text_vocab)
         if self.bpe_vocab > self.text_vocab:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size()} tokens but this RuDOLPH only "
-                             f"{self.text_vocab} text ids: model.rudolph.tokenizer does not belong to model.rudolph.name")
+                             f"{self.text_vocab} text ids: "
+                             "model.rudolph.tokenizer does not belong to model.rudolph.name")
         special = base.text_special_tokens > 0
         self.left = [BOS] + ([self.text_vocab + SPECIAL_OFFSETS["<LT_I2T>"]] if special else []) + [EOS]
         self.left += [PAD] * (self.l_len - len(self.left))

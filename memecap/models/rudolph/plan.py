@@ -49,9 +49,9 @@ def activation_bytes(p: dict, batch: int, act: int, checkpointing: bool) -> floa
 def logits_bytes(p: dict, batch: int, act: int) -> float:
     text_vocab = p["vocab_size"] + p["text_special_tokens"]
     image_vocab = p["image_vocab_size"] + p["image_special_tokens"]
-    l, i, r = p["l_text_seq_length"], p["image_tokens_per_dim"] ** 2, p["r_text_seq_length"]
-    full = batch * (l + i + r) * (text_vocab + image_vocab)
-    sliced = batch * ((l + r) * text_vocab + i * image_vocab)
+    left, image, right = p["l_text_seq_length"], p["image_tokens_per_dim"] ** 2, p["r_text_seq_length"]
+    full = batch * (left + image + right) * (text_vocab + image_vocab)
+    sliced = batch * ((left + right) * text_vocab + image * image_vocab)
     return full * act * 2 + sliced * 4 * 3  # logits and their gradient; fp32 slices, log-softmax, gradient
 
 
@@ -102,6 +102,7 @@ def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     plan.notes.append("the frozen VQGAN runs once per image beforehand (codes are cached) and takes no memory "
                       "during training")
     other = activation_bytes(p, batch, act, not ckpt)
-    plan.notes.append(f"activations {'without' if ckpt else 'with'} gradient checkpointing would be {other / GIB:.3f} GiB")
+    plan.notes.append(f"activations {'without' if ckpt else 'with'} gradient checkpointing "
+                      f"would be {other / GIB:.3f} GiB")
     plan.notes.append("not counted: CUDA context (~0.3-0.5 GiB), allocator fragmentation, temporary buffers")
     return plan

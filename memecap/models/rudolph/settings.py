@@ -22,13 +22,16 @@ class RudolphConfig:
 
     name: str = "ai-forever/RUDOLPH-350M"  # Hub id or folder holding pytorch_model.bin; "tiny-random" builds one
     revision: Optional[str] = None  # Hub revision of the RuDOLPH weights
-    shape: Optional[str] = None  # key of rudolph.model.MODELS (350M_v1, 350M, 1.3B, 2.7B, 2.7B_fbc2); null: from the Hub id or the folder's config.json
+    # key of rudolph.model.MODELS (350M_v1, 350M, 1.3B, 2.7B, 2.7B_fbc2); null: from the Hub id or the folder's
+    # config.json
+    shape: Optional[str] = None
     vqgan: str = "ai-forever/rudalle-utils"  # Hub id or folder with vqgan.gumbelf8-sber.{config.yml,model.ckpt}
     vqgan_revision: Optional[str] = None
     tokenizer: str = "ai-forever/rudalle-utils"  # Hub id or folder with the YouTokenToMe bpe.model
     tokenizer_revision: Optional[str] = None
     mode: str = "full"  # full: every weight trains | subset: only `trainable` | lora: adapters on `lora.target_modules`
-    trainable: list = field(default_factory=list)  # mode=subset: glob patterns of module or parameter names; each must match
+    # mode=subset: glob patterns of module or parameter names; each must match
+    trainable: list = field(default_factory=list)
     # RuDOLPH's attention (query_key_value, dense) and MLP (dense_h_to_4h, dense_4h_to_h) projections.
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(
         target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]))

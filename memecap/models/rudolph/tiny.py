@@ -83,7 +83,8 @@ def tiny_rudolph_params(bpe_vocab: int, cfg: TinyConfig, n_embed: int) -> dict:
     positions; special tokens after the BPE vocabulary), with every mask kind in 3 layers."""
     return dict(num_layers=max(3, cfg.gpt_layers), hidden_size=cfg.gpt_width, num_attention_heads=cfg.gpt_heads,
                 embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0,
-                l_text_seq_length=8, image_tokens_per_dim=cfg.image_size // 8, r_text_seq_length=cfg.rudolph_text_tokens,
+                l_text_seq_length=8, image_tokens_per_dim=cfg.image_size // 8,
+                r_text_seq_length=cfg.rudolph_text_tokens,
                 kernel_size=3, last_kernel_size=3, cogview_sandwich_layernorm=True, cogview_pb_relax=True,
                 text_special_tokens=8, image_special_tokens=4, vocab_size=bpe_vocab + 8, image_vocab_size=n_embed)
 

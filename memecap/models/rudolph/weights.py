@@ -79,7 +79,8 @@ def rudolph_of_shape(params: dict) -> torch.nn.Module:
     return import_rudolph().model.ruDolphModel(device="cpu", **params)
 
 
-def load_rudolph(name: str, revision: Optional[str] = None, shape: Optional[str] = None) -> tuple[torch.nn.Module, dict]:
+def load_rudolph(name: str, revision: Optional[str] = None,
+                 shape: Optional[str] = None) -> tuple[torch.nn.Module, dict]:
     """ruDolphModel with the weights at `name` (fp16 checkpoints are widened to fp32), and its shape."""
     params = model_params(name, shape, revision)
     model = rudolph_of_shape(params)

@@ -122,7 +122,8 @@ def language_model_name(model: nn.Module) -> str:
 def vision_tower_name(model: nn.Module) -> str:
     names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in VISION_NAMES]
     if not names:
-        raise ValueError(f"{type(model).__name__}: no vision tower found (looked for modules named {', '.join(VISION_NAMES)})")
+        raise ValueError(f"{type(model).__name__}: no vision tower found "
+                         f"(looked for modules named {', '.join(VISION_NAMES)})")
     return min(names, key=len)
 
 

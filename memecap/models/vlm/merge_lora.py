@@ -24,7 +24,8 @@ def merge_vlm(folder: Path, out_dir: Path, *, dtype: str) -> None:
         raise ValueError(f"{folder}: the model was trained whole (mode={v.mode}, vision={v.vision}): nothing to merge")
     base = f"{v.name}" + (f" ({v.revision})" if v.revision else "")
     was = f"{v.quantization} quantized" if v.quantization != "none" else v.dtype
-    v.quantization, v.dtype = "none", merge_dtype(dtype)  # a 4-bit base is loaded again in 16/32 bits, never dequantized
+    # A 4-bit base is loaded again in 16/32 bits, never dequantized.
+    v.quantization, v.dtype = "none", merge_dtype(dtype)
     vlm = Vlm.from_pretrained(folder, cfg=cfg)
     vlm.model = merged_into_base(vlm.model)
     # Whole weights are exported (and read back by memecap) as trained ones are.

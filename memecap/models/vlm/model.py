@@ -198,7 +198,8 @@ class Vlm(nn.Module):
                 values[row, start:start + len(per_token)] = torch.tensor(per_token)
             batch[key] = values
         if self._needs_mm_types and "mm_token_type_ids" not in batch:
-            batch["mm_token_type_ids"] = mm_token_types(batch["input_ids"], self.image_token_id) * batch["attention_mask"]
+            batch["mm_token_type_ids"] = (mm_token_types(batch["input_ids"], self.image_token_id)
+                                          * batch["attention_mask"])
         return batch
 
     # -- model ------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ class Vlm(nn.Module):
         """`num_return_sequences` descriptions per image, each ending at the end-of-turn token."""
         inputs = self._model_inputs(batch)
         start = inputs["input_ids"].shape[1]
-        eos = [self.eos_id] + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id not in (None, self.eos_id) else [])
+        eos = [self.eos_id] + ([self.tokenizer.eos_token_id]
+                               if self.tokenizer.eos_token_id not in (None, self.eos_id) else [])
         kwargs = hf_generate_kwargs(generation, eos_token_id=eos, pad_token_id=self.pad_id)
         if generation.quote == "copy":
             kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch), start)])
@@ -257,7 +259,8 @@ class Vlm(nn.Module):
                    if k.startswith("model.")}
         v = self.cfg.vlm
         if v.mode == "lora":
-            self.model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, safe_serialization=True, **ADAPTER_ONLY)
+            self.model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=weights, safe_serialization=True,
+                                       **ADAPTER_ONLY)
         else:
             self.model.save_pretrained(out_dir / MODEL_DIR, state_dict=weights, safe_serialization=True)
         processor = out_dir / PROCESSOR_DIR
@@ -287,7 +290,8 @@ class Vlm(nn.Module):
         model = load_base(cfg, folder / MODEL_DIR if whole else None)
         tokenizer, image_processor, template = load_processing(cfg, str(folder / PROCESSOR_DIR), None,
                                                                model.config.model_type)
-        processor = None if model.config.model_type in KNOWN_TYPES else load_processor(str(folder / PROCESSOR_DIR), None)
+        processor = (None if model.config.model_type in KNOWN_TYPES
+                     else load_processor(str(folder / PROCESSOR_DIR), None))
         if processor is not None:
             tokenizer, image_processor = processor.tokenizer, processor.image_processor
         if (folder / ADAPTER_DIR).is_dir():

@@ -128,7 +128,8 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     trainable, frozen, frozen_dtype = weights(v, model, language, vision, total, vision_params, act_bytes)
     stored = v.quantization if v.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
     if frozen:
-        plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})", frozen / shard, where_params)
+        plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})",
+                 frozen / shard, where_params)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
                             offload_optimizer=offload_optimizer, where_params=where_params)
     h, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
