@@ -136,10 +136,21 @@ def caption_items(model, images, generation: GenerationConfig, *, device: torch.
     dataset = CaptionEvalSet(images)
     out: list[list[str]] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="captioning", disable=not progress, unit="batch"):
-        batch = model.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch = send_to_device(batch, device)  # tensors only: a baseline's batch also holds text
-        out.extend(model.generate(batch, generation))
+        captions, _ = caption_batch(model, [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))],
+                                    generation, device=device)
+        out.extend(captions)
     return out
+
+
+@torch.no_grad()
+def caption_batch(model, items: list[dict], generation: GenerationConfig, *,
+                  device: torch.device) -> tuple[list[list[str]], Optional[list[str]]]:
+    """One batch of `CaptionEvalSet` items: its captions, and the text the model read on each image
+    (None for a model that reads none)."""
+    batch = model.collate(items)
+    texts = batch.get("ocr_text")
+    batch = send_to_device(batch, device)  # tensors only: a baseline's batch also holds text
+    return model.generate(batch, generation), texts
 
 
 def evaluate_export(export: Path, table: str, *, out_path: Optional[Path] = None, scoring: str = "memecap",

@@ -7,11 +7,11 @@ import sys
 from typing import Optional, Sequence
 
 import torch
-from accelerate.utils import send_to_device
 from PIL import Image
 
 from memecap.config import GenerationConfig
 from memecap.data.datasets import CaptionEvalSet
+from memecap.inference.exported import caption_batch
 from memecap.serve.batching import Batcher, Captioned, RunBatch
 from memecap.serve.settings import ServeSettings
 from memecap.serve.stats import ServerStats
@@ -25,11 +25,8 @@ def model_runner(model, device: torch.device) -> RunBatch:
 
     @torch.no_grad()
     def run(images: list, generation: GenerationConfig) -> list:
-        inputs = model.image_inputs(images, cache_dir=None, device=device, progress=False)
-        dataset = CaptionEvalSet(inputs)
-        batch = model.collate([dataset[i] for i in range(len(dataset))])
-        texts = batch.get("ocr_text")
-        captions = model.generate(send_to_device(batch, device), generation)
+        dataset = CaptionEvalSet(model.image_inputs(images, cache_dir=None, device=device, progress=False))
+        captions, texts = caption_batch(model, [dataset[i] for i in range(len(dataset))], generation, device=device)
         return [Captioned(list(caps), None if texts is None else texts[i]) for i, caps in enumerate(captions)]
 
     return run
