@@ -92,3 +92,12 @@ def test_gpu_modes_never_share_the_machine():
         parse_args(["--jobs", "2"])
     with pytest.raises(SystemExit):  # a --set naming no mode is an error, not a silently ignored setting
         parse_args(["--set", "no-such-mode", "train.batch_size=1"])
+
+
+def test_a_multi_line_error_keeps_the_table_one_row():
+    from report import status
+
+    cuda = "AcceleratorError: CUDA error: device-side assert triggered\nSearch for `cudaErrorAssert' in |docs|\n"
+    cell = status({"status": "failed", "error": cuda})
+    assert cell == "**failed**: AcceleratorError: CUDA error: device-side assert triggered"
+    assert status({"status": "ok"}) == "ok"

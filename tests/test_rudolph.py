@@ -266,6 +266,27 @@ def test_generation_strategies(generation, tiny_rudolph, examples, tmp_path):
         model.generate(eval_batch(model, examples), GenerationConfig(strategy="beam", num_beams=2))
 
 
+def test_score_processors_see_only_ids_they_can_score(tiny_rudolph, examples, tmp_path, monkeypatch):
+    """The right prefix's special token lies beyond the scored vocabulary: transformers before 5.2x
+    gathered the repetition penalty at it and failed on a GPU (device-side assert, RuDOLPH-2.7B)."""
+    import memecap.models.rudolph.model as rudolph_model
+
+    seen_beyond = []
+
+    def recording(generation):
+        processors = logits_processors(generation)
+        processors.append(lambda ids, scores: seen_beyond.append(int((ids >= scores.shape[1]).sum())) or scores)
+        return processors
+
+    logits_processors = rudolph_model.logits_processors
+    monkeypatch.setattr(rudolph_model, "logits_processors", recording)
+    model = build_rudolph(tiny_rudolph, work_dir=tmp_path).eval()
+    assert any(i >= model.bpe_vocab for i in model.right_prefix)  # the case at stake is present
+    model.generate(eval_batch(model, examples), GenerationConfig(strategy="greedy", max_new_tokens=4,
+                                                                 repetition_penalty=1.3))
+    assert seen_beyond and not any(seen_beyond)
+
+
 def test_cached_decoding_equals_full_recomputation(tiny_rudolph, examples, tmp_path):
     model = build_rudolph(tiny_rudolph, work_dir=tmp_path).eval()
     batch = eval_batch(model, examples)

@@ -33,7 +33,10 @@ def prepare_base(model: nn.Module, *, quantized: bool, checkpointing: bool) -> n
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers before the rename (a GPU image's 5.17, say)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
 

@@ -12,8 +12,15 @@ def gib(value) -> str:
     return f"{value / GIB:.2f} GiB" if isinstance(value, (int, float)) else ""
 
 
+def first_line(text: str) -> str:
+    """A table cell holds one line: a CUDA error's advice lines would end the Markdown table."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def status(record: dict) -> str:
-    return "ok" if record["status"] == "ok" else f"**{record['status']}**: {record.get('error', '')}".replace("|", "/")
+    if record["status"] == "ok":
+        return "ok"
+    return f"**{record['status']}**: {first_line(record.get('error', ''))}".replace("|", "/")
 
 
 def environment_lines(env: dict, install) -> list[str]:

@@ -202,7 +202,10 @@ class RuDolph(nn.Module):
                 logits, cache = self.rudolph(out, mask, cache=cache, use_cache=True, return_loss=False)
             scores = logits[:, -1, :self.bpe_vocab].float()
             scores[:, [PAD, UNK, BOS]] = float("-inf")  # only words or the end of the caption
-            scores = processors(out[:, start - len(self.right_prefix):], scores)
+            # The prefix's special token lies beyond the scored ids: as PAD (never chosen) it is penalised
+            # in no transformers version (older ones index the scores with it and fail).
+            seen = out[:, start - len(self.right_prefix):]
+            scores = processors(seen.masked_fill(seen >= self.bpe_vocab, PAD), scores)
             if generation.strategy == "sample":
                 token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
             else:
