@@ -69,3 +69,46 @@ def test_plan_command_runs_offline_for_the_real_recipes():
                           capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert "total on each accelerator" in proc.stdout and "decoder weights, frozen (4bit)" in proc.stdout
+
+
+LOSS_PEAK = """
+import sys, torch
+from memecap.models.family_parts import caption_loss
+dtype = getattr(torch, sys.argv[1])
+batch, seq, vocab = 2, 138, 50264
+hidden = torch.randn(batch, seq, 64, dtype=dtype, requires_grad=True)
+head, labels = torch.randn(64, vocab, dtype=dtype), torch.randint(0, vocab, (batch, seq))
+def resident(): return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = resident()
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark starts again from here
+caption_loss(hidden @ head, labels)["loss"].backward()
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+print((peak - before) / (batch * seq * vocab))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak from /proc")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_loss_peak_per_logit_is_what_the_plan_counts(dtype):
+    """The plan's logits row: LOSS_PEAK_BYTES per logit, at most, and not far above the measured peak
+    (large tensors are mapped and unmapped by the allocator, so the resident high-water mark follows them)."""
+    from memecap.models.memory_plan import LOSS_PEAK_BYTES
+
+    out = subprocess.run([sys.executable, "-c", LOSS_PEAK, dtype], capture_output=True, text=True, check=True,
+                         env={"OMP_NUM_THREADS": "1", "PATH": ""} | {k: v for k, v in __import__("os").environ.items()
+                                                                     if k in ("PYTHONPATH", "HOME")})
+    measured = float(out.stdout)
+    assert LOSS_PEAK_BYTES - 1.5 <= measured <= LOSS_PEAK_BYTES, measured
+
+
+def test_lora_inputs_cost_what_the_adapters_keep():
+    def lora_row(*overrides):
+        cfg = load_config("clipcap_lora", ["model.encoder.kind=clip", "model.encoder.name=tiny-random", *overrides])
+        return rows(plan_memory(cfg, mixed_precision="no")).get("LoRA inputs", (0.0,))[0]
+
+    with_dropout, without = lora_row(), lora_row("model.decoder.lora.dropout=0")
+    # fp32 on a CPU: the dropout's output (4 bytes) and mask (1) per input value, nothing without dropout
+    assert without == 0 and with_dropout > 0
+    checkpointed = lora_row("model.decoder.gradient_checkpointing=true")
+    assert checkpointed == pytest.approx(with_dropout / 12)  # one of ruGPT-3 small's 12 blocks at a time
+    assert lora_row("model.decoder.mode=frozen") == 0

@@ -2,14 +2,14 @@
 from their configs (ruGPT-3's shapes ship here; other decoders' config.json is read), then arithmetic."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, Plan
+from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
 from memecap.models.clipcap.gguf import gguf_kwargs
@@ -79,16 +79,43 @@ def image_features(cfg: Config) -> tuple[int, int]:
 def activation_bytes(config: PretrainedConfig, batch: int, seq: int, bytes_per: int, checkpointing: bool) -> float:
     """Per-layer saved activations, and with checkpointing only each block's input plus one
     block's worth during its recomputation. A GPT-2 block keeps s*b*h*(34 + 5*a*s/h) bytes at
-    16 bit, attention scores included (Korthikanti et al. 2022); a Llama-style block about 12 h + 4 I
-    values per token (norms, q/k/v/o, the gated MLP; SDPA keeps no score matrix)."""
+    16 bit, attention scores included (Korthikanti et al. 2022), 34*s*b*h without them (SDPA, the
+    default attention, keeps no score matrix); a Llama-style block about 12 h + 4 I values per token
+    (norms, q/k/v/o, the gated MLP)."""
     h, a, L = config.hidden_size, config.num_attention_heads, config.num_hidden_layers
     if config.model_type == "gpt2":
-        per_layer = seq * batch * h * (34 + 5 * a * seq / h) * bytes_per / 2
+        scores = 5 * a * seq / h if config._attn_implementation == "eager" else 0
+        per_layer = seq * batch * h * (34 + scores) * bytes_per / 2
     else:
         per_layer = seq * batch * (12 * h + 4 * config.intermediate_size) * bytes_per
     if checkpointing:
         return L * seq * batch * h * bytes_per + per_layer
     return L * per_layer
+
+
+def lora_input_features(model: nn.Module, targets: Sequence[str]) -> int:
+    """Input features of every layer LoRA adapts (its adapter saves its own copy of that input)."""
+    total = 0
+    for name, m in model.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if isinstance(m, nn.Linear):
+            total += m.in_features
+        elif type(m).__name__ == "Conv1D":  # GPT-2's layers store their weight as in x out
+            total += m.weight.shape[0]
+    return total
+
+
+def lora_input_bytes(dec, decoder: nn.Module, batch: int, seq: int, act_bytes: int, autocast: bool,
+                     checkpointing: bool) -> float:
+    """What the adapters keep for their backward beyond the base layer's activations: the input cast
+    to the adapter's fp32 (under autocast, the cast back to 16 bit) and the dropout mask. With
+    checkpointing, one block's worth."""
+    copy = act_bytes if autocast else (4 if act_bytes != 4 or dec.lora.dropout else 0)
+    per_value = copy + (1 if dec.lora.dropout else 0)
+    features = lora_input_features(decoder, lora_targets(decoder, dec.lora.target_modules))
+    layers = decoder.config.num_hidden_layers
+    return batch * seq * features * per_value / (layers if checkpointing else 1)
 
 
 def quantizable_parameters(decoder: nn.Module) -> int:
@@ -153,7 +180,12 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     checkpointing = dec.gradient_checkpointing
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if checkpointing else ''}",
              activation_bytes(config, batch, seq, act_bytes, checkpointing))
-    plan.add("logits + loss (fp32 copy and its gradient)", batch * seq * config.vocab_size * (act_bytes + 8))
+    autocast = precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2)
+    if dec.mode == "lora":
+        plan.add("LoRA inputs (fp32 copies, dropout masks)",
+                 lora_input_bytes(dec, decoder, batch, seq, act_bytes, autocast, checkpointing))
+    plan.add("logits + loss (fp32 log-softmax and gradients, at the peak)",
+             batch * seq * config.vocab_size * LOSS_PEAK_BYTES)
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.num_hidden_layers) * 4.0 * 2)
     if cfg.model.encoder.trainable:

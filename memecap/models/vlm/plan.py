@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, Plan
+from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan
 from memecap.models.dtypes import weights_dtype
 from memecap.models.tiny import TINY
 
@@ -141,7 +141,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if checkpointing else ''}", kept)
     # The loss reads logits of the description only (memecap/models/vlm/model.py: logits_to_keep).
     plan.add(f"logits + loss, {described + 1} description tokens only",
-             batch * (described + 1) * text.vocab_size * (act_bytes + 8))
+             batch * (described + 1) * text.vocab_size * LOSS_PEAK_BYTES)
     plan.add(*vision_activations(v, config, batch, patches, act_bytes))
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (total / layers) * 4.0 * 2)
