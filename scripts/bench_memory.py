@@ -136,12 +136,12 @@ def step_time(log: Path, warmup: int = 1) -> float:
     return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(stamps, stamps[1:]))
 
 
-def synthetic_tables(folder: Path, n_train: int = 64, n_val: int = 4) -> tuple[dict, list[str]]:
+def synthetic_tables(folder: Path, n_train: int = 64, n_val: int = 4, image_size: int = 64) -> tuple[dict, list[str]]:
     """Synthetic train/val tables whose captions are repeated past any cap, so a caption limit
     makes every sample exactly that long; and the training captions."""
     from memecap.data.synthetic import make_synthetic_dataset
 
-    tables = make_synthetic_dataset(folder, n_train=n_train, n_val=n_val, image_size=64)
+    tables = make_synthetic_dataset(folder, n_train=n_train, n_val=n_val, image_size=image_size)
     for table in tables.values():
         lines = table.read_text(encoding="utf-8").splitlines()
         table.write_text("\n".join([lines[0]] + [f"{uid}\t{' '.join([text] * 12)}" for uid, text in

@@ -33,8 +33,43 @@ def bases(mode: Mode, work: Path, texts: list[str]) -> list[str]:
 
     if mode.family == "rudolph":
         return make_rudolph(work / "rudolph", mode.shape, texts)
+    if mode.family == "vlm":
+        return vlm_base(mode, work, texts)
     make_decoder(work / "decoder", mode.shape, texts)
     return [f"model.decoder.name={work / 'decoder'}", f"data.max_caption_tokens={mode.tokens}"]
+
+
+def recipe_vlm(mode: Mode):
+    from memecap.config import load_config
+
+    return load_config(mode.recipe).model.vlm
+
+
+def vlm_base(mode: Mode, work: Path, texts: list[str]) -> list[str]:
+    """The recipe's base at its published shape (random bf16 weights, a tiny tokenizer, the published
+    vocabulary), or a tiny model of the same architecture for the dry run."""
+    from memecap.models.vlm.known import known_config
+    from memecap.models.vlm.tiny import save_shaped_vlm, save_tiny_vlm
+
+    v = recipe_vlm(mode)
+    shape = known_config(v.name)
+    texts = [*texts, v.instruction]
+    base = (save_tiny_vlm(work / "base", shape.model_type, texts) if mode.shape == "tiny"
+            else save_shaped_vlm(work / "base", shape, texts))
+    return [f"model.vlm.name={base}", "model.vlm.revision=null", f"data.max_caption_tokens={mode.tokens}"]
+
+
+def image_tokens(mode: Mode) -> tuple[int, int]:
+    """(image side in px, image tokens) of a VLM mode: images as large as the recipe's budget allows,
+    so each costs its `max_pixels`; the other families read 64 px images (a cached or coded input)."""
+    if mode.family != "vlm" or mode.shape == "tiny":
+        return 64, 0
+    from memecap.models.vlm.known import known_config
+
+    v, vision = recipe_vlm(mode), known_config(recipe_vlm(mode).name).vision_config
+    token_px = vision.patch_size * vision.spatial_merge_size
+    side = int(v.max_pixels ** 0.5) // token_px * token_px
+    return side, (side // token_px) ** 2
 
 
 def config(mode: Mode, work: Path, user: list[str]):
@@ -43,7 +78,8 @@ def config(mode: Mode, work: Path, user: list[str]):
 
     load_config(mode.recipe, [*mode.overrides, *user])  # a bad setting fails before any model is built
     images = mode.batch * (mode.steps + 1)
-    tables, texts = synthetic_tables(work / "data", n_train=images, n_val=images if mode.kind == "generate" else 2)
+    tables, texts = synthetic_tables(work / "data", n_train=images, n_val=images if mode.kind == "generate" else 2,
+                                     image_size=image_tokens(mode)[0])
     common = [f"data.train={tables['train']}", f"data.val={tables['val']}", f"train.batch_size={mode.batch}",
               f"train.max_steps={mode.steps}", "train.grad_accum=1", "train.log_every=1", "train.trackers=[]",
               "train.progress_bar=false", "eval.compare_constant=false", "train.save_every=1000000",
@@ -82,7 +118,7 @@ def measure_train(mode: Mode, work: Path, user: list[str]) -> dict:
     cfg, _, _ = config(mode, work, user)
     train.main(cfg)
     step = step_time(work / "run" / "log.jsonl", warmup=mode.warmup)
-    sequence = mode.tokens
+    sequence = mode.tokens + image_tokens(mode)[1]  # a VLM's chat template and instruction not counted
     if mode.family == "rudolph":
         from memecap.models.rudolph.weights import model_params
 

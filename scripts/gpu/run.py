@@ -1,7 +1,7 @@
 """memecap's GPU evidence kit: install what is missing, check the machine, measure every mode.
 
     bash scripts/gpu/prepare_wheels.sh               # once, where the package index is reachable
-    python3 scripts/gpu/run.py                        # on the GPU machine (no network needed): < 8 minutes
+    python3 scripts/gpu/run.py                        # on the GPU machine (no network needed): < 9 minutes
     python3 scripts/gpu/run.py --cpu-dry-run          # the same code path with tiny shapes on a CPU
     python3 scripts/gpu/run.py --only rudolph-350m --set rudolph-350m train.batch_size=8
 
