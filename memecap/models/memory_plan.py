@@ -7,7 +7,7 @@ GIB = 1024 ** 3
 OPTIMIZER_BYTES = {"8bit": 2, "32bit": 8}  # Adam moments per trainable parameter
 # Bytes per logit at the caption loss's peak, whatever the logits' dtype: in its backward, the fp32
 # log-softmax output, its gradient and the logits' fp32 gradient (the logits themselves are freed
-# once the forward returns the loss). Measured on memecap's loss: 12.2-12.9 (tests/test_plan.py).
+# once the forward returns the loss). Measured on memecap's loss: 12.0-13.9 (tests/test_plan.py).
 LOSS_PEAK_BYTES = 13
 
 
