@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights
 from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from memecap.training.image_reads import readable_inputs
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
@@ -62,6 +63,7 @@ class PreparedStage:
     eval_loader: DataLoader
     val_loss_set: CaptionTrainSet
     val_images: object
+    val_examples: list  # those whose image could be read, in val_images' order
     total_steps: int
 
 
@@ -85,15 +87,22 @@ def main(cfg: Config) -> dict:
         return finish(run, model, state, evaluation, constant)
 
 
-def stage_images(run: Run, net: torch.nn.Module, stage: Stage) -> list:
-    """The stage's train and val images as the model reads them (features from the cache, written
-    by the first process of each machine, or pixels)."""
+def stage_inputs(run: Run, net: torch.nn.Module, stage: Stage) -> tuple[list, list]:
+    """The stage's train and val examples with a readable image, and their images as the model reads
+    them (features from the cache, written by the first process of each machine, or pixels)."""
     cache_dir = run.cfg.cache.dir if run.cfg.cache.enabled else None
     show = run.cfg.train.progress_bar and run.accelerator.is_local_main_process
+    examples, images = [], []
     with whole_weights(run.accelerator, run.log), preparing(run.accelerator, run.shared):
-        return [net.image_inputs([ex.image_path for ex in examples], cache_dir=cache_dir,
-                                 device=run.accelerator.device, progress=show, desc=f"{split} images")
-                for split, examples in zip(("train", "val"), run.data[stage.index])]
+        for split, split_examples in zip(("train", "val"), run.data[stage.index]):
+            def read(paths, split=split):
+                return net.image_inputs(paths, cache_dir=cache_dir, device=run.accelerator.device, progress=show,
+                                        desc=f"{split} images")
+            kept, inputs = readable_inputs(split_examples, read, on_bad_row=run.cfg.data.on_bad_row, split=split,
+                                           log=run.log.info)
+            examples.append(kept)
+            images.append(inputs)
+    return examples, images
 
 
 def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -108,8 +117,7 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
     stage's, unwrapped: its trainable parameters may change)."""
     cfg, accelerator = run.cfg, run.accelerator
     net = accelerator.unwrap_model(model)
-    train_examples, val_examples = run.data[stage.index]
-    train_images, val_images = stage_images(run, net, stage)
+    (train_examples, val_examples), (train_images, val_images) = stage_inputs(run, net, stage)
     apply_freeze(net, run.trainable, stage)
 
     def caption_set(examples, images, split):
@@ -135,7 +143,7 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
     model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
     val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
     return PreparedStage(stage, model, optimizer, scheduler, train_loader, val_loss_loader, eval_loader,
-                         val_loss_set, val_images, total_steps)
+                         val_loss_set, val_images, val_examples, total_steps)
 
 
 def fail_fast(run: Run, prepared: PreparedStage) -> None:
@@ -185,7 +193,7 @@ def evaluate_and_keep_best(run: Run, prepared: PreparedStage, state: TrainState)
     """Score the model now, write the predictions, log the table and export it if it is the best.
     Returns the counters with the score in them, and the evaluation as written beside an export."""
     cfg, accelerator, step, stage = run.cfg, run.accelerator, state.optimizer_step, prepared.stage
-    val_examples = run.data[stage.index][1]
+    val_examples = prepared.val_examples
     metrics, rows = validation_pass(accelerator, prepared.model, prepared.eval_loader, prepared.val_loss_loader,
                                     val_examples, cfg, run.synced_gpus)
     evaluation = {"step": step, "metrics": metrics, "samples": rows[:5],

@@ -74,7 +74,10 @@ def _coerce(hint, value, key: str, default=None):
             raise ConfigError(f"{key}={value!r}: expected a finite number")
         return float(value)
     if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML reads yes/no/on/off/true/false as booleans
+            raise ConfigError(f"{key}={value!r}: expected a string (YAML read a yes/no/on/off word as a boolean: "
+                              f"quote it, e.g. {key}='no')")
+        if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key}={value!r}: expected a string")
         return str(value)
     if hint is list or origin is list:

@@ -39,6 +39,11 @@ class DataConfig:
     # truncate: cut, keeping the end-of-text token; reject: stop and say how many are too long
     long_captions: str = "truncate"
     num_workers: int = 0  # DataLoader workers
+    # full: every image decoded at start (results kept per image in the cache, so a next start only stats
+    # each file); sample: `check_sample` images picked at random (seeded); none: no image. An image left
+    # unchecked that cannot be read is met when the run reads it, and data.on_bad_row decides then.
+    check: str = "full"
+    check_sample: int = 1000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -49,6 +54,8 @@ class DataConfig:
         at_least("data.max_train_rows", self.max_train_rows, 1, optional=True)
         at_least("data.max_val_rows", self.max_val_rows, 1, optional=True)
         at_least("data.num_workers", self.num_workers, 0)
+        one_of("data.check", self.check, ("full", "sample", "none"))
+        at_least("data.check_sample", self.check_sample, 1)
 
 
 @dataclass

@@ -43,7 +43,8 @@ def load_table(table, cfg: DataConfig, *, max_rows: int | None, work_dir: Path, 
     """One table's examples, every row validated (`data.on_bad_row`); a table with no usable row is
     refused under its config `key`, the others counted in the log under `shown`."""
     examples, _ = load_split(table, image_dir=cfg.image_dir, on_bad_row=cfg.on_bad_row, max_rows=max_rows,
-                             cache_dir=Path(work_dir) / "data", log=log, check_cache=check_cache)
+                             cache_dir=Path(work_dir) / "data", log=log, check_cache=check_cache,
+                             check=cfg.check, check_sample=cfg.check_sample)
     if not examples:
         raise ValueError(f"{key}: no usable rows")
     log(f"{shown}: {len(examples)} images, {sum(len(e.captions) for e in examples)} captions")

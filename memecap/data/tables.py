@@ -14,7 +14,7 @@ from typing import Callable
 
 from PIL import Image
 
-from memecap.data.validation import DataError, Problem, RawRow, ValidationReport, validate_rows
+from memecap.data.validation import DataError, Problem, RawRow, ValidationReport, images_to_check, validate_rows
 
 TEXT_COLUMNS = ("text", "caption", "captions", "description")
 UID_COLUMNS = ("uid", "id", "image_id")
@@ -278,12 +278,15 @@ def load_split(
     cache_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = print,
     check_cache: str | os.PathLike | None = None,
+    check: str = "full",
+    check_sample: int = 1000,
 ) -> tuple[list[Example], ValidationReport]:
     """Read a table or `hf:<id>[@split]` (`hf:imagefolder:/data/memes@train`), validate, group.
 
     `max_rows` keeps the rows of the first N uids (all captions of each). Bad rows raise
     `DataError` listing every problem, or with `on_bad_row="skip"` are dropped and logged.
     `check_cache`: where the image check keeps its results (none kept if None).
+    `check`, `check_sample`: which images are decoded now (`data.check`: full | sample | off).
     """
     spec = str(path)
     if spec.startswith("hf:"):
@@ -301,7 +304,8 @@ def load_split(
         rows = [r for r in rows if r.uid in keep_set]
     kept, report = validate_rows(rows, source=source, on_bad_row=on_bad_row,
                                  check_images=check_images, log=log,
-                                 check_cache=Path(check_cache) if check_cache is not None else None)
+                                 check_cache=Path(check_cache) if check_cache is not None else None,
+                                 decode=images_to_check(check, check_sample, log))
     return group_examples(kept), report
 
 

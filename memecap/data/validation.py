@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ def validate_rows(
     log: Callable[[str], None] | None = print,
     workers: int | None = None,
     check_cache: Path | None = None,
+    decode: Callable[[list[Path]], list[Path]] | None = None,
 ) -> tuple[list[RawRow], ValidationReport]:
     """Check all rows; return the good ones and a report, or raise `DataError` listing every problem.
 
@@ -108,6 +110,7 @@ def validate_rows(
     `check_cache`: a folder where each decoded image's result is kept (data/fingerprint.py), so
     an unchanged image is not decoded again at the next start.
     With `on_bad_row="skip"` each problem is logged and the rows it touches are dropped.
+    `decode`: which of the images to check (`images_to_check`); all of them if None.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
@@ -143,7 +146,8 @@ def validate_rows(
         if r.image_path is not None:
             by_image.setdefault(r.image_path, []).append(i)
     checks = ImageChecks(check_cache if check_images else None, source, log)
-    for path, (kind, detail) in _check_images(list(by_image), check_images, workers, log, checks):
+    checked = list(by_image) if decode is None else decode(list(by_image))
+    for path, (kind, detail) in _check_images(checked, check_images, workers, log, checks):
         users = by_image[path]
         if len(users) > 1:
             detail += f" (used by {len(users)} rows)"
@@ -165,6 +169,23 @@ def validate_rows(
     if not kept:
         raise DataError([Problem(source, 1, None, "no rows", f"no usable rows left of {len(rows)}")])
     return kept, report
+
+
+def images_to_check(mode: str, sample: int, log: Callable[[str], None] | None = None, seed: int = 0
+                    ) -> Callable[[list[Path]], list[Path]] | None:
+    """The images a `data.check` mode checks at start (None: all of them): `sample` picks the same
+    ones at every start (seeded, over the sorted paths), `none` none."""
+    if mode == "full":
+        return None
+
+    def pick(paths: list[Path]) -> list[Path]:
+        chosen = [] if mode == "none" else sorted(random.Random(seed).sample(sorted(paths), min(sample, len(paths))))
+        if log is not None and len(chosen) < len(paths):
+            log(f"data.check={mode}: {len(chosen)} of {len(paths)} images checked at start; the others are "
+                "checked when the run reads them (data.on_bad_row applies then)")
+        return chosen
+
+    return pick
 
 
 def _check_images(

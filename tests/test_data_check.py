@@ -1,0 +1,77 @@
+"""`data.check`: full (every image decoded at start), sample (a seeded share), none; an image left
+unchecked that cannot be read is met when the run reads it, and `data.on_bad_row` decides then."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from memecap import train
+from memecap.config import ConfigError, load_config
+from memecap.data.tables import load_split
+from memecap.data.validation import DataError, images_to_check
+from tests.helpers import reset_accelerate, tiny_run_config
+
+FROZEN = ("model.encoder.trainable=false",)  # its features are read once, at the start of the stage
+
+
+def table_with_a_broken_image(synthetic_data, tmp_path, line: int = 5):
+    """A copy of the synthetic train table whose row at `line` points at a file that is not an image."""
+    shutil.copytree(synthetic_data["train"].parent / "images", tmp_path / "images")
+    table = tmp_path / "train.tsv"
+    lines = synthetic_data["train"].read_text(encoding="utf-8").splitlines()
+    uid = lines[line - 1].split("\t")[0]
+    broken = next((tmp_path / "images").glob(f"{uid}.*"))
+    broken.write_bytes(b"not an image at all")
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return table, broken
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.check=some", "data.check"), ("data.check_sample=0", "data.check_sample"),
+    ("data.check=off", "data.check=False: expected a string .* quote it"),  # YAML's boolean words
+])
+def test_bad_settings_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_a_sample_is_the_same_share_at_every_start(tmp_path):
+    paths = [tmp_path / f"{i:03d}.jpg" for i in range(50)]
+    said = []
+    pick = images_to_check("sample", 7, said.append)
+    first = pick(paths)
+    assert len(first) == 7 and set(first) <= set(paths) and pick(list(reversed(paths))) == first
+    assert said[0].startswith("data.check=sample: 7 of 50 images checked at start")
+    assert images_to_check("none", 7)(paths) == [] and images_to_check("full", 7) is None
+
+
+def test_only_a_full_check_finds_the_broken_image_at_start(synthetic_data, tmp_path):
+    table, broken = table_with_a_broken_image(synthetic_data, tmp_path)
+    with pytest.raises(DataError, match=f"{table}:5"):
+        load_split(table, log=None)
+    examples, report = load_split(table, log=None, check="none")
+    assert report.ok and any(ex.image_path == broken for ex in examples)
+    with pytest.raises(DataError, match=f"{table}:5"):  # a sample as large as the table is the full check
+        load_split(table, log=None, check="sample", check_sample=10_000)
+    kept, _ = load_split(table, log=None, check="sample", check_sample=10_000, on_bad_row="skip")
+    assert len(kept) == len(examples) - 1
+
+
+def test_an_unchecked_broken_image_met_in_training_follows_on_bad_row(synthetic_data, tmp_path, capsys):
+    table, broken = table_with_a_broken_image(synthetic_data, tmp_path)
+    data = {"train": table, "val": synthetic_data["val"]}
+    stopped = tiny_run_config(tmp_path / "run", data, "data.check=none", "train.max_steps=1", *FROZEN)
+    with pytest.raises(DataError) as err:
+        train.main(stopped)
+    reset_accelerate()
+    assert f"{table}:5" in str(err.value) and "met while reading the train images" in str(err.value)
+
+    skipped = tiny_run_config(tmp_path / "run2", data, "data.check=none", "data.on_bad_row=skip", "train.max_steps=1",
+                              "eval.compare_constant=false", *FROZEN)
+    summary = train.main(skipped)
+    reset_accelerate()
+    assert summary["optimizer_steps"] == 1
+    log = capsys.readouterr().err
+    assert f"{table}:5" in log and "skipped" in log and str(broken) in log
+    assert "47 train images" in log  # the 48 of the table but the one that cannot be read
