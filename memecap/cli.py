@@ -11,6 +11,7 @@
     memecap plan RECIPE [key=value ...] [--zero 2 --offload-optimizer --processes 4]   # memory estimate
     memecap recipes            # list shipped recipes
     memecap config RECIPE [key=value ...]   # print the resolved config without running
+    memecap prepare RECIPE [key=value ...]  # check the data and fill the caches ahead (accelerate launch too)
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def _train(args) -> int:
     from memecap.training.process_exit import end_launched_process
 
     return end_launched_process(train.cli([args.recipe, *args.overrides]))
+
+
+def _prepare(args) -> int:
+    from memecap import prepare
+
+    return prepare.cli([args.recipe, *args.overrides])
 
 
 def _config(args) -> int:
@@ -226,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="e.g. optim.lr=3e-4 train.batch_size=16")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("prepare", help="check the data and fill the caches ahead of training (also under "
+                       "accelerate launch -m memecap.prepare)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_prepare)
 
     p = sub.add_parser("config", help="print the resolved config of a recipe and overrides")
     p.add_argument("recipe")
