@@ -15,13 +15,14 @@ FROZEN = ("model.encoder.trainable=false",)  # features computed once per image 
 
 def feature_files(cache: Path) -> dict[Path, int]:
     """The cached features (prepare's own folder holds the tiny random bases it built), with their times."""
-    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors") if "prepare" not in p.relative_to(cache).parts}
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")
+            if "prepare" not in p.relative_to(cache).parts}
 
 
 def test_shares_are_disjoint_and_cover_every_image_once():
     paths = [Path(f"/d/{i % 7}.jpg") for i in range(20)]  # repeated images, as in a table of references
-    parts = shares = prepare.shares(paths, 3)
-    assert sorted(p for part in parts for p in part) == sorted(set(paths))
+    shares = prepare.shares(paths, 3)
+    assert sorted(p for share in shares for p in share) == sorted(set(paths))
     assert [len(s) for s in shares] == [3, 2, 2]
 
 
