@@ -110,36 +110,74 @@ def _read_entry(path: Path) -> torch.Tensor:
     return embedding
 
 
+class CachedFeatures:
+    """The embeddings of a split, read from the cache when an item is asked for: a split of millions
+    of images never sits in memory at once (3M patch features would take 46 GiB). Every entry was
+    read and verified when the split was encoded; one that cannot be read later was removed or
+    damaged while the run was using it, which stops the run naming the file."""
+
+    def __init__(self, cache: FeatureCache, digests: Sequence[str]):
+        self.dir, self.digests = cache.dir, list(digests)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        path = self.dir / self.digests[i][:2] / f"{self.digests[i]}.safetensors"
+        try:
+            return _read_entry(path)
+        except (DamagedEntry, OSError) as err:
+            raise RuntimeError(f"the feature cache entry {path} was read at the start of this run and cannot be "
+                               f"read now ({err}): was the cache folder changed while the run used it?") from None
+
+
 @torch.no_grad()
 def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence["Path | Image.Image"], *,
                   cache: Optional[FeatureCache], device: torch.device, batch_size: int = 64,
-                  progress: bool = True, desc: str = "encoding images") -> torch.Tensor:
-    """Embeddings [N, D] of the images at `paths`, from the cache where present, else computed
-    (and stored). Images are read and transformed in threads while the encoder runs."""
+                  progress: bool = True, desc: str = "encoding images") -> "torch.Tensor | CachedFeatures":
+    """Embeddings of the images at `paths`: with a cache, as `CachedFeatures` (each entry verified or
+    computed and stored now, read again when used, so memory does not grow with the split); without
+    one, or for in-memory images (the Python API, never cached), as one tensor [N, D].
+    Images are read and transformed in threads while the encoder runs."""
     paths = [p if isinstance(p, Image.Image) else Path(p) for p in paths]
-
-    def digest(source) -> Optional[str]:  # in-memory images (the Python API) are not cached
-        return None if cache is None or isinstance(source, Image.Image) else image_digest(source)
-
+    if cache is None or any(isinstance(p, Image.Image) for p in paths):
+        return _encode_in_memory(encoder, transform, paths, device=device, batch_size=batch_size,
+                                 progress=progress, desc=desc)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        digests = list(pool.map(digest, paths))
-        out: list[Optional[torch.Tensor]] = [cache.get(d) if d is not None else None for d in digests]
-        todo = [i for i, v in enumerate(out) if v is None]
-        was_training = encoder.training
-        encoder.eval()
-        dtype = next(encoder.parameters()).dtype
-        bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
+        digests = list(pool.map(image_digest, paths))
+        todo = [i for i, d in enumerate(digests) if cache.get(d) is None]  # verified, then let go
+        for chunk, embeds in _encoded_batches(encoder, transform, paths, todo, pool, device=device,
+                                              batch_size=batch_size, progress=progress, desc=desc):
+            for i, e in zip(chunk, embeds):
+                if not torch.isfinite(e).all():  # never stored, so a run could not read it back
+                    raise ValueError(f"the image encoder gave non-finite values for {paths[i]}")
+                cache.put(digests[i], e)
+    cache.damaged.report()
+    return CachedFeatures(cache, digests)
+
+
+def _encode_in_memory(encoder, transform, paths, *, device, batch_size, progress, desc) -> torch.Tensor:
+    out: list[Optional[torch.Tensor]] = [None] * len(paths)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        for chunk, embeds in _encoded_batches(encoder, transform, paths, list(range(len(paths))), pool,
+                                              device=device, batch_size=batch_size, progress=progress, desc=desc):
+            for i, e in zip(chunk, embeds):
+                out[i] = e
+    return torch.stack(out) if out else torch.empty(0)
+
+
+def _encoded_batches(encoder, transform, paths, todo: list[int], pool, *, device, batch_size, progress, desc):
+    """(indices, embeddings on the CPU) of `todo`'s images, batch by batch, the encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    dtype = next(encoder.parameters()).dtype
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
+    try:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             pixels = torch.stack(list(pool.map(lambda i: transform(read_image(paths[i])), chunk)))
-            embeds = encoder(pixels.to(device=device, dtype=dtype)).float().cpu()
-            for i, e in zip(chunk, embeds):
-                out[i] = e
-                if digests[i] is not None:
-                    cache.put(digests[i], e)
+            yield chunk, encoder(pixels.to(device=device, dtype=dtype)).float().cpu()
             bar.update(len(chunk))
+    finally:
         bar.close()
         encoder.train(was_training)
-    if cache is not None:
-        cache.damaged.report()
-    return torch.stack(out) if out else torch.empty(0)

@@ -218,3 +218,8 @@ def rudolph_run_config(recipe, out: Path, data: dict, tiny: dict, *overrides):
         f"train.output_dir={out}", f"cache.dir={out / 'cache'}", "train.trackers=[]", "train.progress_bar=false",
         "train.batch_size=8", "train.grad_accum=1", "eval.batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=2",
         "generation.max_new_tokens=12", "train.log_every=1", "eval.samples_to_show=1", *overrides])
+
+
+def stacked(items) -> torch.Tensor:
+    """What a model read of each image (a tensor, or cached features read item by item) as one tensor."""
+    return torch.stack([items[i] for i in range(len(items))])

@@ -15,7 +15,7 @@ from memecap.data.tables import load_split
 from memecap.models import build_model, load_model
 from memecap.models.clipcap.plan import image_features
 from memecap.models.encoders import build_image_encoder
-from tests.helpers import BACKBONE_MEAN, BACKBONE_STD, nudge_trained_parts, save_backbone, tiny_backbone
+from tests.helpers import BACKBONE_MEAN, BACKBONE_STD, nudge_trained_parts, save_backbone, tiny_backbone, stacked
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +210,8 @@ def test_pooled_and_patch_features_of_one_backbone_are_cached_apart(backbones, t
                                                  f"model.encoder.features={features}",
                                                  f"model.decoder.name={tiny_gpt2_dir}"])
         model = build_model(cfg.model, work_dir=tmp_path)
-        shapes.append(tuple(model.image_inputs(images, cache_dir=tmp_path / "cache", device="cpu",
-                                               progress=False).shape))
+        shapes.append(tuple(stacked(model.image_inputs(images, cache_dir=tmp_path / "cache", device="cpu",
+                                                       progress=False)).shape))
         assert model.frozen_encoder.last_cache.misses == 2
     assert shapes == [(2, 128), (2, 1, 128)]
 

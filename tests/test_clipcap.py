@@ -9,7 +9,7 @@ from memecap.config import GenerationConfig
 from memecap.features import FeatureCache
 from memecap.models import build_model, load_model
 from memecap.data.datasets import CaptionEvalSet
-from tests.helpers import clipcap_batch, nudge_trained_parts, recipe_with_tiny_bases
+from tests.helpers import clipcap_batch, nudge_trained_parts, recipe_with_tiny_bases, stacked
 
 RECIPES = ["clipcap_mlp_frozen", "clipcap_transformer_frozen", "clipcap_mlp_finetune", "clipcap_lora",
            "clipcap_qlora_large"]
@@ -140,11 +140,14 @@ def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, exam
     model = build_model(cfg.model, work_dir=tmp_path)
     cache_dir = tmp_path / "cache"
     paths = [e.image_path for e in examples[:6]]
-    first = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    cached = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    assert not isinstance(cached, torch.Tensor) and len(cached) == 6  # read when used, never held whole
+    first = stacked(cached)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (0, 6)
-    second = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    second = stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False))
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
     assert torch.equal(first, second)
+    assert torch.equal(first, model.image_inputs(paths, cache_dir=None, device="cpu", progress=False))
 
     # Another transform (crop instead of pad) is another key: nothing stale is reused.
     cropped = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir,
@@ -169,7 +172,7 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
     model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model,
                         work_dir=tmp_path)
     cache_dir, paths = tmp_path / "cache", [e.image_path for e in examples[:6]]
-    clean = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    clean = stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False))
     files = sorted(model.frozen_encoder.last_cache.dir.rglob("*.safetensors"))
     assert len(files) == 6
     good = load(files[0].read_bytes())["embedding"]  # not mapped: the file is emptied below
@@ -182,7 +185,7 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
     save_file({"embedding": good}, str(files[4]))                      # an older memecap's: no checksum
 
     caplog.clear()
-    again = model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)
+    again = stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False))
     # Recomputed in a batch of 5, not 6: some CPUs' kernels round differently by batch size.
     torch.testing.assert_close(again, clean)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 5)
@@ -192,7 +195,7 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
 
     # Overwritten in place: the next pass hits everything and says nothing.
     caplog.clear()
-    assert torch.equal(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False), again)
+    assert torch.equal(stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)), again)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
     assert not [r for r in caplog.records if "damaged" in r.getMessage()]
     assert not list(model.frozen_encoder.last_cache.dir.rglob("*.tmp"))

@@ -23,7 +23,7 @@ from memecap.data.datasets import CaptionEvalSet
 from memecap.models.lstm.navec import read_navec
 from memecap.models.tiny import save_tiny_resnet
 from memecap.models.lstm.vocab import WordVocab
-from tests.helpers import TEST_TINY, tiny_run_config
+from tests.helpers import TEST_TINY, tiny_run_config, stacked
 
 SMALL = ["model.lstm.embed_dim=16", "model.lstm.hidden_dim=32", "model.lstm.attention_dim=16",
          "model.lstm.min_word_count=1"]
@@ -160,8 +160,8 @@ def test_grid_and_pooled_features_are_cached_apart(tiny_resnet_dir, examples, tm
     paths = [e.image_path for e in examples[:2]]
     pooled = lstm_model("lstm_resnet50", tiny_resnet_dir, examples, tmp_path)
     grid = lstm_model("lstm_resnet50", tiny_resnet_dir, examples, tmp_path, "model.encoder.features=patches")
-    a = pooled.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
-    b = grid.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    a = stacked(pooled.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False))
+    b = stacked(grid.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False))
     assert a.shape == (2, 32) and b.shape == (2, 16, 32) and grid.frozen_encoder.last_cache.misses == 2
 
 

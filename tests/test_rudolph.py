@@ -19,7 +19,7 @@ from memecap.data.datasets import CaptionEvalSet
 from memecap.models.lora import base_model
 from memecap.models.rudolph.model import SPECIAL_OFFSETS
 from memecap.models.rudolph.compat import import_rudolph
-from tests.helpers import build_rudolph, no_dropout, nudge_trained_parts, rudolph_overrides
+from tests.helpers import build_rudolph, no_dropout, nudge_trained_parts, rudolph_overrides, stacked
 
 RECIPES = ["rudolph_350m", "rudolph_1.3b", "rudolph_2.7b"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -240,11 +240,13 @@ def test_images_are_letterboxed_not_squashed(tiny_rudolph, tmp_path):
 def test_codes_are_cached_and_keyed_by_the_transform(tiny_rudolph, examples, tmp_path):
     model = build_rudolph(tiny_rudolph, work_dir=tmp_path)
     paths = [e.image_path for e in examples[:5]]
-    first = model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    first = stacked(model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False))
     assert first.dtype == torch.long and first.shape == (5, 16) and int(first.max()) < 64
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (0, 5)
-    assert torch.equal(model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False), first)
+    assert torch.equal(stacked(model.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)),
+                       first)
     assert model.frozen_encoder.last_cache.hits == 5
+    assert torch.equal(first, model.image_inputs(paths, cache_dir=None, device="cpu", progress=False))
     cropped = build_rudolph(tiny_rudolph, "rudolph_350m", "model.rudolph.resize_mode=crop", work_dir=tmp_path)
     cropped.image_inputs(paths, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     assert cropped.frozen_encoder.last_cache.misses == 5

@@ -54,6 +54,19 @@ SPECIAL_OFFSETS = {"<LT_I2T>": 3, "<RT_I2T>": 5}
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # YouTokenToMe's ids, as rudalle's YTTMTokenizerWrapper names them
 
 
+class AsIds:
+    """Cached codes (stored as floats, like every cached output) read as token ids, item by item."""
+
+    def __init__(self, codes):
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.codes[i].long()
+
+
 class VQGANCodes(nn.Module):
     """Pixels normalised to [-1, 1] -> codebook ids [B, tokens] (the VQGAN's argmax, no Gumbel noise)."""
 
@@ -120,12 +133,12 @@ class RuDolph(nn.Module):
         return with_ocr_prompts(codes, paths, self.cfg.ocr, self.encode_left, cache_dir=cache_dir,
                                 progress=progress, desc=desc)
 
-    def _codes(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str) -> torch.Tensor:
-        """VQGAN codes [N, image tokens] of each image, from the cache where present."""
+    def _codes(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool, desc: str):
+        """VQGAN codes (image tokens, as ids) of each image, from the cache where present."""
         codes = self.frozen_encoder.encode(paths, cache_dir=cache_dir, device=device, progress=progress, desc=desc)
-        if codes.numel() and codes.shape[1] != self.image_len:
-            raise ValueError(f"the VQGAN gives {codes.shape[1]} codes per image but RuDOLPH reads {self.image_len}")
-        return codes.long()
+        if len(codes) and len(codes[0]) != self.image_len:
+            raise ValueError(f"the VQGAN gives {len(codes[0])} codes per image but RuDOLPH reads {self.image_len}")
+        return codes.long() if isinstance(codes, torch.Tensor) else AsIds(codes)
 
     def collate(self, items: list[dict]) -> dict:
         images = [it["image"] for it in items]
