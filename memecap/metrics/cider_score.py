@@ -70,8 +70,15 @@ def cider_d(hypotheses: list[list[str]], references: list[list[list[str]]], max_
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
     if not hypotheses:
         return []
-    df = document_frequency(references, max_order)
-    log_n = math.log(len(references))
+    return cider_d_with_df(hypotheses, references, document_frequency(references, max_order), len(references),
+                           max_order, sigma)
+
+
+def cider_d_with_df(hypotheses: list[list[str]], references: list[list[list[str]]], df: Counter, n_documents: int,
+                    max_order: int = 4, sigma: float = 6.0) -> list[float]:
+    """Per-example CIDEr-D (x10) with document frequencies given: a reward scores a few samples at a
+    time, so its frequencies come from the whole training split, not from the samples' own references."""
+    log_n = math.log(max(1, n_documents))
     scores = []
     for hyp, refs in zip(hypotheses, references):
         hyp_tfidf = _tfidf(ngrams(hyp, max_order), df, log_n, max_order)
