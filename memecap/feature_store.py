@@ -112,9 +112,10 @@ class ShardStore:
             raise DamagedEntry(f"unreadable: {err}") from None
         if len(data) != entry.nbytes:
             raise DamagedEntry("shard truncated")
-        t = (torch.frombuffer(bytearray(data), dtype=torch.float32) if data else torch.empty(0)).reshape(entry.shape)
-        if tensor_sha256(t) != entry.sha256:
+        # The same sum as tensor_sha256, taken on the bytes read: no copy back out of the tensor.
+        if payload_sha256(b"torch.float32", repr(entry.shape).encode(), data) != entry.sha256:
             raise DamagedEntry("checksum mismatch")
+        t = (torch.frombuffer(bytearray(data), dtype=torch.float32) if data else torch.empty(0)).reshape(entry.shape)
         if not torch.isfinite(t).all():
             raise DamagedEntry("non-finite values")
         return t
@@ -153,10 +154,15 @@ class ShardStore:
             pass
 
 
+_SHAPES: dict[str, tuple] = {}  # one tuple per distinct shape, not one per item: millions of entries stay small
+
+
 def _parse(line: bytes, shard: int) -> Entry | None:
     try:
         _digest, offset, dtype, shape, sha = line.decode().split(" ")
-        dims = tuple(int(d) for d in shape.split("x")) if shape != "-" else ()
+        dims = _SHAPES.get(shape)
+        if dims is None:
+            dims = _SHAPES[shape] = tuple(int(d) for d in shape.split("x")) if shape != "-" else ()
         if dtype != DTYPE or len(sha) != 64 or int(offset) < 0 or any(d < 0 for d in dims):
             return None
         return Entry(shard, int(offset), dims, sha)
