@@ -1,30 +1,33 @@
-"""On-disk cache of frozen image-encoder embeddings.
+"""On-disk cache of frozen image-encoder embeddings, in a sharded store (memecap/feature_store.py).
 
 A frozen encoder gives the same vector for the same image every epoch, so it runs once per
 image, ever. The key covers everything that can change the vector: the encoder's weights
 (hashed), the image transform's settings and the image file's bytes. A changed image, a new
 transform or other weights simply miss; a stale entry can never be read back. Each file carries
-the SHA-256 of its tensor in its metadata: a damaged or edited file is a miss, recomputed and
-said once (memecap/cache_entries.py).
+the SHA-256 of its tensor: a damaged or edited entry is a miss, recomputed and said once
+(memecap/cache_entries.py). Entries of older memecaps (one safetensors file per image) are still
+read, and copied into the store when met.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
-from safetensors.torch import load, save_file
+from safetensors.torch import load
 from tqdm.auto import tqdm
 
-from memecap.cache_entries import NO_CHECKSUM, DamagedEntry, DamageTally, payload_sha256
+from memecap.cache_entries import NO_CHECKSUM, DamagedEntry, DamageTally
 from memecap.data.fingerprint import image_digest
 from memecap.data.images import read_image
+from memecap.feature_store import DEFAULT_SHARD_BYTES, ShardStore, tensor_sha256
+
+DIGEST_CHUNK = 4096  # images hashed per round: memory and queued work stay bounded at millions of images
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -38,56 +41,64 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def tensor_sha256(t: torch.Tensor) -> str:
-    """Checksum of a tensor's dtype, shape and bytes (what a feature file stores)."""
-    t = t.contiguous()
-    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return payload_sha256(str(t.dtype).encode(), repr(tuple(t.shape)).encode(), data)
-
-
 class FeatureCache:
-    """Embeddings of one (encoder weights, transform) pair, one small safetensors file per image."""
+    """Embeddings of one (encoder weights, transform) pair: a sharded store under `dir/shards`, and
+    the one-file-per-image entries an older memecap left under `dir/<digest[:2]>/`."""
 
-    def __init__(self, root: Path, encoder_fingerprint: str, transform_signature: str):
+    def __init__(self, root: Path, encoder_fingerprint: str, transform_signature: str,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES):
         key = hashlib.sha256(f"{encoder_fingerprint}|{transform_signature}".encode()).hexdigest()[:24]
         self.dir = Path(os.path.expanduser(str(root))) / key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = ShardStore(self.dir / "shards", shard_bytes)
         self.hits = 0
         self.misses = 0
         self.damaged = DamageTally(self.dir)
+        self._met_old: list[tuple[str, torch.Tensor]] = []  # older entries read, to copy into the store
 
-    def _path(self, image_digest: str) -> Path:
+    def legacy_path(self, image_digest: str) -> Path:
         return self.dir / image_digest[:2] / f"{image_digest}.safetensors"
 
     def get(self, image_digest: str) -> Optional[torch.Tensor]:
         """The stored embedding, or None (a miss) where there is none or it cannot be trusted."""
-        path = self._path(image_digest)
-        try:
-            embedding = _read_entry(path) if path.exists() else None
-        except DamagedEntry as err:
-            self.damaged.add(image_digest, err)
-            embedding = None
+        embedding = self._lookup(image_digest)
         if embedding is None:
             self.misses += 1
             return None
         self.hits += 1
         return embedding
 
-    def put(self, image_digest: str, embedding: torch.Tensor) -> None:
-        embedding = embedding.detach().to("cpu", torch.float32).contiguous()
-        if not torch.isfinite(embedding).all():
-            return  # it would be refused as damaged at every read: nothing worth keeping
-        path = self._path(image_digest)
-        path.parent.mkdir(exist_ok=True)
-        # Written beside the target then renamed, so a crash or a second process never leaves a torn file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
+    def _lookup(self, image_digest: str) -> Optional[torch.Tensor]:
+        if image_digest in self.store:
+            try:
+                return self.store.read(image_digest)
+            except DamagedEntry as err:
+                self.damaged.add(image_digest, err)
+                return None
+        path = self.legacy_path(image_digest)
+        if not path.exists():
+            return None
         try:
-            save_file({"embedding": embedding}, tmp, metadata={"sha256": tensor_sha256(embedding)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            embedding = _read_entry(path)
+        except DamagedEntry as err:
+            self.damaged.add(image_digest, err)
+            return None
+        self._met_old.append((image_digest, embedding))
+        if len(self._met_old) >= 256:
+            self.flush()
+        return embedding
+
+    def flush(self) -> None:
+        """Copies the older entries met so far into the store (the old files stay for older memecaps)."""
+        self.store.put_many(self._met_old)
+        self._met_old = []
+
+    def put(self, image_digest: str, embedding: torch.Tensor) -> None:
+        self.put_many([(image_digest, embedding)])
+
+    def put_many(self, items: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Stores finite embeddings, durably, in one write (a non-finite one would be refused at every read)."""
+        self.store.put_many([(d, e) for d, e in items if torch.isfinite(e).all()])
 
 
 def _read_entry(path: Path) -> torch.Tensor:
@@ -117,18 +128,24 @@ class CachedFeatures:
     damaged while the run was using it, which stops the run naming the file."""
 
     def __init__(self, cache: FeatureCache, digests: Sequence[str]):
-        self.dir, self.digests = cache.dir, list(digests)
+        self.store, self.digests = cache.store, list(digests)
 
     def __len__(self) -> int:
         return len(self.digests)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        path = self.dir / self.digests[i][:2] / f"{self.digests[i]}.safetensors"
+        digest = self.digests[i]
         try:
-            return _read_entry(path)
-        except (DamagedEntry, OSError) as err:
-            raise RuntimeError(f"the feature cache entry {path} was read at the start of this run and cannot be "
-                               f"read now ({err}): was the cache folder changed while the run used it?") from None
+            return self.store.read(digest)
+        except (DamagedEntry, KeyError) as err:
+            where = self.store.where(digest) if digest in self.store else self.store.folder
+            raise RuntimeError(f"the feature cache entry {digest} in {where} was read at the start of this run and "
+                               f"cannot be read now ({err}): was the cache folder changed while the run used it?"
+                               ) from None
+
+    def tensor(self) -> torch.Tensor:
+        """All items stacked [N, ...]: for small sets only (a few images to caption)."""
+        return torch.stack([self[i] for i in range(len(self))]) if len(self) else torch.empty(0)
 
 
 @torch.no_grad()
@@ -144,14 +161,17 @@ def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence
         return _encode_in_memory(encoder, transform, paths, device=device, batch_size=batch_size,
                                  progress=progress, desc=desc)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        digests = list(pool.map(image_digest, paths))
+        digests: list[str] = []
+        for start in range(0, len(paths), DIGEST_CHUNK):
+            digests += pool.map(image_digest, paths[start:start + DIGEST_CHUNK])
         todo = [i for i, d in enumerate(digests) if cache.get(d) is None]  # verified, then let go
+        cache.flush()
         for chunk, embeds in _encoded_batches(encoder, transform, paths, todo, pool, device=device,
                                               batch_size=batch_size, progress=progress, desc=desc):
             for i, e in zip(chunk, embeds):
                 if not torch.isfinite(e).all():  # never stored, so a run could not read it back
                     raise ValueError(f"the image encoder gave non-finite values for {paths[i]}")
-                cache.put(digests[i], e)
+            cache.put_many([(digests[i], e) for i, e in zip(chunk, embeds)])
     cache.damaged.report()
     return CachedFeatures(cache, digests)
 

@@ -2,6 +2,13 @@
 in every step (what the original meme project did), on real meme images.
 
     .venv/bin/python scripts/bench_feature_cache.py [--images 96] [--decoder small|tiny]
+    .venv/bin/python scripts/bench_feature_cache.py --scale 10000 100000 1000000 [--old-up-to 100000]
+
+`--scale` measures the feature store itself at N items (issue 23): fill and reload time per item,
+peak RSS and files created, each step in its own process. Items are synthetic 512-float
+embeddings (ClipCap's vector) written through the store's put path without encoding images;
+`--encode-up-to` also runs N tiny JPEGs through `encode_images` (a one-layer encoder), and the
+one-file-per-image layout of older memecaps is measured beside it up to `--old-up-to`.
 
 The encoder is a random-initialised ruCLIP ViT-B/32-384 of the real shape (speed needs no
 pretrained weights), loaded through memecap's ruCLIP loader; images are the real JPEGs in
@@ -12,7 +19,12 @@ encoder's share). Prints Markdown rows for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,12 +102,119 @@ def timed_epoch(model, images, ids, batch_size: int, encode_in_step: bool) -> fl
     return time.perf_counter() - start
 
 
+DIM, PUT_BATCH = 512, 256
+
+
+def digest_of(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def synthetic(i: int) -> torch.Tensor:
+    return torch.randn(DIM, generator=torch.Generator().manual_seed(i))
+
+
+def scale_step(layout: str, step: str, n: int, root: Path) -> dict:
+    """One step in this process: fill or reload n items in `layout` (store, old or encode)."""
+    from memecap.features import CachedFeatures, FeatureCache, _read_entry, encode_images
+
+    t0 = time.perf_counter()
+    if layout == "encode":
+        paths = sorted((root / "jpegs").glob("*.jpg"))
+        torch.manual_seed(0)
+        encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, DIM))
+        cache = FeatureCache(root / "cache", "bench-encoder", "8x8")
+        features = encode_images(encoder, TinyPixels(), paths, cache=cache, device="cpu", batch_size=256,
+                                 progress=False)
+        for i in range(len(features)):
+            features[i]
+        assert (cache.misses if step == "fill" else cache.hits) == n
+    elif layout == "store":
+        cache = FeatureCache(root / "cache", "bench", "synthetic")
+        if step == "fill":
+            for start in range(0, n, PUT_BATCH):
+                cache.put_many([(digest_of(i), synthetic(i)) for i in range(start, min(n, start + PUT_BATCH))])
+        else:
+            digests = [digest_of(i) for i in range(n)]
+            assert all(cache.get(d) is not None for d in digests) and cache.hits == n  # verified, as a run does
+            features = CachedFeatures(cache, digests)
+            for i in range(n):
+                features[i]  # and read again when used
+    else:  # the one-file-per-image layout older memecaps wrote, with the same atomic write and checks
+        from safetensors.torch import save_file
+
+        from memecap.features import tensor_sha256
+        folder = root / "old"
+        for i in range(n):
+            d = digest_of(i)
+            path = folder / d[:2] / f"{d}.safetensors"
+            if step == "fill":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                e = synthetic(i)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                os.close(fd)
+                save_file({"embedding": e}, tmp, metadata={"sha256": tensor_sha256(e)})
+                os.replace(tmp, path)
+            else:
+                _read_entry(path)
+                _read_entry(path)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "files": sum(len(files) for _, _, files in os.walk(root / ("old" if layout == "old" else "cache")))}
+
+
+class TinyPixels:
+    def __call__(self, image):
+        import numpy as np
+        pixels = np.asarray(image.convert("RGB").resize((8, 8)), dtype=np.float32)
+        return torch.from_numpy(pixels).permute(2, 0, 1) / 255
+
+    def signature(self) -> str:
+        return "8x8"
+
+
+def write_jpegs(folder: Path, n: int) -> None:
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (i % 256, (i // 256) % 256, (i // 65536) % 256)).save(folder / f"{i:07d}.jpg")
+
+
+def scale(sizes: list[int], old_up_to: int, encode_up_to: int) -> None:
+    print("| layout | items | fill µs/item | reload µs/item | peak RSS fill / reload (MiB) | files |")
+    print("|---|---|---|---|---|---|")
+    for n in sizes:
+        layouts = ["store"] + (["old"] if n <= old_up_to else []) + (["encode"] if n <= encode_up_to else [])
+        for layout in layouts:
+            with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+                if layout == "encode":
+                    write_jpegs(Path(tmp) / "jpegs", n)
+                runs = {step: json.loads(subprocess.run(
+                    [sys.executable, __file__, "--scale-step", layout, step, str(n), tmp],
+                    check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for step in ("fill", "reload")}
+            name = {"store": "sharded store (synthetic put)", "old": "one file per image (older memecap)",
+                    "encode": "sharded store via encode_images (tiny JPEGs)"}[layout]
+            print(f"| {name} | {n:,} | {runs['fill']['seconds'] / n * 1e6:.0f} | "
+                  f"{runs['reload']['seconds'] / n * 1e6:.0f} | {runs['fill']['peak_rss_mib']:.0f} / "
+                  f"{runs['reload']['peak_rss_mib']:.0f} | {runs['fill']['files']:,} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--decoder", choices=["small", "tiny"], default="small")
+    parser.add_argument("--scale", type=int, nargs="+", help="measure the feature store at these item counts")
+    parser.add_argument("--old-up-to", type=int, default=100_000)
+    parser.add_argument("--encode-up-to", type=int, default=10_000)
+    parser.add_argument("--scale-step", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_step:
+        layout, step, n, root = args.scale_step
+        print(json.dumps(scale_step(layout, step, int(n), Path(root))))
+        return
+    if args.scale:
+        scale(args.scale, args.old_up_to, args.encode_up_to)
+        return
     examples, _ = load_split(SAMPLE, max_rows=args.images, log=None)
     texts = [c for e in examples for c in e.captions]
     with tempfile.TemporaryDirectory() as tmp:

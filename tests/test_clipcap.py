@@ -163,19 +163,25 @@ def test_feature_cache_hits_and_invalidates(tiny_ruclip_dir, tiny_gpt2_dir, exam
 
 
 def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tiny_gpt2_dir, examples, tmp_path, caplog):
-    """An empty, truncated, NaN-edited, hand-edited or checksum-less feature file is a miss: it is
-    recomputed and overwritten, one line says how many, and the features equal a clean run's."""
-    from safetensors.torch import load, save_file
+    """Per-image feature files an older memecap wrote are still read (and copied into the sharded
+    store); an empty, truncated, NaN-edited, hand-edited or checksum-less one is a miss: it is
+    recomputed, one line says how many, and the features equal a clean run's."""
+    from safetensors.torch import save_file
 
+    from memecap.data.fingerprint import image_digest
     from memecap.features import tensor_sha256
 
     model = build_model(recipe_with_tiny_bases("clipcap_mlp_frozen", tiny_ruclip_dir, tiny_gpt2_dir).model,
                         work_dir=tmp_path)
-    cache_dir, paths = tmp_path / "cache", [e.image_path for e in examples[:6]]
-    clean = stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False))
-    files = sorted(model.frozen_encoder.last_cache.dir.rglob("*.safetensors"))
-    assert len(files) == 6
-    good = load(files[0].read_bytes())["embedding"]  # not mapped: the file is emptied below
+    paths = [e.image_path for e in examples[:6]]
+    clean = stacked(model.image_inputs(paths, cache_dir=tmp_path / "fresh", device="cpu", progress=False))
+    cache_dir = tmp_path / "cache"
+    old = FeatureCache(cache_dir, model.frozen_encoder.fingerprint(), model.frozen_encoder.transform.signature())
+    files = [old.legacy_path(image_digest(p)) for p in paths]
+    for f, good in zip(files, clean):  # the layout an older memecap wrote: one checked file per image
+        f.parent.mkdir(exist_ok=True)
+        save_file({"embedding": good}, str(f), metadata={"sha256": tensor_sha256(good)})
+    good = clean[0]
     nan = good.clone()
     nan[0] = float("nan")
     files[0].write_bytes(b"")                                          # empty
@@ -188,17 +194,19 @@ def test_damaged_feature_files_are_recomputed_and_said_once(tiny_ruclip_dir, tin
     again = stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False))
     # Recomputed in a batch of 5, not 6: some CPUs' kernels round differently by batch size.
     torch.testing.assert_close(again, clean)
+    assert torch.equal(again[5], clean[5])  # the intact old file, read as it was
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (1, 5)
     said = [r.getMessage() for r in caplog.records if "damaged cache entries" in r.getMessage()]
     assert said == [f"5 damaged cache entries in {model.frozen_encoder.last_cache.dir} were recomputed "
                     "(1 written by an older memecap without a checksum)"]
 
-    # Overwritten in place: the next pass hits everything and says nothing.
+    # All six now sit in the store: the next pass hits everything and says nothing, even without the old files.
+    for f in files:
+        f.unlink()
     caplog.clear()
     assert torch.equal(stacked(model.image_inputs(paths, cache_dir=cache_dir, device="cpu", progress=False)), again)
     assert (model.frozen_encoder.last_cache.hits, model.frozen_encoder.last_cache.misses) == (6, 0)
     assert not [r for r in caplog.records if "damaged" in r.getMessage()]
-    assert not list(model.frozen_encoder.last_cache.dir.rglob("*.tmp"))
 
 
 def test_cache_key_includes_encoder_weights(tmp_path):

@@ -13,10 +13,11 @@ from tests.launching import accelerate_launch, launch_failure
 FROZEN = ("model.encoder.trainable=false",)  # features computed once per image and cached
 
 
-def feature_files(cache: Path) -> dict[Path, int]:
-    """The cached features (prepare's own folder holds the tiny random bases it built), with their times."""
-    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")
-            if "prepare" not in p.relative_to(cache).parts}
+def feature_files(cache: Path) -> dict[tuple[str, str], str]:
+    """The cached features, one index line each ((shard, digest) -> line) of the sharded feature store:
+    an entry computed again would add a line (prepare's own folder holds the tiny random bases it built)."""
+    return {(p.name, line.split(" ", 1)[0]): line for p in cache.rglob("*.idx")
+            if "prepare" not in p.relative_to(cache).parts for line in p.read_text().splitlines()}
 
 
 def test_shares_are_disjoint_and_cover_every_image_once():
