@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from memecap.config import Config, ConfigError, load_config
+from memecap.config import Config, ConfigError
 
 
 def shares(paths: list[Path], processes: int) -> list[list[Path]]:
@@ -63,16 +63,21 @@ def main(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """`python -m memecap.prepare RECIPE [key=value ...]` (what `accelerate launch -m` runs)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
+    from memecap.data.validation import DataError
+    from memecap.outputs.redact import said
+    from memecap.train import recipe_from_argv
+
+    cfg = recipe_from_argv(argv, __doc__)
+    if isinstance(cfg, int):
+        return cfg
     try:
-        cfg = load_config(argv[0], argv[1:])
         main(cfg)
     except ConfigError as err:
-        print(f"memecap: config error: {err}", file=sys.stderr)
+        print(f"memecap: config error: {said(str(err))}", file=sys.stderr)
         return 2
+    except DataError as err:  # every problem of the tables, with file and line
+        print(f"memecap: {said(str(err))}", file=sys.stderr)
+        return 1
     return 0
 
 

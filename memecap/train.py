@@ -18,7 +18,7 @@ import math
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from accelerate.utils import send_to_device
@@ -349,21 +349,31 @@ def compare_with_constant(state: TrainState, final: dict, constant: dict) -> str
     return f"best bleu4 {best:.4f} vs {constant['bleu4']:.4f} for the best constant caption ({margin:+.4f}): {verdict}"
 
 
+def recipe_from_argv(argv: Optional[list[str]], doc: str, check: Callable[[Config], None] = lambda cfg: None
+                     ) -> "Config | int":
+    """The config of `RECIPE [key=value ...]` (the command line when `argv` is None), checked by
+    `check`; or, after printing the help or the config error, the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(doc)
+        return 0 if argv else 2
+    try:
+        cfg = load_config(argv[0], argv[1:])
+        check(cfg)
+    except ConfigError as err:
+        print(f"memecap: config error: {said(str(err))}", file=sys.stderr)
+        return 2
+    return cfg
+
+
 def cli(argv: Optional[list[str]] = None) -> int:
     """`python -m memecap.train RECIPE [key=value ...]` (what `accelerate launch -m` runs)."""
     from memecap.models.vlm.template import ChatTemplateError
     from memecap.untrusted import UntrustedCodeReference
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    try:
-        cfg = load_config(argv[0], argv[1:])
-        require_hub_token(cfg)
-    except ConfigError as err:
-        print(f"memecap: config error: {said(str(err))}", file=sys.stderr)
-        return 2
+    cfg = recipe_from_argv(argv, __doc__, require_hub_token)
+    if isinstance(cfg, int):
+        return cfg
     places = {"train.output_dir": cfg.train.output_dir, "cache.dir": cfg.cache.dir if cfg.cache.enabled else None}
     try:
         probe_writable(places)
