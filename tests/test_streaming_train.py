@@ -177,3 +177,40 @@ def test_streamed_run_under_deepspeed_zero2(tmp_path, synthetic_data):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distributed_type"] == "DistributedType.DEEPSPEED" and summary["num_processes"] == 2
     assert summary["optimizer_steps"] == 3  # 24 rows a process / batch 8, one epoch
+
+
+def write_imagefolder(table: str, folder: Path) -> Path:
+    """The table as a Hugging Face imagefolder: images and a metadata.jsonl naming them."""
+    folder.mkdir(parents=True)
+    lines = []
+    for r in read_table(table):
+        shutil.copy(r.image_path, folder / Path(r.image_path).name)
+        lines.append(json.dumps({"file_name": Path(r.image_path).name, "uid": r.uid, "text": r.captions[0]},
+                                ensure_ascii=False))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_a_streamed_hf_dataset_resumes_exactly_from_its_own_state(tmp_path, synthetic_data):
+    folder = write_imagefolder(synthetic_data["train"], tmp_path / "imagefolder")
+    hf = f"data.train=hf:imagefolder:{folder}"
+    with pytest.raises(ValueError, match="declare them with data.train_rows"):
+        train.main(tiny_run_config(tmp_path / "unknown", synthetic_data, *STREAMED, hf))
+    reset_accelerate()
+    common = (*STREAMED, hf, "data.train_rows=48", "train.max_steps=5", "train.save_every=2",
+              "train.keep_checkpoints=5")
+    straight = tmp_path / "straight"
+    train.main(tiny_run_config(straight, synthetic_data, *common))
+    reset_accelerate()
+    checkpoint = straight / "checkpoints" / "step_0000002"
+    (position,) = json.loads((checkpoint / "trainer_state.json").read_text())["stream_positions"]
+    assert position["offset"] == 16 and position["state"]  # the dataset's own resumable state
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "base_models", resumed / "base_models")
+    train.main(tiny_run_config(resumed, synthetic_data, *common, f"train.resume={checkpoint}"))
+    a, b = train_losses(straight), train_losses(resumed)
+    assert sorted(b) == [3, 4, 5]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from memecap.config import DataConfig
+from memecap.data.hf_stream import HfStreamedSplit, open_hf_split
 from memecap.data.streamed_split import StreamedSplit, open_streamed_split
 from memecap.data.synthetic import make_synthetic_dataset
 from memecap.data.tables import Example, load_split
@@ -43,11 +44,19 @@ def load_train_val(cfg: DataConfig, *, work_dir: Path, log: Callable[[str], None
                                    check_cache=check_cache, key=f"data.val={val}", shown=f"data.val: {val}")
 
 def streamed_train(cfg: DataConfig, specs: list, *, key: str, check_cache: Path | None,
-                   log: Callable[[str], None]) -> StreamedSplit:
-    """A train split read lazily (`data.streaming`): its files found and its rows counted, nothing more."""
+                   log: Callable[[str], None]) -> "StreamedSplit | HfStreamedSplit":
+    """A train split read lazily (`data.streaming`): its files found and its rows counted (or a Hugging
+    Face dataset opened as a stream), nothing more."""
+    cache_root = check_cache.parent if check_cache is not None else None
+    if any(str(spec).startswith("hf:") for spec in specs):
+        if len(specs) != 1 or cfg.image_dir is not None:
+            raise ValueError(f"{key}: a streamed hf: dataset is read alone, its images come with it "
+                             "(no other tables beside it, no data.image_dir)")
+        return open_hf_split(str(specs[0]), key=key, on_bad_row=cfg.on_bad_row, declared_rows=cfg.train_rows,
+                             cache_dir=cache_root, log=log)
     return open_streamed_split(specs, key=key, image_dir=cfg.image_dir, on_bad_row=cfg.on_bad_row,
                                declared_rows=cfg.train_rows,
-                               counts_dir=check_cache.parent if check_cache is not None else None, log=log)
+                               counts_dir=cache_root, log=log)
 
 
 def load_table(table, cfg: DataConfig, *, max_rows: int | None, work_dir: Path, log: Callable[[str], None],

@@ -95,10 +95,14 @@ def open_streamed_split(specs: Sequence[str], *, key: str, image_dir: Optional[s
 
 class ImageSpool:
     """Files for the images a tar shard holds as bytes, while they are read: named by their digest, so
-    the caches (keyed by content) find them; a table row's image is read where it is."""
+    the caches (keyed by content) find them; a table row's image is read where it is. In memory where
+    the system has a RAM folder (a batch's images at most): a disk's small-file writes can cost more
+    than reading the image (measured 1.7 ms against 0.1 ms per image, docs/benchmarks.md)."""
 
     def __init__(self):
-        self.folder = Path(tempfile.mkdtemp(prefix="memecap-stream-"))
+        ram = "/dev/shm"
+        self.folder = Path(tempfile.mkdtemp(prefix="memecap-stream-",
+                                            dir=ram if os.path.isdir(ram) and os.access(ram, os.W_OK) else None))
 
     def paths(self, rows: Sequence[StreamRow]) -> list[Path]:
         return [row.image if isinstance(row.image, Path) else self._write(row.image) for row in rows]

@@ -41,17 +41,19 @@ class StreamPosition:
     """Where one process stands: `shard` indexes its own shard list, `offset` counts rows read in that shard.
 
     In row-split mode (fewer shards than processes) `shard` stays 0 and `offset` counts this process's rows.
+    A Hugging Face dataset's stream keeps its own resumable `state` (its `state_dict()`) besides the count.
     """
 
     shard: int = 0
     offset: int = 0
+    state: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"shard": self.shard, "offset": self.offset}
+        return {"shard": self.shard, "offset": self.offset, **({"state": self.state} if self.state else {})}
 
     @classmethod
     def from_dict(cls, state: dict) -> StreamPosition:
-        return cls(int(state["shard"]), int(state["offset"]))
+        return cls(int(state["shard"]), int(state["offset"]), state.get("state"))
 
 
 def shard_paths(spec: str) -> list[Path]:

@@ -20,6 +20,7 @@ from torch import nn
 from memecap.config import Config, OptimConfig
 from memecap.data.fingerprint import CHECKS_FOLDER, split_changes, split_fingerprint
 from memecap.data.sources import load_table, load_train_val, streamed_train
+from memecap.data.hf_stream import HfStreamedSplit
 from memecap.data.streamed_split import StreamedSplit
 from memecap.data.tables import Example
 from memecap.models.param_patterns import select_parameters
@@ -71,7 +72,8 @@ def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Calla
 
 
 def is_streamed(split) -> bool:
-    return isinstance(split, StreamedSplit)
+    """A train split read batch by batch (`data.streaming`), not held as examples."""
+    return isinstance(split, (StreamedSplit, HfStreamedSplit))
 
 
 def train_captions(train) -> list[str]:
