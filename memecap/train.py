@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights, with_micro_batch
 from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from memecap.training.image_reads import readable_inputs
+from memecap.training.image_reads import RowCollate, readable_inputs
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
@@ -114,10 +114,14 @@ def image_reader(run: Run, net: torch.nn.Module, desc: Optional[str]) -> Callabl
                                           desc=desc or "")
 
 
-def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool, examples: list,
+                split: str) -> DataLoader:
     # A private generator: creating an iterator then draws from it, not from the global RNG that
     # dropout uses, so a resumed run's random stream matches the uninterrupted one.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=net.collate,
+    # An evaluation never drops an image: every one of them is scored, or the run stops naming it.
+    on_bad_row = run.cfg.data.on_bad_row if split == "train" else "error"
+    collate = RowCollate(net.collate, examples, on_bad_row=on_bad_row, split=split, log=run.log.info_here)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                       num_workers=run.cfg.data.num_workers, generator=torch.Generator().manual_seed(run.cfg.train.seed))
 
 
@@ -131,18 +135,19 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
 
     def caption_set(examples, images, split):
         ids, owners = encode_captions(net, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
-        return CaptionTrainSet(images, ids, owners)
+        return CaptionTrainSet(images, ids, owners, late_errors=True)
 
     val_loss_set = caption_set(val_examples, val_images, "validation")
-    val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False)
-    eval_loader = make_loader(run, net, CaptionEvalSet(val_images), cfg.eval.batch_size, False)
+    val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False, val_examples, "validation")
+    eval_loader = make_loader(run, net, CaptionEvalSet(val_images, late_errors=True), cfg.eval.batch_size, False,
+                              val_examples, "validation")
     if is_streamed(train_examples):
         train_batches = stream_batches(run, net, train_examples)
         steps_per_epoch = len(train_batches) // cfg.train.grad_accum
         train_size = f"{train_examples.rows} streamed train rows ({len(train_batches)} batches per process an epoch)"
     else:
         train_set = caption_set(train_examples, train_images, "train")
-        train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True)
+        train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True, train_examples, "train")
         steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
         train_size = f"{len(train_examples)} train images ({len(train_set)} captions)"
     total_steps = stage.max_steps or steps_per_epoch * stage.epochs
@@ -182,9 +187,11 @@ def fail_fast(run: Run, prepared: PreparedStage) -> None:
     accelerator, net = run.accelerator, run.accelerator.unwrap_model(prepared.model)
     items = prepared.val_loss_set
     with torch.no_grad(), accelerator.autocast():
-        probe = send_to_device(net.collate([items[i] for i in range(min(2, len(items)))]), accelerator.device)
+        collate_loss, collate_eval = prepared.val_loss_loader.collate_fn, prepared.eval_loader.collate_fn
+        probe = send_to_device(collate_loss([items[i] for i in range(min(2, len(items)))]), accelerator.device)
         probe_loss = net(probe)["loss"].item()
-        probe_eval = send_to_device(net.collate([CaptionEvalSet(prepared.val_images)[0]]), accelerator.device)
+        probe_eval = send_to_device(collate_eval([CaptionEvalSet(prepared.val_images, late_errors=True)[0]]),
+                                    accelerator.device)
         quick = with_overrides(run.cfg.generation, max_new_tokens=min(8, run.cfg.generation.max_new_tokens))
         probe_caption = net.generate(probe_eval, quick, synced_gpus=run.synced_gpus)[0][0]
     if not math.isfinite(probe_loss):

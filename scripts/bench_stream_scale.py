@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[10_000])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--root", type=Path, default=Path("/tmp/memecap-stream-scale"))
+    parser.add_argument("--phases", nargs="+", choices=("fill", "reload", "epoch"), default=["fill", "reload", "epoch"],
+                        help="fill: prepare into an empty cache; reload: prepare again; epoch: one epoch's batches")
     args = parser.parse_args()
     print("| images | processes | phase | s | us/image | peak RSS MiB | cache files |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -155,10 +157,10 @@ def main() -> None:
             work = args.root / f"work-{n}-{processes}"
             subprocess.run(["rm", "-rf", str(work)], check=True)
             common = overrides(data, spec, work)
-            phases = (("prepare (fill)", ["-m", "memecap.prepare", "demo", *common]),
-                      ("prepare again (reload)", ["-m", "memecap.prepare", "demo", *common]),
-                      ("one epoch's batches", [str(Path(__file__).resolve()), "--epoch-worker", *common]))
-            for phase, cmd in phases:
+            phases = (("fill", "prepare (fill)", ["-m", "memecap.prepare", "demo", *common]),
+                      ("reload", "prepare again (reload)", ["-m", "memecap.prepare", "demo", *common]),
+                      ("epoch", "one epoch's batches", [str(Path(__file__).resolve()), "--epoch-worker", *common]))
+            for _, phase, cmd in (p for p in phases if p[0] in args.phases):
                 seconds, rss = timed(launched(processes, cmd))
                 print(f"| {n:,} | {processes} | {phase} | {seconds:.1f} | {seconds / n * 1e6:.0f} | {rss:.0f} | "
                       f"{files_under(work / 'cache')} |", flush=True)
