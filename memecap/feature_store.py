@@ -10,16 +10,20 @@ recomputed. Items are read with `os.pread` on one descriptor per shard: no mappi
 kernel's vm.max_map_count stops a process near 65k maps), no mapping at all (a shard truncated
 while in use would kill a mapped reader with SIGBUS; here it is a short read, a damaged item),
 and nothing held but the item asked for. Each item is checked against its SHA-256 when read.
+In memory the index takes 80 bytes an item, in numpy arrays (ShardStore says how).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
+import struct
 import uuid
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+import numpy as np
 import torch
 
 from memecap.cache_entries import DamagedEntry, payload_sha256
@@ -27,6 +31,7 @@ from memecap.cache_entries import DamagedEntry, payload_sha256
 DEFAULT_SHARD_BYTES = 256 * 2**20  # a few hundred MB: few files at millions of images, each still easy to copy
 DATA_SUFFIX, INDEX_SUFFIX = ".bin", ".idx"
 DTYPE = "float32"  # every cached output is stored as float32 (RuDOLPH's codes too)
+DTYPE_BYTES = DTYPE.encode()
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -47,53 +52,191 @@ class Entry(NamedTuple):
         return 4 * math.prod(self.shape)
 
 
+# One index row: the digest's bytes after the 8 kept in `_prefix`, the SHA-256, and where the item is.
+ROW = np.dtype([("rest", "u1", (24,)), ("sha", "u1", (32,)), ("shard", "<u4"), ("offset", "<i8"), ("shape", "<u4")])
+ROW_STRUCT = struct.Struct("<24s32sIqI")  # the same 72 bytes, for one row at a time
+MIN_SPARE_ROWS = 4096  # rows written after open wait in a dict; at most max(this, n/16) before a re-sort
+OTHER_NAME = b"memecap-store-name:"  # hashed with a name that is not a SHA-256 hex digest
+
+
+def digest_key(digest: "str | bytes") -> bytes:
+    """The 32 bytes a digest is indexed by: a lowercase SHA-256 hex digest's own bytes; any other
+    name's SHA-256 (its bytes could otherwise equal a hex digest's)."""
+    text = digest.encode() if isinstance(digest, str) else digest
+    if len(text) == 64:
+        try:
+            raw = bytes.fromhex(text.decode("ascii"))
+        except ValueError:  # UnicodeDecodeError too
+            raw = b""
+        if len(raw) == 32 and raw.hex().encode() == text:  # fromhex also takes uppercase and spaces
+            return raw
+    return hashlib.sha256(OTHER_NAME + text).digest()
+
+
+def digest_keys(digests: list[bytes]) -> bytes:
+    """digest_key of each, joined; in one C call when all are hex digests (millions at open)."""
+    if all(len(d) == 64 for d in digests):
+        joined = b"".join(digests)
+        try:
+            raw = bytes.fromhex(joined.decode("ascii"))
+        except ValueError:
+            raw = b""
+        if len(raw) == 32 * len(digests) and raw.hex().encode() == joined:
+            return raw
+    return b"".join(map(digest_key, digests))
+
+
 class ShardStore:
-    """The items of one store folder: `read(digest)` and `put_many([(digest, tensor), ...])`."""
+    """The items of one store folder: `read(digest)` and `put_many([(digest, tensor), ...])`.
+
+    The index is two numpy arrays, not a dict of objects (that took ~360 bytes an item): per
+    row the digest's first 8 bytes as a uint64 (`_prefix`, sorted, searched with searchsorted) and
+    72 packed bytes (`_rows`: the digest's other 24 bytes, checked on every hit, the raw SHA-256,
+    shard, offset, and the number of the item's shape; shapes are kept once, a store's items
+    almost always share one). Copies of one digest (rewritten after damage) are neighbouring
+    rows in the order written, the newest read first. Rows written after open wait in `_recent`
+    until the arrays are full, then all are sorted again (a stable sort: the sorted part is one
+    run). Plain arrays also mean a forked data loader worker shares the index: no refcount write
+    copies its pages."""
 
     def __init__(self, folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = shard_bytes
         self.shards: list[Path] = []
-        self.index: dict[str, Entry] = {}
-        self.spares: dict[str, list[Entry]] = {}  # the same digest written again (recomputed after damage)
+        self.shapes: list[tuple] = []  # a row's shape number -> shape
+        self._shape_numbers: dict[tuple, int] = {}
         self.torn = 0  # index lines ignored at open: a crash's tail, or bytes gone from their shard
         self._fds: dict[int, int] = {}
         self._writer: _Writer | None = None
-        for index_file in sorted(self.folder.glob("*" + INDEX_SUFFIX)):
-            self._load(index_file)
+        parts = [self._load(index_file) for index_file in sorted(self.folder.glob("*" + INDEX_SUFFIX))]
+        prefix = np.concatenate([p for p, _ in parts]) if parts else np.empty(0, np.uint64)
+        rows = np.concatenate([r for _, r in parts]) if parts else np.empty(0, ROW)
+        order = np.argsort(prefix, kind="stable")  # stable: copies of a digest stay in the order written
+        self._prefix, self._rows = prefix[order], rows[order]
+        self._sorted = self._used = len(prefix)  # rows [0, _sorted) sorted by prefix; up to _used filled
+        self._recent: dict[bytes, list[int]] = {}  # digest key -> its rows past _sorted, in the order written
+        self._count = self._distinct_sorted()
+        self._last_found: tuple[str | None, list[int]] = (None, [])  # `digest in store` then `read(digest)`: one search
 
-    def _load(self, index_file: Path) -> None:
+    def _load(self, index_file: Path) -> tuple[np.ndarray, np.ndarray]:
+        """The prefixes and rows of one index file's whole lines that point inside their shard."""
         data_file = index_file.with_suffix(DATA_SUFFIX)
         try:
             size, text = data_file.stat().st_size, index_file.read_bytes()
         except FileNotFoundError:
-            return
+            return np.empty(0, np.uint64), np.empty(0, ROW)
         shard = len(self.shards)
         self.shards.append(data_file)
         lines = text.split(b"\n")
         self.torn += bool(lines[-1])  # no newline yet: a line cut by a crash
-        for line in lines[:-1]:
-            entry = _parse(line, shard)
-            if entry is None or entry.offset + entry.nbytes > size:
-                self.torn += 1
-                continue
-            self._add(line.split(b" ", 1)[0].decode(), entry)
+        fields = [f for f in (line.split(b" ") for line in lines[:-1])
+                  if len(f) == 5 and f[2] == DTYPE_BYTES and len(f[4]) == 64 and f[1].isdigit() and len(f[1]) < 19]
+        numbers = {shape: self._shape_number_of(shape) for shape in {f[3] for f in fields}}
+        shas = _hex_to_bytes([f[4] for f in fields])
+        if shas is None or None in numbers.values():  # a line edited by hand: find it, line by line
+            fields = [f for f in fields if numbers[f[3]] is not None and _hex_to_bytes([f[4]]) is not None]
+            shas = _hex_to_bytes([f[4] for f in fields])
+        self.torn += len(lines) - 1 - len(fields)
+        n = len(fields)
+        keys = np.frombuffer(digest_keys([f[0] for f in fields]), np.uint8).reshape(n, 32)
+        rows = np.empty(n, ROW)
+        rows["rest"] = keys[:, 8:]
+        rows["sha"] = np.frombuffer(shas, np.uint8).reshape(n, 32)
+        rows["shard"] = shard
+        rows["offset"] = np.array([f[1] for f in fields], dtype="S18").astype(np.int64) if n else 0
+        rows["shape"] = np.array([numbers[f[3]] for f in fields], dtype=np.uint32)
+        nbytes = np.array([min(4 * math.prod(s), 2**62) for s in self.shapes], dtype=np.int64)  # no overflow
+        inside = rows["offset"] + nbytes[rows["shape"]] <= size if n else np.ones(0, bool)
+        self.torn += int(n - inside.sum())
+        return np.ascontiguousarray(keys[inside, :8]).view(">u8").reshape(-1).astype(np.uint64), rows[inside]
+
+    def _shape_number_of(self, text: bytes) -> int | None:
+        try:
+            shape = tuple(int(d) for d in text.split(b"x")) if text != b"-" else ()
+        except ValueError:
+            return None
+        return self._shape_number(shape) if all(d >= 0 for d in shape) else None
+
+    def _shape_number(self, shape: tuple) -> int:
+        if shape not in self._shape_numbers:
+            self._shape_numbers[shape] = len(self.shapes)
+            self.shapes.append(shape)
+        return self._shape_numbers[shape]
+
+    def _distinct_sorted(self) -> int:
+        """How many digests the sorted rows hold (copies of one digest counted once)."""
+        prefix, rest = self._prefix[:self._sorted], self._rows["rest"][:self._sorted]
+        after = np.flatnonzero(prefix[1:] == prefix[:-1]) + 1  # rows whose prefix is the one above's
+        same = (rest[after] == rest[after - 1]).all(axis=1)
+        if same.all():  # copies only, each next to the one before
+            return self._sorted - len(after)
+        # Two digests share 8 bytes (rare, but copies of either may then lie apart): count those exactly.
+        shared = np.unique(prefix[after])
+        in_shared = np.isin(prefix, shared)
+        keys = {(int(p), r.tobytes()) for p, r in zip(prefix[in_shared], rest[in_shared])}
+        return self._sorted - int(in_shared.sum()) + len(keys)
+
+    def _rows_of(self, digest: str) -> list[int]:
+        """The rows of a digest, oldest first."""
+        if self._last_found[0] == digest:
+            return self._last_found[1]
+        key = digest_key(digest)
+        prefix, rest = np.uint64(int.from_bytes(key[:8], "big")), key[8:]
+        rows = []
+        i = int(self._prefix[:self._sorted].searchsorted(prefix))
+        while i < self._sorted and self._prefix[i] == prefix:
+            if self._rows[i]["rest"].tobytes() == rest:
+                rows.append(i)
+            i += 1
+        rows += self._recent.get(key, [])
+        self._last_found = (digest, rows)
+        return rows
+
+    def _entry(self, row: int) -> Entry:
+        _rest, sha, shard, offset, shape = ROW_STRUCT.unpack(self._rows[row:row + 1].tobytes())
+        return Entry(shard, offset, self.shapes[shape], sha.hex())
+
+    def entries(self, digest: str) -> list[Entry]:
+        """Where a digest's copies are, the newest first (the one read unless it is damaged)."""
+        return [self._entry(row) for row in reversed(self._rows_of(digest))]
 
     def _add(self, digest: str, entry: Entry) -> None:
-        if digest in self.index:
-            self.spares.setdefault(digest, []).append(self.index[digest])
-        self.index[digest] = entry
+        if self._used == len(self._prefix):
+            self._sort_and_grow()
+        key = digest_key(digest)
+        if digest not in self:
+            self._count += 1
+        row = self._used
+        self._last_found = (None, [])
+        self._prefix[row] = int.from_bytes(key[:8], "big")
+        packed = ROW_STRUCT.pack(key[8:], bytes.fromhex(entry.sha256), entry.shard, entry.offset,
+                                 self._shape_number(entry.shape))
+        self._rows[row:row + 1].view(np.uint8)[:] = np.frombuffer(packed, np.uint8)
+        self._recent.setdefault(key, []).append(row)
+        self._used += 1
+
+    def _sort_and_grow(self) -> None:
+        """All rows sorted into arrays with room for max(MIN_SPARE_ROWS, n/16) more."""
+        n = self._used
+        order = np.argsort(self._prefix[:n], kind="stable")
+        room = n + max(MIN_SPARE_ROWS, n // 16)
+        prefix, rows = np.empty(room, np.uint64), np.empty(room, ROW)
+        prefix[:n], rows[:n] = self._prefix[:n][order], self._rows[:n][order]
+        self._prefix, self._rows, self._sorted, self._recent = prefix, rows, n, {}
+        self._last_found = (None, [])
 
     def __contains__(self, digest: str) -> bool:
-        return digest in self.index
+        return bool(self._rows_of(digest))
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self._count
 
     def read(self, digest: str) -> torch.Tensor:
         """The item's tensor; KeyError where there is none, DamagedEntry where no copy can be trusted."""
-        candidates = [self.index[digest], *reversed(self.spares.get(digest, []))]
+        candidates = self.entries(digest)
+        if not candidates:
+            raise KeyError(digest)
         damage = None
         for entry in candidates:
             try:
@@ -103,7 +246,10 @@ class ShardStore:
         raise damage
 
     def where(self, digest: str) -> Path:
-        return self.shards[self.index[digest].shard]
+        rows = self._rows_of(digest)
+        if not rows:
+            raise KeyError(digest)
+        return self.shards[self._entry(rows[-1]).shard]
 
     def _read(self, entry: Entry) -> torch.Tensor:
         try:
@@ -154,20 +300,14 @@ class ShardStore:
             pass
 
 
-_SHAPES: dict[str, tuple] = {}  # one tuple per distinct shape, not one per item: millions of entries stay small
-
-
-def _parse(line: bytes, shard: int) -> Entry | None:
+def _hex_to_bytes(texts: list[bytes]) -> bytes | None:
+    """The bytes of lowercase hex strings, joined; None where one is not."""
+    joined = b"".join(texts)
     try:
-        _digest, offset, dtype, shape, sha = line.decode().split(" ")
-        dims = _SHAPES.get(shape)
-        if dims is None:
-            dims = _SHAPES[shape] = tuple(int(d) for d in shape.split("x")) if shape != "-" else ()
-        if dtype != DTYPE or len(sha) != 64 or int(offset) < 0 or any(d < 0 for d in dims):
-            return None
-        return Entry(shard, int(offset), dims, sha)
+        raw = bytes.fromhex(joined.decode("ascii"))
     except ValueError:
         return None
+    return raw if raw.hex().encode() == joined else None
 
 
 class _Writer:
