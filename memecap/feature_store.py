@@ -56,6 +56,10 @@ class Entry(NamedTuple):
 ROW = np.dtype([("rest", "u1", (24,)), ("sha", "u1", (32,)), ("shard", "<u4"), ("offset", "<i8"), ("shape", "<u4")])
 ROW_STRUCT = struct.Struct("<24s32sIqI")  # the same 72 bytes, for one row at a time
 MIN_SPARE_ROWS = 4096  # rows written after open wait in a dict; at most max(this, n/16) before a re-sort
+CHUNK_LINES = 1 << 16  # index lines parsed at once: temporaries of a few tens of MB at any index size
+NOT_HEX = 255
+HEX_VALUES = np.full(256, NOT_HEX, np.uint8)  # byte -> its value as a lowercase hex digit
+HEX_VALUES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
 OTHER_NAME = b"memecap-store-name:"  # hashed with a name that is not a SHA-256 hex digest
 
 
@@ -128,28 +132,67 @@ class ShardStore:
             return np.empty(0, np.uint64), np.empty(0, ROW)
         shard = len(self.shards)
         self.shards.append(data_file)
-        lines = text.split(b"\n")
-        self.torn += bool(lines[-1])  # no newline yet: a line cut by a crash
-        fields = [f for f in (line.split(b" ") for line in lines[:-1])
-                  if len(f) == 5 and f[2] == DTYPE_BYTES and len(f[4]) == 64 and f[1].isdigit() and len(f[1]) < 19]
-        numbers = {shape: self._shape_number_of(shape) for shape in {f[3] for f in fields}}
-        shas = _hex_to_bytes([f[4] for f in fields])
-        if shas is None or None in numbers.values():  # a line edited by hand: find it, line by line
-            fields = [f for f in fields if numbers[f[3]] is not None and _hex_to_bytes([f[4]]) is not None]
-            shas = _hex_to_bytes([f[4] for f in fields])
-        self.torn += len(lines) - 1 - len(fields)
-        n = len(fields)
-        keys = np.frombuffer(digest_keys([f[0] for f in fields]), np.uint8).reshape(n, 32)
+        whole = text.rfind(b"\n") + 1
+        self.torn += whole < len(text)  # no newline yet: a line cut by a crash
+        keys, shas, offsets, shapes = self._parse_regular(text, whole) or self._parse_lines(text[:whole])
+        n = len(offsets)
+        self.torn += text.count(b"\n") - n
         rows = np.empty(n, ROW)
-        rows["rest"] = keys[:, 8:]
-        rows["sha"] = np.frombuffer(shas, np.uint8).reshape(n, 32)
-        rows["shard"] = shard
-        rows["offset"] = np.array([f[1] for f in fields], dtype="S18").astype(np.int64) if n else 0
-        rows["shape"] = np.array([numbers[f[3]] for f in fields], dtype=np.uint32)
+        rows["rest"], rows["sha"], rows["shard"] = keys[:, 8:], shas, shard
+        rows["offset"], rows["shape"] = offsets, shapes
         nbytes = np.array([min(4 * math.prod(s), 2**62) for s in self.shapes], dtype=np.int64)  # no overflow
-        inside = rows["offset"] + nbytes[rows["shape"]] <= size if n else np.ones(0, bool)
+        inside = offsets + nbytes[shapes] <= size
         self.torn += int(n - inside.sum())
         return np.ascontiguousarray(keys[inside, :8]).view(">u8").reshape(-1).astype(np.uint64), rows[inside]
+
+    def _parse_regular(self, text: bytes, whole: int) -> tuple | None:
+        """(digest bytes, SHA-256 bytes, offsets, shape numbers) of `text[:whole]` in a few numpy passes,
+        where every line is `<64 hex> <digits> float32 <shape> <64 hex>` with one shape, as this
+        module writes them; None otherwise (a name that is not a hex digest, two shapes, a hand
+        edit), then line by line. A million lines split one by one took seconds."""
+        buf = np.frombuffer(text, np.uint8, count=whole)
+        ends, spaces = np.flatnonzero(buf == ord("\n")), np.flatnonzero(buf == ord(" "))
+        n = len(ends)
+        if not n or len(spaces) != 4 * n or (np.searchsorted(spaces, ends) != 4 * np.arange(1, n + 1)).any():
+            return None  # not four spaces on every line
+        starts, sp = np.concatenate([[0], ends[:-1] + 1]), spaces.reshape(n, 4)
+        digits = sp[:, 1] - sp[:, 0] - 1
+        shape_text = text[sp[0, 2] + 1:sp[0, 3]]
+        shape = self._shape_number_of(shape_text)
+        if (shape is None or (sp[:, 0] - starts != 64).any() or (ends - sp[:, 3] != 65).any()
+                or (sp[:, 3] - sp[:, 1] != 9 + len(shape_text)).any() or (digits < 1).any() or (digits > 18).any()):
+            return None
+        fixed = np.frombuffer(b"float32 " + shape_text, np.uint8)  # the same bytes on every line
+        keys, shas, offsets = np.empty((n, 32), np.uint8), np.empty((n, 32), np.uint8), np.zeros(n, np.int64)
+        for lo in range(0, n, CHUNK_LINES):  # gathers of a bounded size, whatever the file's
+            chunk = slice(lo, lo + CHUNK_LINES)
+            part, line_starts, lengths = sp[chunk], starts[chunk], digits[chunk]
+            if (buf[part[:, 1:2] + 1 + np.arange(len(fixed))] != fixed).any():
+                return None
+            for out, first in ((keys, line_starts), (shas, part[:, 3] + 1)):
+                nibbles = HEX_VALUES[buf[first[:, None] + np.arange(64)]]
+                if (nibbles == NOT_HEX).any():
+                    return None
+                out[lo:lo + len(part)] = nibbles[:, 0::2] << 4 | nibbles[:, 1::2]
+            for k in range(int(lengths.max())):  # the k-th digit from the right, where the number has one
+                has = k < lengths
+                digit = buf[np.where(has, part[:, 1] - 1 - k, 0)].astype(np.int64) - ord("0")
+                if ((digit < 0) | (digit > 9))[has].any():
+                    return None
+                offsets[lo:lo + len(part)] += np.where(has, digit, 0) * 10**k
+        return keys, shas, offsets, np.full(n, shape, np.uint32)
+
+    def _parse_lines(self, text: bytes) -> tuple:
+        """What _parse_regular gives, line by line, leaving out lines that are not index lines."""
+        fields = [f for f in (line.split(b" ") for line in text.split(b"\n")[:-1])
+                  if len(f) == 5 and f[2] == DTYPE_BYTES and len(f[4]) == 64 and f[1].isdigit() and len(f[1]) < 19]
+        numbers = {shape: self._shape_number_of(shape) for shape in {f[3] for f in fields}}
+        fields = [f for f in fields if numbers[f[3]] is not None and _hex_to_bytes([f[4]]) is not None]
+        n = len(fields)
+        keys = np.frombuffer(digest_keys([f[0] for f in fields]), np.uint8).reshape(n, 32)
+        shas = np.frombuffer(_hex_to_bytes([f[4] for f in fields]), np.uint8).reshape(n, 32)
+        offsets = np.array([int(f[1]) for f in fields], dtype=np.int64)
+        return keys, shas, offsets, np.array([numbers[f[3]] for f in fields], dtype=np.uint32)
 
     def _shape_number_of(self, text: bytes) -> int | None:
         try:

@@ -213,13 +213,25 @@ def test_digests_sharing_their_first_bytes_are_not_confused(tmp_path):
 
 
 def test_a_line_edited_by_hand_is_ignored_and_the_others_read(tmp_path):
-    fill(FeatureCache(tmp_path, "w", "t", shard_bytes=100 * ITEM), range(6), batch=6)
-    index = next((FeatureCache(tmp_path, "w", "t").store.folder).glob("*.idx"))
+    """Index lines as this module writes them are parsed all at once; one edited line sends its file
+    line by line, where only that line is left out."""
+    store = ShardStore(tmp_path)
+    store.put_many([(hex_digest(i), item(i)) for i in range(8)])
+    index = next(tmp_path.glob("*.idx"))
     lines = index.read_bytes().split(b"\n")
     lines[1] = lines[1][:-1] + b"G"  # a checksum that is not hex
     lines[3] = lines[3].replace(b" 2x3 ", b" 2xa ")  # a shape that is not numbers
+    lines[5] = lines[5].replace(b" 120 ", b" 12O ")  # an offset that is not a number
     index.write_bytes(b"\n".join(lines))
-    reader = FeatureCache(tmp_path, "w", "t")
-    assert reader.store.torn == 2 and len(reader.store) == 4
-    assert [i for i in range(6) if reader.get(f"d{i}") is None] == [1, 3]
-    assert all(torch.equal(reader.get(f"d{i}"), item(i)) for i in (0, 2, 4, 5))
+    reader = ShardStore(tmp_path)
+    assert reader.torn == 3 and len(reader) == 5
+    assert [i for i in range(8) if hex_digest(i) not in reader] == [1, 3, 5]
+    assert all(torch.equal(reader.read(hex_digest(i)), item(i)) for i in (0, 2, 4, 6, 7))
+
+
+def test_index_read_at_once_equals_index_read_line_by_line(tmp_path):
+    store = ShardStore(tmp_path)
+    store.put_many([(hex_digest(i), item(i)) for i in range(500)])  # offsets of 1 to 5 digits
+    text = next(tmp_path.glob("*.idx")).read_bytes()
+    at_once, by_line = store._parse_regular(text, len(text)), store._parse_lines(text)
+    assert len(by_line[2]) == 500 and all(np.array_equal(a, b) for a, b in zip(at_once, by_line))
