@@ -5,7 +5,8 @@ in every step (what the original meme project did), on real meme images.
     .venv/bin/python scripts/bench_feature_cache.py --scale 10000 100000 1000000 [--old-up-to 100000]
 
 `--scale` measures the feature store itself at N items (issue 23): fill and reload time per item,
-peak RSS and files created, each step in its own process. Items are synthetic 512-float
+peak RSS, files created, the time to open the store (its index read) and the index's memory per
+item (what tracemalloc counts as held after a second open), each step in its own process. Items are synthetic 512-float
 embeddings (ClipCap's vector) written through the store's put path without encoding images;
 `--encode-up-to` also runs N tiny JPEGs through `encode_images` (a one-layer encoder), and the
 one-file-per-image layout of older memecaps is measured beside it up to `--old-up-to`.
@@ -117,6 +118,8 @@ def scale_step(layout: str, step: str, n: int, root: Path) -> dict:
     """One step in this process: fill or reload n items in `layout` (store, old or encode)."""
     from memecap.features import CachedFeatures, FeatureCache, _read_entry, encode_images
 
+    if step == "open":
+        return open_step(root)
     t0 = time.perf_counter()
     if layout == "encode":
         paths = sorted((root / "jpegs").glob("*.jpg"))
@@ -162,6 +165,29 @@ def scale_step(layout: str, step: str, n: int, root: Path) -> dict:
             "files": sum(len(files) for _, _, files in os.walk(root / ("old" if layout == "old" else "cache")))}
 
 
+def open_step(root: Path) -> dict:
+    """Seconds to open the filled store, then the bytes its index holds per item (a second open under
+    tracemalloc, which slows it: the time is taken without it)."""
+    import gc
+    import tracemalloc
+
+    from memecap.feature_store import ShardStore
+
+    folder = next((root / "cache").glob("*/shards"))
+    t0 = time.perf_counter()
+    store = ShardStore(folder)
+    seconds, n = time.perf_counter() - t0, len(store)
+    del store
+    gc.collect()
+    tracemalloc.start()
+    store = ShardStore(folder)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(store) == n
+    return {"seconds": seconds, "index_bytes_per_item": held / n}
+
+
 class TinyPixels:
     def __call__(self, image):
         import numpy as np
@@ -180,8 +206,9 @@ def write_jpegs(folder: Path, n: int) -> None:
 
 
 def scale(sizes: list[int], old_up_to: int, encode_up_to: int) -> None:
-    print("| layout | items | fill µs/item | reload µs/item | peak RSS fill / reload (MiB) | files |")
-    print("|---|---|---|---|---|---|")
+    print("| layout | items | fill µs/item | reload µs/item | peak RSS fill / reload (MiB) | files | open s "
+          "| index B/item |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in sizes:
         layouts = ["store"] + (["old"] if n <= old_up_to else []) + (["encode"] if n <= encode_up_to else [])
         for layout in layouts:
@@ -190,12 +217,15 @@ def scale(sizes: list[int], old_up_to: int, encode_up_to: int) -> None:
                     write_jpegs(Path(tmp) / "jpegs", n)
                 runs = {step: json.loads(subprocess.run(
                     [sys.executable, __file__, "--scale-step", layout, step, str(n), tmp],
-                    check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for step in ("fill", "reload")}
+                    check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                    for step in ("fill", "open", "reload") if step != "open" or layout == "store"}
+            opened = (f"{runs['open']['seconds']:.2f} | {runs['open']['index_bytes_per_item']:.0f}"
+                      if "open" in runs else "- | -")
             name = {"store": "sharded store (synthetic put)", "old": "one file per image (older memecap)",
                     "encode": "sharded store via encode_images (tiny JPEGs)"}[layout]
             print(f"| {name} | {n:,} | {runs['fill']['seconds'] / n * 1e6:.0f} | "
                   f"{runs['reload']['seconds'] / n * 1e6:.0f} | {runs['fill']['peak_rss_mib']:.0f} / "
-                  f"{runs['reload']['peak_rss_mib']:.0f} | {runs['fill']['files']:,} |", flush=True)
+                  f"{runs['reload']['peak_rss_mib']:.0f} | {runs['fill']['files']:,} | {opened} |", flush=True)
 
 
 def main() -> None:

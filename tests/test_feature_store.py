@@ -1,13 +1,17 @@
 """The sharded feature store: shards of a few items here, so rollover, torn tails and many shards are hit."""
 from __future__ import annotations
 
+import gc
+import hashlib
 import logging
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -66,7 +70,7 @@ def test_corrupted_item_is_a_miss_said_once_then_recomputed(tmp_path, caplog):
     fill(cache, range(6))
     shard = cache.store.where("d4")
     raw = bytearray(shard.read_bytes())
-    raw[cache.store.index["d4"].offset] ^= 0xFF
+    raw[cache.store.entries("d4")[0].offset] ^= 0xFF
     shard.write_bytes(bytes(raw))
     reader = FeatureCache(tmp_path, "w", "t", shard_bytes=SMALL)
     assert reader.get("d4") is None and torch.equal(reader.get("d5"), item(5))
@@ -160,3 +164,74 @@ def test_store_survives_pickling_for_loader_workers(tmp_path):
     store.read("d1")
     copy = pickle.loads(pickle.dumps(store))
     assert copy._fds == {} and torch.equal(copy.read("d1"), item(1)) and copy._fds.keys() == store._fds.keys()
+
+
+def hex_digest(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def test_index_holds_under_100_bytes_an_item(tmp_path):
+    """The index was a dict of strings and tuples (~360 bytes an item, 1 GiB at 3M images). 5,000
+    items also pass the point where rows written since open are sorted into the arrays."""
+    store = ShardStore(tmp_path, shard_bytes=2000 * ITEM)
+    for start in range(0, 5000, 1000):
+        store.put_many([(hex_digest(i), item(i)) for i in range(start, start + 1000)])
+    assert len(store) == 5000 and store._sorted >= 4096
+    assert all(torch.equal(store.read(hex_digest(i)), item(i)) for i in range(0, 5000, 7))
+    store.close()
+    gc.collect()
+    tracemalloc.start()
+    reopened = ShardStore(tmp_path)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(reopened) == 5000 and held / 5000 < 100
+    assert all(torch.equal(reopened.read(hex_digest(i)), item(i)) for i in range(5000))
+    assert hex_digest(5000) not in reopened
+
+
+def test_digests_sharing_their_first_bytes_are_not_confused(tmp_path):
+    """The index searches on a digest's first 8 bytes and checks the other 24 on every hit. Copies of
+    one digest (written again after damage) are read newest first, also when another digest with the
+    same first bytes lies between them, and count once."""
+    prefix = "ab" * 8
+    a, b, c = (prefix + f"{n:x}" * 48 for n in (1, 2, 3))
+    store = ShardStore(tmp_path, shard_bytes=SMALL)
+    store.put_many([(a, item(1)), (b, item(2))])
+    store.put_many([(a, item(3))])  # a newer copy of a, with b written between the two
+    for s in (store, ShardStore(tmp_path)):
+        assert len(s) == 2 and a in s and b in s and c not in s
+        assert torch.equal(s.read(a), item(3)) and torch.equal(s.read(b), item(2))
+        assert [e.sha256 for e in s.entries(a)] == [tensor_sha256(item(3)), tensor_sha256(item(1))]
+        with pytest.raises(KeyError):
+            s.read(c)
+        with pytest.raises(KeyError):
+            s.where(c)
+    upper = a.upper()  # the same bytes, another name: a dict of names kept them apart, so does the index
+    store.put_many([(upper, item(4)), ("d1", item(5))])
+    assert len(store) == 4 and torch.equal(store.read(upper), item(4)) and torch.equal(store.read(a), item(3))
+    assert torch.equal(ShardStore(tmp_path).read("d1"), item(5))
+
+
+def test_a_line_edited_by_hand_is_ignored_and_the_others_read(tmp_path):
+    """Index lines as this module writes them are parsed all at once; one edited line sends its file
+    line by line, where only that line is left out."""
+    store = ShardStore(tmp_path)
+    store.put_many([(hex_digest(i), item(i)) for i in range(8)])
+    index = next(tmp_path.glob("*.idx"))
+    lines = index.read_bytes().split(b"\n")
+    lines[1] = lines[1][:-1] + b"G"  # a checksum that is not hex
+    lines[3] = lines[3].replace(b" 2x3 ", b" 2xa ")  # a shape that is not numbers
+    lines[5] = lines[5].replace(b" 120 ", b" 12O ")  # an offset that is not a number
+    index.write_bytes(b"\n".join(lines))
+    reader = ShardStore(tmp_path)
+    assert reader.torn == 3 and len(reader) == 5
+    assert [i for i in range(8) if hex_digest(i) not in reader] == [1, 3, 5]
+    assert all(torch.equal(reader.read(hex_digest(i)), item(i)) for i in (0, 2, 4, 6, 7))
+
+
+def test_index_read_at_once_equals_index_read_line_by_line(tmp_path):
+    store = ShardStore(tmp_path)
+    store.put_many([(hex_digest(i), item(i)) for i in range(500)])  # offsets of 1 to 5 digits
+    text = next(tmp_path.glob("*.idx")).read_bytes()
+    at_once, by_line = store._parse_regular(text, len(text)), store._parse_lines(text)
+    assert len(by_line[2]) == 500 and all(np.array_equal(a, b) for a, b in zip(at_once, by_line))
