@@ -37,7 +37,7 @@ def main(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     from memecap.models import build_model
     from memecap.training.accelerate_setup import make_accelerator
-    from memecap.training.stages import is_streamed, load_stage_examples, plan_stages, train_captions
+    from memecap.training.stages import LazyCaptions, is_streamed, load_stage_examples, plan_stages
 
     if not cfg.cache.enabled:
         raise ConfigError("cache.enabled=false: prepare fills the caches, and a run with them off would not read them")
@@ -47,7 +47,7 @@ def main(cfg: Config, log: Callable[[str], None] = print) -> dict:
     start = time.perf_counter()
     with state.main_process_first():  # the first checks every image, the others read its results
         data = [load_stage_examples(cfg, stage, work_dir=work_dir, log=say) for stage in plan_stages(cfg)]
-    texts = [c for train, _ in data for c in train_captions(train)]
+    texts = LazyCaptions([train for train, _ in data])
     set_seed(cfg.train.seed)  # as the run builds it: a random tiny model gets the same weights, and cache key
     with state.main_process_first():
         net = build_model(copy.deepcopy(cfg.model), work_dir=work_dir, train_texts=texts)

@@ -109,7 +109,7 @@ def epoch_worker(argv: list[str]) -> None:
     from memecap.config import load_config
     from memecap.models import build_model
     from memecap.train import image_reader
-    from memecap.training.stages import load_stage_examples, plan_stages, train_captions
+    from memecap.training.stages import LazyCaptions, load_stage_examples, plan_stages
     from memecap.training.train_batches import StreamBatches
 
     cfg = load_config("demo", argv)
@@ -117,7 +117,7 @@ def epoch_worker(argv: list[str]) -> None:
     stage = plan_stages(cfg)[0]
     train, _ = load_stage_examples(cfg, stage, work_dir=Path(cfg.train.output_dir), log=lambda _: None)
     net = build_model(copy.deepcopy(cfg.model), work_dir=Path(cfg.cache.dir) / "prepare",
-                      train_texts=train_captions(train))
+                      train_texts=LazyCaptions([train]))
 
     class Reading:  # what train.image_reader needs of a run
         pass

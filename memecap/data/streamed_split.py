@@ -50,13 +50,16 @@ class StreamedSplit:
                order_seed: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> RowStream:
         """This process's rows; each one skipped as bad (data.on_bad_row=skip) is said through `log`."""
         said = (lambda problem: log(f"{problem} (skipped)")) if log is not None else None
+        # Images are not checked here: the reader decodes each (or finds what its bytes gave in the cache).
         return RowStream(list(self.paths), rank=rank, world_size=world_size, position=position,
-                         on_bad_row=self.on_bad_row, order_seed=order_seed, image_dir=self.image_dir, on_skip=said)
+                         on_bad_row=self.on_bad_row, order_seed=order_seed, image_dir=self.image_dir, on_skip=said,
+                         check_images=False)
 
     def head(self, rows: int = HEAD_ROWS) -> list[Example]:
         """The first `rows` good rows, in file order (their images are not read; a tar sample's is None)."""
         return [Example(r.uid, r.image if isinstance(r.image, Path) else None, r.captions, r.source, r.line)
-                for r in islice(RowStream(list(self.paths), on_bad_row="skip", image_dir=self.image_dir), rows)]
+                for r in islice(RowStream(list(self.paths), on_bad_row="skip", image_dir=self.image_dir,
+                                          check_images=False), rows)]
 
     def fingerprint(self) -> dict:
         """In the shape of data/fingerprint.split_fingerprint: rows, and digests of the files' names,

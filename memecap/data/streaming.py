@@ -114,7 +114,8 @@ class RowStream:
 
     def __init__(self, paths: list[Path], *, rank: int = 0, world_size: int = 1,
                  position: StreamPosition | None = None, on_bad_row: str = "error", order_seed: int | None = None,
-                 image_dir: str | None = None, on_skip: Callable[[Problem], None] | None = None):
+                 image_dir: str | None = None, on_skip: Callable[[Problem], None] | None = None,
+                 check_images: bool = True):
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.by_shard = len(paths) >= world_size
@@ -123,6 +124,9 @@ class RowStream:
             random.Random(order_seed).shuffle(self.paths)
         self.image_dir = image_dir
         self.on_skip = on_skip  # told of each row skipped as bad (to name it in the run's log)
+        # A tar sample's image header read here; off where the reader decodes the image anyway (training
+        # meets an unreadable one there, named the same way) or wants only the captions.
+        self.check_images = check_images
         self.rank, self.world_size = rank, world_size
         self.position = position or StreamPosition()
         self.on_bad_row = on_bad_row
@@ -143,7 +147,7 @@ class RowStream:
     def _shard_rows(self):
         for index in range(self.position.shard, len(self.paths)):
             skip = self.position.offset if index == self.position.shard else 0
-            for number, row in enumerate(_file_rows(self.paths[index], self.image_dir), start=1):
+            for number, row in enumerate(_file_rows(self.paths[index], self.image_dir, self.check_images), start=1):
                 if number <= skip:
                     continue
                 self.position = StreamPosition(index, number)
@@ -154,7 +158,7 @@ class RowStream:
         mine = 0
         global_index = 0
         for path in self.paths:
-            for row in _file_rows(path, self.image_dir):
+            for row in _file_rows(path, self.image_dir, self.check_images):
                 global_index += 1
                 if (global_index - 1) % self.world_size != self.rank:
                     continue
@@ -165,8 +169,8 @@ class RowStream:
                 yield row
 
 
-def _file_rows(path: Path, image_dir: str | None = None) -> Iterator[StreamRow | Problem]:
-    return _jsonl_rows(path, image_dir) if path.suffix == ".jsonl" else _tar_rows(path)
+def _file_rows(path: Path, image_dir: str | None = None, check_images: bool = True) -> Iterator[StreamRow | Problem]:
+    return _jsonl_rows(path, image_dir) if path.suffix == ".jsonl" else _tar_rows(path, check_images)
 
 
 def _jsonl_rows(path: Path, image_dir: str | None = None) -> Iterator[StreamRow | Problem]:
@@ -208,7 +212,7 @@ def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
-def _tar_rows(path: Path) -> Iterator[StreamRow | Problem]:
+def _tar_rows(path: Path, check_images: bool = True) -> Iterator[StreamRow | Problem]:
     source = str(path)
     for number, (key, files) in enumerate(_tar_samples(path), start=1):
         uid = key.rpartition("/")[2]
@@ -220,7 +224,7 @@ def _tar_rows(path: Path) -> Iterator[StreamRow | Problem]:
         if isinstance(captions, str):
             yield Problem(source, number, uid, "bad row", f"sample {key!r}: {captions}")
             continue
-        if not _opens_as_image(image):
+        if check_images and not _opens_as_image(image):
             yield Problem(source, number, uid, "bad image", f"sample {key!r}: the image cannot be read")
             continue
         yield StreamRow(source, number, uid, captions, image)

@@ -23,7 +23,7 @@ from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
 from memecap.training.run_log import RunLog
-from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages, train_captions
+from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages, LazyCaptions
 from memecap.training.train_state import TrainState
 
 
@@ -79,7 +79,7 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     with preparing(accelerator, shared):  # every row of every stage is read and checked first
         data = tuple(load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages)
     state = replace(state, data_fingerprint=check_resume_data(stages, data, resume_from, state.data_fingerprint, log))
-    train_texts = [c for train, _ in data for c in train_captions(train)]
+    train_texts = LazyCaptions([train for train, _ in data])
     with whole_weights(accelerator, log), preparing(accelerator, shared):
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
         model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from torch import nn
 
@@ -79,6 +79,25 @@ def is_streamed(split) -> bool:
 def train_captions(train) -> list[str]:
     """A train split's captions: all of them, or a streamed split's first rows' (it is never held whole)."""
     return [c for ex in (train.head() if is_streamed(train) else train) for c in ex.captions]
+
+
+class LazyCaptions(Sequence):
+    """The captions of train splits, read when first asked for: only a model built from the data (a
+    tiny tokenizer, the LSTM's vocabulary) asks, and a streamed split's head costs a read of its first rows."""
+
+    def __init__(self, splits: Sequence):
+        self._splits, self._captions = splits, None
+
+    def _all(self) -> list[str]:
+        if self._captions is None:
+            self._captions = [c for split in self._splits for c in train_captions(split)]
+        return self._captions
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, i):
+        return self._all()[i]
 
 
 def data_fingerprint(data: list) -> list[dict]:

@@ -19,11 +19,12 @@ from typing import Callable, Iterable, Iterator, Optional
 from accelerate.utils import gather_object, send_to_device
 
 from memecap.data.captions import CaptionTooLong
+from memecap.data.images import ImageReadError
 from memecap.data.streamed_split import ImageSpool, StreamedSplit, stream_examples
 from memecap.data.streaming import StreamPosition, StreamRow
 from memecap.data.tables import Example
 from memecap.data.validation import DataError, Problem
-from memecap.training.image_reads import readable_inputs
+from memecap.training.image_reads import RowCollate, readable_inputs
 
 
 class TableBatches:
@@ -97,13 +98,20 @@ class StreamBatches:
         self.position = StreamPosition()
 
     def make_batch(self, rows: list[StreamRow], epoch: int) -> dict:
-        """The rows' images as the model reads them, one caption of each (drawn per epoch), collated."""
+        """The rows' images as the model reads them, one caption of each (drawn per epoch), collated.
+        An unreadable image is met when its inputs are made (a frozen encoder) or read (lazy pixels,
+        a VLM's processor at collate): data.on_bad_row names its row and drops it, or stops."""
         paths = self.spool.paths(rows)
         try:
             kept, inputs = readable_inputs(stream_examples(rows, paths), self.read, on_bad_row=self.split.on_bad_row,
                                            split="train", log=self.log)
-            items = [{"image": inputs[i], "input_ids": self._caption_ids(ex, epoch)} for i, ex in enumerate(kept)]
-            return self.collate(items)
+            items = []
+            for i, ex in enumerate(kept):
+                try:
+                    items.append({"image": inputs[i], "input_ids": self._caption_ids(ex, epoch), "owner": i})
+                except ImageReadError as err:
+                    items.append({"unreadable": err, "owner": i})
+            return RowCollate(self.collate, kept, on_bad_row=self.split.on_bad_row, split="train", log=self.log)(items)
         finally:
             self.spool.release(paths)
 
