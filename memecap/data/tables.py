@@ -14,6 +14,7 @@ from typing import Callable
 
 from PIL import Image
 
+from memecap.data.table_checks import TableCheck
 from memecap.data.validation import DataError, Problem, RawRow, ValidationReport, images_to_check, validate_rows
 
 TEXT_COLUMNS = ("text", "caption", "captions", "description")
@@ -21,7 +22,7 @@ UID_COLUMNS = ("uid", "id", "image_id")
 DEFAULT_CACHE = Path(os.environ.get("MEMECAP_CACHE", "~/.cache/memecap")).expanduser()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per image, held for the whole run
 class Example:
     """One image and all its reference captions; `source:line` point at its first row."""
 
@@ -285,7 +286,8 @@ def load_split(
 
     `max_rows` keeps the rows of the first N uids (all captions of each). Bad rows raise
     `DataError` listing every problem, or with `on_bad_row="skip"` are dropped and logged.
-    `check_cache`: where the image check keeps its results (none kept if None).
+    `check_cache`: where the image check keeps its results, and the whole table's check its record
+    (data/table_checks.py: an unchanged table with unchanged images is not checked again); none kept if None.
     `check`, `check_sample`: which images are decoded now (`data.check`: full | sample | off).
     """
     spec = str(path)
@@ -302,10 +304,29 @@ def load_split(
         keep = list(dict.fromkeys(r.uid for r in rows))[:max_rows]
         keep_set = set(keep)
         rows = [r for r in rows if r.uid in keep_set]
+    record = None
+    if check_cache is not None and not spec.startswith("hf:"):
+        settings = {"on_bad_row": on_bad_row, "check": check, "check_sample": check_sample,
+                    "check_images": check_images, "image_dir": None if image_dir is None else str(image_dir),
+                    "max_rows": max_rows}
+        record = TableCheck(Path(check_cache), source, Path(path), rows, settings)
+        known = record.recall(rows, log)
+        if known is not None:
+            return group_examples(known[0]), known[1]
+    said: list[str] = []  # which images a sample checks, said again when the record is used
+
+    def heard(line: str) -> None:
+        said.append(line)
+        if log is not None:
+            log(line)
+
     kept, report = validate_rows(rows, source=source, on_bad_row=on_bad_row,
                                  check_images=check_images, log=log,
                                  check_cache=Path(check_cache) if check_cache is not None else None,
-                                 decode=images_to_check(check, check_sample, log))
+                                 decode=images_to_check(check, check_sample, heard))
+    report.notes[:0] = said
+    if record is not None:
+        record.keep(rows, kept, report)
     return group_examples(kept), report
 
 
