@@ -107,7 +107,7 @@ class ImageChecks:
         name = hashlib.sha256(f"{CHECK_VERSION}|{source}".encode()).hexdigest()[:24]
         self.path = Path(root).expanduser() / f"{name}.json" if root is not None else None
         self.known = self._read(log)
-        self.now: dict[str, list] = {}
+        self.now: dict[str, bytes | list] = {}  # an entry as read, or packed (`put`)
 
     def _read(self, log) -> dict[str, list]:
         if self.path is None or not self.path.is_file():
@@ -132,7 +132,10 @@ class ImageChecks:
         return CheckResult(entry[2], tuple(entry[3]) if entry[3] else None, tuple(entry[4]) if entry[4] else None)
 
     def put(self, key: StatKey, result: CheckResult) -> None:
-        self.now[key[0]] = [key[1], key[2], result.digest, result.problem, result.reduced_from]
+        if result.problem is None and result.reduced_from is None:  # most images: packed, 48 bytes, not ~300
+            self.now[key[0]] = _PACKED.pack(key[1], key[2]) + bytes.fromhex(result.digest)
+        else:
+            self.now[key[0]] = [key[1], key[2], result.digest, result.problem, result.reduced_from]
 
     def save(self, also: Iterable[Path] = ()) -> None:
         """Keep this table's images only (so the file never grows past the table), written atomically:
@@ -158,14 +161,15 @@ class ImageChecks:
         yield f', "sha256": "{h.hexdigest()}"}}'
 
 
-def write_atomically(path: Path, text: Iterable[str]) -> None:
-    """Write `text` (a string, or its pieces) to a temporary file beside `path` and rename it over
-    `path`: a reader sees the old file or the new one, never half of one."""
+def write_atomically(path: Path, pieces: Iterable[str | bytes]) -> None:
+    """Write `pieces` (text as UTF-8) to a temporary file beside `path` and rename it over `path`: a
+    reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines([text] if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb") as f:
+            for piece in pieces:
+                f.write(piece.encode() if isinstance(piece, str) else piece)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -178,9 +182,16 @@ def _entries_text(images: dict, per_piece: int = 4096):
     yield "{"
     for start in range(0, len(keys), per_piece):
         yield (", " if start else "") + ", ".join(
-            f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(images[k], ensure_ascii=False)}"
+            f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(_entry(images[k]), ensure_ascii=False)}"
             for k in keys[start:start + per_piece])
     yield "}"
+
+
+def _entry(value: "bytes | list") -> list:
+    """An image's entry as stored: [size, mtime_ns, digest, problem, reduced_from]."""
+    if isinstance(value, bytes):
+        return [*_PACKED.unpack_from(value), value[_PACKED.size:].hex(), None, None]
+    return value
 
 
 def _entries_digest(images: dict) -> str:
