@@ -126,6 +126,7 @@ def test_a_touched_image_alone_is_checked_again(kept_check):
 def test_changed_settings_or_table_are_checked_again(kept_check):
     tables, start, logged, _ = kept_check
     start()
+    assert start(check_sample=5)[2:] == (0, 0) and "earlier start" in logged[-1]  # a full check has no sample size
     with pytest.raises(DataError, match=r"train\.tsv:\d+ uid=1: unreadable image"):
         start(on_bad_row="error")  # the recorded "skip" verdict is not reused
     assert start(check="none")[:2] == (10, {})  # not decoded at start: the bad image is met later

@@ -326,9 +326,9 @@ def load_split(
         rows = [r for r in rows if r.uid in keep_set]
     record = None
     if check_cache is not None and not spec.startswith("hf:"):
-        settings = {"on_bad_row": on_bad_row, "check": check, "check_sample": check_sample,
-                    "check_images": check_images, "image_dir": None if image_dir is None else str(image_dir),
-                    "max_rows": max_rows}
+        settings = {"on_bad_row": on_bad_row, "check": check, "check_images": check_images, "max_rows": max_rows,
+                    "check_sample": check_sample if check == "sample" else None,
+                    "image_dir": None if image_dir is None else str(image_dir)}
         record = TableCheck(Path(check_cache), source, Path(path), rows, settings)
         known = record.recall(rows, log)
         if known is not None:
