@@ -80,7 +80,7 @@ def known_digest(key: StatKey) -> Optional[str]:
     return packed[_PACKED.size:].hex()
 
 
-def image_digest(path: Path, key: Optional[StatKey] = None) -> str:
+def image_digest(path: "Path | str", key: Optional[StatKey] = None) -> str:
     """SHA-256 of the image file's bytes (the key the feature and OCR caches use too)."""
     key = key or stat_key(path)
     digest = known_digest(key)

@@ -41,7 +41,8 @@ class TableCheck:
     def __init__(self, root: Path, source: str, table: Path, rows: Sequence[RawRow], settings: dict):
         name = hashlib.sha256(source.encode()).hexdigest()[:24]
         self.path = Path(root).expanduser() / f"table-{name}.record"
-        self.images = list(dict.fromkeys(r.image_path for r in rows if r.image_path is not None))
+        # By their path strings (which each Path caches): hashing a Path would keep a hash object per image.
+        self.images = list(dict.fromkeys(str(r.image_path) for r in rows if r.image_path is not None))
         # Each image's (size, mtime_ns) packed, 16 bytes an image instead of a tuple's ~120; (-1, -1): missing.
         self.stats = bytearray()
         h = hashlib.sha256(json.dumps([TABLE_CHECK_VERSION, CHECK_VERSION, source, _stat(table), settings,
@@ -53,8 +54,9 @@ class TableCheck:
         self.key = h.hexdigest()
 
     def _stat_keys(self) -> Iterator[Optional[StatKey]]:
+        """Each image's key in the digest memo, None for a missing one."""
         for path, stat in zip(self.images, _PACKED.iter_unpack(self.stats)):
-            yield None if stat == MISSING else (str(path), *stat)
+            yield None if stat == MISSING else (path, *stat)
 
     def recall(self, rows: Sequence[RawRow], log: Optional[Callable[[str], None]]
                ) -> Optional[tuple[list[RawRow], ValidationReport]]:
