@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -55,6 +56,11 @@ class FeatureCache:
         self.misses = 0
         self.damaged = DamageTally(self.dir)
         self._met_old: list[tuple[str, torch.Tensor]] = []  # older entries read, to copy into the store
+
+    def new_pass(self) -> None:
+        """Counts and damage from here on are the next pass's (a cache kept open serves many)."""
+        self.hits = self.misses = 0
+        self.damaged = DamageTally(self.dir)
 
     def legacy_path(self, image_digest: str) -> Path:
         return self.dir / image_digest[:2] / f"{image_digest}.safetensors"
@@ -151,27 +157,31 @@ class CachedFeatures:
 @torch.no_grad()
 def encode_images(encoder: torch.nn.Module, transform: Callable, paths: Sequence["Path | Image.Image"], *,
                   cache: Optional[FeatureCache], device: torch.device, batch_size: int = 64,
-                  progress: bool = True, desc: str = "encoding images") -> "torch.Tensor | CachedFeatures":
+                  progress: bool = True, desc: str = "encoding images",
+                  placed: Callable[[], ContextManager] = nullcontext) -> "torch.Tensor | CachedFeatures":
     """Embeddings of the images at `paths`: with a cache, as `CachedFeatures` (each entry verified or
     computed and stored now, read again when used, so memory does not grow with the split); without
     one, or for in-memory images (the Python API, never cached), as one tensor [N, D].
-    Images are read and transformed in threads while the encoder runs."""
+    Images are read and transformed in threads while the encoder runs, inside `placed()` (where the
+    encoder is moved to the device: only when something is computed)."""
     paths = [p if isinstance(p, Image.Image) else Path(p) for p in paths]
     if cache is None or any(isinstance(p, Image.Image) for p in paths):
-        return _encode_in_memory(encoder, transform, paths, device=device, batch_size=batch_size,
-                                 progress=progress, desc=desc)
+        with placed():
+            return _encode_in_memory(encoder, transform, paths, device=device, batch_size=batch_size,
+                                     progress=progress, desc=desc)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
         digests: list[str] = []
         for start in range(0, len(paths), DIGEST_CHUNK):
             digests += pool.map(image_digest, paths[start:start + DIGEST_CHUNK])
         todo = [i for i, d in enumerate(digests) if cache.get(d) is None]  # verified, then let go
         cache.flush()
-        for chunk, embeds in _encoded_batches(encoder, transform, paths, todo, pool, device=device,
-                                              batch_size=batch_size, progress=progress, desc=desc):
-            for i, e in zip(chunk, embeds):
-                if not torch.isfinite(e).all():  # never stored, so a run could not read it back
-                    raise ValueError(f"the image encoder gave non-finite values for {paths[i]}")
-            cache.put_many([(digests[i], e) for i, e in zip(chunk, embeds)])
+        with placed() if todo else nullcontext():
+            for chunk, embeds in _encoded_batches(encoder, transform, paths, todo, pool, device=device,
+                                                  batch_size=batch_size, progress=progress, desc=desc):
+                for i, e in zip(chunk, embeds):
+                    if not torch.isfinite(e).all():  # never stored, so a run could not read it back
+                        raise ValueError(f"the image encoder gave non-finite values for {paths[i]}")
+                cache.put_many([(digests[i], e) for i, e in zip(chunk, embeds)])
     cache.damaged.report()
     return CachedFeatures(cache, digests)
 

@@ -25,9 +25,9 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights
+from memecap.training.accelerate_setup import forget_prepared, replicas_in_sync, whole_weights, with_micro_batch
 from memecap.training.checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from memecap.training.image_reads import readable_inputs
+from memecap.training.image_reads import RowCollate, readable_inputs
 from memecap.config import Config, ConfigError, load_config
 from memecap.data.captions import encode_captions
 from memecap.evaluation import best_constant_caption, format_metrics_table, write_predictions
@@ -44,7 +44,8 @@ from memecap.training.run_folder import preparing
 from memecap.training.run_log import LossWindow, flat_hparams
 from memecap.training.run_setup import Run, setup
 from memecap.training.schedule import Due, EvalSaveSchedule
-from memecap.training.stages import Stage, apply_freeze
+from memecap.training.stages import Stage, apply_freeze, is_streamed, train_captions
+from memecap.training.train_batches import StreamBatches, TableBatches
 from memecap.training.train_state import TrainState
 from memecap.training.validation_pass import export_model, is_better, validation_pass
 
@@ -58,7 +59,7 @@ class PreparedStage:
     model: torch.nn.Module
     optimizer: object
     scheduler: object
-    train_loader: DataLoader
+    train_batches: "TableBatches | StreamBatches"
     val_loss_loader: DataLoader
     eval_loader: DataLoader
     val_loss_set: CaptionTrainSet
@@ -89,26 +90,38 @@ def main(cfg: Config) -> dict:
 
 def stage_inputs(run: Run, net: torch.nn.Module, stage: Stage) -> tuple[list, list]:
     """The stage's train and val examples with a readable image, and their images as the model reads
-    them (features from the cache, written by the first process of each machine, or pixels)."""
-    cache_dir = run.cfg.cache.dir if run.cfg.cache.enabled else None
-    show = run.cfg.train.progress_bar and run.accelerator.is_local_main_process
+    them (features from the cache, written by the first process of each machine, or pixels). A
+    streamed train split stays as it is, its images read batch by batch (None here)."""
     examples, images = [], []
     with whole_weights(run.accelerator, run.log), preparing(run.accelerator, run.shared):
         for split, split_examples in zip(("train", "val"), run.data[stage.index]):
-            def read(paths, split=split):
-                return net.image_inputs(paths, cache_dir=cache_dir, device=run.accelerator.device, progress=show,
-                                        desc=f"{split} images")
-            kept, inputs = readable_inputs(split_examples, read, on_bad_row=run.cfg.data.on_bad_row, split=split,
-                                           log=run.log.info)
+            if is_streamed(split_examples):
+                examples.append(split_examples)
+                images.append(None)
+                continue
+            kept, inputs = readable_inputs(split_examples, image_reader(run, net, f"{split} images"),
+                                           on_bad_row=run.cfg.data.on_bad_row, split=split, log=run.log.info)
             examples.append(kept)
             images.append(inputs)
     return examples, images
 
 
-def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+def image_reader(run: Run, net: torch.nn.Module, desc: Optional[str]) -> Callable[[list], object]:
+    """Image paths -> what the model reads of them (`desc`: the progress bar's, None for none)."""
+    cache_dir = run.cfg.cache.dir if run.cfg.cache.enabled else None
+    show = desc is not None and run.cfg.train.progress_bar and run.accelerator.is_local_main_process
+    return lambda paths: net.image_inputs(paths, cache_dir=cache_dir, device=run.accelerator.device, progress=show,
+                                          desc=desc or "")
+
+
+def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool, examples: list,
+                split: str) -> DataLoader:
     # A private generator: creating an iterator then draws from it, not from the global RNG that
     # dropout uses, so a resumed run's random stream matches the uninterrupted one.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=net.collate,
+    # An evaluation never drops an image: every one of them is scored, or the run stops naming it.
+    on_bad_row = run.cfg.data.on_bad_row if split == "train" else "error"
+    collate = RowCollate(net.collate, examples, on_bad_row=on_bad_row, split=split, log=run.log.info_here)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                       num_workers=run.cfg.data.num_workers, generator=torch.Generator().manual_seed(run.cfg.train.seed))
 
 
@@ -122,28 +135,50 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
 
     def caption_set(examples, images, split):
         ids, owners = encode_captions(net, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
-        return CaptionTrainSet(images, ids, owners)
+        return CaptionTrainSet(images, ids, owners, late_errors=True)
 
-    train_set = caption_set(train_examples, train_images, "train")
     val_loss_set = caption_set(val_examples, val_images, "validation")
-    train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True)
-    val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False)
-    eval_loader = make_loader(run, net, CaptionEvalSet(val_images), cfg.eval.batch_size, False)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+    val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False, val_examples, "validation")
+    eval_loader = make_loader(run, net, CaptionEvalSet(val_images, late_errors=True), cfg.eval.batch_size, False,
+                              val_examples, "validation")
+    if is_streamed(train_examples):
+        train_batches = stream_batches(run, net, train_examples)
+        steps_per_epoch = len(train_batches) // cfg.train.grad_accum
+        train_size = f"{train_examples.rows} streamed train rows ({len(train_batches)} batches per process an epoch)"
+    else:
+        train_set = caption_set(train_examples, train_images, "train")
+        train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True, train_examples, "train")
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+        train_size = f"{len(train_examples)} train images ({len(train_set)} captions)"
     total_steps = stage.max_steps or steps_per_epoch * stage.epochs
     n_trainable = sum(p.numel() for p in net.trainable_parameters())
-    run.log.info(f"{stage.label + ': ' if run.many_stages else ''}data: {len(train_examples)} train images "
-                 f"({len(train_set)} captions), {len(val_examples)} val; model: {n_trainable:,} trainable of "
-                 f"{sum(p.numel() for p in net.parameters()):,} parameters; {total_steps} optimizer steps")
+    run.log.info(f"{stage.label + ': ' if run.many_stages else ''}data: {train_size}, {len(val_examples)} val; "
+                 f"model: {n_trainable:,} trainable of {sum(p.numel() for p in net.parameters()):,} parameters; "
+                 f"{total_steps} optimizer steps")
     optimizer = build_optimizer(stage.optim, net.trainable_parameters())
     scheduler = build_scheduler(stage.optim, optimizer, total_steps, accelerator.num_processes)
     if not first:
         forget_prepared(accelerator)
-    # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
-    model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
+    if is_streamed(train_examples):
+        with_micro_batch(accelerator, cfg.train.batch_size)
+        model, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
+    else:
+        # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
+        model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
+        train_batches = TableBatches(accelerator, train_loader)
     val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
-    return PreparedStage(stage, model, optimizer, scheduler, train_loader, val_loss_loader, eval_loader,
+    return PreparedStage(stage, model, optimizer, scheduler, train_batches, val_loss_loader, eval_loader,
                          val_loss_set, val_images, val_examples, total_steps)
+
+
+def stream_batches(run: Run, net: torch.nn.Module, split) -> StreamBatches:
+    """A streamed split's batches: images read as the model reads them, one batch at a time (no bar)."""
+    cfg = run.cfg
+    return StreamBatches(split, accelerator=run.accelerator, read=image_reader(run, net, None),
+                         encode_caption=lambda text: net.encode_caption(text, cfg.data.max_caption_tokens,
+                                                                        truncate=cfg.data.long_captions == "truncate"),
+                         collate=net.collate, batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
+                         seed=cfg.train.seed, log=run.log.info_here)
 
 
 def fail_fast(run: Run, prepared: PreparedStage) -> None:
@@ -152,9 +187,11 @@ def fail_fast(run: Run, prepared: PreparedStage) -> None:
     accelerator, net = run.accelerator, run.accelerator.unwrap_model(prepared.model)
     items = prepared.val_loss_set
     with torch.no_grad(), accelerator.autocast():
-        probe = send_to_device(net.collate([items[i] for i in range(min(2, len(items)))]), accelerator.device)
+        collate_loss, collate_eval = prepared.val_loss_loader.collate_fn, prepared.eval_loader.collate_fn
+        probe = send_to_device(collate_loss([items[i] for i in range(min(2, len(items)))]), accelerator.device)
         probe_loss = net(probe)["loss"].item()
-        probe_eval = send_to_device(net.collate([CaptionEvalSet(prepared.val_images)[0]]), accelerator.device)
+        probe_eval = send_to_device(collate_eval([CaptionEvalSet(prepared.val_images, late_errors=True)[0]]),
+                                    accelerator.device)
         quick = with_overrides(run.cfg.generation, max_new_tokens=min(8, run.cfg.generation.max_new_tokens))
         probe_caption = net.generate(probe_eval, quick, synced_gpus=run.synced_gpus)[0][0]
     if not math.isfinite(probe_loss):
@@ -183,7 +220,7 @@ def start_tracking(run: Run) -> Optional[dict]:
     if not (cfg.eval.compare_constant and run.accelerator.is_main_process):
         return None
     last_train, last_val = run.data[-1]  # against the data the run ends on: the last stage's
-    caption, scores = best_constant_caption([c for ex in last_train for c in ex.captions],
+    caption, scores = best_constant_caption(train_captions(last_train),
                                             [list(ex.captions) for ex in last_val], scoring=cfg.eval.scoring)
     run.log.info(f"best constant caption: {caption!r} -> bleu4 {scores['bleu4']:.4f}")
     return {"caption": caption, **scores}
@@ -213,10 +250,10 @@ def evaluate_and_keep_best(run: Run, prepared: PreparedStage, state: TrainState)
     return state.after_evaluation(metrics, score, better), evaluation
 
 
-def save(run: Run, model: torch.nn.Module, state: TrainState, window: LossWindow) -> None:
-    ensure_finite_weights(run.accelerator, model, f"checkpoint at optimizer step {state.optimizer_step}")
-    save_checkpoint(run.accelerator, run.out_dir, replace(state, loss_window=window.totals()), run.cfg,
-                    run.cfg.train.keep_checkpoints, run.writer)
+def save(run: Run, prepared: PreparedStage, state: TrainState, window: LossWindow) -> None:
+    ensure_finite_weights(run.accelerator, prepared.model, f"checkpoint at optimizer step {state.optimizer_step}")
+    kept = replace(state, loss_window=window.totals(), stream_positions=prepared.train_batches.positions())
+    save_checkpoint(run.accelerator, run.out_dir, kept, run.cfg, run.cfg.train.keep_checkpoints, run.writer)
 
 
 def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, window: LossWindow) -> Optional[bool]:
@@ -267,7 +304,7 @@ def act(run: Run, prepared: PreparedStage, due: Due, state: TrainState, window: 
     if due.evaluate:
         state, evaluation = evaluate_and_keep_best(run, prepared, state)
     if due.save:
-        save(run, prepared.model, state, window)
+        save(run, prepared, state, window)
     return state, evaluation
 
 
@@ -291,10 +328,7 @@ def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation
                disable=not (cfg.train.progress_bar and run.accelerator.is_main_process))
     done = state.stage_steps >= prepared.total_steps
     while not done and state.epoch < (stage.epochs if stage.max_steps is None else 10**9):
-        prepared.train_loader.set_epoch(state.epoch)
-        batches = (run.accelerator.skip_first_batches(prepared.train_loader, state.batches_in_epoch)
-                   if state.batches_in_epoch else prepared.train_loader)
-        for batch in batches:
+        for batch in prepared.train_batches.epoch(state.epoch, state.batches_in_epoch, state.stream_positions):
             skipped = micro_step(run, prepared, batch, guard, window)
             state = state.after_micro_batch()
             if skipped is None:
@@ -310,6 +344,7 @@ def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation
             state, evaluation = act(run, prepared, schedule.at_epoch_end(state.optimizer_step), state, window,
                                     evaluation)
     bar.close()
+    prepared.train_batches.close()
     # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
     due = schedule.at_stage_end(state.optimizer_step)
     if not due.evaluate and not state.history:

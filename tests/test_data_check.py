@@ -82,6 +82,23 @@ def test_an_unchecked_broken_image_met_in_training_follows_on_bad_row(synthetic_
     assert "47 train images" in log  # the 48 of the table but the one that cannot be read
 
 
+def test_an_unchecked_broken_image_read_lazily_names_its_row_or_is_dropped(synthetic_data, tmp_path, capsys):
+    """A trained encoder reads pixels when a batch is made: the row is named there too."""
+    table, broken = table_with_a_broken_image(synthetic_data, tmp_path)
+    data = {"train": table, "val": synthetic_data["val"]}
+    lazy = ("data.check=none", "model.encoder.trainable=true", "eval.compare_constant=false", "train.eval_every=100")
+    with pytest.raises(DataError) as err:
+        train.main(tiny_run_config(tmp_path / "run", data, *lazy, "train.epochs=1"))
+    reset_accelerate()
+    assert f"{table}:5" in str(err.value) and "met while reading the train images" in str(err.value)
+
+    summary = train.main(tiny_run_config(tmp_path / "run2", data, *lazy, "data.on_bad_row=skip", "train.epochs=2"))
+    reset_accelerate()
+    assert summary["optimizer_steps"] == 2 * 6  # the batch holding it is one item short, no batch is lost
+    log = capsys.readouterr().err
+    assert log.count(f"{table}:5") == 1 and str(broken) in log  # said once, though met in both epochs
+
+
 @pytest.fixture()
 def kept_check(tmp_path):
     """A 10-image table whose uid 1 image is not an image, and a start on it as a fresh process would

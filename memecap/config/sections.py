@@ -44,6 +44,10 @@ class DataConfig:
     # unchecked that cannot be read is met when the run reads it, and data.on_bad_row decides then.
     check: str = "full"
     check_sample: int = 1000
+    # Read the train split lazily, batch by batch, never whole (.jsonl tables, .tar shards, folders of them,
+    # `train-{000..099}.tar`): split by process, its position kept in checkpoints. Val is read whole.
+    streaming: bool = False
+    train_rows: Optional[int] = None  # a streamed split's row count, declared instead of counted at start
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,16 @@ class DataConfig:
         at_least("data.num_workers", self.num_workers, 0)
         one_of("data.check", self.check, ("full", "sample", "none"))
         at_least("data.check_sample", self.check_sample, 1)
+        at_least("data.train_rows", self.train_rows, 1, optional=True)
+        if self.train_rows is not None and not self.streaming:
+            raise ConfigError("data.train_rows declares a streamed train split's length: set data.streaming=true, "
+                              "or leave it unset (a table read whole is counted)")
+        if self.streaming and self.num_workers:
+            raise ConfigError("data.num_workers: a streamed train split is read by the training process itself "
+                              "(its position is what a checkpoint keeps): set data.num_workers=0")
+        if self.streaming and self.max_train_rows is not None:
+            raise ConfigError("data.max_train_rows: a streamed split is not capped by rows; set data.train_rows "
+                              "to read only that many (each process its share)")
 
 
 @dataclass

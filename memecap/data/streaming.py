@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from memecap.data.tables import _json_row
 from memecap.data.validation import DataError, Problem
@@ -40,17 +41,19 @@ class StreamPosition:
     """Where one process stands: `shard` indexes its own shard list, `offset` counts rows read in that shard.
 
     In row-split mode (fewer shards than processes) `shard` stays 0 and `offset` counts this process's rows.
+    A Hugging Face dataset's stream keeps its own resumable `state` (its `state_dict()`) besides the count.
     """
 
     shard: int = 0
     offset: int = 0
+    state: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"shard": self.shard, "offset": self.offset}
+        return {"shard": self.shard, "offset": self.offset, **({"state": self.state} if self.state else {})}
 
     @classmethod
     def from_dict(cls, state: dict) -> StreamPosition:
-        return cls(int(state["shard"]), int(state["offset"]))
+        return cls(int(state["shard"]), int(state["offset"]), state.get("state"))
 
 
 def shard_paths(spec: str) -> list[Path]:
@@ -74,16 +77,29 @@ def shard_paths(spec: str) -> list[Path]:
 
 
 def count_rows(paths: list[Path]) -> int:
-    """Rows in all files, cheaply: non-blank lines of a .jsonl; a `<shard>.count` sidecar, else samples, of a .tar."""
-    total = 0
+    """Rows in all files (see `rows_per_file`)."""
+    return sum(rows_per_file(paths))
+
+
+def rows_per_file(paths: list[Path]) -> list[int]:
+    """Rows of each file, cheaply: non-blank lines of a .jsonl; a `<shard>.count` sidecar, else samples, of a .tar."""
+    counts = []
     for path in paths:
         if path.suffix == ".jsonl":
             with path.open("rb") as f:
-                total += sum(1 for raw in f if raw.strip())
+                counts.append(sum(1 for raw in f if raw.strip()))
         else:
             sidecar = path.with_name(path.name + ".count")
-            total += int(sidecar.read_text().strip()) if sidecar.is_file() else sum(1 for _ in _tar_samples(path))
-    return total
+            counts.append(int(sidecar.read_text().strip()) if sidecar.is_file() else sum(1 for _ in _tar_samples(path)))
+    return counts
+
+
+def rows_per_process(counts: list[int], world_size: int) -> list[int]:
+    """Rows each process reads of files holding `counts` rows, split as `RowStream` splits them."""
+    if len(counts) >= world_size:
+        return [sum(counts[rank::world_size]) for rank in range(world_size)]
+    total = sum(counts)
+    return [(total - rank + world_size - 1) // world_size for rank in range(world_size)]
 
 
 class RowStream:
@@ -91,14 +107,22 @@ class RowStream:
 
     Iterating advances `position`; bad rows are skipped and counted in `skipped` (on_bad_row="skip")
     or raise DataError naming file and row ("error"). Skipped rows still count as read, so resume stays exact.
+    `order_seed` shuffles the order files are read in (each process's own files, or all of them when rows
+    are split), the same way for the same seed, so a position still points at the same rows.
+    `image_dir` is where a table's images live when not next to it (as `data.image_dir`).
     """
 
     def __init__(self, paths: list[Path], *, rank: int = 0, world_size: int = 1,
-                 position: StreamPosition | None = None, on_bad_row: str = "error"):
+                 position: StreamPosition | None = None, on_bad_row: str = "error", order_seed: int | None = None,
+                 image_dir: str | None = None, on_skip: Callable[[Problem], None] | None = None):
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.by_shard = len(paths) >= world_size
-        self.paths = paths[rank::world_size] if self.by_shard else paths
+        self.paths = list(paths[rank::world_size] if self.by_shard else paths)
+        if order_seed is not None:
+            random.Random(order_seed).shuffle(self.paths)
+        self.image_dir = image_dir
+        self.on_skip = on_skip  # told of each row skipped as bad (to name it in the run's log)
         self.rank, self.world_size = rank, world_size
         self.position = position or StreamPosition()
         self.on_bad_row = on_bad_row
@@ -111,13 +135,15 @@ class RowStream:
                 if self.on_bad_row == "error":
                     raise DataError([row])
                 self.skipped += 1
+                if self.on_skip is not None:
+                    self.on_skip(row)
                 continue
             yield row
 
     def _shard_rows(self):
         for index in range(self.position.shard, len(self.paths)):
             skip = self.position.offset if index == self.position.shard else 0
-            for number, row in enumerate(_file_rows(self.paths[index]), start=1):
+            for number, row in enumerate(_file_rows(self.paths[index], self.image_dir), start=1):
                 if number <= skip:
                     continue
                 self.position = StreamPosition(index, number)
@@ -128,7 +154,7 @@ class RowStream:
         mine = 0
         global_index = 0
         for path in self.paths:
-            for row in _file_rows(path):
+            for row in _file_rows(path, self.image_dir):
                 global_index += 1
                 if (global_index - 1) % self.world_size != self.rank:
                     continue
@@ -139,11 +165,11 @@ class RowStream:
                 yield row
 
 
-def _file_rows(path: Path) -> Iterator[StreamRow | Problem]:
-    return _jsonl_rows(path) if path.suffix == ".jsonl" else _tar_rows(path)
+def _file_rows(path: Path, image_dir: str | None = None) -> Iterator[StreamRow | Problem]:
+    return _jsonl_rows(path, image_dir) if path.suffix == ".jsonl" else _tar_rows(path)
 
 
-def _jsonl_rows(path: Path) -> Iterator[StreamRow | Problem]:
+def _jsonl_rows(path: Path, image_dir: str | None = None) -> Iterator[StreamRow | Problem]:
     source = str(path)
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -154,7 +180,7 @@ def _jsonl_rows(path: Path) -> Iterator[StreamRow | Problem]:
             except UnicodeDecodeError as e:
                 yield Problem(source, number, None, "bad encoding", f"bad UTF-8 at offset {e.start + 1} in the line")
                 continue
-            raw_row = _json_row(line, source, number, path, None)
+            raw_row = _json_row(line, source, number, path, image_dir)
             if raw_row.error:
                 yield Problem(source, number, raw_row.uid, *raw_row.error)
             elif not raw_row.captions or not all(raw_row.captions):

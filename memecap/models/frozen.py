@@ -9,6 +9,7 @@ encodes, then goes back where it was, so it holds no accelerator memory during t
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -28,6 +29,8 @@ class FrozenEncoder:
         self.variant = variant
         self._fingerprint: Optional[str] = None
         self.last_cache: Optional[FeatureCache] = None  # the cache of the latest `encode` (hit/miss counts)
+        # Opened once per folder: opening reads the store's whole index, and a streamed run encodes batch by batch.
+        self._caches: dict[str, FeatureCache] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -43,13 +46,27 @@ class FrozenEncoder:
     def encode(self, paths: Sequence, *, cache_dir: Optional[str], device, progress: bool,
                desc: str = "encoding images") -> torch.Tensor:
         """Outputs [N, ...] for the images at `paths` (paths or PIL images), cached where `cache_dir` is set."""
-        cache = FeatureCache(Path(cache_dir), self.fingerprint(), self.transform.signature()) if cache_dir else None
+        cache = self._cache(cache_dir)
+        out = encode_images(self.module, self.transform, paths, cache=cache, device=device, progress=progress,
+                            desc=desc, placed=lambda: self._placed(device))
+        self.last_cache = cache
+        return out
+
+    def _cache(self, cache_dir: Optional[str]) -> Optional[FeatureCache]:
+        if not cache_dir:
+            return None
+        if cache_dir not in self._caches:
+            self._caches[cache_dir] = FeatureCache(Path(cache_dir), self.fingerprint(), self.transform.signature())
+        cache = self._caches[cache_dir]
+        cache.new_pass()
+        return cache
+
+    @contextmanager
+    def _placed(self, device):
+        """The encoder on `device` while it computes (only when something is not in the cache), then back."""
         home = next(self.module.parameters()).device
         self.module.to(device)
         try:
-            out = encode_images(self.module, self.transform, paths, cache=cache, device=device,
-                                progress=progress, desc=desc)
+            yield
         finally:
             self.module.to(home)
-        self.last_cache = cache
-        return out

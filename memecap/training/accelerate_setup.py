@@ -56,6 +56,14 @@ def whole_weights(accelerator: Accelerator, log: RunLog):
         plugin.set_deepspeed_weakref()
 
 
+def with_micro_batch(accelerator: Accelerator, batch_size: int) -> None:
+    """DeepSpeed's per-device batch, where its config leaves it to "auto": read from the training
+    loader when one is prepared, from here when batches come from a stream (nothing to prepare)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+
+
 def forget_prepared(accelerator: Accelerator) -> None:
     """Before a new stage prepares its own optimizer, scheduler and loaders (and re-wraps the model,
     whose trainable parameters may have changed): Accelerate checkpoints every object it has

@@ -26,6 +26,11 @@ class RunLog:
         if self.accelerator.is_main_process:
             tqdm.write(text, file=sys.stderr)
 
+    def info_here(self, text: str) -> None:
+        """What this process alone met (a row of its own share), said by every process that meets it."""
+        many = self.accelerator.num_processes > 1
+        tqdm.write(f"[process {self.accelerator.process_index}] {text}" if many else text, file=sys.stderr)
+
     def record(self, kind: str, step: int, values: dict) -> None:
         numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         self.accelerator.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)

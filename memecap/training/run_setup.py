@@ -23,7 +23,7 @@ from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
 from memecap.training.run_log import RunLog
-from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages
+from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages, train_captions
 from memecap.training.train_state import TrainState
 
 
@@ -39,7 +39,7 @@ class Run:
     shared: bool  # every machine sees the same run folder
     writer: bool  # this process writes checkpoint files besides its own
     stages: tuple
-    data: tuple  # (train examples, val examples) of each stage
+    data: tuple  # (train examples or a StreamedSplit, val examples) of each stage
     trainable: frozenset  # parameter names the recipe trains (a stage may freeze some)
     resume_from: Optional[Path]
     synced_gpus: bool  # ZeRO-3: every rank runs generate's forward passes until all are done
@@ -79,7 +79,7 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     with preparing(accelerator, shared):  # every row of every stage is read and checked first
         data = tuple(load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages)
     state = replace(state, data_fingerprint=check_resume_data(stages, data, resume_from, state.data_fingerprint, log))
-    train_texts = [c for train_examples, _ in data for ex in train_examples for c in ex.captions]
+    train_texts = [c for train, _ in data for c in train_captions(train)]
     with whole_weights(accelerator, log), preparing(accelerator, shared):
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
         model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)

@@ -19,7 +19,9 @@ from torch import nn
 
 from memecap.config import Config, OptimConfig
 from memecap.data.fingerprint import CHECKS_FOLDER, split_changes, split_fingerprint
-from memecap.data.sources import load_table, load_train_val
+from memecap.data.sources import load_table, load_train_val, streamed_train
+from memecap.data.hf_stream import HfStreamedSplit
+from memecap.data.streamed_split import StreamedSplit
 from memecap.data.tables import Example
 from memecap.models.param_patterns import select_parameters
 
@@ -58,6 +60,10 @@ def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Calla
     d = cfg.data
     splits = []
     for name, tables, cap in (("train", stage.train, d.max_train_rows), ("val", [stage.val], d.max_val_rows)):
+        if name == "train" and d.streaming:
+            splits.append(streamed_train(d, tables, key=f"stages[{stage.index}].train", check_cache=check_cache,
+                                         log=log))
+            continue
         splits.append([example for table in tables
                        for example in load_table(table, d, max_rows=cap, work_dir=work_dir, log=log,
                                                  check_cache=check_cache, key=f"stages[{stage.index}].{name}: {table}",
@@ -65,9 +71,20 @@ def load_stage_examples(cfg: Config, stage: Stage, *, work_dir: Path, log: Calla
     return splits[0], splits[1]
 
 
+def is_streamed(split) -> bool:
+    """A train split read batch by batch (`data.streaming`), not held as examples."""
+    return isinstance(split, (StreamedSplit, HfStreamedSplit))
+
+
+def train_captions(train) -> list[str]:
+    """A train split's captions: all of them, or a streamed split's first rows' (it is never held whole)."""
+    return [c for ex in (train.head() if is_streamed(train) else train) for c in ex.captions]
+
+
 def data_fingerprint(data: list) -> list[dict]:
     """Per stage, what its train and val splits hold (data/fingerprint.py); a checkpoint records it."""
-    return [{"train": split_fingerprint(train), "val": split_fingerprint(val)} for train, val in data]
+    return [{"train": train.fingerprint() if is_streamed(train) else split_fingerprint(train),
+             "val": split_fingerprint(val)} for train, val in data]
 
 
 def data_changes(stages: list[Stage], saved: list[dict], now: list[dict]) -> list[str]:

@@ -28,6 +28,8 @@ class TrainState:
     # first log line after a resume averages the same steps as an uninterrupted run's.
     loss_window: Optional[list] = None
     world_size: Optional[int] = None  # processes that wrote it (a resume with another count is not exact)
+    # A streamed train split: where each process stands in it (a list of data.streaming.StreamPosition dicts).
+    stream_positions: Optional[list] = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
@@ -49,7 +51,7 @@ class TrainState:
         return replace(self, optimizer_step=self.optimizer_step + 1)
 
     def after_epoch(self) -> "TrainState":
-        return replace(self, epoch=self.epoch + 1, batches_in_epoch=0)
+        return replace(self, epoch=self.epoch + 1, batches_in_epoch=0, stream_positions=None)
 
     def after_evaluation(self, metrics: dict, score: float, better: bool) -> "TrainState":
         """The evaluation in the history; a `better` score is the best so far, any other one brings
@@ -64,4 +66,5 @@ class TrainState:
         # The next stage has its own data: its best checkpoint is chosen on its own validation set,
         # and its training-loss log starts its own window.
         return replace(self, stage=self.stage + 1, stage_start_step=self.optimizer_step, epoch=0, batches_in_epoch=0,
-                       best_score=None, best_step=None, evals_without_improvement=0, loss_window=None)
+                       best_score=None, best_step=None, evals_without_improvement=0, loss_window=None,
+                       stream_positions=None)
