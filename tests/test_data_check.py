@@ -1,13 +1,18 @@
 """`data.check`: full (every image decoded at start), sample (a seeded share), none; an image left
-unchecked that cannot be read is met when the run reads it, and `data.on_bad_row` decides then."""
+unchecked that cannot be read is met when the run reads it, and `data.on_bad_row` decides then.
+A table's whole check is kept (data/table_checks.py): the next start on it decodes and hashes nothing."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from memecap import train
 from memecap.config import ConfigError, load_config
+from memecap.data.fingerprint import IMAGE_WORK, forget_digests, split_fingerprint
+from memecap.data.synthetic import make_synthetic_dataset
 from memecap.data.tables import load_split
 from memecap.data.validation import DataError, images_to_check
 from tests.helpers import reset_accelerate, tiny_run_config
@@ -92,3 +97,81 @@ def test_an_unchecked_broken_image_read_lazily_names_its_row_or_is_dropped(synth
     assert summary["optimizer_steps"] == 2 * 6  # the batch holding it is one item short, no batch is lost
     log = capsys.readouterr().err
     assert log.count(f"{table}:5") == 1 and str(broken) in log  # said once, though met in both epochs
+
+
+@pytest.fixture()
+def kept_check(tmp_path):
+    """A 10-image table whose uid 1 image is not an image, and a start on it as a fresh process would
+    make one (no digest known): the table loaded and fingerprinted, with the image files it decoded
+    and hashed counted by the real hook (`IMAGE_WORK`) and what it logged."""
+    tables = make_synthetic_dataset(tmp_path / "data", n_train=10, n_val=2, image_size=16, seed=0)
+    (tmp_path / "data" / "images" / "1.jpg").write_bytes(b"not an image")
+    logged = []
+
+    def start(**settings):
+        forget_digests()
+        logged.clear()
+        decoded, hashed = IMAGE_WORK.decoded, IMAGE_WORK.hashed
+        examples, report = load_split(tables["train"], check_cache=tmp_path / "cache", log=logged.append,
+                                      **{"on_bad_row": "skip", **settings})
+        split_fingerprint(examples)
+        return len(examples), report.counts(), IMAGE_WORK.decoded - decoded, IMAGE_WORK.hashed - hashed
+
+    return tables, start, logged, tmp_path / "cache"
+
+
+def test_an_unchanged_table_is_not_checked_again_nor_its_images_read(kept_check):
+    tables, start, logged, _ = kept_check
+    assert start() == (9, {"unreadable image": 1}, 10, 10)
+    assert start() == (9, {"unreadable image": 1}, 0, 0)  # nothing decoded, no image byte read
+    bad_row = next(line for line in logged if "1.jpg" in line)
+    assert bad_row.startswith(f"{tables['train']}:") and "unreadable image" in bad_row  # still said, with its row
+    assert logged[-1].endswith("(checked at an earlier start; the table and its images are unchanged)")
+
+
+def test_a_touched_image_alone_is_checked_again(kept_check):
+    tables, start, logged, _ = kept_check
+    start()
+    image = tables["train"].parent / "images" / "4.jpg"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert start() == (9, {"unreadable image": 1}, 1, 1)  # that image decoded and hashed, the others' results kept
+    assert start()[2:] == (0, 0)
+    Image.new("RGB", (16, 16)).save(tables["train"].parent / "images" / "1.jpg")  # the bad one fixed in place
+    assert start() == (10, {}, 1, 1)
+
+
+def test_changed_settings_or_table_are_checked_again(kept_check):
+    tables, start, logged, _ = kept_check
+    start()
+    assert start(check_sample=5)[2:] == (0, 0) and "earlier start" in logged[-1]  # a full check has no sample size
+    with pytest.raises(DataError, match=r"train\.tsv:\d+ uid=1: unreadable image"):
+        start(on_bad_row="error")  # the recorded "skip" verdict is not reused
+    assert start(check="none")[:2] == (10, {})  # not decoded at start: the bad image is met later
+    assert start(check="sample", check_sample=3)[2] == 0  # checked again, each image's result kept per image
+    assert not any("earlier start" in line for line in logged)
+    lines = tables["train"].read_text(encoding="utf-8").splitlines(keepends=True)
+    tables["train"].write_text("".join(lines[:-1]), encoding="utf-8")  # a row less
+    assert start() == (8, {"unreadable image": 1}, 0, 0)
+    assert start()[:2] == (8, {"unreadable image": 1}) and "earlier start" in logged[-1]
+    assert start(max_rows=4)[:2] == (3, {"unreadable image": 1})
+
+
+def test_a_damaged_record_is_said_once_and_the_table_checked_again(kept_check):
+    tables, start, logged, cache = kept_check
+    start()
+    record, = cache.glob("table-*.record")
+    record.write_bytes(record.read_bytes().replace(b'"skipped_rows": 1', b'"skipped_rows": 0'))
+    for per_image in cache.glob("*.json"):
+        per_image.unlink()  # so that checking the table again shows in the counts
+    assert start() == (9, {"unreadable image": 1}, 10, 10)
+    assert sum("damaged table-check record" in line for line in logged) == 1
+    assert start() == (9, {"unreadable image": 1}, 0, 0)  # written again, whole
+    assert not any("damaged table-check record" in line for line in logged)
+
+
+def test_a_failed_check_is_not_recorded(kept_check):
+    _, start, _, cache = kept_check
+    for _ in range(2):
+        with pytest.raises(DataError):
+            start(on_bad_row="error")
+    assert list(cache.glob("table-*.record")) == []

@@ -10,10 +10,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image
 
+from memecap.data.table_checks import TableCheck
 from memecap.data.validation import DataError, Problem, RawRow, ValidationReport, images_to_check, validate_rows
 
 TEXT_COLUMNS = ("text", "caption", "captions", "description")
@@ -21,7 +22,7 @@ UID_COLUMNS = ("uid", "id", "image_id")
 DEFAULT_CACHE = Path(os.environ.get("MEMECAP_CACHE", "~/.cache/memecap")).expanduser()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per image, held for the whole run
 class Example:
     """One image and all its reference captions; `source:line` point at its first row."""
 
@@ -56,18 +57,36 @@ def _image_path(uid: str, image: str | None, table: Path, image_dir: str | os.Pa
     return Path(image_dir or table.parent / "images") / f"{uid}.jpg"
 
 
-def _decode_lines(path: Path) -> tuple[list[str], dict[int, str]]:
-    """Decode line by line, so one bad byte costs one row and the error names its line."""
-    lines, bad = [], {}
-    for number, raw in enumerate(io.BytesIO(path.read_bytes()), start=1):
-        if number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            bad[number] = f"bad UTF-8 encoding: byte 0x{raw[e.start]:02x} at offset {e.start + 1} in the line"
-            lines.append(raw.decode("utf-8", errors="replace"))
-    return lines, bad
+class _Lines:
+    """A table's lines, read and decoded one at a time (a big table is never all in memory as bytes
+    and as text): one bad byte costs one row and the error names its line (`bad`: line number ->
+    what is wrong). With `keep`, the lines read since the last `take()` are kept, for a record that
+    must be shown whole."""
+
+    def __init__(self, path: Path, keep: bool = False):
+        self.path, self.keep = path, keep
+        self.bad: dict[int, str] = {}
+        self.recent: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    self.bad[number] = (f"bad UTF-8 encoding: byte 0x{raw[e.start]:02x} at offset {e.start + 1} "
+                                        "in the line")
+                    line = raw.decode("utf-8", errors="replace")
+                if self.keep:
+                    self.recent.append(line)
+                yield line
+
+    def take(self) -> list[str]:
+        """The lines read since the last call (those of the record just read)."""
+        taken, self.recent = self.recent, []
+        return taken
 
 
 def _header_columns(fields: list[str], source: str, fmt: str) -> tuple[int, int, int | None]:
@@ -82,7 +101,7 @@ def _header_columns(fields: list[str], source: str, fmt: str) -> tuple[int, int,
 def _read_delimited(path: Path, image_dir, *, delimiter: str, quotechar: str) -> list[RawRow]:
     source = str(path)
     fmt = "tab-separated, quotechar &" if delimiter == "\t" else "comma-separated"
-    lines, bad_lines = _decode_lines(path)
+    lines = _Lines(path, keep=True)
     # strict: a stray quote character is an error here instead of silently eating the next rows.
     reader = csv.reader(lines, delimiter=delimiter, quotechar=quotechar, strict=True)
     rows: list[RawRow] = []
@@ -96,21 +115,22 @@ def _read_delimited(path: Path, image_dir, *, delimiter: str, quotechar: str) ->
             break
         except csv.Error as e:  # the reader resets itself, so the next record still parses
             end = reader.line_num
-            rows.append(_swallowed(lines, source, start, end, f"cannot parse: {e}", delimiter, quotechar))
+            rows.append(_swallowed(lines.take(), source, start, end, f"cannot parse: {e}", delimiter, quotechar))
             continue
         end = reader.line_num
+        record = lines.take()
         if not fields:
             continue  # blank line
         if end > start and delimiter == "\t" and any(re.search(r"\n[^\n]*\t", f) for f in fields):
             # A legal quoted field that swallowed whole rows: two stray quotes, lines apart.
             detail = "one quoted field holds tab-separated rows"
-            rows.append(_swallowed(lines, source, start, end, detail, delimiter, quotechar))
+            rows.append(_swallowed(record, source, start, end, detail, delimiter, quotechar))
             continue
         if columns is None:
             columns = _header_columns(fields, source, fmt)
             n_fields = len(fields)
             continue
-        encoding = next((bad_lines[n] for n in range(start, end + 1) if n in bad_lines), None)
+        encoding = next((lines.bad[n] for n in range(start, end + 1) if n in lines.bad), None)
         rows.append(_delimited_row(fields, columns, n_fields, source, start, encoding, path, image_dir))
     if columns is None:
         raise DataError([Problem(source, 1, None, "bad header", "empty file: no header")])
@@ -119,12 +139,13 @@ def _read_delimited(path: Path, image_dir, *, delimiter: str, quotechar: str) ->
 
 def _swallowed(lines: list[str], source: str, start: int, end: int, detail: str, delimiter: str,
                quotechar: str) -> RawRow:
-    """A record that could not be split into rows, counted as every non-blank line it covers,
-    so a summary says how many rows it cost, with the quoting rule that made it."""
-    covers = max(1, sum(1 for line in lines[start - 1:end] if line.strip()))
+    """A record (`lines`: its lines, `start` to `end`) that could not be split into rows, counted as
+    every non-blank line it covers, so a summary says how many rows it cost, with the quoting rule
+    that made it."""
+    covers = max(1, sum(1 for line in lines if line.strip()))
     if end > start:
         detail += f"; lines {start}-{end} ({covers} rows) are dropped together"
-    opening = [i for i, f in enumerate(lines[start - 1].rstrip("\r\n").split(delimiter), 1) if f.startswith(quotechar)]
+    opening = [i for i, f in enumerate(lines[0].rstrip("\r\n").split(delimiter), 1) if f.startswith(quotechar)]
     if opening:
         detail += (f"; field {opening[0]} of line {start} starts with {quotechar}, which opens a quoted field "
                    f"that runs to the next lone {quotechar} (a literal {quotechar} starting a field is written "
@@ -160,11 +181,11 @@ def _uid_error(uid: str | None, image: str | None) -> str | None:
 
 def _read_jsonl(path: Path, image_dir) -> list[RawRow]:
     source = str(path)
-    lines, bad_lines = _decode_lines(path)
+    lines = _Lines(path)
     rows = []
     for number, line in enumerate(lines, start=1):
-        if number in bad_lines:
-            rows.append(RawRow(source, number, None, None, (), ("bad encoding", bad_lines[number])))
+        if number in lines.bad:
+            rows.append(RawRow(source, number, None, None, (), ("bad encoding", lines.bad[number])))
         elif line.strip():
             rows.append(_json_row(line, source, number, path, image_dir))
     return rows
@@ -285,7 +306,8 @@ def load_split(
 
     `max_rows` keeps the rows of the first N uids (all captions of each). Bad rows raise
     `DataError` listing every problem, or with `on_bad_row="skip"` are dropped and logged.
-    `check_cache`: where the image check keeps its results (none kept if None).
+    `check_cache`: where the image check keeps its results, and the whole table's check its record
+    (data/table_checks.py: an unchanged table with unchanged images is not checked again); none kept if None.
     `check`, `check_sample`: which images are decoded now (`data.check`: full | sample | off).
     """
     spec = str(path)
@@ -302,10 +324,29 @@ def load_split(
         keep = list(dict.fromkeys(r.uid for r in rows))[:max_rows]
         keep_set = set(keep)
         rows = [r for r in rows if r.uid in keep_set]
+    record = None
+    if check_cache is not None and not spec.startswith("hf:"):
+        settings = {"on_bad_row": on_bad_row, "check": check, "check_images": check_images, "max_rows": max_rows,
+                    "check_sample": check_sample if check == "sample" else None,
+                    "image_dir": None if image_dir is None else str(image_dir)}
+        record = TableCheck(Path(check_cache), source, Path(path), rows, settings)
+        known = record.recall(rows, log)
+        if known is not None:
+            return group_examples(known[0]), known[1]
+    said: list[str] = []  # which images a sample checks, said again when the record is used
+
+    def heard(line: str) -> None:
+        said.append(line)
+        if log is not None:
+            log(line)
+
     kept, report = validate_rows(rows, source=source, on_bad_row=on_bad_row,
                                  check_images=check_images, log=log,
                                  check_cache=Path(check_cache) if check_cache is not None else None,
-                                 decode=images_to_check(check, check_sample, log))
+                                 decode=images_to_check(check, check_sample, heard))
+    report.notes[:0] = said
+    if record is not None:
+        record.keep(rows, kept, report)
     return group_examples(kept), report
 
 
@@ -319,10 +360,17 @@ def _parse_hf(spec: str) -> tuple[str, str]:
 
 def group_examples(rows: list[RawRow]) -> list[Example]:
     """Merge valid rows with the same uid (several references per image) into Examples."""
-    groups: dict[str, list[RawRow]] = {}
+    # A uid's row, or the list of its rows where it has several; a lone row's captions are used as
+    # they are (most uids have one row: no list and no new tuple per image).
+    groups: dict[str, RawRow | list[RawRow]] = {}
     for r in rows:
-        groups.setdefault(r.uid, []).append(r)
+        first = groups.setdefault(r.uid, r)
+        if isinstance(first, list):
+            first.append(r)
+        elif first is not r:
+            groups[r.uid] = [first, r]
     return [
+        Example(uid, g.image_path, g.captions, g.source, g.line) if isinstance(g, RawRow) else
         Example(uid, g[0].image_path, tuple(c for r in g for c in r.captions), g[0].source, g[0].line)
         for uid, g in groups.items()
     ]

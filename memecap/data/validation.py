@@ -12,12 +12,12 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from memecap.data.fingerprint import CheckResult, ImageChecks, image_digest, stat_key
+from memecap.data.fingerprint import IMAGE_WORK, CheckResult, ImageChecks, StatKey, image_digest, stat_key
 from memecap.data.images import MAX_SIDE, REDUCED_FROM, ImageReadError, load_rgb
 from memecap.outputs.file_names import shown
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a table holds one per row, and a __dict__ doubled each
 class RawRow:
     """One record as read, before validation; `error` is `(kind, detail)` if it could not be parsed."""
 
@@ -75,6 +75,7 @@ class ValidationReport:
     n_rows: int
     problems: list[Problem] = field(default_factory=list)
     skipped_rows: int = 0
+    notes: list[str] = field(default_factory=list)  # what the check said besides the problems (logged as said)
 
     @property
     def ok(self) -> bool:
@@ -124,6 +125,7 @@ def validate_rows(
 
     first_seen: dict[str, int] = {}
     seen_captions: dict[tuple[str, str], int] = {}
+    several: set[str] = set()  # the uids with more than one row
     for i, r in enumerate(rows):
         if r.error is not None:
             flag(i, *r.error)
@@ -135,20 +137,35 @@ def validate_rows(
             flag(i, "duplicate uid", f"duplicate uid (first at line {rows[j].line}) with a different "
                  f"image: {r.image_path} vs {rows[j].image_path}")
             continue
+        if j == i:
+            continue  # its captions are noted when a second row of the uid comes (most uids have one row)
+        if r.uid not in several:
+            several.add(r.uid)
+            for c in rows[j].captions:
+                seen_captions.setdefault((r.uid, c), j)
         for c in r.captions:
             k = seen_captions.setdefault((r.uid, c), i)
             if k != i:
                 flag(i, "duplicate uid", f"duplicate row: same uid and caption as line {rows[k].line}")
                 break
 
-    by_image: dict[Path, list[int]] = {}
+    # The rows of each image: an index, or a list where rows share the image (most images have one
+    # row, and a list per image was a tenth of the check's memory).
+    by_image: dict[Path, int | list[int]] = {}
     for i, r in enumerate(rows):
         if r.image_path is not None:
-            by_image.setdefault(r.image_path, []).append(i)
+            users = by_image.setdefault(r.image_path, i)
+            if isinstance(users, list):
+                users.append(i)
+            elif users != i:
+                by_image[r.image_path] = [users, i]
     checks = ImageChecks(check_cache if check_images else None, source, log)
     checked = list(by_image) if decode is None else decode(list(by_image))
-    for path, (kind, detail) in _check_images(checked, check_images, workers, log, checks):
+    image_problems, notes = _check_images(checked, check_images, workers, log, checks)
+    checks.save(also=by_image)  # a sample's other images keep their results for a later full check
+    for path, (kind, detail) in image_problems:
         users = by_image[path]
+        users = users if isinstance(users, list) else [users]
         if len(users) > 1:
             detail += f" (used by {len(users)} rows)"
         r = rows[users[0]]
@@ -158,7 +175,7 @@ def validate_rows(
     problems.sort(key=lambda p: (p.source, p.line))
     # A record that swallowed rows counts as all of them, so "skipped N of M" is true of the table.
     report = ValidationReport(source, sum(r.covers for r in rows), problems,
-                              skipped_rows=sum(rows[i].covers for i in bad))
+                              skipped_rows=sum(rows[i].covers for i in bad), notes=notes)
     if problems and on_bad_row == "error":
         raise DataError(problems, hint="fix the data or set on_bad_row='skip'")
     if log is not None:
@@ -188,47 +205,69 @@ def images_to_check(mode: str, sample: int, log: Callable[[str], None] | None = 
     return pick
 
 
+# Images handed to the thread pool at a time: the futures and results of one chunk are held, not
+# those of the whole table (at 100,000 images all at once they were most of the check's memory).
+CHECK_CHUNK = 1024
+
+
 def _check_images(
     paths: list[Path], decode: bool, workers: int | None, log: Callable[[str], None] | None = None,
     checks: ImageChecks | None = None,
-) -> list[tuple[Path, tuple[str, str]]]:
+) -> tuple[list[tuple[Path, tuple[str, str]]], list[str]]:
+    """The problems found, in the order of `paths`, and the notes logged (images read reduced)."""
     checks = checks or ImageChecks(None, "")
-    results: dict[Path, CheckResult | None] = {}
+    problems: dict[Path, tuple[str, str]] = {}
+    reduced: list[tuple[Path, tuple[int, int]]] = []
     todo = []
     for path in paths:
         if not path.is_file():
-            results[path] = CheckResult("", ("missing image", f"image not found: {path}"), None)
+            problems[path] = ("missing image", f"image not found: {path}")
         elif decode:
-            key = stat_key(path)
-            results[path] = checks.get(key)
-            if results[path] is None:
-                todo.append((path, key))
+            known = checks.get(stat_key(path))
+            if known is None:
+                todo.append(path)
+            elif known.problem:
+                problems[path] = known.problem
+            elif known.reduced_from:
+                reduced.append((path, known.reduced_from))
 
-    def check(item: tuple[Path, tuple]) -> CheckResult:
-        path, key = item
+    def check(path: Path) -> tuple[StatKey | None, CheckResult]:
         try:
+            key = stat_key(path)
             digest = image_digest(path, key)
         except OSError as e:  # not remembered: a file made readable again keeps its modification time
-            return CheckResult("", ("unreadable image", f"unreadable image: {path} ({type(e).__name__}: {e})"), None)
+            return None, CheckResult("", ("unreadable image", f"unreadable image: {path} ({type(e).__name__}: {e})"),
+                                     None)
+        IMAGE_WORK.count(decoded=1)
         try:
             img = load_rgb(path)
         except ImageReadError as e:
-            return CheckResult(digest, ("unreadable image", f"unreadable image: {path} ({e.reason})"), None)
-        return CheckResult(digest, None, img.info.get(REDUCED_FROM))
+            return key, CheckResult(digest, ("unreadable image", f"unreadable image: {path} ({e.reason})"), None)
+        return key, CheckResult(digest, None, img.info.get(REDUCED_FROM))
 
     if todo:
         # Decoding releases the GIL, so threads give a real speed-up on big tables.
-        with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) + 4)) as pool:
-            bar = tqdm(pool.map(check, todo), total=len(todo), desc="checking images",
-                       unit="img", disable=len(todo) < PROGRESS_MIN_IMAGES)
-            for (path, key), result in zip(todo, bar):
-                results[path] = result
-                if result.digest:
-                    checks.put(key, result)
-    checks.save()
-    reduced = sorted((p, r.reduced_from) for p, r in results.items() if r is not None and r.reduced_from)
-    if reduced and log is not None:
-        shown = ", ".join(f"{p} ({w} x {h})" for p, (w, h) in reduced[:5])
-        log(f"{len(reduced)} image(s) larger than {MAX_SIDE} px on a side are read reduced to at most {MAX_SIDE} px: "
+        with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) + 4)) as pool, \
+                tqdm(total=len(todo), desc="checking images", unit="img",
+                     disable=len(todo) < PROGRESS_MIN_IMAGES) as bar:
+            for start in range(0, len(todo), CHECK_CHUNK):
+                chunk = todo[start:start + CHECK_CHUNK]
+                for path, (key, result) in zip(chunk, pool.map(check, chunk)):
+                    if result.problem:
+                        problems[path] = result.problem
+                    elif result.reduced_from:
+                        reduced.append((path, result.reduced_from))
+                    if result.digest:
+                        checks.put(key, result)
+                bar.update(len(chunk))
+    notes = [_reduced_note(sorted(reduced))] if reduced else []
+    if log is not None:
+        for line in notes:
+            log(line)
+    return [(p, problems[p]) for p in paths if p in problems], notes
+
+
+def _reduced_note(reduced: list[tuple[Path, tuple[int, int]]]) -> str:
+    shown = ", ".join(f"{p} ({w} x {h})" for p, (w, h) in reduced[:5])
+    return (f"{len(reduced)} image(s) larger than {MAX_SIDE} px on a side are read reduced to at most {MAX_SIDE} px: "
             f"{shown}{' ...' if len(reduced) > 5 else ''}")
-    return [(p, results[p].problem) for p in paths if results.get(p) is not None and results[p].problem]
