@@ -67,6 +67,11 @@ def forget_digests() -> None:
     _digests.clear()
 
 
+def forget_digest(path: "Path | str") -> None:
+    """Know no digest for `path` any more (a file that is about to go: a streamed sample's spooled image)."""
+    _digests.pop(str(path), None)
+
+
 def remember_digest(key: StatKey, digest: str) -> None:
     """A digest known without reading the file (an earlier start's record of it)."""
     _digests[key[0]] = _PACKED.pack(key[1], key[2]) + bytes.fromhex(digest)

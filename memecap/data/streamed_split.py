@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from memecap.data.fingerprint import forget_digest, remember_digest, stat_key
 from memecap.data.streaming import (RowStream, StreamPosition, StreamRow, rows_per_file, rows_per_process,
                                     shard_paths)
 from memecap.data.tables import Example
@@ -111,13 +112,16 @@ class ImageSpool:
         return [row.image if isinstance(row.image, Path) else self._write(row.image) for row in rows]
 
     def _write(self, data: bytes) -> Path:
-        path = self.folder / hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.folder / digest
         path.write_bytes(data)
+        remember_digest(stat_key(path), digest)  # the caches' key, known without reading the file again
         return path
 
     def release(self, paths: Sequence[Path]) -> None:
         for path in paths:
             if path.parent == self.folder:
+                forget_digest(path)  # so the digests known stay a batch's, not the stream's
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
