@@ -67,6 +67,10 @@ class DataConfig:
         if self.streaming and self.num_workers:
             raise ConfigError("data.num_workers: a streamed train split is read by the training process itself "
                               "(its position is what a checkpoint keeps): set data.num_workers=0")
+        if self.streaming and (self.train == "synthetic" or self.train.lower().endswith((".tsv", ".csv"))):
+            raise ConfigError(f"data.train={self.train}: data.streaming=true reads .jsonl tables, .tar shards (a "
+                              "folder of them or name-{000..099}.tar) and hf: datasets; convert the table to .jsonl "
+                              "(one JSON object a line: uid, image, text or captions) or set data.streaming=false")
         if self.streaming and self.max_train_rows is not None:
             raise ConfigError("data.max_train_rows: a streamed split is not capped by rows; set data.train_rows "
                               "to read only that many (each process its share)")
