@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from memecap.data.streamed_split import HEAD_ROWS
-from memecap.data.streaming import StreamPosition, StreamRow
+from memecap.data.streaming import StreamPosition, StreamRow, kept_rows
 from memecap.data.tables import TEXT_COLUMNS, UID_COLUMNS, Example
 from memecap.data.validation import DataError, Problem
 
@@ -110,17 +110,12 @@ class HfRowStream:
         names = self.dataset.column_names or []
         text_column = next(c for c in TEXT_COLUMNS if c in names)
         uid_column = next((c for c in UID_COLUMNS if c in names), None)
+        return kept_rows(self._rows(text_column, uid_column), self)
+
+    def _rows(self, text_column: str, uid_column: Optional[str]) -> Iterator["StreamRow | Problem"]:
         for record in self.dataset:
             self.read += 1
-            row = self._row(record, text_column, uid_column)
-            if isinstance(row, Problem):
-                if self.on_bad_row == "error":
-                    raise DataError([row])
-                self.skipped += 1
-                if self.on_skip is not None:
-                    self.on_skip(row)
-                continue
-            yield row
+            yield self._row(record, text_column, uid_column)
 
     def _row(self, record: dict, text_column: str, uid_column: Optional[str]) -> "StreamRow | Problem":
         image = record.get(IMAGE_COLUMN) or {}

@@ -15,7 +15,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from memecap.data.tables import _json_row
 from memecap.data.validation import DataError, Problem
@@ -133,16 +133,7 @@ class RowStream:
         self.skipped = 0
 
     def __iter__(self) -> Iterator[StreamRow]:
-        rows = self._shard_rows() if self.by_shard else self._strided_rows()
-        for row in rows:
-            if isinstance(row, Problem):
-                if self.on_bad_row == "error":
-                    raise DataError([row])
-                self.skipped += 1
-                if self.on_skip is not None:
-                    self.on_skip(row)
-                continue
-            yield row
+        return kept_rows(self._shard_rows() if self.by_shard else self._strided_rows(), self)
 
     def _shard_rows(self):
         for index in range(self.position.shard, len(self.paths)):
@@ -167,6 +158,20 @@ class RowStream:
                     continue
                 self.position = StreamPosition(0, mine)
                 yield row
+
+
+def kept_rows(rows: Iterable[StreamRow | Problem], stream) -> Iterator[StreamRow]:
+    """The good rows; a bad one raises DataError (`stream.on_bad_row` "error") or is counted in
+    `stream.skipped` and told to `stream.on_skip`."""
+    for row in rows:
+        if isinstance(row, Problem):
+            if stream.on_bad_row == "error":
+                raise DataError([row])
+            stream.skipped += 1
+            if stream.on_skip is not None:
+                stream.on_skip(row)
+            continue
+        yield row
 
 
 def _file_rows(path: Path, image_dir: str | None = None, check_images: bool = True) -> Iterator[StreamRow | Problem]:
