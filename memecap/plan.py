@@ -25,4 +25,12 @@ def plan_memory(cfg: Config, **settings) -> Plan:
         planned = [name for name in FAMILIES if hasattr(family_module(name), "plan_memory")]
         raise ValueError(f"memecap plan estimates {', '.join(sorted(planned))} models; "
                          f"model.family={cfg.model.family!r} has no planner")
-    return module.plan_memory(cfg, **settings)
+    scst = cfg.train.objective == "scst" or any(stage.objective == "scst" for stage in cfg.stages)
+    if scst and settings.get("batch_size") is None:
+        # A self-critical step scores every sampled caption in one forward: the batch times the samples.
+        settings["batch_size"] = cfg.train.batch_size * cfg.scst.samples
+    plan = module.plan_memory(cfg, **settings)
+    if scst:
+        plan.notes.append(f"objective scst: activations of train.batch_size x scst.samples = "
+                          f"{settings['batch_size']} captions a step (the sampling itself holds less)")
+    return plan

@@ -45,6 +45,7 @@ from memecap.training.run_log import LossWindow, flat_hparams
 from memecap.training.run_setup import Run, setup
 from memecap.training.schedule import Due, EvalSaveSchedule
 from memecap.training.stages import Stage, apply_freeze, is_streamed, train_captions
+from memecap.training.objectives import CrossEntropy, ImagesWithItems, SelfCritical
 from memecap.training.train_batches import StreamBatches, TableBatches
 from memecap.training.train_state import TrainState
 from memecap.training.validation_pass import export_model, is_better, validation_pass
@@ -60,6 +61,7 @@ class PreparedStage:
     optimizer: object
     scheduler: object
     train_batches: "TableBatches | StreamBatches"
+    objective: "CrossEntropy | SelfCritical"
     val_loss_loader: DataLoader
     eval_loader: DataLoader
     val_loss_set: CaptionTrainSet
@@ -115,13 +117,13 @@ def image_reader(run: Run, net: torch.nn.Module, desc: Optional[str]) -> Callabl
 
 
 def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffle: bool, examples: list,
-                split: str) -> DataLoader:
+                split: str, batches: Callable = lambda collate: collate) -> DataLoader:
     # A private generator: creating an iterator then draws from it, not from the global RNG that
     # dropout uses, so a resumed run's random stream matches the uninterrupted one.
     # An evaluation never drops an image: every one of them is scored, or the run stops naming it.
     on_bad_row = run.cfg.data.on_bad_row if split == "train" else "error"
     collate = RowCollate(net.collate, examples, on_bad_row=on_bad_row, split=split, log=run.log.info_here)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=batches(collate),
                       num_workers=run.cfg.data.num_workers, generator=torch.Generator().manual_seed(run.cfg.train.seed))
 
 
@@ -141,10 +143,19 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
     val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False, val_examples, "validation")
     eval_loader = make_loader(run, net, CaptionEvalSet(val_images, late_errors=True), cfg.eval.batch_size, False,
                               val_examples, "validation")
+    objective = CrossEntropy()
     if is_streamed(train_examples):
         train_batches = stream_batches(run, net, train_examples)
         steps_per_epoch = len(train_batches) // cfg.train.grad_accum
         train_size = f"{train_examples.rows} streamed train rows ({len(train_batches)} batches per process an epoch)"
+    elif stage.objective == "scst":
+        train_loader = make_loader(run, net, CaptionEvalSet(train_images, late_errors=True), cfg.train.batch_size,
+                                   True, train_examples, "train", batches=ImagesWithItems)
+        objective = SelfCritical(accelerator=accelerator, references=[list(ex.captions) for ex in train_examples],
+                                 settings=cfg.scst, generation=cfg.generation,
+                                 max_caption_tokens=cfg.data.max_caption_tokens, synced_gpus=run.synced_gpus)
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+        train_size = f"{len(train_examples)} train images ({cfg.scst.samples} sampled captions each, rewarded)"
     else:
         train_set = caption_set(train_examples, train_images, "train")
         train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True, train_examples, "train")
@@ -167,7 +178,7 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
         model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
         train_batches = TableBatches(accelerator, train_loader)
     val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
-    return PreparedStage(stage, model, optimizer, scheduler, train_batches, val_loss_loader, eval_loader,
+    return PreparedStage(stage, model, optimizer, scheduler, train_batches, objective, val_loss_loader, eval_loader,
                          val_loss_set, val_images, val_examples, total_steps)
 
 
@@ -262,7 +273,7 @@ def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, wi
     optimizer step was skipped."""
     accelerator, model = run.accelerator, prepared.model
     with accelerator.accumulate(model):
-        out = model(batch)
+        out = prepared.objective(model, batch)
         accelerator.backward(out["loss"])
         loss, tokens = out["loss"].item(), out["num_tokens"].item()
         if guard.see_loss(loss):
@@ -291,7 +302,8 @@ def report_step(run: Run, prepared: PreparedStage, state: TrainState, skipped: b
                      f"({guard.bad_steps} of train.max_bad_steps={cfg.train.max_bad_steps})")
         run.log.record("skipped", state.optimizer_step, {"bad_steps": guard.bad_steps})
     if state.optimizer_step % cfg.train.log_every == 0:
-        record = {**window.close(run.accelerator.num_processes), "lr": prepared.scheduler.get_last_lr()[0],
+        record = {**window.close(run.accelerator.num_processes), **prepared.objective.window(),
+                  "lr": prepared.scheduler.get_last_lr()[0],
                   "epoch": state.epoch, **({"stage": state.stage} if run.many_stages else {})}
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         run.log.record("train", state.optimizer_step, record)

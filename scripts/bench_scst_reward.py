@@ -10,7 +10,8 @@ import random
 import time
 from pathlib import Path
 
-from memecap.training.scst import CiderDReward, RewardWeights, caption_rewards
+from memecap.config import ScstConfig
+from memecap.training.scst import CiderDReward, caption_rewards
 
 
 def captions(path: Path) -> list[str]:
@@ -31,7 +32,7 @@ def main() -> None:
     samples = [c for _ in val for c in random.sample(train, args.samples)]
     references = [[v] for v in val for _ in range(args.samples)]
     start = time.perf_counter()
-    parts = caption_rewards(samples, references, [""] * len(samples), cider, RewardWeights(length=1, repetition=1))
+    parts = caption_rewards(samples, references, [""] * len(samples), cider, ScstConfig(length=1, repetition=1))
     elapsed = time.perf_counter() - start
     print(f"| {len(train)} | {len(val)} x {args.samples} | {setup * 1000:.0f} ms | {elapsed * 1000:.0f} ms "
           f"| {elapsed / len(samples) * 1000:.2f} ms |")

@@ -114,3 +114,11 @@ def test_lora_inputs_cost_what_the_adapters_keep():
     checkpointed = lora_row("model.decoder.gradient_checkpointing=true")
     assert checkpointed == pytest.approx(with_dropout / 12)  # one of ruGPT-3 small's 12 blocks at a time
     assert lora_row("model.decoder.mode=frozen") == 0
+
+
+def test_a_self_critical_stage_is_planned_at_its_sampled_captions():
+    ce = plan_memory(load_config("clipcap_lora", ["train.batch_size=8"]))
+    scst = plan_memory(load_config("clipcap_lora", ["train.batch_size=8", "train.objective=scst", "scst.samples=4"]))
+    as_batch = plan_memory(load_config("clipcap_lora", ["train.batch_size=32"]))
+    assert rows(scst)["activations"] == rows(as_batch)["activations"] != rows(ce)["activations"]
+    assert any("scst.samples = 32 captions" in note for note in scst.notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
 
 from memecap.models.protocol import CaptioningModel, TrainableModel
 
@@ -61,6 +62,27 @@ def test_every_family_holds_to_the_protocols(tmp_path):
         assert signature_gaps(model, TrainableModel) == [], family
         assert model.config.hidden_size > 0, family  # DeepSpeed's "auto" sizes
         assert isinstance(model.eos_id, int) and isinstance(model.pad_id, int), family
+
+
+def test_every_family_gives_each_caption_tokens_log_probability(tmp_path, synthetic_data):
+    """The forward's per-token log-probabilities (what self-critical training weighs) cover exactly
+    each caption's tokens, in order, and agree with the cross-entropy the family trains on."""
+    from memecap.models import FAMILIES
+
+    images = sorted((synthetic_data["train"].parent / "images").glob("*.jpg"))[:2]
+    for family, model in one_model_of_each_family(tmp_path):
+        if FAMILIES[family].baseline:
+            continue
+        model.train(False)
+        inputs = model.image_inputs(images, cache_dir=None, device="cpu", progress=False)
+        ids = [model.encode_caption(text, 24) for text in ("на фото кот", "на фото пёс и кот")]
+        with torch.no_grad():
+            out = model(model.collate([{"image": inputs[i], "input_ids": ids[i]} for i in range(2)]))
+        scored, log_probs = out["token_scored"], out["token_log_probs"]
+        assert scored.shape == log_probs.shape and scored.sum(dim=1).tolist() == [len(i) for i in ids], family
+        assert (log_probs[~scored] == 0).all() and (log_probs[scored] < 0).all(), family
+        if family != "rudolph":  # RuDOLPH's loss also weighs its left text and image codes
+            assert -log_probs.sum() / out["num_tokens"] == pytest.approx(out["loss"].item(), rel=1e-5), family
 
 
 def test_the_signature_check_sees_a_parameter_taken_another_way():

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from memecap.config import ScstConfig
 from memecap.metrics.cider_score import cider_d, cider_d_with_df, document_frequency
 from memecap.training.scst import (
     CiderDReward,
-    RewardWeights,
     caption_rewards,
     leave_one_out_baseline,
     length_penalty,
@@ -54,7 +54,7 @@ def test_length_and_repetition_penalties():
 
 
 def test_reward_is_the_weighted_sum_of_its_parts_each_returned():
-    weights = RewardWeights(cider=0.5, quote=2.0, length=1.0, repetition=1.0, max_words=3)
+    weights = ScstConfig(cider=0.5, quote=2.0, length=1.0, repetition=1.0, max_words=3)
     parts = caption_rewards(['кот "привет" кот "привет"'], [['кот "привет"']], [""], CiderDReward(TRAIN_REFS), weights)
     assert set(parts) == {"cider", "quote", "length", "repetition", "reward"}
     expected = 0.5 * parts["cider"][0] + 2.0 * parts["quote"][0] + parts["length"][0] + parts["repetition"][0]

@@ -17,7 +17,7 @@ from memecap.config.files import (RECIPES_DIR, config_from_dict, list_recipes, l
                                   model_config_from_export, parse_overrides, resolve_recipe_path, save_config,
                                   to_dict, to_yaml)
 from memecap.config.sections import (OCR_CLEANING_RULES, CacheConfig, Config, DataConfig, EncoderConfig, EvalConfig,
-                                     GenerationConfig, ModelConfig, OcrConfig, OptimConfig, StageConfig,
+                                     GenerationConfig, ModelConfig, OcrConfig, OptimConfig, ScstConfig, StageConfig,
                                      SyntheticConfig, TinyConfig, TrainConfig)
 from memecap.config_checks import WEIGHT_DTYPES, ConfigError, LoraConfig
 from memecap.models.clipcap.settings import DecoderConfig, MapperConfig
@@ -27,6 +27,6 @@ from memecap.models.rudolph.settings import RudolphConfig, RudolphLossWeights
 __all__ = ["FAMILY_SECTIONS", "MOVED_KEYS", "OCR_CLEANING_RULES", "RECIPES_DIR", "WEIGHT_DTYPES", "CacheConfig",
            "Config", "ConfigError", "DataConfig", "DecoderConfig", "EncoderConfig", "EvalConfig", "GenerationConfig",
            "LoraConfig", "LstmConfig", "MapperConfig", "ModelConfig", "OcrConfig", "OptimConfig", "RudolphConfig",
-           "RudolphLossWeights", "StageConfig", "SyntheticConfig", "TinyConfig", "TrainConfig", "config_from_dict",
-           "family_model_values", "list_recipes", "load_config", "load_saved_config", "model_config_from_export",
-           "parse_overrides", "resolve_recipe_path", "save_config", "to_dict", "to_yaml"]
+           "RudolphLossWeights", "ScstConfig", "StageConfig", "SyntheticConfig", "TinyConfig", "TrainConfig",
+           "config_from_dict", "family_model_values", "list_recipes", "load_config", "load_saved_config",
+           "model_config_from_export", "parse_overrides", "resolve_recipe_path", "save_config", "to_dict", "to_yaml"]

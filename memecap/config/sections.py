@@ -11,6 +11,9 @@ from memecap.models import DEFAULT_FAMILY, FAMILIES, Family
 from memecap.models.packaged import check_packaged_encoder, is_package_name
 
 
+OBJECTIVES = ("ce", "scst")  # what a stage trains on: the reference captions, or its sampled captions' reward
+
+
 @dataclass
 class SyntheticConfig:
     """The built-in demo set: coloured shapes with Cyrillic captions, generated on first use."""
@@ -318,9 +321,12 @@ class TrainConfig:
     overwrite: bool = False  # start afresh in an output_dir that holds an earlier run (its run files are deleted first)
     max_bad_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm skipped before the run stops
     save_on_each_node: bool = False  # no shared output_dir: each machine keeps its own checkpoints to resume from
+    # ce: cross-entropy on the reference captions; scst: self-critical reward fine-tuning (the scst section)
+    objective: str = "ce"
 
     def __post_init__(self) -> None:
         one_of("train.mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        one_of("train.objective", self.objective, OBJECTIVES)
         if not self.output_dir.strip():
             raise ConfigError("train.output_dir is empty: name the run's folder (e.g. train.output_dir=runs/first)")
         seed("train.seed", self.seed)
@@ -359,8 +365,11 @@ class StageConfig:
     lr: Optional[float] = None  # peak learning rate of this stage (null: optim.lr); the schedule restarts
     # parameter-name patterns (fnmatch; a module name covers its parameters) kept fixed
     freeze: list = field(default_factory=list)
+    objective: Optional[str] = None  # ce | scst (null: train.objective)
 
     def __post_init__(self) -> None:
+        if self.objective is not None:
+            one_of(f"stages[{self.name or '?'}].objective", self.objective, OBJECTIVES)
         if not self.train or not self.val:
             raise ConfigError(f"stages: stage {self.name or '(unnamed)'} needs train: [tables] and val: table")
         if any(not isinstance(t, str) or t == "synthetic" for t in self.train) or self.val == "synthetic":
@@ -370,6 +379,30 @@ class StageConfig:
         at_least(f"stages[{self.name or '?'}].epochs", self.epochs, 1, optional=True)
         list_of(f"stages[{self.name or '?'}].freeze", self.freeze, str)
         at_least(f"stages[{self.name or '?'}].max_steps", self.max_steps, 1, optional=True)
+
+
+@dataclass
+class ScstConfig:
+    """Self-critical reward fine-tuning (a stage whose objective is scst): per image, `samples`
+    captions sampled with the generation settings, each rewarded, pushed up by how much it beats the
+    baseline. Reward = the weighted sum of its parts (memecap/training/scst.py)."""
+
+    samples: int = 5  # captions sampled per image
+    baseline: str = "mean_of_others"  # mean_of_others: the other samples' mean reward | greedy: the greedy caption's
+    cider: float = 1.0  # CIDEr-D against the image's references (document frequencies of the training split)
+    quote: float = 1.0  # 1 - quote CER against the references' quote (or the OCR text)
+    length: float = 0.0  # minus the share of words beyond max_words
+    repetition: float = 0.0  # minus the share of repeated word bigrams
+    max_words: int = 60
+
+    def __post_init__(self) -> None:
+        one_of("scst.baseline", self.baseline, ("mean_of_others", "greedy"))
+        at_least("scst.samples", self.samples, 2 if self.baseline == "mean_of_others" else 1)
+        at_least("scst.max_words", self.max_words, 1)
+        for name in ("cider", "quote", "length", "repetition"):
+            at_least(f"scst.{name}", getattr(self, name), 0)
+        if not any(getattr(self, name) for name in ("cider", "quote", "length", "repetition")):
+            raise ConfigError("scst: every reward weight is 0: nothing to optimise")
 
 
 @dataclass
@@ -388,6 +421,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
     # multi-stage training; empty: one stage from data/train/optim
     stages: list[StageConfig] = field(default_factory=list)
 
@@ -402,6 +436,10 @@ class Config:
             quoting = [n for n, f in FAMILIES.items() if f.reads_ocr and not f.baseline]
             raise ConfigError("generation.quote=copy copies the OCR text into the caption: "
                               f"it needs model.ocr.enabled=true on a {_either(quoting)} model")
+        scst = self.train.objective == "scst" or any(s.objective == "scst" for s in self.stages)
+        if scst and self.data.streaming:
+            raise ConfigError("objective scst rewards captions against each image's references, read with the "
+                              "split: it trains on tables read whole (data.streaming=false)")
         if self.stages:
             if self.data.train or self.data.val:
                 raise ConfigError("data.train/data.val and stages are exclusive: "

@@ -23,13 +23,15 @@ def ended_caption(ids: list[int], eos_id: int, max_tokens: int, truncate: bool) 
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """`{"loss", "num_tokens"}` as models/protocol.py defines them: the cross-entropy summed over
-    the scored labels (not IGNORED), divided by how many there are. `logits[:, t]` predicts
-    `labels[:, t]`; they are scored in fp32 whatever the model computes in."""
+    """`{"loss", "num_tokens", "token_log_probs", "token_scored"}` as models/protocol.py defines
+    them: the cross-entropy summed over the scored labels (not IGNORED), divided by how many there
+    are, each label's log-probability (0 where not scored) and where the labels are scored.
+    `logits[:, t]` predicts `labels[:, t]`; they are scored in fp32 whatever the model computes in."""
     num_tokens = (labels != IGNORED).sum()
-    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=IGNORED, reduction="sum")
-    return {"loss": loss_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens}
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                ignore_index=IGNORED, reduction="none").view(labels.shape)
+    return {"loss": per_token.sum() / num_tokens.clamp(min=1), "num_tokens": num_tokens, "token_log_probs": -per_token,
+            "token_scored": labels != IGNORED}
 
 
 def per_image(texts: list[str], k: int) -> list[list[str]]:

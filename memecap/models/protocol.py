@@ -12,6 +12,10 @@ batch (padding and prompts are not counted). The loop weights each micro-batch's
 `num_tokens`, so logged losses and the validation loss are means per caption token across
 batches and processes, whatever the batch composition. A family whose loss mixes several terms
 (RuDOLPH: left text, image codes, caption) still counts only the caption tokens.
+It also returns `token_log_probs` [batch, positions], the log-probability of each caption token
+(0 elsewhere), and `token_scored` [batch, positions], True where a caption token is scored, in the
+caption's order: self-critical training (training/objectives.py) weighs each caption's sum by its
+reward, leaving out the tokens quote copying forced.
 """
 from __future__ import annotations
 

@@ -16,26 +16,16 @@ not sample them and their gradient would only push probability towards text it w
 The baseline of a sample is the mean reward of the image's other samples (leave-one-out), or a
 given reward per image (e.g. the greedy caption's).
 
-Pure arithmetic: no model, no config; torch only inside the functions that need tensors.
+Pure arithmetic: no model; torch only inside the functions that need tensors.
 """
 
 from collections import Counter
-from dataclasses import dataclass
 
 from memecap.metrics.cider_score import cider_d_with_df, document_frequency
 from memecap.metrics.quote_score import levenshtein, normalize_quote, quoted_text
 from memecap.metrics.tokenization import tokenize
 
 REWARD_PARTS = ("cider", "quote", "length", "repetition")
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    cider: float = 1.0
-    quote: float = 1.0
-    length: float = 0.0
-    repetition: float = 0.0
-    max_words: int = 60
 
 
 class CiderDReward:
@@ -76,8 +66,9 @@ def repetition_penalty(caption: str) -> float:
 
 
 def caption_rewards(captions: list[str], references: list[list[str]], ocr_texts: list[str],
-                    cider: CiderDReward, weights: RewardWeights) -> dict[str, list[float]]:
-    """Per caption: each part (unweighted) and `reward`, their weighted sum."""
+                    cider: CiderDReward, weights) -> dict[str, list[float]]:
+    """Per caption: each part (unweighted) and `reward`, their weighted sum (`weights`: the `scst` config
+    section, one weight per part and `max_words`)."""
     if not len(captions) == len(references) == len(ocr_texts):
         raise ValueError(f"{len(captions)} captions, {len(references)} reference lists, {len(ocr_texts)} OCR texts")
     parts = {

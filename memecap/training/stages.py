@@ -36,6 +36,7 @@ class Stage:
     max_steps: Optional[int]
     optim: OptimConfig
     freeze: list
+    objective: str = "ce"  # ce | scst (training/objectives.py)
 
     @property
     def label(self) -> str:
@@ -44,10 +45,11 @@ class Stage:
 
 def plan_stages(cfg: Config) -> list[Stage]:
     if not cfg.stages:
-        return [Stage(0, "", [], cfg.data.val, cfg.train.epochs, cfg.train.max_steps, cfg.optim, [])]
+        return [Stage(0, "", [], cfg.data.val, cfg.train.epochs, cfg.train.max_steps, cfg.optim, [],
+                      cfg.train.objective)]
     return [Stage(i, s.name, list(s.train), s.val, s.epochs if s.epochs is not None else cfg.train.epochs,
                   s.max_steps, dataclasses.replace(cfg.optim, lr=s.lr) if s.lr is not None else cfg.optim,
-                  list(s.freeze))
+                  list(s.freeze), s.objective or cfg.train.objective)
             for i, s in enumerate(cfg.stages)]
 
 

@@ -35,7 +35,8 @@ from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
-from memecap.models.family_parts import QuoteCopying, ended_caption, parameters_that_train, per_image
+from memecap.models.family_parts import (IGNORED, QuoteCopying, caption_loss, ended_caption, parameters_that_train,
+                                         per_image)
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last_position_logits
@@ -182,10 +183,27 @@ class RuDolph(nn.Module):
         inputs = self._inputs(batch["image"], batch["input_ids"], batch.get("left"))
         follow_device(base_model(self.rudolph), inputs)
         w = self.cfg.rudolph.loss_weights
-        loss, _ = self.rudolph(inputs, self._causal_mask(inputs.shape[1], inputs.device), return_loss=True,
-                               lt_loss_weight=w.left_text, img_loss_weight=w.image, rt_loss_weight=w.right_text)
+        base = base_model(self.rudolph)
+        seen = []  # the logits ruDolphModel computes its loss from, for each caption token's log-probability
+        hook = base.to_logits.register_forward_hook(lambda _module, _inputs, logits: seen.append(logits))
+        try:
+            loss, _ = self.rudolph(inputs, self._causal_mask(inputs.shape[1], inputs.device), return_loss=True,
+                                   lt_loss_weight=w.left_text, img_loss_weight=w.image, rt_loss_weight=w.right_text)
+        finally:
+            hook.remove()
         num_tokens = (batch["input_ids"][:, 1:] != PAD).sum()
-        return {"loss": loss, "num_tokens": num_tokens}
+        right_logits = seen[-1][:, -self.r_len:-1, :base.vocab_size]
+        scored = caption_loss(right_logits, self.caption_labels(batch["input_ids"]))
+        return {"loss": loss, "num_tokens": num_tokens, "token_log_probs": scored["token_log_probs"],
+                "token_scored": scored["token_scored"]}
+
+    def caption_labels(self, right: torch.Tensor) -> torch.Tensor:
+        """What each right-text position predicts, IGNORED where it is not a caption token (the
+        prefix's special token, padding): position t of the right text predicts id t + 1."""
+        labels = right[:, 1:].clone()
+        labels[labels == PAD] = IGNORED
+        labels[:, : len(self.right_prefix) - 1] = IGNORED
+        return labels
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:

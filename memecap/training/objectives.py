@@ -1,0 +1,141 @@
+"""What a stage's step minimises (`train.objective`, `stages[i].objective`), whatever the family.
+
+- `CrossEntropy` (ce): the model's loss on the reference captions (models/protocol.py).
+- `SelfCritical` (scst): per image, `scst.samples` captions sampled with the generation settings
+  (strategy sample), each rewarded (training/scst.py: CIDEr-D against the image's references, the
+  quote, length and repetition parts), and the loss -(reward - baseline) x the caption's
+  log-probability, the baseline being the mean reward of the image's other samples or its greedy
+  caption's. The log-probability is the model's own forward on the sampled caption, re-tokenised
+  (`token_log_probs`); tokens that `generation.quote=copy` forced (the quote after its opening mark,
+  and the closing mark) are left out: the model did not choose them.
+
+Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `window()` gives the means of
+what the objective adds (the reward and its parts) since it was last asked.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import torch
+from accelerate.utils import send_to_device
+
+from memecap.generation import with_overrides
+from memecap.quote_copy import QUOTE_PAIRS
+from memecap.training.scst import (REWARD_PARTS, CiderDReward, caption_rewards, leave_one_out_baseline,
+                                   policy_gradient_loss)
+
+
+class CrossEntropy:
+    def __call__(self, model: torch.nn.Module, batch: dict) -> dict:
+        return model(batch)
+
+    def window(self) -> dict:
+        return {}
+
+
+class SelfCritical:
+    """The scst step (see the module docstring). Batches are `{"images": collated images with their
+    `index`, "items": the items they were collated from}` (what `images_with_items` makes)."""
+
+    def __init__(self, *, accelerator, references: list[list[str]], settings, generation, max_caption_tokens: int,
+                 synced_gpus: bool):
+        self.accelerator, self.references, self.settings = accelerator, references, settings
+        self.cider = CiderDReward(references)
+        self.sampling = with_overrides(generation, strategy="sample", num_return_sequences=settings.samples)
+        self.greedy = with_overrides(generation, strategy="greedy", num_return_sequences=1)
+        self.copies_quote = generation.quote == "copy"
+        self.max_caption_tokens, self.synced_gpus = max_caption_tokens, synced_gpus
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> dict:
+        net = self.accelerator.unwrap_model(model)
+        images, items = batch["images"], batch["items"]
+        sampled, greedy = self._captions(net, images)
+        k = self.settings.samples
+        refs = [self.references[i] for i in images["index"].tolist()]
+        ocr = list(images.get("ocr_text") or [""] * len(refs))
+        flat = [c for captions in sampled for c in captions]
+        parts = caption_rewards(flat, [r for r in refs for _ in range(k)], [o for o in ocr for _ in range(k)],
+                                self.cider, self.settings)
+        rewards = torch.tensor(parts["reward"]).view(len(refs), k)
+        if greedy is None:
+            baseline = leave_one_out_baseline(rewards)
+        else:
+            baseline = torch.tensor(caption_rewards(greedy, refs, ocr, self.cider, self.settings)["reward"])
+            baseline = baseline.view(-1, 1).expand_as(rewards)
+        ids = [net.encode_caption(c, self.max_caption_tokens) for c in flat]
+        captions = send_to_device(net.collate([{"image": items[i // k]["image"], "input_ids": row}
+                                               for i, row in enumerate(ids)]), self.accelerator.device)
+        out = model(captions)
+        chosen = out["token_scored"] & ~self._forced(net, flat, out["token_scored"])
+        loss = policy_gradient_loss(out["token_log_probs"], chosen, (rewards - baseline).reshape(-1).to(chosen.device))
+        self._add(parts)
+        return {"loss": loss, "num_tokens": chosen.sum()}
+
+    def _captions(self, net, images: dict) -> tuple[list[list[str]], Optional[list[str]]]:
+        """The sampled captions per image and, for the greedy baseline, each image's greedy caption."""
+        was_training = net.training
+        net.eval()  # sampled from the policy itself, without dropout's noise
+        try:
+            with torch.no_grad():
+                sampled = net.generate(images, self.sampling, synced_gpus=self.synced_gpus)
+                greedy = (None if self.settings.baseline != "greedy" else
+                          [c[0] for c in net.generate(images, self.greedy, synced_gpus=self.synced_gpus)])
+        finally:
+            net.train(was_training)
+        return sampled, greedy
+
+    def _forced(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
+        """[captions, positions] True at the scored positions holding a token quote copying forced."""
+        forced = torch.zeros_like(scored)
+        if not self.copies_quote:
+            return forced
+        for row, caption in enumerate(captions):
+            span = self._forced_span(net, caption)
+            if span is None:
+                continue
+            positions = scored[row].nonzero().flatten()  # the caption's tokens in order, wherever they sit
+            forced[row, positions[span[0]:span[1]]] = True
+        return forced
+
+    def _forced_span(self, net, caption: str) -> Optional[tuple[int, int]]:
+        """Token indices [start, end) of the copied quote and its closing mark within the caption."""
+        opening = min((i for i in (caption.find(mark) for mark in QUOTE_PAIRS) if i >= 0), default=-1)
+        if opening < 0:
+            return None
+        closing = caption.find(QUOTE_PAIRS[caption[opening]], opening + 1)
+        end = len(caption) if closing < 0 else closing + 1
+
+        def tokens(text: str) -> int:  # the caption's ids up to there, its end token not counted
+            return len(net.encode_caption(text, 10**6)) - 1
+
+        return tokens(caption[:opening + 1]), tokens(caption[:end])
+
+    def _add(self, parts: dict) -> None:
+        n = len(parts["reward"])
+        for name in ("reward", *REWARD_PARTS):
+            self._sums[name] += sum(parts[name])
+        self._count += n
+
+    def window(self) -> dict:
+        """Mean reward and parts per sampled caption since the last call (this process's)."""
+        if not self._count:
+            return {}
+        means = {name: total / self._count for name, total in self._sums.items()}
+        self._sums, self._count = defaultdict(float), 0
+        return means
+
+
+class ImagesWithItems:
+    """A loader's collate for an scst stage: the images collated as for captioning (with `index`),
+    and the items themselves (the step pairs each image with its sampled captions)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items: list[dict]) -> dict:
+        images = self.collate(items)
+        kept = set(images["index"].tolist())  # an unreadable image's item was dropped (data.on_bad_row)
+        return {"images": images, "items": [it for it in items if it.get("index") in kept]}

@@ -1,0 +1,96 @@
+"""Self-critical reward fine-tuning as a stage objective, through the real loop: after a
+cross-entropy stage, exact resume, the forced quote left out, two real processes."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from memecap import train
+from memecap.config import load_config, save_config
+from memecap.models import build_model
+from memecap.training.objectives import SelfCritical
+from tests.helpers import log_rows, reset_accelerate, tiny_run_config
+from tests.launching import accelerate_launch, launch_failure, quiet_env
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+SCST = ("train.objective=scst", "scst.samples=3", "train.eval_every=100", "eval.compare_constant=false",
+        "generation.max_new_tokens=8")
+
+
+def test_a_self_critical_stage_after_cross_entropy_logs_its_reward(tmp_path, synthetic_data):
+    stages = (f"stages=[{{name: ce, train: [{synthetic_data['train']}], val: {synthetic_data['val']}, max_steps: 4}}, "
+              f"{{name: scst, train: [{synthetic_data['train']}], val: {synthetic_data['val']}, max_steps: 3, "
+              f"objective: scst}}]")
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, {"train": "", "val": ""}, "scst.samples=3", "train.eval_every=100",
+                          "eval.compare_constant=false", "generation.max_new_tokens=8", stages)
+    summary = train.main(cfg)
+    assert summary["optimizer_steps"] == 7
+    records = log_rows(out)
+    assert [("reward" in r) for r in records] == [False] * 4 + [True] * 3  # the reward is the scst stage's
+    for r in records[4:]:
+        assert set(r) >= {"cider", "quote", "length", "repetition"} and r["reward"] == pytest.approx(
+            r["cider"] + r["quote"], abs=1e-9)  # default weights: cider 1, quote 1, the penalties 0
+
+
+def test_a_self_critical_run_resumes_exactly(tmp_path, synthetic_data):
+    """Sampling draws from the RNG a checkpoint restores: the resumed run samples the same captions."""
+    common = (*SCST, "train.max_steps=5", "train.save_every=2", "train.keep_checkpoints=5", "optim.lr=3e-3")
+    straight = tmp_path / "straight"
+    train.main(tiny_run_config(straight, synthetic_data, *common))
+    reset_accelerate()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "base_models", resumed / "base_models")
+    train.main(tiny_run_config(resumed, synthetic_data, *common,
+                               f"train.resume={straight / 'checkpoints' / 'step_0000002'}"))
+    a = {r["step"]: (r["loss"], r["reward"]) for r in log_rows(straight)}
+    b = {r["step"]: (r["loss"], r["reward"]) for r in log_rows(resumed)}
+    assert sorted(b) == [3, 4, 5]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
+def test_the_copied_quote_is_left_out_of_the_log_probability(tmp_path, synthetic_data):
+    cfg = tiny_run_config(tmp_path, synthetic_data, "generation.quote=copy", "model.ocr.enabled=true",
+                          "model.ocr.engine=tesseract")
+    net = build_model(cfg.model, work_dir=tmp_path, train_texts=["на картинке кот", "Подпись: \"привет мир\""])
+    step = SelfCritical(accelerator=None, references=[["на картинке кот"]], settings=cfg.scst,
+                        generation=cfg.generation, max_caption_tokens=48, synced_gpus=False)
+    caption = 'на картинке кот. Подпись: "привет мир" и всё'
+    ids = net.encode_caption(caption, 48)
+    start, end = step._forced_span(net, caption)
+    forced_text = net.tokenizer.decode(ids[start:end])
+    assert forced_text.strip() == 'привет мир"'  # the quote and its closing mark; the opening mark was chosen
+    assert step._forced_span(net, "на картинке кот") is None
+    scored = torch.ones(2, len(ids), dtype=torch.bool)
+    forced = step._forced(net, [caption, "на картинке кот"], scored)
+    assert forced[0].sum() == end - start and not forced[1].any()
+
+
+def test_two_processes_train_self_critically_in_step(tmp_path, synthetic_data):
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, synthetic_data, *SCST, "train.max_steps=2")
+    recipe = tmp_path / "run.yaml"
+    save_config(cfg, recipe)
+    proc = accelerate_launch("cpu_ddp.yaml", ["-m", "memecap.train", str(recipe)],
+                             {**quiet_env(), "ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, launch_failure(proc)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["replicas_in_sync"] is True
+    assert all("reward" in r for r in log_rows(out))
+
+
+def test_scst_settings_are_checked_before_any_work():
+    from memecap.config import ConfigError
+
+    with pytest.raises(ConfigError, match="scst.samples"):
+        load_config("demo", ["train.objective=scst", "scst.samples=1"])
+    with pytest.raises(ConfigError, match="train.objective"):
+        load_config("demo", ["train.objective=rl"])
+    with pytest.raises(ConfigError, match="data.streaming=false"):
+        load_config("demo", ["train.objective=scst", "data.streaming=true", "data.train=x.jsonl"])
