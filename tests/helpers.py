@@ -46,6 +46,23 @@ def reset_accelerate() -> None:
     PartialState._reset_state()
 
 
+def straight_and_resumed(tmp_path: Path, data: dict, common: tuple, step: int) -> tuple[Path, Path]:
+    """The tiny run of `common` straight through, and again resumed from its checkpoint at `step`
+    (in a fresh folder with the same tiny bases): the run folders, for the caller to compare."""
+    from memecap import train
+
+    straight = tmp_path / "straight"
+    try:
+        train.main(tiny_run_config(straight, data, *common))
+    finally:
+        reset_accelerate()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "base_models", resumed / "base_models")
+    train.main(tiny_run_config(resumed, data, *common, f"train.resume={straight / 'checkpoints' / f'step_{step:07d}'}"))
+    return straight, resumed
+
+
 def checkpointed_run(out: Path, data: dict, *overrides: str) -> dict:
     """The tiny demo run with QUICK_CHECKPOINTS, leaving Accelerate clean however it ends."""
     from memecap import train

@@ -3,7 +3,6 @@ cross-entropy stage, exact resume, the forced quote left out, two real processes
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from memecap import train
 from memecap.config import load_config, save_config
 from memecap.models import build_model
 from memecap.training.objectives import SelfCritical
-from tests.helpers import log_rows, reset_accelerate, tiny_run_config
+from tests.helpers import log_rows, straight_and_resumed, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure, quiet_env
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -40,14 +39,7 @@ def test_a_self_critical_stage_after_cross_entropy_logs_its_reward(tmp_path, syn
 def test_a_self_critical_run_resumes_exactly(tmp_path, synthetic_data):
     """Sampling draws from the RNG a checkpoint restores: the resumed run samples the same captions."""
     common = (*SCST, "train.max_steps=5", "train.save_every=2", "train.keep_checkpoints=5", "optim.lr=3e-3")
-    straight = tmp_path / "straight"
-    train.main(tiny_run_config(straight, synthetic_data, *common))
-    reset_accelerate()
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(straight / "base_models", resumed / "base_models")
-    train.main(tiny_run_config(resumed, synthetic_data, *common,
-                               f"train.resume={straight / 'checkpoints' / 'step_0000002'}"))
+    straight, resumed = straight_and_resumed(tmp_path, synthetic_data, common, step=2)
     a = {r["step"]: (r["loss"], r["reward"]) for r in log_rows(straight)}
     b = {r["step"]: (r["loss"], r["reward"]) for r in log_rows(resumed)}
     assert sorted(b) == [3, 4, 5]

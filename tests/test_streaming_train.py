@@ -17,7 +17,7 @@ from memecap.config import ConfigError, load_config, save_config
 from memecap.data.streamed_split import open_streamed_split
 from memecap.data.tables import read_table
 from memecap.data.validation import DataError
-from tests.helpers import LORA_RUN, log_rows, reset_accelerate, tiny_run_config
+from tests.helpers import LORA_RUN, log_rows, reset_accelerate, straight_and_resumed, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure, quiet_env
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -70,18 +70,10 @@ def test_streamed_shards_resume_exactly_from_the_stored_position(tmp_path, synth
     spec = write_shards(synthetic_data["train"], tmp_path / "shards", shards=3)
     common = (*STREAMED, f"data.train={spec}", "train.max_steps=7", "train.save_every=2",
               "train.keep_checkpoints=5", "train.grad_accum=2")
-    straight = tmp_path / "straight"
-    train.main(tiny_run_config(straight, synthetic_data, *common))
-    reset_accelerate()
-    checkpoint = straight / "checkpoints" / "step_0000002"  # 6 batches an epoch, 2 a step: 4 read of epoch 0
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    # 4 batches of 8: two whole shards of 16 read, in the epoch's order
+    straight, resumed = straight_and_resumed(tmp_path, synthetic_data, common, step=2)
+    state = json.loads((straight / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
+    # 6 batches an epoch, 2 a step: 4 of 8 rows each read, two whole shards of 16, in the epoch's order
     assert state["batches_in_epoch"] == 4 and state["stream_positions"] == [{"shard": 1, "offset": 16}]
-
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(straight / "base_models", resumed / "base_models")
-    train.main(tiny_run_config(resumed, synthetic_data, *common, f"train.resume={checkpoint}"))
     a, b = train_losses(straight), train_losses(resumed)
     assert sorted(b) == [3, 4, 5, 6, 7]
     for step in b:
@@ -198,17 +190,10 @@ def test_a_streamed_hf_dataset_resumes_exactly_from_its_own_state(tmp_path, synt
     reset_accelerate()
     common = (*STREAMED, hf, "data.train_rows=48", "train.max_steps=5", "train.save_every=2",
               "train.keep_checkpoints=5")
-    straight = tmp_path / "straight"
-    train.main(tiny_run_config(straight, synthetic_data, *common))
-    reset_accelerate()
-    checkpoint = straight / "checkpoints" / "step_0000002"
-    (position,) = json.loads((checkpoint / "trainer_state.json").read_text())["stream_positions"]
+    straight, resumed = straight_and_resumed(tmp_path, synthetic_data, common, step=2)
+    (position,) = json.loads((straight / "checkpoints" / "step_0000002" / "trainer_state.json").read_text()
+                             )["stream_positions"]
     assert position["offset"] == 16 and position["state"]  # the dataset's own resumable state
-
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(straight / "base_models", resumed / "base_models")
-    train.main(tiny_run_config(resumed, synthetic_data, *common, f"train.resume={checkpoint}"))
     a, b = train_losses(straight), train_losses(resumed)
     assert sorted(b) == [3, 4, 5]
     for step in b:
