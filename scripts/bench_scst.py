@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,16 @@ SHOWN = ("cider", "bleu4", "meteor", "rougeL", "quote", "val_loss")
 
 
 def stage_timings(log: Path) -> list[float]:
-    """Seconds per optimizer step of each stage, from the train records' wall times."""
+    """Median seconds per optimizer step of each stage, between consecutive train records with no
+    evaluation between them (an evaluation's generation would count as training time)."""
     rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    evals = [r["step"] for r in rows if r["kind"] == "eval"]
     per_stage: dict[int, list[float]] = {}
-    for r in rows:
-        if r["kind"] == "train":
-            per_stage.setdefault(r.get("stage", 0), []).append(r["time"])
-    return [(t[-1] - t[1]) / (len(t) - 2) if len(t) > 2 else float("nan") for _, t in sorted(per_stage.items())]
+    train = [r for r in rows if r["kind"] == "train"]
+    for a, b in zip(train, train[1:]):
+        if a.get("stage", 0) == b.get("stage", 0) and not any(a["step"] < e <= b["step"] for e in evals):
+            per_stage.setdefault(b.get("stage", 0), []).append((b["time"] - a["time"]) / (b["step"] - a["step"]))
+    return [statistics.median(t) if t else float("nan") for _, t in sorted(per_stage.items())]
 
 
 def main() -> None:
