@@ -127,6 +127,46 @@ def make_loader(run: Run, net: torch.nn.Module, dataset, batch_size: int, shuffl
                       num_workers=run.cfg.data.num_workers, generator=torch.Generator().manual_seed(run.cfg.train.seed))
 
 
+@dataclass(frozen=True)
+class TrainSource:
+    """Where a stage's training batches come from and what its step minimises: a loader to prepare
+    (a table read whole), or a stream's batches (nothing to prepare)."""
+
+    loader: Optional[DataLoader]
+    stream: Optional[StreamBatches]
+    objective: "CrossEntropy | SelfCritical"
+    steps_per_epoch: int
+    description: str  # for the log
+
+
+def caption_set(run: Run, net: torch.nn.Module, examples: list, images, split: str) -> CaptionTrainSet:
+    cfg = run.cfg
+    ids, owners = encode_captions(net, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
+    return CaptionTrainSet(images, ids, owners, late_errors=True)
+
+
+def train_source(run: Run, net: torch.nn.Module, stage: Stage, examples, images) -> TrainSource:
+    """The stage's training batches: a streamed split's, images for self-critical sampling, or
+    captions for cross-entropy; each with its objective and epoch length in optimizer steps."""
+    cfg, processes = run.cfg, run.accelerator.num_processes
+    if is_streamed(examples):
+        stream = stream_batches(run, net, examples)
+        return TrainSource(None, stream, CrossEntropy(), len(stream) // cfg.train.grad_accum,
+                           f"{examples.rows} streamed train rows ({len(stream)} batches per process an epoch)")
+    if stage.objective == "scst":
+        loader = make_loader(run, net, CaptionEvalSet(images, late_errors=True), cfg.train.batch_size, True,
+                             examples, "train", batches=ImagesWithItems)
+        objective = SelfCritical(accelerator=run.accelerator, references=[list(ex.captions) for ex in examples],
+                                 settings=cfg.scst, generation=cfg.generation,
+                                 max_caption_tokens=cfg.data.max_caption_tokens, synced_gpus=run.synced_gpus)
+        description = f"{len(examples)} train images ({cfg.scst.samples} sampled captions each, rewarded)"
+    else:
+        train_set = caption_set(run, net, examples, images, "train")
+        loader = make_loader(run, net, train_set, cfg.train.batch_size, True, examples, "train")
+        objective, description = CrossEntropy(), f"{len(examples)} train images ({len(train_set)} captions)"
+    return TrainSource(loader, None, objective, math.ceil(len(loader) / processes / cfg.train.grad_accum), description)
+
+
 def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -> PreparedStage:
     """The stage's datasets, loaders, optimizer and schedule, prepared with the model (the previous
     stage's, unwrapped: its trainable parameters may change)."""
@@ -134,52 +174,31 @@ def prepare_stage(run: Run, model: torch.nn.Module, stage: Stage, first: bool) -
     net = accelerator.unwrap_model(model)
     (train_examples, val_examples), (train_images, val_images) = stage_inputs(run, net, stage)
     apply_freeze(net, run.trainable, stage)
-
-    def caption_set(examples, images, split):
-        ids, owners = encode_captions(net, examples, cfg.data.max_caption_tokens, cfg.data.long_captions, split)
-        return CaptionTrainSet(images, ids, owners, late_errors=True)
-
-    val_loss_set = caption_set(val_examples, val_images, "validation")
+    val_loss_set = caption_set(run, net, val_examples, val_images, "validation")
     val_loss_loader = make_loader(run, net, val_loss_set, cfg.eval.batch_size, False, val_examples, "validation")
     eval_loader = make_loader(run, net, CaptionEvalSet(val_images, late_errors=True), cfg.eval.batch_size, False,
                               val_examples, "validation")
-    objective = CrossEntropy()
-    if is_streamed(train_examples):
-        train_batches = stream_batches(run, net, train_examples)
-        steps_per_epoch = len(train_batches) // cfg.train.grad_accum
-        train_size = f"{train_examples.rows} streamed train rows ({len(train_batches)} batches per process an epoch)"
-    elif stage.objective == "scst":
-        train_loader = make_loader(run, net, CaptionEvalSet(train_images, late_errors=True), cfg.train.batch_size,
-                                   True, train_examples, "train", batches=ImagesWithItems)
-        objective = SelfCritical(accelerator=accelerator, references=[list(ex.captions) for ex in train_examples],
-                                 settings=cfg.scst, generation=cfg.generation,
-                                 max_caption_tokens=cfg.data.max_caption_tokens, synced_gpus=run.synced_gpus)
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
-        train_size = f"{len(train_examples)} train images ({cfg.scst.samples} sampled captions each, rewarded)"
-    else:
-        train_set = caption_set(train_examples, train_images, "train")
-        train_loader = make_loader(run, net, train_set, cfg.train.batch_size, True, train_examples, "train")
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / cfg.train.grad_accum)
-        train_size = f"{len(train_examples)} train images ({len(train_set)} captions)"
-    total_steps = stage.max_steps or steps_per_epoch * stage.epochs
+    source = train_source(run, net, stage, train_examples, train_images)
+    total_steps = stage.max_steps or source.steps_per_epoch * stage.epochs
     n_trainable = sum(p.numel() for p in net.trainable_parameters())
-    run.log.info(f"{stage.label + ': ' if run.many_stages else ''}data: {train_size}, {len(val_examples)} val; "
+    run.log.info(f"{stage.label + ': ' if run.many_stages else ''}data: {source.description}, {len(val_examples)} val; "
                  f"model: {n_trainable:,} trainable of {sum(p.numel() for p in net.parameters()):,} parameters; "
                  f"{total_steps} optimizer steps")
     optimizer = build_optimizer(stage.optim, net.trainable_parameters())
     scheduler = build_scheduler(stage.optim, optimizer, total_steps, accelerator.num_processes)
     if not first:
         forget_prepared(accelerator)
-    if is_streamed(train_examples):
+    if source.loader is None:
         with_micro_batch(accelerator, cfg.train.batch_size)
         model, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
+        train_batches = source.stream
     else:
         # The training loader is prepared with the model: DeepSpeed reads its micro-batch size from it.
-        model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, train_loader, scheduler)
+        model, optimizer, train_loader, scheduler = accelerator.prepare(net, optimizer, source.loader, scheduler)
         train_batches = TableBatches(accelerator, train_loader)
     val_loss_loader, eval_loader = accelerator.prepare(val_loss_loader, eval_loader)
-    return PreparedStage(stage, model, optimizer, scheduler, train_batches, objective, val_loss_loader, eval_loader,
-                         val_loss_set, val_images, val_examples, total_steps)
+    return PreparedStage(stage, model, optimizer, scheduler, train_batches, source.objective, val_loss_loader,
+                         eval_loader, val_loss_set, val_images, val_examples, total_steps)
 
 
 def stream_batches(run: Run, net: torch.nn.Module, split) -> StreamBatches:
