@@ -39,6 +39,12 @@ def many_text_images(tmp_path_factory) -> Path:
     return root
 
 
+def heeds_ctrl_c() -> None:
+    """A shell without job control starts its background jobs with Ctrl-C ignored, and Python then
+    never turns it into KeyboardInterrupt: the command under test gets it as a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_eval(root: Path, tag: str) -> tuple[subprocess.Popen, list[psutil.Process]]:
     """`memecap eval ocr_template` with two OCR workers, once both are reading. Its output goes to
     files: a pipe would stay open as long as any orphaned worker holds it."""
@@ -47,7 +53,7 @@ def start_eval(root: Path, tag: str) -> tuple[subprocess.Popen, list[psutil.Proc
         proc = subprocess.Popen([sys.executable, "-m", "memecap", "eval", "ocr_template", "model.ocr.workers=2",
                                  f"cache.dir={root / tag}", "--data", str(root / "val.tsv"), "--out",
                                  str(root / f"{tag}.jsonl")], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=err, text=True)
+                                stderr=err, text=True, preexec_fn=heeds_ctrl_c)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         workers = [c for c in psutil.Process(proc.pid).children() if "python" in c.name().lower()]
