@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from memecap.data.streamed_split import HEAD_ROWS
+from memecap.data.streamed_split import HEAD_ROWS, skip_teller, stream_examples
 from memecap.data.streaming import StreamPosition, StreamRow, kept_rows
 from memecap.data.tables import TEXT_COLUMNS, UID_COLUMNS, Example
 from memecap.data.validation import DataError, Problem
@@ -51,12 +51,10 @@ class HfStreamedSplit:
         if world_size > 1:
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         source = self.source + (f" (process {rank} of {world_size})" if world_size > 1 else "")
-        said = (lambda problem: log(f"{problem} (skipped)")) if log is not None else None
-        return HfRowStream(dataset, source, position, self.on_bad_row, said)
+        return HfRowStream(dataset, source, position, self.on_bad_row, skip_teller(log))
 
     def head(self, rows: int = HEAD_ROWS) -> list[Example]:
-        return [Example(r.uid, r.image if isinstance(r.image, Path) else None, r.captions, r.source, r.line)
-                for r in islice(HfRowStream(self._dataset(), self.source, None, "skip", None), rows)]
+        return stream_examples(list(islice(HfRowStream(self._dataset(), self.source, None, "skip", None), rows)))
 
     def fingerprint(self) -> dict:
         """What names the data: the dataset, split and length, and a local folder's file names and sizes."""

@@ -50,7 +50,7 @@ class StreamedSplit:
     def stream(self, *, rank: int, world_size: int, position: Optional[StreamPosition] = None,
                order_seed: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> RowStream:
         """This process's rows; each one skipped as bad (data.on_bad_row=skip) is said through `log`."""
-        said = (lambda problem: log(f"{problem} (skipped)")) if log is not None else None
+        said = skip_teller(log)
         # Images are not checked here: the reader decodes each (or finds what its bytes gave in the cache).
         return RowStream(list(self.paths), rank=rank, world_size=world_size, position=position,
                          on_bad_row=self.on_bad_row, order_seed=order_seed, image_dir=self.image_dir, on_skip=said,
@@ -58,9 +58,8 @@ class StreamedSplit:
 
     def head(self, rows: int = HEAD_ROWS) -> list[Example]:
         """The first `rows` good rows, in file order (their images are not read; a tar sample's is None)."""
-        return [Example(r.uid, r.image if isinstance(r.image, Path) else None, r.captions, r.source, r.line)
-                for r in islice(RowStream(list(self.paths), on_bad_row="skip", image_dir=self.image_dir,
-                                          check_images=False), rows)]
+        return stream_examples(list(islice(RowStream(list(self.paths), on_bad_row="skip", image_dir=self.image_dir,
+                                                     check_images=False), rows)))
 
     def fingerprint(self) -> dict:
         """In the shape of data/fingerprint.split_fingerprint: rows, and digests of the files' names,
@@ -128,8 +127,17 @@ class ImageSpool:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def stream_examples(rows: Sequence[StreamRow], paths: Sequence[Path]) -> list[Example]:
+def stream_examples(rows: Sequence[StreamRow], paths: Optional[Sequence[Path]] = None) -> list[Example]:
+    """The rows as examples, their images at `paths` (spooled where a shard holds bytes); without
+    `paths`, a table row's image path and None for a tar sample's (captions only)."""
+    if paths is None:
+        paths = [r.image if isinstance(r.image, Path) else None for r in rows]
     return [Example(r.uid, path, r.captions, r.source, r.line) for r, path in zip(rows, paths)]
+
+
+def skip_teller(log: Optional[Callable[[str], None]]) -> Optional[Callable]:
+    """What a stream calls with each row it skips as bad: said through `log`, named."""
+    return (lambda problem: log(f"{problem} (skipped)")) if log is not None else None
 
 
 class RowCounts:
