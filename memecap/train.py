@@ -226,7 +226,7 @@ def fail_fast(run: Run, prepared: PreparedStage) -> None:
         probe_caption = net.generate(probe_eval, quick, synced_gpus=run.synced_gpus)[0][0]
     if not math.isfinite(probe_loss):
         raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
-    run.log.info(f"check: initial loss {probe_loss:.3f}, untrained caption {probe_caption!r}")
+    run.log.info(f"check: initial loss {probe_loss:.3f}, caption before training {probe_caption!r}")
 
 
 def restore(run: Run, stage: Stage, state: TrainState) -> TrainState:

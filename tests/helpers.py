@@ -63,12 +63,12 @@ def straight_and_resumed(tmp_path: Path, data: dict, common: tuple, step: int) -
     return straight, resumed
 
 
-def checkpointed_run(out: Path, data: dict, *overrides: str) -> dict:
-    """The tiny demo run with QUICK_CHECKPOINTS, leaving Accelerate clean however it ends."""
+def checkpointed_run(out: Path, data: dict, *overrides: str, recipe: str = "demo") -> dict:
+    """The tiny run of `recipe` with QUICK_CHECKPOINTS, leaving Accelerate clean however it ends."""
     from memecap import train
 
     try:
-        return train.main(tiny_run_config(out, data, *QUICK_CHECKPOINTS, *overrides))
+        return train.main(tiny_run_config(out, data, *QUICK_CHECKPOINTS, *overrides, recipe=recipe))
     finally:
         reset_accelerate()
 

@@ -312,6 +312,9 @@ class TrainConfig:
     best_metric: str = "bleu4"  # chooses the best checkpoint (val_loss and quote: lower is better)
     early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
     resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
+    # A checkpoint (or a run folder: its newest) whose trained weights a new run starts from; the same
+    # model settings. Not its optimizer, counters or data position: that is `resume`.
+    init_from: Optional[str] = None
     trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
     progress_bar: bool = True
     push_to_hub: bool = False  # upload the best export at the end (token: HF_TOKEN or `hf auth login`)

@@ -22,6 +22,7 @@ from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
+from memecap.training.init_weights import check_init, init_checkpoint, load_trained_weights, take_model_files
 from memecap.training.run_log import RunLog
 from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages, LazyCaptions
 from memecap.training.train_state import TrainState
@@ -68,6 +69,7 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     resume_from = find_resume_point(cfg.train.resume, out_dir, log.info)
     same_everywhere(accelerator, resume_from.name if resume_from else None, "the checkpoint to resume from")
     claim_run_folder(accelerator, cfg, out_dir, log, writer=writer, has_checkpoint=resume_from is not None)
+    init_from = starting_weights(cfg, resume_from, log)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
     stages = tuple(plan_stages(cfg))
@@ -79,15 +81,32 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     with preparing(accelerator, shared):  # every row of every stage is read and checked first
         data = tuple(load_stage_examples(cfg, stage, work_dir=out_dir, log=log.info) for stage in stages)
     state = replace(state, data_fingerprint=check_resume_data(stages, data, resume_from, state.data_fingerprint, log))
-    train_texts = LazyCaptions([train for train, _ in data])
+    # A run started from another's weights builds its model from that run's files (copied into this folder).
+    train_texts = () if cfg.train.init_from else LazyCaptions([train for train, _ in data])
     with whole_weights(accelerator, log), preparing(accelerator, shared):
+        if init_from is not None and writer:
+            take_model_files(init_from, out_dir)
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
         model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)
+        if init_from is not None:
+            loaded = load_trained_weights(model, init_from)
+            log.info(f"train.init_from: {loaded} trained tensors from {init_from} (not its optimizer, counters "
+                     f"or data position)")
     plugin = accelerator.state.deepspeed_plugin
     run = Run(cfg, accelerator, log, out_dir, shared, writer, stages, data,
               trainable=frozenset(name for name, p in model.named_parameters() if p.requires_grad),
               resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)
     return run, model, state
+
+
+def starting_weights(cfg: Config, resume_from: Optional[Path], log: RunLog) -> Optional[Path]:
+    """The checkpoint whose weights a fresh run starts from (`train.init_from`), checked to fit the
+    model settings; None when there is none, or when the run resumes (its checkpoint has the weights)."""
+    if not cfg.train.init_from or resume_from is not None:
+        return None
+    checkpoint = init_checkpoint(cfg.train.init_from, log.info)
+    check_init(checkpoint, cfg)
+    return checkpoint
 
 
 def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes: int, log: RunLog) -> None:

@@ -1,0 +1,114 @@
+"""`train.init_from`: a new run that starts from the weights an earlier run trained.
+
+What comes over is the model: the trained parameters in the checkpoint's `model.safetensors`, and
+the files its family built the model from in that run's folder (tiny bases made for the run, the
+LSTM's vocabulary: outputs/run_layout.MODEL_FILES), copied into the new run's folder so the new run
+never depends on, or writes into, the old one. What does not: the optimizer, the schedule, the
+counters, the data position, the seed (that is `train.resume`, which continues the same run). So a
+self-critical stage can run, from one cross-entropy checkpoint, under several seeds or settings.
+
+The model settings must be the checkpoint's: other settings build another model, which the weights
+would not fit, or would fit only by the accident of equal shapes.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from memecap.config import Config, ConfigError, load_saved_config, to_dict
+from memecap.config.files import flat_keys
+from memecap.outputs.run_layout import MODEL_FILES, STATE_FILE
+from memecap.training.checkpoint import find_resume_point, verify_checkpoint
+
+WEIGHTS_FILE = "model.safetensors"  # what Accelerate's save_state names the (one) model's weights
+# Settings of the model section that say how it runs, not what it is.
+NOT_THE_MODEL = ("ocr.workers",)
+
+
+def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
+    """The verified checkpoint `init_from` names: a checkpoint folder, or a run folder (its newest
+    complete checkpoint)."""
+    path = Path(init_from).expanduser()
+    if (path / STATE_FILE).is_file():
+        verify_checkpoint(path)
+        found = path
+    else:
+        found = find_resume_point("auto", path, log) if path.is_dir() else None
+    if found is None:
+        raise ConfigError(f"train.init_from={init_from}: no complete training checkpoint there (a "
+                          f"checkpoints/step_N folder, or a run folder holding one)")
+    if not (found / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"train.init_from={found}: no {WEIGHTS_FILE} (a DeepSpeed checkpoint keeps its weights "
+                          f"in shards); start from a checkpoint of a run without DeepSpeed, or from its export")
+    return found
+
+
+def model_changes(checkpoint: Path, cfg: Config) -> list[str]:
+    """`model.key: theirs -> ours` for each model setting that differs from the checkpoint's."""
+    from memecap.untrusted import check_published_config
+
+    saved = load_saved_config(checkpoint / "config.yaml", check=check_published_config)
+    theirs, ours = flat_keys(to_dict(saved.model)), flat_keys(to_dict(cfg.model))
+    return [f"model.{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+            if theirs.get(k) != ours.get(k) and k not in NOT_THE_MODEL]
+
+
+def check_init(checkpoint: Path, cfg: Config) -> None:
+    changed = model_changes(checkpoint, cfg)
+    if changed:
+        raise ConfigError(f"train.init_from={checkpoint}: its model was built with other settings, so its weights "
+                          f"do not belong to this one: {'; '.join(changed)}. Give the model settings of the run "
+                          f"that wrote it")
+
+
+def take_model_files(checkpoint: Path, out_dir: Path) -> list[str]:
+    """Copy the checkpoint's run-folder model files (MODEL_FILES) that `out_dir` does not have yet;
+    each appears whole or not at all. Returns the names copied."""
+    source_run = checkpoint.parent.parent
+    copied = []
+    for name in MODEL_FILES:
+        source, target = source_run / name, Path(out_dir) / name
+        if not source.exists() or target.exists():
+            continue
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, tmp, symlinks=True)
+        else:
+            shutil.copy2(source, tmp)
+        tmp.rename(target)
+        copied.append(name)
+    return copied
+
+
+def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> int:
+    """Load into `model` every parameter it trains, and every buffer, from the checkpoint's weights.
+    Frozen parameters stay the bases as built (a quantized base is not re-read from a state dict).
+    Returns how many tensors were loaded."""
+    from safetensors import safe_open
+
+    aliases: dict[int, list[str]] = {}  # a tied parameter is stored once, under any of its names
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    trained = [(names, p) for p in {id(p): p for _, p in model.named_parameters() if p.requires_grad}.values()
+               for names in [aliases[id(p)]]]
+    path = checkpoint / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as weights:
+        stored = set(weights.keys())
+        missing = [names[0] for names, _ in trained if not stored.intersection(names)]
+        if missing:
+            raise ConfigError(f"train.init_from={checkpoint}: {path.name} lacks {len(missing)} of the parameters "
+                              f"this run trains (first: {', '.join(missing[:3])})")
+        pairs = [(next(n for n in names if n in stored), p) for names, p in trained]
+        pairs += [(name, b) for name, b in model.named_buffers() if name in stored]
+        with torch.no_grad():
+            for name, target in pairs:
+                tensor = weights.get_tensor(name)
+                if tensor.shape != target.shape:
+                    raise ConfigError(f"train.init_from={checkpoint}: {name} is {tuple(tensor.shape)} there and "
+                                      f"{tuple(target.shape)} here")
+                target.copy_(tensor.to(target.dtype))
+    return len(pairs)
