@@ -33,4 +33,7 @@ def plan_memory(cfg: Config, **settings) -> Plan:
     if scst:
         plan.notes.append(f"objective scst: activations of train.batch_size x scst.samples = "
                           f"{settings['batch_size']} captions a step (the sampling itself holds less)")
+    if scst and cfg.scst.kl:
+        # The KL reference: a whole copy of the trained parameters, in their (fp32) training dtype.
+        plan.add(f"scst.kl reference (a copy of the {plan.trainable:,} trained parameters)", plan.trainable * 4.0)
     return plan

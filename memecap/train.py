@@ -79,7 +79,7 @@ def main(cfg: Config) -> dict:
             model = prepared.model
             if i == 0:
                 fail_fast(run, prepared)
-                state = restore(run, stage, state)
+                state = restore(run, prepared, state)
                 constant = start_tracking(run)
             else:
                 run.log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step "
@@ -229,12 +229,14 @@ def fail_fast(run: Run, prepared: PreparedStage) -> None:
     run.log.info(f"check: initial loss {probe_loss:.3f}, caption before training {probe_caption!r}")
 
 
-def restore(run: Run, stage: Stage, state: TrainState) -> TrainState:
+def restore(run: Run, prepared: PreparedStage, state: TrainState) -> TrainState:
     """Load the checkpoint to resume from into the prepared objects; returns its counters (with the
     data as read now, checked against the checkpoint's in setup)."""
     if run.resume_from is None:
         return state
+    stage = prepared.stage
     restored = replace(load_checkpoint(run.accelerator, run.resume_from), data_fingerprint=state.data_fingerprint)
+    prepared.objective.resume_from(run.resume_from, mid_stage=restored.stage_steps > 0)
     replayed = run.log.forget_after(restored.optimizer_step)
     run.log.info(f"resumed from {run.resume_from}: {stage.label + ', ' if run.many_stages else ''}"
                  f"epoch {restored.epoch}, optimizer step {restored.optimizer_step}"
@@ -283,7 +285,8 @@ def evaluate_and_keep_best(run: Run, prepared: PreparedStage, state: TrainState)
 def save(run: Run, prepared: PreparedStage, state: TrainState, window: LossWindow) -> None:
     ensure_finite_weights(run.accelerator, prepared.model, f"checkpoint at optimizer step {state.optimizer_step}")
     kept = replace(state, loss_window=window.totals(), stream_positions=prepared.train_batches.positions())
-    save_checkpoint(run.accelerator, run.out_dir, kept, run.cfg, run.cfg.train.keep_checkpoints, run.writer)
+    save_checkpoint(run.accelerator, run.out_dir, kept, run.cfg, run.cfg.train.keep_checkpoints, run.writer,
+                    extra=prepared.objective.checkpoint_files())
 
 
 def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, window: LossWindow) -> Optional[bool]:

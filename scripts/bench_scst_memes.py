@@ -38,8 +38,8 @@ def eval_at(run: Path, step: int | None = None) -> dict:
     predictions = run / "predictions" / f"step_{found['step']:07d}.jsonl"
     captions = [json.loads(line)["prediction"] for line in predictions.read_text(encoding="utf-8").splitlines()]
     counts = [len(quote_spans(c)) for c in captions]
-    return {**{k: found[k] for k in SCORES}, "step": found["step"],
-            "one_quote": sum(c == 1 for c in counts) / len(counts), "no_quote": sum(c == 0 for c in counts) / len(counts)}
+    share = {"one_quote": sum(c == 1 for c in counts) / len(counts), "no_quote": sum(c == 0 for c in counts) / len(counts)}
+    return {**{k: found[k] for k in SCORES}, "step": found["step"], **share}
 
 
 def row(name: str, scores: dict) -> str:
@@ -76,7 +76,8 @@ def main() -> None:
     spread = {k: max(a[k] for a in after) - min(a[k] for a in after) for k in keys}
     print(row(f"+ scst, mean of {len(after)}", mean))
     print(row("+ scst, spread (max - min)", spread))
-    print(f"CIDEr-D {before['cider']:.3f} -> {mean['cider']:.3f} ({(mean['cider'] / before['cider'] - 1) * 100:+.1f}%), "
+    gain = (mean["cider"] / before["cider"] - 1) * 100
+    print(f"CIDEr-D {before['cider']:.3f} -> {mean['cider']:.3f} ({gain:+.1f}%), "
           f"METEOR {before['meteor']:.3f} -> {mean['meteor']:.3f}")
 
 

@@ -122,3 +122,7 @@ def test_a_self_critical_stage_is_planned_at_its_sampled_captions():
     as_batch = plan_memory(load_config("clipcap_lora", ["train.batch_size=32"]))
     assert rows(scst)["activations"] == rows(as_batch)["activations"] != rows(ce)["activations"]
     assert any("scst.samples = 32 captions" in note for note in scst.notes)
+    with_kl = plan_memory(load_config("clipcap_lora", ["train.batch_size=8", "train.objective=scst", "scst.samples=4",
+                                                       "scst.kl=0.1"]))
+    # The KL reference: one more fp32 copy of what trains, and nothing else changes.
+    assert with_kl.total() - scst.total() == pytest.approx(scst.trainable * 4.0)

@@ -86,3 +86,47 @@ def test_scst_settings_are_checked_before_any_work():
         load_config("demo", ["train.objective=rl"])
     with pytest.raises(ConfigError, match="data.streaming=false"):
         load_config("demo", ["train.objective=scst", "data.streaming=true", "data.train=x.jsonl"])
+
+
+def test_the_kl_estimate_is_zero_where_policy_and_reference_agree_and_pulls_towards_the_reference():
+    from memecap.training.scst import kl_to_reference
+
+    reference = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    mask = torch.tensor([[True, True, False]])
+    assert kl_to_reference(reference.clone(), reference, mask).item() == pytest.approx(0.0, abs=1e-12)
+    policy = (reference + torch.tensor([[0.3, -0.2, 5.0]])).requires_grad_()
+    kl = kl_to_reference(policy, reference, mask)
+    assert kl.item() > 0
+    kl.sum().backward()
+    # Descending the penalty moves each chosen token's log-probability back towards the reference's;
+    # the unchosen position (masked) gets no gradient however far it is.
+    assert policy.grad[0, 0] > 0 and policy.grad[0, 1] < 0 and policy.grad[0, 2] == 0
+
+
+def test_the_kl_reference_is_the_starting_weights_kept_across_a_resume(tmp_path, synthetic_data):
+    from safetensors.torch import load_file
+
+    from memecap.training.objectives import KL_REFERENCE_FILE
+    from tests.helpers import checkpointed_run, reset_accelerate
+
+    first = tmp_path / "ce"
+    checkpointed_run(first, synthetic_data, "train.max_steps=2", "optim.lr=3e-3")
+    reset_accelerate()
+    common = (*SCST, "scst.kl=0.5", f"train.init_from={first}", "train.max_steps=4", "train.save_every=2",
+              "train.keep_checkpoints=5", "optim.lr=3e-3")
+    straight, resumed = straight_and_resumed(tmp_path, synthetic_data, common, step=2)
+    start = load_file(str(first / "checkpoints" / "step_0000002" / "model.safetensors"))
+    for step in (2, 4):
+        kept = load_file(str(straight / "checkpoints" / f"step_{step:07d}" / KL_REFERENCE_FILE))
+        assert kept and all(torch.equal(t, start[name]) for name, t in kept.items())
+    a = {r["step"]: (r["loss"], r["kl"]) for r in log_rows(straight)}
+    b = {r["step"]: (r["loss"], r["kl"]) for r in log_rows(resumed)}
+    assert sorted(b) == [3, 4] and all(b[s] == pytest.approx(a[s], abs=1e-6) for s in b)
+    assert all(kl >= 0 for _, kl in a.values()) and a[4][1] > 0
+
+
+def test_a_negative_kl_weight_is_refused_before_any_work():
+    from memecap.config import ConfigError
+
+    with pytest.raises(ConfigError, match="scst.kl"):
+        load_config("demo", ["train.objective=scst", "scst.kl=-1"])

@@ -397,11 +397,15 @@ class ScstConfig:
     length: float = 0.0  # minus the share of words beyond max_words
     repetition: float = 0.0  # minus the share of repeated word bigrams
     max_words: int = 60
+    # Weight of a KL penalty to the stage's starting weights (0: none): keeps the policy near what it
+    # started from. Costs a copy of the trained parameters, kept in each checkpoint; not under ZeRO-3.
+    kl: float = 0.0
 
     def __post_init__(self) -> None:
         one_of("scst.baseline", self.baseline, ("mean_of_others", "greedy"))
         at_least("scst.samples", self.samples, 2 if self.baseline == "mean_of_others" else 1)
         at_least("scst.max_words", self.max_words, 1)
+        at_least("scst.kl", self.kl, 0)
         for name in ("cider", "quote", "length", "repetition"):
             at_least(f"scst.{name}", getattr(self, name), 0)
         if not any(getattr(self, name) for name in ("cider", "quote", "length", "repetition")):

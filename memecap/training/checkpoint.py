@@ -117,9 +117,10 @@ def find_resume_point(resume: Optional[str], output_dir: Path, log=print) -> Opt
 
 
 def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Config, keep: int,
-                    writer: Optional[bool] = None) -> Path:
+                    writer: Optional[bool] = None, extra: Optional[dict] = None) -> Path:
     """Every process takes part (DeepSpeed shards are saved by each rank); the `writer` (the
-    main process, or each machine's first one when machines keep their own) renames."""
+    main process, or each machine's first one when machines keep their own) renames. `extra`:
+    {file name: tensors} the writer adds as safetensors files (what an objective keeps)."""
     writer = accelerator.is_main_process if writer is None else writer
     root = checkpoints_dir(output_dir)
     final = root / f"{PREFIX}{state.optimizer_step:07d}"
@@ -134,6 +135,10 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
     if writer:
         state = replace(state, world_size=accelerator.num_processes)
         (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+        for name, tensors in (extra or {}).items():
+            from safetensors.torch import save_file
+
+            save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / name))
         save_config(cfg, tmp / "config.yaml")
         write_manifest(tmp)
         if final.exists():
@@ -159,7 +164,7 @@ def load_checkpoint(accelerator, path: Path) -> TrainState:
 # the same run (another batch or data order, model, optimizer or schedule shape).
 EXACT_RESUME_KEYS = ("data.train", "data.val", "data.max_train_rows", "data.max_caption_tokens",
                      "data.long_captions", "data.synthetic", "model", "optim", "stages", "train.seed",
-                     "train.batch_size", "train.grad_accum", "train.mixed_precision")
+                     "train.batch_size", "train.grad_accum", "train.mixed_precision", "train.objective", "scst")
 # Settings whose change is allowed but alters the learning-rate schedule from the resume on.
 SCHEDULE_KEYS = ("train.epochs", "train.max_steps")
 

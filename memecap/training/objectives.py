@@ -7,14 +7,18 @@
   log-probability, the baseline being the mean reward of the image's other samples or its greedy
   caption's. The log-probability is the model's own forward on the sampled caption, re-tokenised
   (`token_log_probs`); tokens that `generation.quote=copy` forced (the quote after its opening mark,
-  and the closing mark) are left out: the model did not choose them.
+  and the closing mark) are left out: the model did not choose them. With `scst.kl`, the loss adds
+  that weight x the captions' KL estimate to the stage's starting weights (a copy of the trained
+  parameters taken at its first step, and kept in each checkpoint so a resume keeps the same one).
 
 Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `window()` gives the means of
-what the objective adds (the reward and its parts) since it was last asked.
+what the objective adds (the reward and its parts) since it was last asked; `checkpoint_files()` and
+`resume_from(folder, mid_stage)` carry what a checkpoint must keep besides the model and optimizer.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -22,8 +26,10 @@ from accelerate.utils import send_to_device
 
 from memecap.generation import with_overrides
 from memecap.quote_copy import QUOTE_PAIRS
-from memecap.training.scst import (REWARD_PARTS, CiderDReward, caption_rewards, leave_one_out_baseline,
-                                   policy_gradient_loss)
+from memecap.training.scst import (REWARD_PARTS, CiderDReward, caption_rewards, kl_to_reference,
+                                   leave_one_out_baseline, policy_gradient_loss)
+
+KL_REFERENCE_FILE = "kl_reference.safetensors"  # in a checkpoint of an scst stage with scst.kl > 0
 
 
 class CrossEntropy:
@@ -32,6 +38,12 @@ class CrossEntropy:
 
     def window(self) -> dict:
         return {}
+
+    def checkpoint_files(self) -> dict:
+        return {}
+
+    def resume_from(self, checkpoint: Path, mid_stage: bool) -> None:
+        pass
 
 
 class SelfCritical:
@@ -46,6 +58,7 @@ class SelfCritical:
         self.greedy = with_overrides(generation, strategy="greedy", num_return_sequences=1)
         self.copies_quote = generation.quote == "copy"
         self.max_caption_tokens, self.synced_gpus = max_caption_tokens, synced_gpus
+        self.reference: Optional[dict[str, torch.Tensor]] = None  # trained parameters at the stage's start (kl)
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
 
@@ -71,6 +84,10 @@ class SelfCritical:
         out = model(captions)
         chosen = out["token_scored"] & ~self._forced(net, flat, out["token_scored"])
         loss = policy_gradient_loss(out["token_log_probs"], chosen, (rewards - baseline).reshape(-1).to(chosen.device))
+        if self.settings.kl:
+            kl = kl_to_reference(out["token_log_probs"], self._reference_log_probs(net, captions), chosen)
+            loss = loss + self.settings.kl * kl.mean()
+            parts["kl"] = kl.detach().float().cpu().tolist()
         self._add(parts)
         return {"loss": loss, "num_tokens": chosen.sum()}
 
@@ -86,6 +103,43 @@ class SelfCritical:
         finally:
             net.train(was_training)
         return sampled, greedy
+
+    def _reference_log_probs(self, net, captions: dict) -> torch.Tensor:
+        """The sampled tokens' log-probabilities under the reference weights (the trained parameters
+        swapped for their copy; everything else shared), taken at the stage's first step if not restored."""
+        trained = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        if self.reference is None:
+            self.reference = {n: p.detach().clone() for n, p in trained.items()}
+        elif set(self.reference) != set(trained):
+            raise ValueError(f"scst.kl: the reference holds other parameters than this stage trains "
+                             f"({len(self.reference)} against {len(trained)})")
+        else:  # restored from a checkpoint: onto the parameters' device (a no-op once there)
+            self.reference = {n: t.to(trained[n].device, trained[n].dtype) for n, t in self.reference.items()}
+        was_training = net.training
+        net.eval()  # the reference is a fixed policy: no dropout noise in its log-probabilities
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                return torch.func.functional_call(net, self.reference, (captions,), strict=False)["token_log_probs"]
+        finally:
+            net.train(was_training)
+
+    def checkpoint_files(self) -> dict:
+        """{file name: tensors} to keep in a checkpoint: the KL reference, once taken."""
+        return {KL_REFERENCE_FILE: self.reference} if self.reference is not None else {}
+
+    def resume_from(self, checkpoint: Path, mid_stage: bool) -> None:
+        """Take the KL reference back from a checkpoint written mid-stage (a checkpoint from before the
+        stage began has none: the reference is then taken at the first step, as in a fresh stage)."""
+        if not (self.settings.kl and mid_stage):
+            return
+        from safetensors.torch import load_file
+
+        from memecap.training.checkpoint import DamagedCheckpoint
+
+        path = Path(checkpoint) / KL_REFERENCE_FILE
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path}: missing; scst.kl needs the stage's starting weights it keeps")
+        self.reference = load_file(str(path))
 
     def _forced(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
         """[captions, positions] True at the scored positions holding a token quote copying forced."""
@@ -115,7 +169,7 @@ class SelfCritical:
 
     def _add(self, parts: dict) -> None:
         n = len(parts["reward"])
-        for name in ("reward", *REWARD_PARTS):
+        for name in ("reward", *REWARD_PARTS, *(["kl"] if "kl" in parts else [])):
             self._sums[name] += sum(parts[name])
         self._count += n
 

@@ -75,6 +75,10 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     stages = tuple(plan_stages(cfg))
     if len(stages) > 1 and accelerator.state.deepspeed_plugin is not None:
         raise ConfigError("stages: multi-stage runs are not supported under DeepSpeed (its engine wraps one optimizer)")
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3 and cfg.scst.kl and any(s.objective == "scst" for s in stages):
+        raise ConfigError("scst.kl: not under DeepSpeed ZeRO-3 (its parameters are partitioned, and the KL "
+                          "reference is a whole copy of them); use ZeRO-2, or scst.kl=0")
     state = read_train_state(resume_from) if resume_from is not None else TrainState()
     if resume_from is not None:
         check_resume(cfg, resume_from, state, accelerator.num_processes, log)
@@ -92,7 +96,6 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
             loaded = load_trained_weights(model, init_from)
             log.info(f"train.init_from: {loaded} trained tensors from {init_from} (not its optimizer, counters "
                      f"or data position)")
-    plugin = accelerator.state.deepspeed_plugin
     run = Run(cfg, accelerator, log, out_dir, shared, writer, stages, data,
               trainable=frozenset(name for name, p in model.named_parameters() if p.requires_grad),
               resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)

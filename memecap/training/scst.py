@@ -16,6 +16,9 @@ not sample them and their gradient would only push probability towards text it w
 The baseline of a sample is the mean reward of the image's other samples (leave-one-out), or a
 given reward per image (e.g. the greedy caption's).
 
+An optional KL penalty (`scst.kl`) adds, per sampled caption, an estimate of its KL divergence from a
+reference policy (the stage's starting weights) over the same chosen tokens.
+
 Pure arithmetic: no model; torch only inside the functions that need tensors.
 """
 
@@ -99,3 +102,13 @@ def policy_gradient_loss(token_logprobs, scored_mask, advantages):
     """
     sequence_logprob = (token_logprobs * scored_mask.to(token_logprobs.dtype)).sum(dim=1)
     return -(advantages.detach().to(sequence_logprob.dtype) * sequence_logprob).mean()
+
+
+def kl_to_reference(token_logprobs, reference_logprobs, scored_mask):
+    """Per sampled caption, the sum over its chosen tokens of exp(r - p) - (r - p) - 1, r and p the
+    reference's and the policy's log-probabilities of the token: an estimate of KL(policy || reference)
+    from samples of the policy that is never negative and 0 where the two agree (Schulman's k3), its
+    gradient pulling p towards r."""
+    delta = reference_logprobs.detach() - token_logprobs
+    per_token = delta.exp() - delta - 1
+    return (per_token * scored_mask.to(per_token.dtype)).sum(dim=1)
