@@ -38,7 +38,8 @@ def eval_at(run: Path, step: int | None = None) -> dict:
     predictions = run / "predictions" / f"step_{found['step']:07d}.jsonl"
     captions = [json.loads(line)["prediction"] for line in predictions.read_text(encoding="utf-8").splitlines()]
     counts = [len(quote_spans(c)) for c in captions]
-    share = {"one_quote": sum(c == 1 for c in counts) / len(counts), "no_quote": sum(c == 0 for c in counts) / len(counts)}
+    n = len(counts)
+    share = {"one_quote": sum(c == 1 for c in counts) / n, "no_quote": sum(c == 0 for c in counts) / n}
     return {**{k: found[k] for k in SCORES}, "step": found["step"], **share}
 
 
