@@ -75,15 +75,17 @@ def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_da
 @pytest.mark.parametrize("config_file, stage",
                          [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
 def test_two_process_zero_offload_self_critical_run(config_file, stage, tmp_path, synthetic_data):
-    """Two scst steps of the whole decoder. The untrained model's samples match the references in
-    almost nothing, so the length and repetition penalties weigh in: their rewards differ between an
-    image's samples, so the loss and the update are not zero. Under ZeRO-3 rank 0 samples 2-token
-    captions while rank 1 samples 8: sampling must run with synced_gpus or the run hangs."""
+    """Two scst steps of the whole decoder, against the greedy baseline (two generations a step). The
+    untrained model's samples match the references in almost nothing, so the length and repetition
+    penalties weigh in: they differ between an image's captions, so the loss and the update are not
+    zero. Under ZeRO-3 rank 0 decodes 2 tokens while rank 1 decodes 8: sampling must run with
+    synced_gpus or the run hangs (it does when SelfCritical passes synced_gpus=False)."""
     out = tmp_path / "run"
-    cfg = tiny_run_config(out, synthetic_data, "train.objective=scst", "scst.samples=3", "scst.length=1.0",
-                          "scst.max_words=2", "scst.repetition=1.0", "train.max_steps=2", "train.eval_every=100",
-                          "optim.lr=3e-3", "optim.weight_decay=0", "model.encoder.trainable=false",
-                          "model.encoder.features=pooled", "eval.compare_constant=false", "generation.max_new_tokens=8")
+    cfg = tiny_run_config(out, synthetic_data, "train.objective=scst", "scst.samples=3", "scst.baseline=greedy",
+                          "scst.length=1.0", "scst.max_words=2", "scst.repetition=1.0", "train.max_steps=2",
+                          "train.eval_every=100", "optim.lr=3e-3", "optim.weight_decay=0",
+                          "model.encoder.trainable=false", "model.encoder.features=pooled",
+                          "eval.compare_constant=false", "generation.max_new_tokens=8")
     proc = launch_under_zero(config_file, stage, tmp_path, cfg)
     assert proc.returncode == 0, launch_failure(proc)
     if stage == 3:

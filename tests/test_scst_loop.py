@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from memecap import train
 from memecap.config import load_config, save_config
@@ -86,3 +87,34 @@ def test_scst_settings_are_checked_before_any_work():
         load_config("demo", ["train.objective=rl"])
     with pytest.raises(ConfigError, match="data.streaming=false"):
         load_config("demo", ["train.objective=scst", "data.streaming=true", "data.train=x.jsonl"])
+
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_self_critical_qlora(bits, tmp_path, synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir):
+    """scst on a quantized base with LoRA, gradient checkpointing and AdamW8bit. The untrained model's
+    samples differ in length and repetition (weighed in here), so the advantages are not zero."""
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, synthetic_data, *SCST, "train.max_steps=3", "train.save_every=3",
+                          "scst.length=1.0", "scst.max_words=2", "scst.repetition=1.0", "optim.weight_decay=0",
+                          "model.encoder.kind=ruclip", f"model.encoder.name={tiny_ruclip_dir}",
+                          "model.encoder.trainable=false", "model.encoder.features=pooled",
+                          f"model.decoder.name={tiny_gpt2_dir}", "model.decoder.mode=lora",
+                          f"model.decoder.quantization={bits}", "model.decoder.gradient_checkpointing=true",
+                          "optim.name=bitsandbytes.optim.AdamW8bit")
+    assert train.main(cfg)["optimizer_steps"] == 3
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["reward"] == pytest.approx(r["cider"] + r["quote"] + r["length"] + r["repetition"], abs=1e-9)
+               and r["loss"] != 0 for r in rows), rows
+    # LoRA's B starts at zero and nothing decays it: a non-zero B is the policy gradient's doing.
+    adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().max() > 0 for t in lora_b)
+    # The base stays as loaded: every frozen decoder tensor the checkpoint holds (the quantized weights
+    # and their quantization state included) equals the same base quantized afresh.
+    state = load_file(out / "checkpoints" / "step_0000003" / "model.safetensors")
+    fresh = build_model(cfg.model, work_dir=tmp_path / "fresh").state_dict()
+    frozen = [name for name in state if name.startswith("decoder.") and "lora_" not in name]
+    quantized = [name for name in frozen if state[name].dtype in (torch.uint8, torch.int8)]
+    assert quantized and all(torch.equal(state[name], fresh[name]) for name in frozen)
