@@ -3,6 +3,7 @@ cross-entropy stage, exact resume, the forced quote left out, two real processes
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 import pytest
 import torch
@@ -76,6 +77,27 @@ def test_two_processes_train_self_critically_in_step(tmp_path, synthetic_data):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["replicas_in_sync"] is True
     assert all("reward" in r for r in log_rows(out))
+
+
+def test_sampling_runs_in_the_runs_mixed_precision(tmp_path, synthetic_data, monkeypatch):
+    """Under autocast, as evaluation generates (the unwrapped model's generate is not wrapped by
+    Accelerate as the training forward is): outside it a 16-bit run samples in fp32, slower on a GPU
+    and not in the precision the sampled captions are then scored in."""
+    from memecap.models.clipcap.model import ClipCap
+
+    autocast_by_strategy = defaultdict(set)
+    real_generate = ClipCap.generate
+
+    def observed_generate(self, batch, generation, synced_gpus=False):
+        autocast_by_strategy[generation.strategy].add(torch.is_autocast_enabled("cpu"))
+        return real_generate(self, batch, generation, synced_gpus=synced_gpus)
+
+    monkeypatch.setattr(ClipCap, "generate", observed_generate)
+    cfg = tiny_run_config(tmp_path / "run", synthetic_data, *SCST, "train.max_steps=1", "scst.baseline=greedy",
+                          "train.mixed_precision=bf16", "model.encoder.trainable=false",
+                          "model.encoder.features=pooled")
+    assert train.main(cfg)["optimizer_steps"] == 1
+    assert dict(autocast_by_strategy) == {"sample": {True}, "greedy": {True}}
 
 
 def test_scst_settings_are_checked_before_any_work():
