@@ -71,7 +71,6 @@ def test_two_process_zero_offload_run(config_file, stage, tmp_path, synthetic_da
     assert len(captions) == 1 and captions[0][0]
 
 
-
 @pytest.mark.parametrize("config_file, stage",
                          [("deepspeed_zero2_offload.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)])
 def test_two_process_zero_offload_self_critical_run(config_file, stage, tmp_path, synthetic_data):

@@ -1,5 +1,6 @@
 """Self-critical reward fine-tuning as a stage objective, through the real loop: after a
-cross-entropy stage, exact resume, the forced quote left out, two real processes."""
+cross-entropy stage, exact resume, the forced quote left out, two real processes, sampling under
+mixed precision, 8/4-bit bases with LoRA. Under DeepSpeed: tests/test_deepspeed.py."""
 from __future__ import annotations
 
 import json
@@ -109,7 +110,6 @@ def test_scst_settings_are_checked_before_any_work():
         load_config("demo", ["train.objective=rl"])
     with pytest.raises(ConfigError, match="data.streaming=false"):
         load_config("demo", ["train.objective=scst", "data.streaming=true", "data.train=x.jsonl"])
-
 
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])
