@@ -201,3 +201,23 @@ def test_loop_trains_exports_and_scores_against_original_references(tmp_path, sy
     captioner = Captioner.from_pretrained(staged)
     image = load_split(synthetic_data["val"], log=None)[0][0].image_path
     assert captioner(str(image)) == read_predictions(path)[0]["prediction"]
+
+
+def test_synced_decoding_runs_every_rank_to_the_last_finished_caption(tmp_path):
+    """ZeRO-3 (`synced_gpus`): each forward gathers weights from all ranks, so a rank whose captions all
+    ended must go on stepping while another rank still decodes; two real gloo processes."""
+    import subprocess
+    import sys
+
+    from tests.launching import REPO, quiet_env
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "probes" / "synced_step_decoding.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ended, decoding = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for strategy in ("greedy", "beam", "sample"):
+        assert ended[strategy]["steps"] == decoding[strategy]["steps"] == 6, strategy  # max_new_tokens
+        # The best caption of each image (a beam's runner-up is another caption); ended ones stay empty.
+        assert [image[0] for image in ended[strategy]["captions"]] == [[], []]
+        assert [image[0] for image in decoding[strategy]["captions"]] == [[1] * 6, [1] * 6]

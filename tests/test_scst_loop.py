@@ -1,11 +1,14 @@
 """Self-critical reward fine-tuning as a stage objective, through the real loop: after a
-cross-entropy stage, exact resume, the forced quote left out, two real processes."""
+cross-entropy stage, exact resume, the forced quote left out, two real processes, sampling under
+mixed precision, 8/4-bit bases with LoRA. Under DeepSpeed: tests/test_deepspeed.py."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from memecap import train
 from memecap.config import load_config, save_config
@@ -77,6 +80,27 @@ def test_two_processes_train_self_critically_in_step(tmp_path, synthetic_data):
     assert all("reward" in r for r in log_rows(out))
 
 
+def test_sampling_runs_in_the_runs_mixed_precision(tmp_path, synthetic_data, monkeypatch):
+    """Under autocast, as evaluation generates (the unwrapped model's generate is not wrapped by
+    Accelerate as the training forward is): outside it a 16-bit run samples in fp32, slower on a GPU
+    and not in the precision the sampled captions are then scored in."""
+    from memecap.models.clipcap.model import ClipCap
+
+    autocast_by_strategy = defaultdict(set)
+    real_generate = ClipCap.generate
+
+    def observed_generate(self, batch, generation, synced_gpus=False):
+        autocast_by_strategy[generation.strategy].add(torch.is_autocast_enabled("cpu"))
+        return real_generate(self, batch, generation, synced_gpus=synced_gpus)
+
+    monkeypatch.setattr(ClipCap, "generate", observed_generate)
+    cfg = tiny_run_config(tmp_path / "run", synthetic_data, *SCST, "train.max_steps=1", "scst.baseline=greedy",
+                          "train.mixed_precision=bf16", "model.encoder.trainable=false",
+                          "model.encoder.features=pooled")
+    assert train.main(cfg)["optimizer_steps"] == 1
+    assert dict(autocast_by_strategy) == {"sample": {True}, "greedy": {True}}
+
+
 def test_scst_settings_are_checked_before_any_work():
     from memecap.config import ConfigError
 
@@ -104,8 +128,6 @@ def test_the_kl_estimate_is_zero_where_policy_and_reference_agree_and_pulls_towa
 
 
 def test_the_kl_reference_is_the_starting_weights_kept_across_a_resume(tmp_path, synthetic_data):
-    from safetensors.torch import load_file
-
     from memecap.training.objectives import KL_REFERENCE_FILE
     from tests.helpers import checkpointed_run, reset_accelerate
 
@@ -130,3 +152,33 @@ def test_a_negative_kl_weight_is_refused_before_any_work():
 
     with pytest.raises(ConfigError, match="scst.kl"):
         load_config("demo", ["train.objective=scst", "scst.kl=-1"])
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_self_critical_qlora(bits, tmp_path, synthetic_data, tiny_ruclip_dir, tiny_gpt2_dir):
+    """scst on a quantized base with LoRA, gradient checkpointing and AdamW8bit. The untrained model's
+    samples differ in length and repetition (weighed in here), so the advantages are not zero."""
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, synthetic_data, *SCST, "train.max_steps=3", "train.save_every=3",
+                          "scst.length=1.0", "scst.max_words=2", "scst.repetition=1.0", "optim.weight_decay=0",
+                          "model.encoder.kind=ruclip", f"model.encoder.name={tiny_ruclip_dir}",
+                          "model.encoder.trainable=false", "model.encoder.features=pooled",
+                          f"model.decoder.name={tiny_gpt2_dir}", "model.decoder.mode=lora",
+                          f"model.decoder.quantization={bits}", "model.decoder.gradient_checkpointing=true",
+                          "optim.name=bitsandbytes.optim.AdamW8bit")
+    assert train.main(cfg)["optimizer_steps"] == 3
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["reward"] == pytest.approx(r["cider"] + r["quote"] + r["length"] + r["repetition"], abs=1e-9)
+               and r["loss"] != 0 for r in rows), rows
+    # LoRA's B starts at zero and nothing decays it: a non-zero B is the policy gradient's doing.
+    adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().max() > 0 for t in lora_b)
+    # The base stays as loaded: every frozen decoder tensor the checkpoint holds (the quantized weights
+    # and their quantization state included) equals the same base quantized afresh.
+    state = load_file(out / "checkpoints" / "step_0000003" / "model.safetensors")
+    fresh = build_model(cfg.model, work_dir=tmp_path / "fresh").state_dict()
+    frozen = [name for name in state if name.startswith("decoder.") and "lora_" not in name]
+    quantized = [name for name in frozen if state[name].dtype in (torch.uint8, torch.int8)]
+    assert quantized and all(torch.equal(state[name], fresh[name]) for name in frozen)

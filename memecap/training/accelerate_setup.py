@@ -74,8 +74,10 @@ def forget_prepared(accelerator: Accelerator) -> None:
 
 def replicas_in_sync(accelerator, model) -> Optional[bool]:
     """Whether every process ends with identical trained weights (a broken gradient all-reduce
-    shows here); None where weights are sharded (DeepSpeed) and a copy per rank does not exist."""
-    if accelerator.num_processes == 1 or accelerator.state.deepspeed_plugin is not None:
+    shows here); None where weights are sharded (ZeRO-3) and a copy per rank does not exist. ZeRO-1/2
+    shard only the optimizer state and gradients: each rank holds the whole updated weights."""
+    plugin = accelerator.state.deepspeed_plugin
+    if accelerator.num_processes == 1 or (plugin is not None and plugin.zero_stage == 3):
         return None
     digest = hashlib.sha256()
     for p in accelerator.unwrap_model(model).trainable_parameters():

@@ -96,7 +96,9 @@ class SelfCritical:
         was_training = net.training
         net.eval()  # sampled from the policy itself, without dropout's noise
         try:
-            with torch.no_grad():
+            # Under the run's mixed precision, as evaluation generates: the unwrapped model's generate
+            # is outside the autocast Accelerate puts around the prepared model's forward.
+            with torch.no_grad(), self.accelerator.autocast():
                 sampled = net.generate(images, self.sampling, synced_gpus=self.synced_gpus)
                 greedy = (None if self.settings.baseline != "greedy" else
                           [c[0] for c in net.generate(images, self.greedy, synced_gpus=self.synced_gpus)])

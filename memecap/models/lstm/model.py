@@ -195,7 +195,7 @@ class LstmCaptioner(nn.Module):
                 return {"lstm": (h[:, rows], c[:, rows]), "grid": st["grid"][rows],
                         "keys": st["keys"][rows] if st["keys"] is not None else None}
 
-            ids = decode(begin, step, reorder, grid.shape[0], generation, self.eos_id)
+            ids = decode(begin, step, reorder, grid.shape[0], generation, self.eos_id, synced_gpus=synced_gpus)
         finally:
             self.train(was_training)
         return [[self.vocab.decode(seq) for seq in per_image] for per_image in ids]

@@ -18,8 +18,10 @@ from memecap.generation import logits_processors
 
 @torch.no_grad()
 def decode(begin: Callable, step: Callable, reorder: Callable, batch_size: int, cfg: GenerationConfig,
-           eos_id: int) -> list[list[list[int]]]:
-    """Token ids (end token excluded) of `num_return_sequences` captions per batch row."""
+           eos_id: int, synced_gpus: bool = False) -> list[list[list[int]]]:
+    """Token ids (end token excluded) of `num_return_sequences` captions per batch row. With
+    `synced_gpus` (ZeRO-3) decoding goes on until every rank's captions are finished: each `step`
+    gathers the weights from all ranks, so one that stopped early would leave the others waiting."""
     width = cfg.num_beams if cfg.strategy == "beam" else (cfg.num_return_sequences if cfg.strategy == "sample" else 1)
     logits, state = begin()
     rows = torch.arange(batch_size, device=logits.device).repeat_interleave(width)
@@ -55,7 +57,7 @@ def decode(begin: Callable, step: Callable, reorder: Callable, batch_size: int, 
             length = length + (~done).float()
         history = torch.cat([history, token[:, None]], dim=1)
         done = done | (token == eos_id)
-        if bool(done.all()):
+        if not still_decoding(done, synced_gpus):
             break
         logits, state = step(token, state)
     if cfg.strategy == "beam":  # topk kept beams sorted by normalised score, best first
@@ -70,3 +72,12 @@ def decode(begin: Callable, step: Callable, reorder: Callable, batch_size: int, 
             texts.append(ids[:ids.index(eos_id)] if eos_id in ids else ids)
         out.append(texts)
     return out
+
+
+def still_decoding(done: torch.Tensor, synced_gpus: bool) -> bool:
+    """Whether a caption is unfinished here or, with `synced_gpus`, on any rank (a finished caption
+    only goes on with the end token, which is cut off)."""
+    pending = (~done).any().float()
+    if synced_gpus:
+        torch.distributed.all_reduce(pending)
+    return pending.item() > 0
