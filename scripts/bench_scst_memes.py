@@ -8,9 +8,10 @@ own val scores, with the mean and the spread (max - min) over the seeds.
         --seeds 0 1 2 --steps 60 --lr 5e-5 $ARGS model.ocr.enabled=true generation.quote=copy
 
 Columns: CIDEr-D, BLEU-4, METEOR, ROUGE-L, quote CER (lower is better), the share of captions that open
-exactly one quote and the share that open none. Extra key=value arguments go to every scst run (they
-must give the model settings of the checkpoint's run; `scst.*` weights, the sampling's
-`generation.temperature` and so on may be set here too).
+exactly one quote and the share that open none, and the mean share of repeated word bigrams in a
+caption (what a reward that ignores a caption's tail lets through: `на на на`). Extra key=value
+arguments go to every scst run (they must give the model settings of the checkpoint's run; `scst.*`
+weights, the sampling's `generation.temperature` and so on may be set here too).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = ("cider", "bleu4", "meteor", "rougeL", "quote")
+SHARES = ("one_quote", "no_quote", "repeated")
 
 
 def eval_at(run: Path, step: int | None = None) -> dict:
@@ -29,6 +31,7 @@ def eval_at(run: Path, step: int | None = None) -> dict:
     that quote once / never, from the predictions written with it."""
     sys.path.insert(0, str(REPO))
     from memecap.metrics.quote_score import quote_spans
+    from memecap.training.scst import repetition_penalty
 
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [r for r in rows if r["kind"] == "eval" and (step is None or r["step"] == step)]
@@ -39,12 +42,13 @@ def eval_at(run: Path, step: int | None = None) -> dict:
     captions = [json.loads(line)["prediction"] for line in predictions.read_text(encoding="utf-8").splitlines()]
     counts = [len(quote_spans(c)) for c in captions]
     n = len(counts)
-    share = {"one_quote": sum(c == 1 for c in counts) / n, "no_quote": sum(c == 0 for c in counts) / n}
+    share = {"one_quote": sum(c == 1 for c in counts) / n, "no_quote": sum(c == 0 for c in counts) / n,
+             "repeated": -sum(repetition_penalty(c) for c in captions) / n}
     return {**{k: found[k] for k in SCORES}, "step": found["step"], **share}
 
 
 def row(name: str, scores: dict) -> str:
-    cells = " | ".join(f"{scores[k]:.3f}" for k in (*SCORES, "one_quote", "no_quote"))
+    cells = " | ".join(f"{scores[k]:.3f}" for k in (*SCORES, *SHARES))
     return f"| {name} | {cells} |"
 
 
@@ -57,8 +61,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scst_memes"))
     args, overrides = parser.parse_known_args()
     before = eval_at(args.init.parent.parent, int(args.init.name.split("_")[-1]))
-    header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote |"
-    lines = [header, "|---" * 8 + "|", row(f"cross-entropy (step {before['step']})", before)]
+    header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote | repeated bigrams |"
+    lines = [header, "|---" * 9 + "|", row(f"cross-entropy (step {before['step']})", before)]
     print("\n".join(lines), flush=True)
     after = []
     for seed in args.seeds:
@@ -72,7 +76,7 @@ def main() -> None:
             subprocess.run([*cmd, "train.overwrite=true"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         after.append(eval_at(out))
         print(row(f"+ scst, seed {seed}", after[-1]), flush=True)
-    keys = (*SCORES, "one_quote", "no_quote")
+    keys = (*SCORES, *SHARES)
     mean = {k: sum(a[k] for a in after) / len(after) for k in keys}
     spread = {k: max(a[k] for a in after) - min(a[k] for a in after) for k in keys}
     print(row(f"+ scst, mean of {len(after)}", mean))
