@@ -1,7 +1,9 @@
 """Faithful quotes (`generation.quote=copy`): once the decoder has just written an opening quote
 mark, the meme's OCR text is forced token by token, then the closing mark; then decoding is free
-again, except that no second quote is opened. The quote is then exactly what the OCR read, once,
-never invented.
+again, except that no second quote is opened. A quote mark is written freely only by a token that
+ends with an opening mark (it starts the copy): tokens holding a mark elsewhere (`".`, `",`) would
+open or close a quote the copy never sees, and a reward that ignores a caption's tail teaches a
+sampler to write them there. The quote is then exactly what the OCR read, once, never invented.
 
 It is a transformers `LogitsProcessor`, so ClipCap's `generate` (greedy, beam, sample) and the
 hand-written loops that use `memecap.generation.logits_processors` (RuDOLPH's) share it. Where each
@@ -25,15 +27,17 @@ def quote_text(text: str) -> str:
     return " ".join(text.translate(_MARKS).split())
 
 
-def opening_tokens(vocab_size: int, decode: Callable[[int], str]) -> dict[int, str]:
-    """Token id -> the closing mark it calls for, for every token whose text ends with an opening mark
-    (`"`, ` "`, `:"`, `«`, ...)."""
-    out = {}
+def quote_mark_tokens(vocab_size: int, decode: Callable[[int], str]) -> tuple[dict[int, str], list[int]]:
+    """(Token id -> the closing mark it calls for, for every token whose text ends with an opening mark:
+    `"`, ` "`, `:"`, `«`, ...; the other tokens whose text holds a quote mark: `".`, `»`, ...)."""
+    openers, stray = {}, []
     for token in range(vocab_size):
         text = decode(token).rstrip()
         if text and text[-1] in QUOTE_PAIRS:
-            out[token] = QUOTE_PAIRS[text[-1]]
-    return out
+            openers[token] = QUOTE_PAIRS[text[-1]]
+        elif text.translate(_MARKS) != text:
+            stray.append(token)
+    return openers, stray
 
 
 class QuoteCopyProcessor(LogitsProcessor):
@@ -42,14 +46,17 @@ class QuoteCopyProcessor(LogitsProcessor):
     `quotes`: the token ids of each item's OCR text; rows of `input_ids` are items in order, each
     repeated for its beams or returned sequences (row // (rows / items) is the item). `openers`: the
     opening-mark tokens and their closing marks; `closers`: closing mark -> its token ids. `start`:
-    how many leading ids of `input_ids` are not generated (a prompt the loop passes in).
+    how many leading ids of `input_ids` are not generated (a prompt the loop passes in). `stray`: the
+    other tokens holding a quote mark, never written freely.
     """
 
     def __init__(self, quotes: Sequence[Sequence[int]], openers: dict[int, str], closers: dict[str, list[int]],
-                 start: int = 0):
+                 start: int = 0, stray: Sequence[int] = ()):
         self.quotes = [list(q) for q in quotes]
         self.openers, self.closers, self.start = openers, closers, start
-        self.opener_ids = torch.tensor(sorted(openers), dtype=torch.long)  # banned once a row has copied
+        self.stray_ids = torch.tensor(sorted(stray), dtype=torch.long)
+        # Banned once a row has copied: the openers too.
+        self.marked_ids = torch.tensor(sorted({*openers, *stray}), dtype=torch.long)
 
     def forced_token(self, item: int, generated: list[int]) -> tuple[int | None, bool]:
         """(The token this row must write next, or None when it decodes freely; whether the row
@@ -76,13 +83,16 @@ class QuoteCopyProcessor(LogitsProcessor):
                 scores[row, token] = 0.0
             elif copied:
                 # The OCR text is the meme's whole text: a second quote could only repeat it or invent one.
-                scores[row, self.opener_ids.to(scores.device)] = float("-inf")
+                scores[row, self.marked_ids.to(scores.device)] = float("-inf")
+            elif len(self.stray_ids):
+                scores[row, self.stray_ids.to(scores.device)] = float("-inf")
         return scores
 
 
 def quote_processor(texts: Sequence[str], encode: Callable[[str], list[int]], openers: dict[int, str],
-                    start: int = 0) -> QuoteCopyProcessor:
+                    start: int = 0, stray: Sequence[int] = ()) -> QuoteCopyProcessor:
     """The processor copying each item's OCR text (`texts`), with `encode` the model's tokenizer
     (text -> ids, as the model writes words after a quote mark)."""
     closers = {mark: encode(mark) for mark in set(openers.values())}
-    return QuoteCopyProcessor([encode(quote_text(t)) if quote_text(t) else [] for t in texts], openers, closers, start)
+    return QuoteCopyProcessor([encode(quote_text(t)) if quote_text(t) else [] for t in texts], openers, closers, start,
+                              stray)

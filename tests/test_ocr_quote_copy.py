@@ -9,7 +9,7 @@ import torch
 from memecap.config import ConfigError, GenerationConfig, config_from_dict, load_config
 from memecap.metrics.quote_score import normalize_quote, quote_spans, quoted_text
 from memecap.data.datasets import CaptionEvalSet
-from memecap.quote_copy import QuoteCopyProcessor, quote_text
+from memecap.quote_copy import QuoteCopyProcessor, quote_mark_tokens, quote_text
 from tests.helpers import build_rudolph, no_dropout, ocr_model, prompted, with_texts
 
 TEXTS = ["кек лол", "", "ой всё ну и ну"]
@@ -41,6 +41,19 @@ def test_no_second_quote_is_opened_after_the_copy():
     scores = proc(torch.tensor([[9, 5, 6, 9], [3, 4, 2, 1]]), torch.zeros(2, 12))
     assert torch.isinf(scores[0, [9, 10]]).all() and torch.isfinite(scores[0, :9]).all()
     assert torch.isfinite(scores[1]).all()  # a row that has not quoted yet may open one
+
+
+def test_a_quote_mark_is_written_freely_only_by_a_token_that_opens_the_copy():
+    """A token holding a mark elsewhere (`".`: 12) would open or close a quote the copy never sees:
+    banned before the copy and after it; the opener (9) only before."""
+    proc = QuoteCopyProcessor([[5, 6]], openers={9: '"'}, closers={'"': [9]}, stray=[12])
+    before = proc(torch.tensor([[3, 4]]), torch.zeros(1, 14))
+    assert torch.isinf(before[0, 12]) and torch.isfinite(before[0, :12]).all() and torch.isfinite(before[0, 13])
+    after = proc(torch.tensor([[9, 5, 6, 9]]), torch.zeros(1, 14))
+    assert torch.isinf(after[0, [9, 12]]).all() and torch.isfinite(after[0, 13])
+    assert proc(torch.tensor([[3, 9]]), torch.zeros(1, 14))[0].argmax() == 5  # forcing the quote is unaffected
+    openers, stray = quote_mark_tokens(6, ['а', ' "', '".', ':"', '»', 'б'].__getitem__)
+    assert openers == {1: '"', 3: '"'} and stray == [2, 4]
 
 
 def test_quote_copy_needs_ocr():

@@ -45,21 +45,22 @@ def parameters_that_train(module: nn.Module) -> list[nn.Parameter]:
 
 
 class QuoteCopying:
-    """generation.quote=copy for one model (memecap/quote_copy.py). The tokens that end with an
-    opening quote mark are found on first use: one pass over the vocabulary per model."""
+    """generation.quote=copy for one model (memecap/quote_copy.py). The tokens that hold a quote mark
+    are found on first use: one pass over the vocabulary per model."""
 
     def __init__(self) -> None:
-        self._openers: Optional[dict[int, str]] = None
+        self._marks: Optional[tuple[dict[int, str], list[int]]] = None
 
     def processor(self, texts: Sequence[str], *, vocab_size: int, token_text: Callable[[int], str],
                   encode: Callable[[str], list[int]], start: int = 0):
         """The processor forcing each text's tokens (`encode`: as the model writes words after a
         quote mark) after an opening quote mark; `token_text` names a token id of the vocabulary."""
-        from memecap.quote_copy import opening_tokens, quote_processor
+        from memecap.quote_copy import quote_mark_tokens, quote_processor
 
-        if self._openers is None:
-            self._openers = opening_tokens(vocab_size, token_text)
-        return quote_processor(texts, encode, self._openers, start=start)
+        if self._marks is None:
+            self._marks = quote_mark_tokens(vocab_size, token_text)
+        openers, stray = self._marks
+        return quote_processor(texts, encode, openers, start=start, stray=stray)
 
     def with_tokenizer(self, tokenizer, texts: Sequence[str], start: int = 0):
         """`processor` over a transformers tokenizer."""
