@@ -5,7 +5,7 @@ seed (`train.init_from`); the checkpoint and each run's final weights are then s
     DATA=../shared/data/memes-sample
     ARGS=...  # the settings the cross-entropy run was trained with (docs/benchmarks.md)
     .venv/bin/python scripts/bench_scst_memes.py --init runs/memes_ce/checkpoints/step_0000380 \\
-        --seeds 0 1 2 --steps 60 --lr 3e-4 --jobs 3 $ARGS model.ocr.enabled=true generation.quote=copy
+        --seeds 0 1 2 --steps 60 --lr 3e-4 $ARGS model.ocr.enabled=true generation.quote=copy
 
 Columns: CIDEr-D, BLEU-4, METEOR, ROUGE-L, quote CER (lower is better), the share of captions that open
 exactly one quote and the share that open none, and the mean share of repeated word bigrams in a
@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--jobs", type=int, default=1, help="scst runs at once")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="scst runs at once (one per GPU; on a small CPU one at a time is the fastest in all)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scst_memes"))
     args, overrides = parser.parse_known_args()
     settings = dict(o.split("=", 1) for o in overrides if "=" in o)
