@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from memecap.config import Config, save_config, to_dict
 from memecap.config.files import flat_keys
@@ -136,8 +137,6 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
         state = replace(state, world_size=accelerator.num_processes)
         (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
         for name, tensors in (extra or {}).items():
-            from safetensors.torch import save_file
-
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / name))
         save_config(cfg, tmp / "config.yaml")
         write_manifest(tmp)

@@ -18,14 +18,11 @@ from typing import Callable
 
 import torch
 
-from memecap.config import Config, ConfigError, load_saved_config, to_dict
-from memecap.config.files import flat_keys
+from memecap.config import Config, ConfigError, load_saved_config
 from memecap.outputs.run_layout import MODEL_FILES, STATE_FILE
-from memecap.training.checkpoint import find_resume_point, verify_checkpoint
+from memecap.training.checkpoint import find_resume_point, resume_changes, verify_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"  # what Accelerate's save_state names the (one) model's weights
-# Settings of the model section that say how it runs, not what it is.
-NOT_THE_MODEL = ("ocr.workers",)
 
 
 def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
@@ -47,13 +44,13 @@ def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
 
 
 def model_changes(checkpoint: Path, cfg: Config) -> list[str]:
-    """`model.key: theirs -> ours` for each model setting that differs from the checkpoint's."""
+    """`model.key: theirs -> ours` for each model setting that differs from the checkpoint's (those a
+    resume would refuse too: how many processes read the OCR is not the model)."""
     from memecap.untrusted import check_published_config
 
     saved = load_saved_config(checkpoint / "config.yaml", check=check_published_config)
-    theirs, ours = flat_keys(to_dict(saved.model)), flat_keys(to_dict(cfg.model))
-    return [f"model.{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
-            if theirs.get(k) != ours.get(k) and k not in NOT_THE_MODEL]
+    exact, _ = resume_changes(saved, cfg)
+    return [change for change in exact if change.startswith("model.")]
 
 
 def check_init(checkpoint: Path, cfg: Config) -> None:
@@ -74,7 +71,10 @@ def take_model_files(checkpoint: Path, out_dir: Path) -> list[str]:
         if not source.exists() or target.exists():
             continue
         tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if tmp.is_dir():  # left by an interrupted copy
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
         if source.is_dir():
             shutil.copytree(source, tmp, symlinks=True)
         else:
