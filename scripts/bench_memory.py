@@ -83,13 +83,20 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def make_decoder(folder: Path, shape: str, texts: list[str]) -> None:
+def make_decoder(folder: Path, shape: str, texts: list[str], every_id_a_word: bool = False) -> None:
+    """A random GPT-2 of ruGPT-3's vocabulary size and `shape`, with a BPE of 1,000 fitted on `texts`.
+    `every_id_a_word`: the tokenizer also gets a word for each id above its own, so that sampled ids
+    decode to text that tokenises back to as many tokens (an scst step scores what it sampled, at full
+    length, as a real vocabulary would; otherwise most sampled ids decode to nothing)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from memecap.models.tiny import train_tokenizer
 
+    vocab_size = 50257
     tok = train_tokenizer(texts, 1000)
-    config = GPT2Config(vocab_size=50257, n_positions=2048, eos_token_id=tok.eos_token_id,
+    if every_id_a_word:
+        tok.add_tokens([f"<{i}>" for i in range(len(tok), vocab_size)])
+    config = GPT2Config(vocab_size=vocab_size, n_positions=2048, eos_token_id=tok.eos_token_id,
                         bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SHAPES[shape])
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)

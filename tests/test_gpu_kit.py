@@ -101,3 +101,23 @@ def test_a_multi_line_error_keeps_the_table_one_row():
     cell = status({"status": "failed", "error": cuda})
     assert cell == "**failed**: AcceleratorError: CUDA error: device-side assert triggered"
     assert status({"status": "ok"}) == "ok"
+
+
+def test_only_runs_the_named_modes_in_the_order_given():
+    from run import selected
+
+    assert selected(None) == MODES
+    names = [m.name for m in selected(["scst-clipcap-small", "qlora-large", "scst-clipcap-small"])]
+    assert names == ["scst-clipcap-small", "qlora-large"]
+
+
+def test_the_scst_mode_tokeniser_has_a_word_for_every_id(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_memory import make_decoder
+    from transformers import AutoTokenizer
+
+    make_decoder(tmp_path, "tiny", ["кот сидит на столе", "подпись под фото"], every_id_a_word=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    sampled = [7, 1500, 50256, 30000, 999, 1000]  # below, at and above the fitted BPE's own 1,000
+    assert len(tok) == 50257
+    assert tok(tok.decode(sampled), add_special_tokens=False)["input_ids"] == sampled

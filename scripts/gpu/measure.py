@@ -35,7 +35,7 @@ def bases(mode: Mode, work: Path, texts: list[str]) -> list[str]:
         return make_rudolph(work / "rudolph", mode.shape, texts)
     if mode.family == "vlm":
         return vlm_base(mode, work, texts)
-    make_decoder(work / "decoder", mode.shape, texts)
+    make_decoder(work / "decoder", mode.shape, texts, every_id_a_word=mode.objective == "scst")
     return [f"model.decoder.name={work / 'decoder'}", f"data.max_caption_tokens={mode.tokens}"]
 
 
@@ -84,7 +84,8 @@ def config(mode: Mode, work: Path, user: list[str]):
               f"train.max_steps={mode.steps}", "train.grad_accum=1", "train.log_every=1", "train.trackers=[]",
               "train.progress_bar=false", "eval.compare_constant=false", "train.save_every=1000000",
               f"train.output_dir={work / 'run'}", f"cache.dir={work / 'cache'}", f"eval.batch_size={mode.batch}"]
-    common.append(f"generation.max_new_tokens={mode.tokens if mode.kind == 'generate' else 2}")
+    decodes = mode.kind == "generate" or mode.objective == "scst"  # else only the loop's closing evaluation
+    common += [f"train.objective={mode.objective}", f"generation.max_new_tokens={mode.tokens if decodes else 2}"]
     return load_config(mode.recipe, [*common, *bases(mode, work, texts), *mode.overrides, *user]), texts, tables
 
 

@@ -34,6 +34,7 @@ class Mode:
     target_gib: Optional[float] = None  # the promise the peak is checked against
     steps: int = 8  # optimizer steps (train) or batches (generate), the first `warmup` not timed
     warmup: int = 2
+    objective: str = "ce"  # train.objective; scst samples `tokens` new tokens per caption
 
     @property
     def zero_stage(self) -> int:
@@ -46,23 +47,26 @@ MODES = [
     Mode("zero2-large", "ClipCap, ruGPT-3 large full fine-tune, ZeRO-2 optimizer offload, checkpointing",
          "train", "clipcap_mlp_finetune", "clipcap", "large", 8, 128,
          (*TINY_ENCODER, "model.decoder.gradient_checkpointing=true", "optim.name=torch.optim.AdamW"),
-         accelerate="deepspeed_zero2_offload.yaml", budget_s=90, target_gib=8),
+         accelerate="deepspeed_zero2_offload.yaml", budget_s=150, target_gib=8),
     Mode("rudolph-350m", "RuDOLPH-350M full fine-tune, checkpointing, 8-bit AdamW (`rudolph_350m`)",
          "train", "rudolph_350m", "rudolph", "350M_v1", 4, 384, budget_s=60, target_gib=8),
     Mode("rudolph-2.7b-lora", "RuDOLPH-2.7B LoRA r=16, bf16 base, checkpointing (`rudolph_2.7b`)",
          "train", "rudolph_2.7b", "rudolph", "2.7B", 4, 1088, budget_s=120, target_gib=16),
     Mode("vlm-qwen2.5-3b-qlora", "Qwen2.5-VL-3B QLoRA (4-bit NF4 + LoRA r=16), checkpointing, 8-bit AdamW "
          "(`vlm_qwen2_5_3b_qlora`, 512 image tokens)", "train", "vlm_qwen2_5_3b_qlora", "vlm", "published", 4, 160,
-         budget_s=120, target_gib=8),
+         budget_s=300, target_gib=8),
     Mode("vlm-qwen3-4b-qlora", "Qwen3-VL-4B QLoRA (4-bit NF4 + LoRA r=16), checkpointing, 8-bit AdamW "
          "(`vlm_qwen3_4b_qlora`, 512 image tokens)", "train", "vlm_qwen3_4b_qlora", "vlm", "published", 4, 160,
-         budget_s=120, target_gib=10),
+         budget_s=300, target_gib=10),
     Mode("clipcap-small-fp32", "ClipCap, ruGPT-3 small LoRA (`clipcap_lora`), fp32",
          "train", "clipcap_lora", "clipcap", "small", 32, 128, (*TINY_ENCODER, "train.mixed_precision='no'"),
          budget_s=40),
     Mode("clipcap-small-bf16", "ClipCap, ruGPT-3 small LoRA (`clipcap_lora`), bf16 mixed precision",
          "train", "clipcap_lora", "clipcap", "small", 32, 128, (*TINY_ENCODER, "train.mixed_precision=bf16"),
          budget_s=40),
+    Mode("scst-clipcap-small", "ClipCap, ruGPT-3 small LoRA (`clipcap_lora`), fp32, self-critical steps: "
+         "5 captions sampled per image", "train", "clipcap_lora", "clipcap", "small", 32, 128,
+         (*TINY_ENCODER, "train.mixed_precision='no'"), budget_s=60, objective="scst"),
     Mode("generate-clipcap-small", "ClipCap, ruGPT-3 small: evaluation decoding (`clipcap_lora`: beam 4)",
          "generate", "clipcap_lora", "clipcap", "small", 32, 96, TINY_ENCODER, budget_s=40, steps=4, warmup=1),
     Mode("generate-rudolph-350m", "RuDOLPH-350M: evaluation decoding (`rudolph_350m`: greedy)",

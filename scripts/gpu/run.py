@@ -115,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="every mode with tiny shapes on the CPU")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_kit")
-    parser.add_argument("--only", nargs="+", choices=[m.name for m in MODES], help="these modes, in priority order")
+    parser.add_argument("--only", nargs="+", choices=[m.name for m in MODES], help="these modes, in the order given")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("MODE", "KEY=VALUE"),
                         help="a memecap override for one mode (repeatable)")
     parser.add_argument("--time-limit", type=float, help="seconds for the whole run; modes that no longer fit are "
@@ -130,6 +130,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         if name not in known:
             parser.error(f"--set {name}: no such mode; modes: {', '.join(sorted(known))}")
     return args
+
+
+def selected(only) -> list[Mode]:
+    """The modes of `--only` in the order given (a short loan measures what matters now first), else all."""
+    if not only:
+        return list(MODES)
+    by_name = {m.name: m for m in MODES}
+    return [by_name[name] for name in dict.fromkeys(only)]
 
 
 def main(argv=None) -> int:
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
             summary["install"] = {"error": str(error)}
     summary["environment"] = check_environment(out, timeout=120)
     print(f"environment: {summary['environment'].get('device', summary['environment'])}", flush=True)
-    modes = [tiny(m) if args.cpu_dry_run else m for m in MODES if not args.only or m.name in args.only]
+    modes = [tiny(m) if args.cpu_dry_run else m for m in selected(args.only)]
     # A GPU measurement has the machine to itself; dry-run modes are single-threaded and may share the CPU.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         pending = [pool.submit(attempt, mode, out, args, deadline) for mode in modes]
