@@ -42,6 +42,12 @@ def test_modes_move_and_shrink_what_they_should():
     zero3 = rows(plan_memory(cfg, processes=4, zero_stage=3, offload_optimizer=True, offload_params=True))
     assert zero3["trained weights"] == (n, "CPU")
 
+    # Under bf16, DeepSpeed casts the model: 16-bit weights on the GPU, the fp32 copy with the optimizer.
+    half = rows(plan_memory(cfg, processes=4, zero_stage=2, offload_optimizer=True, mixed_precision="bf16"))
+    assert half["trained weights"] == (2 * n, "accelerator")
+    assert half["fp32 master weights"] == (n, "CPU")
+    assert "fp32 master weights" not in rows(plan_memory(cfg, mixed_precision="bf16"))  # no DeepSpeed: no cast
+
     eight_bit = rows(plan_memory(load_config("clipcap_mlp_finetune", ["optim.name=bitsandbytes.optim.AdamW8bit"])))
     assert eight_bit["optimizer states"][0] == 2 * n
 

@@ -21,14 +21,24 @@ class Plan:
         self.rows.append((what, float(nbytes), where))
 
     def add_training_state(self, trainable: int, *, optimizer: str, processes: int, zero_stage: int,
-                           offload_optimizer: bool, where_params: str, detail: str = "") -> None:
+                           offload_optimizer: bool, where_params: str, detail: str = "",
+                           half_precision: bool = False) -> None:
         """The rows every trained parameter costs: its fp32 weight, gradient and optimizer states,
-        sharded by ZeRO (weights at stage 3, gradients from 2, optimizer states from 1)."""
+        sharded by ZeRO (weights at stage 3, gradients from 2, optimizer states from 1).
+        `half_precision`: the run's mixed precision is bf16 or fp16."""
         self.trainable = trainable
-        self.add(f"trained weights, fp32 ({trainable:,} parameters{detail})",
-                 trainable * 4.0 / (processes if zero_stage == 3 else 1), where_params)
+        shard = processes if zero_stage == 3 else 1
         # ZeRO-Offload moves the fp32 gradients to CPU RAM with the optimizer (a bucket stays behind).
         offloaded = "CPU" if offload_optimizer and zero_stage else "accelerator"
+        if zero_stage and half_precision:
+            # DeepSpeed casts the model itself to bf16/fp16; the fp32 weights become the optimizer's
+            # master copy, partitioned (and offloaded) with its states.
+            self.add(f"trained weights, 16-bit under DeepSpeed ({trainable:,} parameters{detail})",
+                     trainable * 2.0 / shard, where_params)
+            self.add("fp32 master weights (DeepSpeed's optimizer copy)", trainable * 4.0 / processes, offloaded)
+        else:
+            self.add(f"trained weights, fp32 ({trainable:,} parameters{detail})", trainable * 4.0 / shard,
+                     where_params)
         self.add("gradients, fp32", trainable * 4.0 / (processes if zero_stage >= 2 else 1), offloaded)
         opt_bytes = OPTIMIZER_BYTES["8bit" if "8bit" in optimizer.lower() else "32bit"]
         self.add(f"optimizer states ({optimizer.rsplit('.', 1)[-1]})",

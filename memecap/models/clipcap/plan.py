@@ -175,12 +175,12 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
         stored = dec.quantization if dec.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
         plan.add(f"decoder weights, frozen ({stored})",
                  frozen_weights / shard, where_params)
+    autocast = precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
-                            offload_optimizer=offload_optimizer, where_params=where_params)
+                            offload_optimizer=offload_optimizer, where_params=where_params, half_precision=autocast)
     checkpointing = dec.gradient_checkpointing
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if checkpointing else ''}",
              activation_bytes(config, batch, seq, act_bytes, checkpointing))
-    autocast = precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2)
     if dec.mode == "lora":
         plan.add("LoRA inputs (fp32 copies, dropout masks)",
                  lora_input_bytes(dec, decoder, batch, seq, act_bytes, autocast, checkpointing))

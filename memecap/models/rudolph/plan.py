@@ -92,7 +92,8 @@ def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
         plan.add(f"RuDOLPH weights, frozen ({r.base_dtype}, {frozen:,} parameters)", frozen * frozen_bytes / shard,
                  where_params)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
-                            offload_optimizer=offload_optimizer, where_params=where_params, detail=f", mode {r.mode}")
+                            offload_optimizer=offload_optimizer, where_params=where_params, detail=f", mode {r.mode}",
+                            half_precision=precision in ("bf16", "fp16") or (precision == "auto" and act == 2))
     ckpt = r.gradient_checkpointing
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if ckpt else ''}",
              activation_bytes(p, batch, act, ckpt))

@@ -131,7 +131,8 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
         plan.add(f"frozen weights ({stored}{'' if v.mode == 'full' else ', vision tower too'})",
                  frozen / shard, where_params)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
-                            offload_optimizer=offload_optimizer, where_params=where_params)
+                            offload_optimizer=offload_optimizer, where_params=where_params,
+                            half_precision=precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2))
     h, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     # A decoder layer keeps about 12 h + 4 I values per token for backward (norms, q/k/v/o, the
     # SwiGLU MLP; SDPA/flash attention keeps no score matrix); checkpointing keeps its input only.
