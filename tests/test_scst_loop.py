@@ -67,6 +67,22 @@ def test_the_copied_quote_is_left_out_of_the_log_probability(tmp_path, synthetic
     assert forced[0].sum() == end - start and not forced[1].any()
 
 
+def test_the_end_token_of_a_caption_cut_at_the_length_limit_is_left_out(tmp_path, synthetic_data):
+    cfg = tiny_run_config(tmp_path, synthetic_data, "generation.max_new_tokens=6")
+    net = build_model(cfg.model, work_dir=tmp_path, train_texts=["на картинке кот сидит на столе у окна"])
+    step = SelfCritical(accelerator=None, references=[["на картинке кот"]], settings=cfg.scst,
+                        generation=cfg.generation, max_caption_tokens=48, synced_gpus=False)
+    ended, cut = "кот", "на картинке кот сидит на столе у окна и смотрит на улицу"
+    assert len(net.encode_caption(ended, 48)) - 1 < 6 <= len(net.encode_caption(cut, 48)) - 1
+    scored = torch.zeros(2, 40, dtype=torch.bool)
+    scored[0, 3:3 + len(net.encode_caption(ended, 48))] = True
+    scored[1, 3:3 + len(net.encode_caption(cut, 48))] = True
+    appended = step._appended_ends(net, [ended, cut], scored)
+    last = scored[1].nonzero().max().item()
+    assert not appended[0].any()  # it ended before the limit: its end token was sampled
+    assert appended[1].nonzero().flatten().tolist() == [last]  # only the end token, not the caption's words
+
+
 def test_two_processes_train_self_critically_in_step(tmp_path, synthetic_data):
     out = tmp_path / "run"
     cfg = tiny_run_config(out, synthetic_data, *SCST, "train.max_steps=2")

@@ -7,7 +7,8 @@
   log-probability, the baseline being the mean reward of the image's other samples or its greedy
   caption's. The log-probability is the model's own forward on the sampled caption, re-tokenised
   (`token_log_probs`); tokens that `generation.quote=copy` forced (the quote after its opening mark,
-  and the closing mark) are left out: the model did not choose them. With `scst.kl`, the loss adds
+  and the closing mark) are left out: the model did not choose them; so is the end token of a
+  caption whose sampling stopped at the length limit (appended to its ids, never sampled). With `scst.kl`, the loss adds
   that weight x the captions' KL estimate to the stage's starting weights (a copy of the trained
   parameters taken at its first step, and kept in each checkpoint so a resume keeps the same one).
 
@@ -82,7 +83,8 @@ class SelfCritical:
         captions = send_to_device(net.collate([{"image": items[i // k]["image"], "input_ids": row}
                                                for i, row in enumerate(ids)]), self.accelerator.device)
         out = model(captions)
-        chosen = out["token_scored"] & ~self._forced(net, flat, out["token_scored"])
+        scored = out["token_scored"]
+        chosen = scored & ~self._forced(net, flat, scored) & ~self._appended_ends(net, flat, scored)
         loss = policy_gradient_loss(out["token_log_probs"], chosen, (rewards - baseline).reshape(-1).to(chosen.device))
         if self.settings.kl:
             kl = kl_to_reference(out["token_log_probs"], self._reference_log_probs(net, captions), chosen)
@@ -155,6 +157,20 @@ class SelfCritical:
             positions = scored[row].nonzero().flatten()  # the caption's tokens in order, wherever they sit
             forced[row, positions[span[0]:span[1]]] = True
         return forced
+
+    def _appended_ends(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
+        """[captions, positions] True at the end token of each caption whose sampling stopped at the
+        length limit (or that re-tokenises past `max_caption_tokens`): the caption's ids end with that
+        token all the same, but the model never chose it there. Scored, a long junk caption's low
+        reward would teach the model not to end after junk, which lengthens the next samples (seen
+        on real memes: a greedy tail that never ends). The count is of the re-tokenised caption, so
+        a caption that ended a token or two short of the limit may lose its end token too."""
+        limit = min(self.sampling.max_new_tokens, self.max_caption_tokens)
+        appended = torch.zeros_like(scored)
+        for row, caption in enumerate(captions):
+            if len(net.encode_caption(caption, 10**6)) - 1 >= limit and scored[row].any():
+                appended[row, scored[row].nonzero().max()] = True
+        return appended
 
     def _forced_span(self, net, caption: str) -> Optional[tuple[int, int]]:
         """Token indices [start, end) of the copied quote and its closing mark within the caption."""
