@@ -398,7 +398,8 @@ class ScstConfig:
     repetition: float = 0.0  # minus the share of repeated word bigrams
     max_words: int = 60
     # Weight of a KL penalty to the stage's starting weights (0: none): keeps the policy near what it
-    # started from. Costs a copy of the trained parameters, kept in each checkpoint; not under ZeRO-3.
+    # started from (0.1 stopped the collapse seen by step 120 on real memes: docs/benchmarks.md).
+    # Costs a copy of the trained parameters, kept in each checkpoint; not under ZeRO-3.
     kl: float = 0.0
 
     def __post_init__(self) -> None:
