@@ -5,11 +5,6 @@ ends with an opening mark (it starts the copy): tokens holding a mark elsewhere 
 open or close a quote the copy never sees, and a reward that ignores a caption's tail teaches a
 sampler to write them there. The quote is then exactly what the OCR read, once, never invented.
 
-The close is the model's choice among the closing mark and the tokens that start with it (`"`,
-`".`, `",`): a tokenizer fitted on captions that end `..."."` writes their end as one token `".`,
-and a bare `"` forced there leaves the decoder where its training never took it (a tail of
-punctuation followed).
-
 It is a transformers `LogitsProcessor`, so ClipCap's `generate` (greedy, beam, sample) and the
 hand-written loops that use `memecap.generation.logits_processors` (RuDOLPH's) share it. Where each
 row stands is read from its own token ids at every step, never from a count of calls: under beam
@@ -17,9 +12,7 @@ search a row's history is replaced by another beam's when beams are reordered.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers.generation.logits_process import LogitsProcessor
@@ -34,28 +27,17 @@ def quote_text(text: str) -> str:
     return " ".join(text.translate(_MARKS).split())
 
 
-@dataclass(frozen=True)
-class QuoteMarks:
-    """A vocabulary's tokens that hold quote marks."""
-
-    openers: dict[int, str]  # token -> the closing mark it calls for: text ending with an opening mark
-    stray: list[int]  # the other tokens holding a mark (`".`, `»`, ...): never written freely
-    endings: dict[str, list[int]]  # closing mark -> the stray tokens that start with it, the rest mark-free
-
-
-def quote_mark_tokens(vocab_size: int, decode: Callable[[int], str]) -> QuoteMarks:
-    """The openers (`"`, ` "`, `:"`, `«`, ...), the stray tokens and the closing endings of a vocabulary."""
-    openers, stray, endings = {}, [], defaultdict(list)
-    closing = set(QUOTE_PAIRS.values())
+def quote_mark_tokens(vocab_size: int, decode: Callable[[int], str]) -> tuple[dict[int, str], list[int]]:
+    """(Token id -> the closing mark it calls for, for every token whose text ends with an opening mark:
+    `"`, ` "`, `:"`, `«`, ...; the other tokens whose text holds a quote mark: `".`, `»`, ...)."""
+    openers, stray = {}, []
     for token in range(vocab_size):
         text = decode(token).rstrip()
         if text and text[-1] in QUOTE_PAIRS:
             openers[token] = QUOTE_PAIRS[text[-1]]
         elif text.translate(_MARKS) != text:
             stray.append(token)
-            if text[0] in closing and text[1:].translate(_MARKS) == text[1:]:
-                endings[text[0]].append(token)
-    return QuoteMarks(openers, stray, dict(endings))
+    return openers, stray
 
 
 class QuoteCopyProcessor(LogitsProcessor):
@@ -65,49 +47,40 @@ class QuoteCopyProcessor(LogitsProcessor):
     repeated for its beams or returned sequences (row // (rows / items) is the item). `openers`: the
     opening-mark tokens and their closing marks; `closers`: closing mark -> its token ids. `start`:
     how many leading ids of `input_ids` are not generated (a prompt the loop passes in). `stray`: the
-    other tokens holding a quote mark, never written freely. `endings`: closing mark -> the tokens
-    starting with it that may close the quote in its place (when it is one token).
+    other tokens holding a quote mark, never written freely.
     """
 
     def __init__(self, quotes: Sequence[Sequence[int]], openers: dict[int, str], closers: dict[str, list[int]],
-                 start: int = 0, stray: Sequence[int] = (), endings: Optional[dict[str, Sequence[int]]] = None):
+                 start: int = 0, stray: Sequence[int] = ()):
         self.quotes = [list(q) for q in quotes]
         self.openers, self.closers, self.start = openers, closers, start
-        self.endings = {mark: list(tokens) for mark, tokens in (endings or {}).items()}
         self.stray_ids = torch.tensor(sorted(stray), dtype=torch.long)
         # Banned once a row has copied: the openers too.
         self.marked_ids = torch.tensor(sorted({*openers, *stray}), dtype=torch.long)
 
-    def allowed_tokens(self, item: int, generated: list[int]) -> tuple[Optional[list[int]], bool]:
-        """(The tokens this row may write next, or None when it decodes freely; whether the row has
-        copied the quote already). The row's ids are replayed from the start: an opening mark starts
-        a copy, which lasts for the quote's tokens and the closing mark's, whatever those tokens are
-        (a closing `"` does not open another); a one-token close may be any of its endings."""
+    def forced_token(self, item: int, generated: list[int]) -> tuple[int | None, bool]:
+        """(The token this row must write next, or None when it decodes freely; whether the row
+        has copied the quote already). The row's ids are replayed from the start: an opening mark
+        starts a copy, which lasts for the quote's tokens and the closing mark's, whatever those
+        tokens are (a closing `"` does not open another)."""
         pending: list[int] = []
-        closings: list[int] = []
         copied = False
         for token in generated:
             if pending:
                 # A row that left the copy (cut by a length limit) is free.
-                pending = pending[1:] if token == pending[0] or (len(pending) == 1 and token in closings) else []
+                pending = pending[1:] if token == pending[0] else []
                 copied = copied or not pending
             elif token in self.openers:
-                mark = self.openers[token]
-                pending = self.quotes[item] + self.closers[mark]
-                closings = self.endings.get(mark, []) if len(self.closers[mark]) == 1 else []
-        if not pending:
-            return None, copied
-        return ([pending[0], *closings] if len(pending) == 1 else [pending[0]]), copied
+                pending = self.quotes[item] + self.closers[self.openers[token]]
+        return (pending[0] if pending else None), copied
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         per_item = max(input_ids.shape[0] // max(len(self.quotes), 1), 1)
         for row, ids in enumerate(input_ids[:, self.start:].tolist()):
-            allowed, copied = self.allowed_tokens(row // per_item, ids)
-            if allowed is not None:
-                # One token: forced, at no cost to a beam's score; a close: the model's choice among its forms.
-                kept = scores[row, allowed].clone() if len(allowed) > 1 else 0.0
+            token, copied = self.forced_token(row // per_item, ids)
+            if token is not None:
                 scores[row] = float("-inf")
-                scores[row, allowed] = kept
+                scores[row, token] = 0.0
             elif copied:
                 # The OCR text is the meme's whole text: a second quote could only repeat it or invent one.
                 scores[row, self.marked_ids.to(scores.device)] = float("-inf")
@@ -116,10 +89,10 @@ class QuoteCopyProcessor(LogitsProcessor):
         return scores
 
 
-def quote_processor(texts: Sequence[str], encode: Callable[[str], list[int]], marks: QuoteMarks,
-                    start: int = 0) -> QuoteCopyProcessor:
+def quote_processor(texts: Sequence[str], encode: Callable[[str], list[int]], openers: dict[int, str],
+                    start: int = 0, stray: Sequence[int] = ()) -> QuoteCopyProcessor:
     """The processor copying each item's OCR text (`texts`), with `encode` the model's tokenizer
     (text -> ids, as the model writes words after a quote mark)."""
-    closers = {mark: encode(mark) for mark in set(marks.openers.values())}
-    return QuoteCopyProcessor([encode(quote_text(t)) if quote_text(t) else [] for t in texts], marks.openers, closers,
-                              start, marks.stray, marks.endings)
+    closers = {mark: encode(mark) for mark in set(openers.values())}
+    return QuoteCopyProcessor([encode(quote_text(t)) if quote_text(t) else [] for t in texts], openers, closers, start,
+                              stray)

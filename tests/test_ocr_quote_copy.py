@@ -19,13 +19,13 @@ def test_processor_state_comes_from_each_rows_ids():
     """Opener 9 closes with [9]: a copy runs for the quote's tokens and the closing mark, the closing
     mark does not open another quote, the next opener does; rows are items times beams."""
     proc = QuoteCopyProcessor([[5, 6], [7]], openers={9: '"'}, closers={'"': [9]}, start=1)
-    assert proc.allowed_tokens(0, [1, 2]) == (None, False)
-    assert proc.allowed_tokens(0, [1, 9]) == ([5], False)
-    assert proc.allowed_tokens(0, [1, 9, 5]) == ([6], False)
-    assert proc.allowed_tokens(0, [1, 9, 5, 6]) == ([9], False)  # the closing mark
-    assert proc.allowed_tokens(0, [1, 9, 5, 6, 9]) == (None, True)  # free again: that 9 closed, it did not open
-    assert proc.allowed_tokens(0, [1, 9, 5, 6, 9, 3, 9]) == ([5], True)  # an opener written anyway is copied too
-    assert proc.allowed_tokens(1, [9]) == ([7], False)
+    assert proc.forced_token(0, [1, 2]) == (None, False)
+    assert proc.forced_token(0, [1, 9]) == (5, False)
+    assert proc.forced_token(0, [1, 9, 5]) == (6, False)
+    assert proc.forced_token(0, [1, 9, 5, 6]) == (9, False)  # the closing mark
+    assert proc.forced_token(0, [1, 9, 5, 6, 9]) == (None, True)  # free again: that 9 closed, it did not open
+    assert proc.forced_token(0, [1, 9, 5, 6, 9, 3, 9]) == (5, True)  # an opener written anyway is copied too
+    assert proc.forced_token(1, [9]) == (7, False)
     # Two items, two beams each: rows 0-1 copy item 0, rows 2-3 item 1, whatever the call count.
     ids = torch.tensor([[0, 9], [0, 2], [0, 9], [0, 9]])
     scores = proc(ids, torch.zeros(4, 12))
@@ -52,25 +52,8 @@ def test_a_quote_mark_is_written_freely_only_by_a_token_that_opens_the_copy():
     after = proc(torch.tensor([[9, 5, 6, 9]]), torch.zeros(1, 14))
     assert torch.isinf(after[0, [9, 12]]).all() and torch.isfinite(after[0, 13])
     assert proc(torch.tensor([[3, 9]]), torch.zeros(1, 14))[0].argmax() == 5  # forcing the quote is unaffected
-    marks = quote_mark_tokens(7, ['а', ' "', '".', ':"', '»', 'б', '.".'].__getitem__)
-    assert marks.openers == {1: '"', 3: '"'} and marks.stray == [2, 4, 6]
-    assert marks.endings == {'"': [2], "»": [4]}  # `.".` does not start with the mark: it never closes
-
-
-def test_the_close_is_the_models_choice_among_the_closing_marks_forms():
-    """A tokenizer fitted on captions ending `..."."` writes that end as one token (`".`: 12): after the
-    copy, the close may be the bare mark (9) or such an ending, as the model scores them; the row has
-    then copied, and `".` is banned again (it opens no second quote)."""
-    proc = QuoteCopyProcessor([[5, 6]], openers={9: '"'}, closers={'"': [9]}, stray=[12], endings={'"': [12]})
-    assert proc.allowed_tokens(0, [9, 5, 6]) == ([9, 12], False)
-    assert proc.allowed_tokens(0, [9, 5, 6, 12]) == (None, True)
-    logits = torch.arange(14, dtype=torch.float).unsqueeze(0)
-    closing = proc(torch.tensor([[9, 5, 6]]), logits.clone())[0]
-    assert closing[12] == 12.0 and closing[9] == 9.0 and torch.isinf(closing).sum() == 12  # scores kept
-    assert proc(torch.tensor([[9, 5]]), logits.clone())[0].tolist().count(0.0) == 1  # a quote token: forced
-    assert torch.isinf(proc(torch.tensor([[9, 5, 6, 12]]), logits.clone())[0, [9, 12]]).all()
-    two_token_close = QuoteCopyProcessor([[5]], openers={9: "»"}, closers={"»": [10, 11]}, endings={"»": [13]})
-    assert two_token_close.allowed_tokens(0, [9, 5, 10]) == ([11], False)  # no ending replaces half a mark
+    openers, stray = quote_mark_tokens(6, ['а', ' "', '".', ':"', '»', 'б'].__getitem__)
+    assert openers == {1: '"', 3: '"'} and stray == [2, 4]
 
 
 def test_quote_copy_needs_ocr():

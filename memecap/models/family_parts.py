@@ -3,7 +3,7 @@ loss over caption tokens, captions grouped per image, the parameters that train,
 quote-copy processor (generation.quote=copy) over a family's tokenizer."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ class QuoteCopying:
     are found on first use: one pass over the vocabulary per model."""
 
     def __init__(self) -> None:
-        self._marks = None  # the vocabulary's QuoteMarks, found once
+        self._marks: Optional[tuple[dict[int, str], list[int]]] = None
 
     def processor(self, texts: Sequence[str], *, vocab_size: int, token_text: Callable[[int], str],
                   encode: Callable[[str], list[int]], start: int = 0):
@@ -59,7 +59,8 @@ class QuoteCopying:
 
         if self._marks is None:
             self._marks = quote_mark_tokens(vocab_size, token_text)
-        return quote_processor(texts, encode, self._marks, start=start)
+        openers, stray = self._marks
+        return quote_processor(texts, encode, openers, start=start, stray=stray)
 
     def with_tokenizer(self, tokenizer, texts: Sequence[str], start: int = 0):
         """`processor` over a transformers tokenizer."""
