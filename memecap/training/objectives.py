@@ -8,9 +8,10 @@
   caption's. The log-probability is the model's own forward on the sampled caption, re-tokenised
   (`token_log_probs`); tokens that `generation.quote=copy` forced (the quote after its opening mark,
   and the closing mark) are left out: the model did not choose them; so is the end token of a
-  caption whose sampling stopped at the length limit (appended to its ids, never sampled). With `scst.kl`, the loss adds
-  that weight x the captions' KL estimate to the stage's starting weights (a copy of the trained
-  parameters taken at its first step, and kept in each checkpoint so a resume keeps the same one).
+  caption whose sampling stopped at the length limit (appended to its ids, never sampled). With
+  `scst.kl`, the loss adds that weight x the captions' KL estimate to the stage's starting weights
+  (a copy of the trained parameters taken at its first step, and kept in each checkpoint so a
+  resume keeps the same one).
 
 Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `window()` gives the means of
 what the objective adds (the reward and its parts) since it was last asked; `checkpoint_files()` and
