@@ -11,6 +11,12 @@ OPTIMIZER_BYTES = {"8bit": 2, "32bit": 8}  # Adam moments per trainable paramete
 LOSS_PEAK_BYTES = 13
 
 
+def sixteen_bit(precision: str, act_bytes: int) -> bool:
+    """Whether a run with `train.mixed_precision=precision` trains in bf16/fp16 (`auto`: as the
+    planner resolved its activations' width)."""
+    return precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2)
+
+
 @dataclass
 class Plan:
     rows: list = field(default_factory=list)  # (what, bytes, where)

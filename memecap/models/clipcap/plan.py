@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan
+from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan, sixteen_bit
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
 from memecap.models.clipcap.gguf import gguf_kwargs
@@ -175,7 +175,7 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
         stored = dec.quantization if dec.quantization != "none" else str(frozen_dtype).removeprefix("torch.")
         plan.add(f"decoder weights, frozen ({stored})",
                  frozen_weights / shard, where_params)
-    autocast = precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2)
+    autocast = sixteen_bit(precision, act_bytes)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
                             offload_optimizer=offload_optimizer, where_params=where_params, half_precision=autocast)
     checkpointing = dec.gradient_checkpointing

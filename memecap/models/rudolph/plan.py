@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, Plan
+from memecap.models.memory_plan import GIB, Plan, sixteen_bit
 from memecap.models.tiny import TINY
 
 
@@ -93,7 +93,7 @@ def plan_rudolph(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
                  where_params)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
                             offload_optimizer=offload_optimizer, where_params=where_params, detail=f", mode {r.mode}",
-                            half_precision=precision in ("bf16", "fp16") or (precision == "auto" and act == 2))
+                            half_precision=sixteen_bit(precision, act))
     ckpt = r.gradient_checkpointing
     plan.add(f"activations, batch {batch} x {seq} tokens{' (checkpointed)' if ckpt else ''}",
              activation_bytes(p, batch, act, ckpt))

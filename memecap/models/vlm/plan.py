@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from memecap.config import Config
-from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan
+from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan, sixteen_bit
 from memecap.models.dtypes import weights_dtype
 from memecap.models.tiny import TINY
 
@@ -132,7 +132,7 @@ def plan_vlm(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_op
                  frozen / shard, where_params)
     plan.add_training_state(trainable, optimizer=cfg.optim.name, processes=processes, zero_stage=zero_stage,
                             offload_optimizer=offload_optimizer, where_params=where_params,
-                            half_precision=precision in ("bf16", "fp16") or (precision == "auto" and act_bytes == 2))
+                            half_precision=sixteen_bit(precision, act_bytes))
     h, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     # A decoder layer keeps about 12 h + 4 I values per token for backward (norms, q/k/v/o, the
     # SwiGLU MLP; SDPA/flash attention keeps no score matrix); checkpointing keeps its input only.
