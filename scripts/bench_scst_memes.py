@@ -11,7 +11,14 @@ Columns: CIDEr-D, BLEU-4, METEOR, ROUGE-L, quote CER (lower is better), the shar
 exactly one quote and the share that open none, and the mean share of repeated word bigrams in a
 caption (what a reward that ignores a caption's tail lets through: `на на на`). Extra key=value
 arguments go to every scst run (they must give the model settings of the checkpoint's run; `scst.*`
-weights, the sampling's `generation.temperature` and so on may be set here too).
+weights, the sampling's `generation.temperature` and so on may be set here too). `--recipe` names
+the recipe the checkpoint was trained with (the demo's tiny ClipCap unless given), e.g. the
+real-weights model:
+
+    .venv/bin/python scripts/bench_scst_memes.py --recipe clipcap_effnet_gemma_ocr \
+        --init runs/gemma_ocr/checkpoints/step_0000150 --seeds 0 1 2 --steps 30 --lr 1e-4 \
+        data.train=$DATA/train.tsv data.val=$DATA/val.tsv scst.kl=0.1 \
+        model.decoder.name=$HOME/.cache/memecap/gemma-3-270m
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ def row(name: str, scores: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", type=Path, required=True, help="the cross-entropy checkpoint (checkpoints/step_N)")
+    parser.add_argument("--recipe", default="demo", help="the recipe the checkpoint's run was trained with")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -72,7 +80,9 @@ def main() -> None:
         out = args.work / f"seed{seed}"
         if (out / "final").is_dir():
             continue
-        pending.append([sys.executable, "-m", "memecap", "train", "demo", *overrides, f"train.init_from={args.init}",
+        # The run's own closing evaluation reads two val rows: the whole of val is scored below, once.
+        pending.append([sys.executable, "-m", "memecap", "train", args.recipe, *overrides, "data.max_val_rows=2",
+                        f"train.init_from={args.init}",
                         "train.objective=scst", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}",
                         f"optim.lr={args.lr}", "optim.warmup_steps=0", f"train.seed={seed}", f"train.output_dir={out}",
                         "train.progress_bar=false", "train.trackers=[]", "eval.compare_constant=false",

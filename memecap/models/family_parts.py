@@ -1,8 +1,9 @@
 """What the model families do alike, written once: a caption's ids ending with the end token, the
-loss over caption tokens, captions grouped per image, the parameters that train, and the
-quote-copy processor (generation.quote=copy) over a family's tokenizer."""
+loss over caption tokens (and which logits it needs), captions grouped per image, the parameters
+that train, and the quote-copy processor (generation.quote=copy) over a family's tokenizer."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memecap.data.captions import CaptionTooLong
+from memecap.models.lora import base_model
 
 IGNORED = -100  # the label of a position that is not scored: prompts, image slots, padding
 
@@ -32,6 +34,21 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
                                 ignore_index=IGNORED, reduction="none").view(labels.shape)
     return {"loss": per_token.sum() / num_tokens.clamp(min=1), "num_tokens": num_tokens, "token_log_probs": -per_token,
             "token_scored": labels != IGNORED}
+
+
+def scored_tail(labels: torch.Tensor) -> int:
+    """How many of the last logit positions a caption loss reads: from the one that predicts the
+    batch's earliest scored label to the end, one more than the labels from there (labels are padded
+    on the right, the prompt before them unscored). The prompt's logits would be thrown away, and at
+    a vocabulary of 150-260k words they cost as much as the rest of the decoder's forward."""
+    scored = (labels != IGNORED).any(dim=0).nonzero()
+    first = int(scored[0]) if len(scored) else labels.shape[1]
+    return labels.shape[1] - first + 1
+
+
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether `model` (or the model inside its PEFT wrapper) can compute only its last logits."""
+    return "logits_to_keep" in inspect.signature(type(base_model(model)).forward).parameters
 
 
 def per_image(texts: list[str], k: int) -> list[list[str]]:

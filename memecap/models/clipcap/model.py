@@ -28,7 +28,8 @@ from memecap.data.images import ImageTransform
 from memecap.generation import hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder, encoder_transform
-from memecap.models.family_parts import QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image
+from memecap.models.family_parts import (QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image,
+                                         scored_tail, takes_logits_to_keep)
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
@@ -231,9 +232,12 @@ class ClipCap(nn.Module):
         inputs = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
         mask = torch.cat([torch.ones(prefix.shape[:2], dtype=batch["attention_mask"].dtype,
                                      device=inputs.device), batch["attention_mask"]], dim=1)
-        logits = self.decoder(inputs_embeds=inputs, attention_mask=mask).logits
+        labels = batch["labels"]
+        keep = scored_tail(labels)  # <= the caption tokens + the prompt + 1 < the prefix + those
+        extra = {"logits_to_keep": keep} if takes_logits_to_keep(self.decoder) else {}
+        logits = self.decoder(inputs_embeds=inputs, attention_mask=mask, **extra).logits[:, -keep:]
         # Position P-1+t predicts caption token t: the last prefix slot predicts the first word.
-        return caption_loss(logits[:, prefix.shape[1] - 1:-1], batch["labels"])
+        return caption_loss(logits[:, :-1], labels[:, labels.shape[1] - keep + 1:])
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:

@@ -184,8 +184,9 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     if dec.mode == "lora":
         plan.add("LoRA inputs (fp32 copies, dropout masks)",
                  lora_input_bytes(dec, decoder, batch, seq, act_bytes, autocast, checkpointing))
+    # Only the prompt's and caption's positions reach the vocabulary (family_parts.scored_tail), not the prefix's.
     plan.add("logits + loss (fp32 log-softmax and gradients, at the peak)",
-             batch * seq * config.vocab_size * LOSS_PEAK_BYTES)
+             batch * (seq - prefix + 1) * config.vocab_size * LOSS_PEAK_BYTES)
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.num_hidden_layers) * 4.0 * 2)
     if cfg.model.encoder.trainable:
