@@ -16,9 +16,9 @@ the recipe the checkpoint was trained with (the demo's tiny ClipCap unless given
 real-weights model:
 
     .venv/bin/python scripts/bench_scst_memes.py --recipe clipcap_effnet_gemma_ocr \
-        --init runs/gemma_ocr/checkpoints/step_0000150 --seeds 0 1 2 --steps 30 --lr 1e-4 \
-        data.train=$DATA/train.tsv data.val=$DATA/val.tsv scst.kl=0.1 \
-        model.decoder.name=$HOME/.cache/memecap/gemma-3-270m
+        --init runs/gemma_ocr/checkpoints/step_0000150 --seeds 0 1 2 --steps 20 --lr 2e-4 \
+        data.train=$DATA/train.tsv data.val=$DATA/val.tsv model.decoder.name=$HOME/.cache/memecap/gemma-3-270m \
+        train.batch_size=2 scst.samples=4 generation.temperature=0.7 scst.kl=0.1
 """
 from __future__ import annotations
 
