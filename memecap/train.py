@@ -235,7 +235,8 @@ def restore(run: Run, prepared: PreparedStage, state: TrainState) -> TrainState:
     if run.resume_from is None:
         return state
     stage = prepared.stage
-    restored = replace(load_checkpoint(run.accelerator, run.resume_from), data_fingerprint=state.data_fingerprint)
+    restored = replace(load_checkpoint(run.accelerator, run.resume_from, prepared.model, run.trainable),
+                       data_fingerprint=state.data_fingerprint)
     prepared.objective.resume_from(run.resume_from, mid_stage=restored.stage_steps > 0)
     replayed = run.log.forget_after(restored.optimizer_step)
     run.log.info(f"resumed from {run.resume_from}: {stage.label + ', ' if run.many_stages else ''}"
@@ -286,7 +287,7 @@ def save(run: Run, prepared: PreparedStage, state: TrainState, window: LossWindo
     ensure_finite_weights(run.accelerator, prepared.model, f"checkpoint at optimizer step {state.optimizer_step}")
     kept = replace(state, loss_window=window.totals(), stream_positions=prepared.train_batches.positions())
     save_checkpoint(run.accelerator, run.out_dir, kept, run.cfg, run.cfg.train.keep_checkpoints, run.writer,
-                    extra=prepared.objective.checkpoint_files())
+                    extra=prepared.objective.checkpoint_files(), model=prepared.model, trainable=run.trainable)
 
 
 def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, window: LossWindow) -> Optional[bool]:

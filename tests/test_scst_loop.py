@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from memecap import train
 from memecap.config import load_config, save_config
 from memecap.models import build_model
+from memecap.training.checkpoint_weights import FROZEN_FILE, frozen_fingerprints, frozen_parameters
 from memecap.training.objectives import SelfCritical
 from tests.helpers import log_rows, straight_and_resumed, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure, quiet_env
@@ -191,10 +192,10 @@ def test_self_critical_qlora(bits, tmp_path, synthetic_data, tiny_ruclip_dir, ti
     adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and all(t.abs().max() > 0 for t in lora_b)
-    # The base stays as loaded: every frozen decoder tensor the checkpoint holds (the quantized weights
-    # and their quantization state included) equals the same base quantized afresh.
-    state = load_file(out / "checkpoints" / "step_0000003" / "model.safetensors")
-    fresh = build_model(cfg.model, work_dir=tmp_path / "fresh").state_dict()
-    frozen = [name for name in state if name.startswith("decoder.") and "lora_" not in name]
-    quantized = [name for name in frozen if state[name].dtype in (torch.uint8, torch.int8)]
-    assert quantized and all(torch.equal(state[name], fresh[name]) for name in frozen)
+    # The base stays as loaded: the last checkpoint's fingerprints of the frozen weights (the quantized
+    # ones included) are those of the same base quantized afresh.
+    kept = json.loads((out / "checkpoints" / "step_0000003" / FROZEN_FILE).read_text())
+    fresh = build_model(cfg.model, work_dir=tmp_path / "fresh")
+    trained = {id(p) for p in fresh.parameters() if p.requires_grad}
+    assert any(p.dtype in (torch.uint8, torch.int8) for p in frozen_parameters(fresh, trained).values())
+    assert kept == frozen_fingerprints(fresh, trained)

@@ -73,7 +73,7 @@ def test_only_description_tokens_are_scored(arch, vlm_bases, one_thread):
     assert out["num_tokens"].item() == sum(len(it["input_ids"]) for it in items)
     # The loss from the kept logits equals the mean cross-entropy over every scored position of the full logits.
     with torch.no_grad():
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "prompt_length")}
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
         full = model.model(**inputs).logits[:, :-1].float()
         expected = F.cross_entropy(full.reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1),
                                    ignore_index=-100)

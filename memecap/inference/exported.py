@@ -52,6 +52,7 @@ def export_checkpoint(checkpoint: Path) -> Path:
     from memecap.config import load_saved_config
     from memecap.models import build_model
     from memecap.training.checkpoint import verify_checkpoint
+    from memecap.training.checkpoint_weights import check_frozen_weights, holds_frozen_weights, kept_names
     from memecap.untrusted import check_published_config
 
     verify_checkpoint(checkpoint)
@@ -64,6 +65,10 @@ def export_checkpoint(checkpoint: Path) -> Path:
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = set(missing) - tied_to_loaded(model, state)
+    if not holds_frozen_weights(checkpoint):  # it kept the trained weights: the frozen ones are the bases built now
+        trained = {id(p) for p in model.parameters() if p.requires_grad}
+        check_frozen_weights(model, trained, checkpoint, str(checkpoint))
+        missing -= set(model.state_dict()) - kept_names(model, trained)
     if unexpected or missing:
         raise ValueError(f"{checkpoint}: weights do not fit the model of its config.yaml "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

@@ -1,7 +1,8 @@
 """Atomic training checkpoints and the resume contract.
 
-A checkpoint is `output_dir/checkpoints/step_0000120/`: Accelerate's state (model, optimizer,
-scheduler, RNG, gradient-accumulation counter), `trainer_state.json` (counters, data position,
+A checkpoint is `output_dir/checkpoints/step_0000120/`: Accelerate's state (the weights the run
+trains, optimizer, scheduler, RNG, gradient-accumulation counter), the frozen weights'
+fingerprints (checkpoint_weights.py), `trainer_state.json` (counters, data position,
 best score, history), the resolved `config.yaml` and, written last, `manifest.json`: the size
 and SHA-256 of every other file. It is written under a `.tmp` name and renamed when complete,
 so a crash mid-write never leaves a checkpoint that looks valid, and a checkpoint is verified
@@ -9,6 +10,7 @@ against its manifest before a resume uses it (a truncated or damaged file is fou
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -17,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
@@ -25,10 +28,14 @@ from memecap.config.files import flat_keys
 from memecap.data.fingerprint import file_digest
 from memecap.models.export import UnsafePath, member
 from memecap.outputs.run_layout import STATE_FILE
+from memecap.training.checkpoint_weights import (check_frozen_weights, frozen_fingerprints, holds_frozen_weights,
+                                                 keeping_trained_weights, missing_trained, stored_names, trained_ids,
+                                                 write_fingerprints)
 from memecap.training.train_state import TrainState
 from memecap.quiet import quiet_weights
 
 MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"  # what Accelerate's save_state names the (one) model's weights
 PREFIX = "step_"
 
 
@@ -118,11 +125,16 @@ def find_resume_point(resume: Optional[str], output_dir: Path, log=print) -> Opt
 
 
 def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Config, keep: int,
-                    writer: Optional[bool] = None, extra: Optional[dict] = None) -> Path:
+                    writer: Optional[bool] = None, extra: Optional[dict] = None,
+                    model=None, trainable: Optional[frozenset] = None) -> Path:
     """Every process takes part (DeepSpeed shards are saved by each rank); the `writer` (the
     main process, or each machine's first one when machines keep their own) renames. `extra`:
-    {file name: tensors} the writer adds as safetensors files (what an objective keeps)."""
+    {file name: tensors} the writer adds as safetensors files (what an objective keeps).
+    With the prepared `model` and `trainable` (the names of the parameters the run trains): keep
+    those weights only and fingerprint the frozen rest (training/checkpoint_weights.py); without
+    them, or under DeepSpeed, every weight."""
     writer = accelerator.is_main_process if writer is None else writer
+    slim = model is not None and trainable is not None and accelerator.distributed_type != DistributedType.DEEPSPEED
     root = checkpoints_dir(output_dir)
     final = root / f"{PREFIX}{state.optimizer_step:07d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -130,10 +142,13 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    with quiet_weights():
+    with quiet_weights(), keeping_trained_weights(accelerator, trainable) if slim else contextlib.nullcontext():
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if writer:
+        if slim:
+            net = accelerator.unwrap_model(model)
+            write_fingerprints(tmp, frozen_fingerprints(net, trained_ids(net, trainable)))
         state = replace(state, world_size=accelerator.num_processes)
         (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
         for name, tensors in (extra or {}).items():
@@ -149,9 +164,25 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, cfg: Confi
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> TrainState:
+def load_checkpoint(accelerator, path: Path, model=None, trainable: Optional[frozenset] = None) -> TrainState:
+    """Load the checkpoint into the prepared objects. One that keeps only the trained weights is
+    first checked to hold every one of them, and to have been trained on the frozen weights built
+    now (`model`: the prepared model; `trainable`: the names of the parameters the run trains)."""
+    slim = not holds_frozen_weights(path)
+    if slim:
+        if model is None or trainable is None:
+            raise DamagedCheckpoint(f"{path}: keeps only the trained weights; loading it needs the model and "
+                                    "the names of the parameters it trains")
+        net = accelerator.unwrap_model(model)
+        trained = trained_ids(net, trainable)
+        check_frozen_weights(net, trained, path, "train.resume")
+        missing = missing_trained(net, trained, stored_names(path / WEIGHTS_FILE))
+        if missing:
+            raise DamagedCheckpoint(f"{path / WEIGHTS_FILE}: lacks {len(missing)} of the parameters this run trains "
+                                    f"(first: {', '.join(missing[:3])})")
     try:
-        accelerator.load_state(str(path))
+        # A slim checkpoint lacks the frozen weights by design: they stay as built (and checked above).
+        accelerator.load_state(str(path), **({"strict": False} if slim else {}))
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as err:
         # Verified files that still do not load (written by another torch, say): one line, not a traceback.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

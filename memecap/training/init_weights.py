@@ -20,9 +20,9 @@ import torch
 
 from memecap.config import Config, ConfigError, load_saved_config
 from memecap.outputs.run_layout import MODEL_FILES, STATE_FILE
-from memecap.training.checkpoint import find_resume_point, resume_changes, verify_checkpoint
+from memecap.training.checkpoint import WEIGHTS_FILE, find_resume_point, resume_changes, verify_checkpoint
+from memecap.training.checkpoint_weights import missing_trained, trained_aliases
 
-WEIGHTS_FILE = "model.safetensors"  # what Accelerate's save_state names the (one) model's weights
 
 
 def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
@@ -90,19 +90,17 @@ def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> int:
     Returns how many tensors were loaded."""
     from safetensors import safe_open
 
-    aliases: dict[int, list[str]] = {}  # a tied parameter is stored once, under any of its names
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
-    trained = [(names, p) for p in {id(p): p for _, p in model.named_parameters() if p.requires_grad}.values()
-               for names in [aliases[id(p)]]]
+    params = {id(p): p for p in model.parameters()}
+    trained = {i for i, p in params.items() if p.requires_grad}
     path = checkpoint / WEIGHTS_FILE
     with safe_open(str(path), framework="pt") as weights:
         stored = set(weights.keys())
-        missing = [names[0] for names, _ in trained if not stored.intersection(names)]
+        missing = missing_trained(model, trained, stored)
         if missing:
             raise ConfigError(f"train.init_from={checkpoint}: {path.name} lacks {len(missing)} of the parameters "
                               f"this run trains (first: {', '.join(missing[:3])})")
-        pairs = [(next(n for n in names if n in stored), p) for names, p in trained]
+        pairs = [(next(n for n in names if n in stored), params[i])
+                 for i, names in trained_aliases(model, trained).items()]
         pairs += [(name, b) for name, b in model.named_buffers() if name in stored]
         with torch.no_grad():
             for name, target in pairs:

@@ -21,7 +21,8 @@ from transformers import LogitsProcessorList
 from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
-from memecap.models.family_parts import QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image
+from memecap.models.family_parts import (QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image,
+                                         scored_tail, takes_logits_to_keep)
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
@@ -78,9 +79,8 @@ class Vlm(nn.Module):
         self.chat: ChatFormat = chat_format(tokenizer, template, placeholder)
         self.eos_id = self.chat.end_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        params = inspect.signature(type(base).forward).parameters
-        self._needs_mm_types = "mm_token_type_ids" in params
-        self._keeps_logits = "logits_to_keep" in params
+        self._needs_mm_types = "mm_token_type_ids" in inspect.signature(type(base).forward).parameters
+        self._keeps_logits = takes_logits_to_keep(model)
         self._quotes = QuoteCopying()
 
     @property
@@ -180,8 +180,7 @@ class Vlm(nn.Module):
                 ids[row, :len(r)] = torch.tensor(r)
                 mask[row, :len(r)] = 1
                 labels[row, len(p):len(r)] = torch.tensor(r[len(p):])
-            batch.update(input_ids=ids, attention_mask=mask, labels=labels,
-                         prompt_length=torch.tensor(min(map(len, prompts))))
+            batch.update(input_ids=ids, attention_mask=mask, labels=labels)
             starts = [0] * len(prompts)
         else:
             width = max(map(len, prompts))
@@ -204,7 +203,7 @@ class Vlm(nn.Module):
 
     # -- model ------------------------------------------------------------------------------
     def _model_inputs(self, batch: dict) -> dict:
-        skip = ("labels", "index", "ocr_text", "prompt_length")
+        skip = ("labels", "index", "ocr_text")
         return {k: v for k, v in batch.items() if k not in skip}
 
     def forward(self, batch: dict) -> dict:
@@ -212,11 +211,11 @@ class Vlm(nn.Module):
 
     def loss(self, batch: dict) -> dict:
         """Mean cross-entropy per scored description token. Logits are computed only from the
-        shortest prompt's last position on: the prompt's own logits (image tokens included) would
-        only be thrown away, and at a 150k vocabulary they are most of the step's memory."""
+        shortest prompt's last position on (`scored_tail`): the prompt's own logits, image tokens
+        included, would only be thrown away."""
         labels = batch["labels"]
         length = labels.shape[1]
-        keep = length - int(batch["prompt_length"]) + 1
+        keep = scored_tail(labels)
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
         logits = self.model(**self._model_inputs(batch), use_cache=False, **extra).logits
         logits = logits[:, -keep:] if logits.shape[1] >= keep else logits
