@@ -13,6 +13,7 @@ from memecap.config import ConfigError, GenerationConfig, load_config
 from memecap.data.datasets import CaptionEvalSet
 from memecap.models import build_model, load_model
 from memecap.models.clipcap.architectures import GPT2_TARGETS, LLAMA_TARGETS
+from memecap.models.export import read_export_config
 from memecap.models.tiny_causal_lm import FAMILIES, save_tiny_causal_lm
 from memecap.plan import GIB, plan_memory
 from tests.helpers import TEST_TINY, clipcap_batch, nudge_trained_parts, prompted, recipe_with_tiny_bases
@@ -27,6 +28,14 @@ def decoders(tmp_path_factory, examples) -> dict:
     root = tmp_path_factory.mktemp("causal_lms")
     texts = [c for ex in examples for c in ex.captions]
     return {family: save_tiny_causal_lm(root / family, family, TEST_TINY, texts) for family in FAMILIES}
+
+
+@pytest.fixture()
+def gguf_cache(tmp_path, monkeypatch) -> Path:
+    """memecap's cache in this test's folder: GGUF conversions land there, never in the user's cache."""
+    cache = tmp_path / "memecap_cache"
+    monkeypatch.setenv("MEMECAP_CACHE", str(cache))
+    return cache
 
 
 def built(recipe, tiny_ruclip_dir, decoder_dir, tmp_path, *overrides):
@@ -130,10 +139,11 @@ def test_plan_counts_equal_the_built_model(family, decoders, tiny_ruclip_dir, tm
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
-def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples, tmp_path, capfd):
+def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples, tmp_path, gguf_cache, capfd):
     """model.decoder.gguf_file: the same model written as a GGUF file reads the same tokens, gives
     the same loss, trains with LoRA on its projections, exports and reloads to the same captions;
-    loading and saving it print nothing of transformers' or PEFT's."""
+    loading and saving it print nothing of transformers' or PEFT's. The export names the user's
+    GGUF folder and file, never the converted copy in memecap's cache."""
     from tests.gguf_files import write_gguf
 
     folder = tmp_path / "gguf"
@@ -168,6 +178,12 @@ def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples
     eval_batch = model.collate([{"image": batch["image"][i]} for i in range(2)])
     assert loaded.generate(eval_batch, gen) == model.generate(eval_batch, gen)
 
+    assert any((gguf_cache / "gguf").iterdir())  # the decoder came from the conversion
+    decoder = read_export_config(tmp_path / "export")["model"]["decoder"]
+    assert (decoder["name"], decoder["gguf_file"]) == (str(folder), "tiny.gguf")
+    exported = [p for p in (tmp_path / "export").rglob("*") if p.is_file()]
+    assert exported and not [p for p in exported if str(gguf_cache).encode() in p.read_bytes()]
+
 
 def test_bitsandbytes_optional_kernel_notice_is_not_shown_and_other_warnings_are(caplog):
     """bitsandbytes (imported with peft) warns on AVX-512 BF16 CPUs that an optional kernel package
@@ -191,6 +207,138 @@ def test_a_missing_gguf_file_is_one_line(decoders, tiny_ruclip_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.decoder.gguf_file: .*quantization=none"):
         recipe_with_tiny_bases("clipcap_qlora_large", tiny_ruclip_dir, decoders["qwen2"],
                                "model.decoder.gguf_file=x.gguf")
+
+
+class GgufParses:
+    """Every entry through which transformers reads a GGUF file (the legacy reader and the gguf
+    package's under it, the new header reader), counted; once `refuse` is set, each one raises."""
+
+    ENTRIES = [("transformers.modeling_gguf_pytorch_utils", "load_gguf_checkpoint"),
+               ("transformers.integrations.gguf.reader", "read_gguf_metadata"),
+               ("transformers.integrations.gguf", "read_gguf_metadata"),
+               ("gguf", "GGUFReader")]
+
+    def __init__(self, monkeypatch):
+        import importlib
+
+        self.calls, self.refuse = [], False
+        for module, attr in self.ENTRIES:
+            owner = importlib.import_module(module)
+            monkeypatch.setattr(owner, attr, self._watched(getattr(owner, attr), f"{module}.{attr}"))
+
+    def _watched(self, real, name):
+        def watched(*args, **kwargs):
+            self.calls.append(name)
+            if self.refuse:
+                raise AssertionError(f"{name} read the GGUF file again")
+            return real(*args, **kwargs)
+        return watched
+
+
+def gguf_decoder(decoder_dir, folder: Path, tiny_ruclip_dir):
+    """`decoder_dir`'s model written as folder/tiny.gguf, and a clipcap_lora config that names it."""
+    from tests.gguf_files import write_gguf
+
+    folder.mkdir()
+    write_gguf(decoder_dir, folder / "tiny.gguf")
+    return folder, recipe_with_tiny_bases("clipcap_lora", tiny_ruclip_dir, folder, "model.decoder.gguf_file=tiny.gguf")
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_a_gguf_file_is_converted_once_then_its_folder_is_read(family, decoders, tiny_ruclip_dir, tmp_path,
+                                                                gguf_cache, monkeypatch, caplog):
+    """The first load converts the GGUF file into a transformers folder in memecap's cache; a later
+    load (or `memecap plan`) reads that folder, parses nothing of the file, and gets the same
+    tokens, weights and loss. Planning before the first load does not convert."""
+    import json
+
+    import transformers
+    from safetensors.torch import load_file
+
+    from memecap.data.fingerprint import file_digest
+    from memecap.models.clipcap.gguf import conversion_folder
+    from memecap.models.clipcap.model import load_decoder
+
+    folder, cfg = gguf_decoder(decoders[family], tmp_path / "gguf", tiny_ruclip_dir)
+    parses = GgufParses(monkeypatch)
+    planned = plan_memory(cfg)
+    assert not (gguf_cache / "gguf").exists()
+    with caplog.at_level(logging.INFO, logger="memecap.models.clipcap.gguf"):
+        first, first_tokens = load_decoder(cfg.model)
+    assert parses.calls and "converting" in caplog.text
+    converted = conversion_folder(str(folder), "tiny.gguf")
+    assert converted.name == (f"tiny-{file_digest(folder / 'tiny.gguf')[:16]}"
+                              f"-transformers{transformers.__version__}")
+    assert [p.name for p in (gguf_cache / "gguf").iterdir()] == [converted.name]  # no temporary folder left
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in converted.iterdir()}
+    assert {t.dtype for t in load_file(converted / "model.safetensors").values()} == {torch.float32}
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text(encoding="utf-8"))
+
+    parses.calls.clear()
+    parses.refuse = True
+    caplog.clear()
+    inode = (converted / "model.safetensors").stat().st_ino
+    with caplog.at_level(logging.INFO, logger="memecap.models.clipcap.gguf"):
+        second, second_tokens = load_decoder(cfg.model)
+        replanned = plan_memory(cfg)
+    assert not parses.calls and "converting" not in caplog.text
+    assert (converted / "model.safetensors").stat().st_ino == inode
+    assert (replanned.rows, replanned.trainable) == (planned.rows, planned.trainable)
+
+    text = TEMPLATE.format(text="кек лол") + "ой всё"
+    assert second_tokens(text)["input_ids"] == first_tokens(text)["input_ids"]
+    assert (second_tokens.eos_token_id, second_tokens.pad_token_id) == (first_tokens.eos_token_id,
+                                                                        first_tokens.pad_token_id)
+    assert type(second) is type(first) and same_weights(first, second)
+    ids = torch.tensor([first_tokens(text)["input_ids"]])
+    with torch.no_grad():
+        assert second(ids, labels=ids).loss.item() == first(ids, labels=ids).loss.item()
+    # what PEFT's adapter config and saved files record: the user's folder, as when the file was read
+    assert second.name_or_path == second.config.name_or_path == second_tokens.name_or_path == str(folder)
+
+
+def test_a_changed_gguf_file_gets_its_own_conversion(decoders, tiny_ruclip_dir, examples, tmp_path, gguf_cache):
+    from transformers import AutoModelForCausalLM
+
+    from memecap.models.clipcap.model import load_decoder
+    from tests.gguf_files import write_gguf
+
+    folder, cfg = gguf_decoder(decoders["qwen2"], tmp_path / "gguf", tiny_ruclip_dir)
+    first, _ = load_decoder(cfg.model)
+    other = save_tiny_causal_lm(tmp_path / "other", "qwen2", TEST_TINY, [c for ex in examples for c in ex.captions],
+                                seed=1)
+    write_gguf(other, folder / "tiny.gguf")
+    second, _ = load_decoder(cfg.model)
+    assert len(list((gguf_cache / "gguf").iterdir())) == 2
+    assert not same_weights(first, second)
+    assert same_weights(second, AutoModelForCausalLM.from_pretrained(other))
+
+
+def test_a_half_written_or_weightless_conversion_is_not_read(decoders, tiny_ruclip_dir, tmp_path, gguf_cache):
+    """A temporary folder a stopped run left beside the conversion is never read, and a folder in
+    the conversion's place without weights is converted over."""
+    import json
+
+    from memecap.models.clipcap.gguf import conversion_folder
+    from memecap.models.clipcap.model import load_decoder
+
+    folder, cfg = gguf_decoder(decoders["qwen2"], tmp_path / "gguf", tiny_ruclip_dir)
+    target = conversion_folder(str(folder), "tiny.gguf")
+    leftover = target.with_name(f".{target.name}-stopped")
+    for place, files in ((target, ["config.json", "tokenizer.json"]),
+                         (leftover, ["config.json", "tokenizer.json", "model.safetensors"])):
+        place.mkdir(parents=True)
+        for name in files:
+            (place / name).write_text("half written", encoding="utf-8")
+    decoder, tokens = load_decoder(cfg.model)
+    assert (target / "model.safetensors").is_file()
+    assert json.loads((target / "config.json").read_text(encoding="utf-8"))["model_type"] == "qwen2"
+    assert type(decoder).__name__ == "Qwen2ForCausalLM" and tokens("кек")["input_ids"]
 
 
 def test_a_llama_decoder_through_the_real_loop(decoders, synthetic_data, tmp_path):
@@ -278,7 +426,7 @@ def test_the_qwen2_5_recipe_trains_its_lora_on_a_qwen2_decoder(decoders, tiny_ru
     assert moved and moved <= trainable
 
 
-def test_the_gemma_recipe_captions_with_a_tiny_gemma_gguf(decoders, tiny_ruclip_dir, examples, tmp_path):
+def test_the_gemma_recipe_captions_with_a_tiny_gemma_gguf(decoders, tiny_ruclip_dir, examples, tmp_path, gguf_cache):
     """clipcap_effnet_gemma_ocr with a tiny Gemma 3 written as the GGUF file it names (and a tiny
     encoder in place of EfficientNet): LoRA on Gemma's projections, the OCR prompt, and captions
     whose quote is the OCR text (quote=copy)."""

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import EfficientNetConfig, EfficientNetImageProcessorPil, EfficientNetModel
 
 from memecap.data.fingerprint import file_digest
-from memecap.models.packaged import installed_file, memecap_cache, packaged_encoder
+from memecap.models.packaged import installed_file, is_whole, memecap_cache, packaged_encoder, written_once
 
 logger = logging.getLogger(__name__)
 
@@ -110,31 +109,12 @@ def write_folder(pth: Path, out_dir: Path) -> None:
     lite0_processor().save_pretrained(out_dir)
 
 
-def place(tmp: Path, target: Path) -> None:
-    """Rename the finished folder into place (atomic). Another process may have placed its own
-    first, which is as good; a folder without weights there (left by hand) is replaced."""
-    try:
-        tmp.rename(target)
-    except OSError:
-        if (target / "model.safetensors").is_file():
-            return
-        shutil.rmtree(target)
-        tmp.rename(target)
-
-
 def packaged_folder(name: str) -> Path:
     """The transformers folder for `package:<name>`, converted on first use and reused after."""
     short, packaged = packaged_encoder(name)
     pth = installed_file(packaged, f"model.encoder.name={name}")
     target = memecap_cache() / "packaged" / f"{short}-{file_digest(pth)[:16]}"
-    if (target / "model.safetensors").is_file():
+    if is_whole(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s (%s) into a transformers folder at %s", pth.name, packaged.what, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{short}-", dir=target.parent))
-    try:
-        write_folder(pth, tmp)
-        place(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return written_once(target, partial(write_folder, pth))

@@ -3,6 +3,9 @@
     model.encoder.name: package:efficientnet-lite0   # ImageNet EfficientNet-Lite0 (Apache-2.0)
     model.lstm.navec: natasha                        # natasha's navec news vectors (MIT)
 
+Files converted from them (and from other sources) are kept in memecap's cache, each folder
+written whole by `written_once`.
+
 A file is located with `importlib.util.find_spec`, which reads no code of the package: natasha's
 `__init__` imports pymorphy2, slovnet and more, none of which memecap needs for one data file.
 No torch here, so checking a config stays light.
@@ -11,8 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from memecap.config_checks import ConfigError
 
@@ -84,3 +90,34 @@ def installed_file(packaged: PackagedFile, key: str) -> Path:
 def memecap_cache() -> Path:
     """memecap's own cache folder ($MEMECAP_CACHE, else ~/.cache/memecap), read when called."""
     return Path(os.environ.get("MEMECAP_CACHE", "~/.cache/memecap")).expanduser()
+
+
+def is_whole(folder: Path) -> bool:
+    """Only whole folders are renamed into place; one without weights was left by something else
+    (by hand, or an older memecap) and is converted again."""
+    return (folder / "model.safetensors").is_file()
+
+
+def place(tmp: Path, target: Path) -> None:
+    """Rename the finished folder into place (atomic). Another process may have placed its own
+    first, which is as good; a folder without weights there (left by hand) is replaced."""
+    try:
+        tmp.rename(target)
+    except OSError:
+        if is_whole(target):
+            return
+        shutil.rmtree(target)
+        tmp.rename(target)
+
+
+def written_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, filled by `write(folder)` in a temporary folder beside it and renamed into place
+    whole: a run that stops halfway leaves only a dot-named folder no later run reads."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
+        place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

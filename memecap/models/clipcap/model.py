@@ -35,7 +35,7 @@ from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 from memecap.models.clipcap.architectures import decoder_width, lora_targets, transposed_weights
-from memecap.models.clipcap.gguf import gguf_kwargs
+from memecap.models.clipcap.gguf import gguf_decoder_folder
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -61,17 +61,36 @@ def load_decoder(cfg: ModelConfig, export: Optional[Path] = None):
     from_base = tokenizer_dir is None or decoder_dir is None
     if from_base:
         refuse_model_code(name, revision)
-    gguf = gguf_kwargs(name, cfg.decoder.gguf_file) if from_base else {}  # a local GGUF file's config, tokens, weights
+    base, at = base_source(cfg) if from_base else (name, {})
     tokenizer = (AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False) if tokenizer_dir
-                 else AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False, **gguf))
+                 else named(AutoTokenizer.from_pretrained(base, trust_remote_code=False, **at), name))
     dtype = weights_dtype(cfg.decoder.dtype, trains=cfg.decoder.mode in ("full", "subset"))
     decoder = (AutoModelForCausalLM.from_pretrained(decoder_dir, dtype=dtype, trust_remote_code=False) if decoder_dir
-               else AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype, trust_remote_code=False,
-                                                         **gguf, **bitsandbytes_loading(cfg.decoder.quantization)))
+               else named(AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=False, **at,
+                                                               **bitsandbytes_loading(cfg.decoder.quantization)),
+                          name))
     use_trained_eos(tokenizer, decoder, name)
     if cfg.decoder.quantization == "4bit":
         keep_4bit_layers_on_generic_cpu_path(decoder)
     return decoder, tokenizer
+
+
+def base_source(cfg: ModelConfig) -> tuple[str, dict]:
+    """Where the base decoder loads from, and at which revision: the Hub id or folder in the
+    config, or for a GGUF file its conversion in memecap's cache (made on the first load)."""
+    dec = cfg.decoder
+    if dec.gguf_file:
+        return str(gguf_decoder_folder(dec.name, dec.gguf_file)), {}
+    return dec.name, {"revision": dec.revision}
+
+
+def named(loaded, name: str):
+    """A base tokenizer or model named by the config's name even when it came from memecap's cache:
+    PEFT's adapter config and transformers' saved files record `name_or_path`."""
+    loaded.name_or_path = name
+    if hasattr(loaded, "config"):
+        loaded.config.name_or_path = name
+    return loaded
 
 
 def use_trained_eos(tokenizer, decoder, name: str) -> None:

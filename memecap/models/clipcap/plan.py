@@ -12,7 +12,7 @@ from memecap.config import Config
 from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan, sixteen_bit
 from memecap.models.dtypes import weights_dtype
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
-from memecap.models.clipcap.gguf import gguf_kwargs
+from memecap.models.clipcap.gguf import converted_folder, gguf_kwargs
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.param_patterns import select_parameters
 from memecap.models.tiny import TINY
@@ -39,8 +39,12 @@ def decoder_config(name: str, cfg: Config) -> PretrainedConfig:
     if name in KNOWN_DECODERS:
         return GPT2Config(**KNOWN_DECODERS[name])
     refuse_model_code(name, cfg.model.decoder.revision)
+    gguf_file = cfg.model.decoder.gguf_file
+    converted = converted_folder(name, gguf_file) if gguf_file else None
+    if converted is not None:  # what transformers made of the header, without parsing it again (~20 s for Gemma)
+        return AutoConfig.from_pretrained(converted, trust_remote_code=False).get_text_config()
     config = AutoConfig.from_pretrained(name, revision=cfg.model.decoder.revision,  # config.json (or a GGUF's header)
-                                        trust_remote_code=False, **gguf_kwargs(name, cfg.model.decoder.gguf_file))
+                                        trust_remote_code=False, **gguf_kwargs(name, gguf_file))
     return config.get_text_config()
 
 
