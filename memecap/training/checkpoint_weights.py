@@ -5,7 +5,7 @@ A checkpoint keeps the parameters the run trains and the model's buffers. The fr
 (LoRA's base model, a frozen encoder or decoder, a quantized base) never change during a run, and
 a resume, or an export made from a checkpoint, builds them again from the same model settings. So
 they are left out: with LoRA on Gemma 3 270M they were 1.07 GB of the 1.19 GB weights file written
-at every save, and about 3 GB with ruGPT-3 large.
+at every save.
 
 What is left out is fingerprinted instead (`frozen_weights.json`: per frozen parameter its shape,
 dtype and a SHA-256 of up to 4096 of its elements taken at even strides), and the fingerprints are
