@@ -63,6 +63,21 @@ def straight_and_resumed(tmp_path: Path, data: dict, common: tuple, step: int) -
     return straight, resumed
 
 
+def assert_resumed_exactly(straight: Path, resumed: Path, steps: list[int], parts: tuple[str, ...]) -> None:
+    """The resumed run logged `steps` with the straight run's losses, and exported the same `parts`."""
+    import pytest
+    from safetensors.torch import load_file
+
+    a, b = ({r["step"]: r["loss"] for r in log_rows(run)} for run in (straight, resumed))
+    assert sorted(b) == steps
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+    for part in parts:
+        wa, wb = load_file(straight / "final" / part), load_file(resumed / "final" / part)
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+
+
 def checkpointed_run(out: Path, data: dict, *overrides: str, recipe: str = "demo") -> dict:
     """The tiny run of `recipe` with QUICK_CHECKPOINTS, leaving Accelerate clean however it ends."""
     from memecap import train

@@ -18,7 +18,8 @@ from memecap.models import build_model
 from memecap.training import checkpoint as checkpoint_module
 from memecap.training.checkpoint import DamagedCheckpoint, write_manifest
 from memecap.training.checkpoint_weights import FROZEN_FILE
-from tests.helpers import LORA_RUN, log_rows, reset_accelerate, straight_and_resumed, tiny_run_config
+from tests.helpers import (LORA_RUN, assert_resumed_exactly, log_rows, reset_accelerate, straight_and_resumed,
+                           tiny_run_config)
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -47,14 +48,7 @@ def test_a_lora_checkpoint_keeps_the_trained_weights_and_resumes_exactly(lora_ru
     assert trained <= stored and not stored & frozen, sorted(stored & frozen)[:3]
     assert set(json.loads((checkpoint / FROZEN_FILE).read_text())) == frozen
     assert FROZEN_FILE in json.loads((checkpoint / "manifest.json").read_text())["files"]
-    a, b = losses(straight), losses(resumed)
-    assert sorted(b) == [3, 4, 5]
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
-    for name in ("mapper.safetensors", "adapter/adapter_model.safetensors"):
-        wa, wb = load_file(straight / "final" / name), load_file(resumed / "final" / name)
-        for key in wa:
-            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+    assert_resumed_exactly(straight, resumed, [3, 4, 5], ("mapper.safetensors", "adapter/adapter_model.safetensors"))
 
 
 def test_a_lora_checkpoint_exports_with_its_bases_built_again(lora_runs):

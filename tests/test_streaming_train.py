@@ -9,15 +9,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from memecap import train
 from memecap.config import ConfigError, load_config, save_config
 from memecap.data.streamed_split import open_streamed_split
 from memecap.data.tables import read_table
 from memecap.data.validation import DataError
-from tests.helpers import LORA_RUN, log_rows, reset_accelerate, straight_and_resumed, tiny_run_config
+from tests.helpers import (LORA_RUN, assert_resumed_exactly, log_rows, reset_accelerate, straight_and_resumed,
+                           tiny_run_config)
 from tests.launching import accelerate_launch, launch_failure, quiet_env
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -74,14 +73,7 @@ def test_streamed_shards_resume_exactly_from_the_stored_position(tmp_path, synth
     state = json.loads((straight / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
     # 6 batches an epoch, 2 a step: 4 of 8 rows each read, two whole shards of 16, in the epoch's order
     assert state["batches_in_epoch"] == 4 and state["stream_positions"] == [{"shard": 1, "offset": 16}]
-    a, b = train_losses(straight), train_losses(resumed)
-    assert sorted(b) == [3, 4, 5, 6, 7]
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
-    for part in ("mapper.safetensors", "decoder/model.safetensors"):
-        wa, wb = load_file(straight / "final" / part), load_file(resumed / "final" / part)
-        for key in wa:
-            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+    assert_resumed_exactly(straight, resumed, [3, 4, 5, 6, 7], ("mapper.safetensors", "decoder/model.safetensors"))
 
 
 def test_each_epoch_reads_the_shards_in_its_own_order(tmp_path, synthetic_data):
