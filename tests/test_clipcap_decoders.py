@@ -185,6 +185,30 @@ def test_a_gguf_decoder_is_its_model(family, decoders, tiny_ruclip_dir, examples
     assert exported and not [p for p in exported if str(gguf_cache).encode() in p.read_bytes()]
 
 
+def test_a_fully_trained_gguf_decoder_exports_and_reloads(decoders, tiny_ruclip_dir, examples, tmp_path, gguf_cache):
+    """model.decoder.mode=full on a GGUF decoder: the trained decoder is exported whole (plain
+    safetensors, nothing of GGUF's quantizer in its config) and the export captions as the model did."""
+    import json
+
+    from tests.gguf_files import write_gguf
+
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    write_gguf(decoders["qwen2"], folder / "tiny.gguf")
+    _, model = built("clipcap_lora", tiny_ruclip_dir, folder, tmp_path, "model.decoder.gguf_file=tiny.gguf",
+                     "model.decoder.mode=full")
+    batch = clipcap_batch(model, examples)
+    nudge_trained_parts(model)
+    model.eval().save_pretrained(tmp_path / "export")
+    saved = json.loads((tmp_path / "export" / "decoder" / "config.json").read_text(encoding="utf-8"))
+    assert "quantization_config" not in saved and "gguf_file" not in json.dumps(saved)
+    loaded = load_model(tmp_path / "export")
+    gen = GenerationConfig(strategy="greedy", max_new_tokens=8)
+    eval_batch = model.collate([{"image": batch["image"][i]} for i in range(2)])
+    assert loaded.generate(eval_batch, gen) == model.generate(eval_batch, gen)
+    assert loaded.eval()(batch)["loss"].item() == pytest.approx(model(batch)["loss"].item(), abs=1e-6)
+
+
 def test_bitsandbytes_optional_kernel_notice_is_not_shown_and_other_warnings_are(caplog):
     """bitsandbytes (imported with peft) warns on AVX-512 BF16 CPUs that an optional kernel package
     is absent; memecap drops that notice only."""
