@@ -24,7 +24,6 @@ from memecap.training.checkpoint import WEIGHTS_FILE, find_resume_point, resume_
 from memecap.training.checkpoint_weights import missing_trained, trained_aliases
 
 
-
 def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
     """The verified checkpoint `init_from` names: a checkpoint folder, or a run folder (its newest
     complete checkpoint)."""
