@@ -51,13 +51,8 @@ def kept_names(model: nn.Module, trained: set[int]) -> set[str]:
 
 
 def frozen_parameters(model: nn.Module, trained: set[int]) -> dict[str, torch.Tensor]:
-    """{first name: parameter} of every parameter the run does not train."""
-    seen: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in trained:
-            seen.setdefault(id(p), name)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    return {name: params[name] for name in seen.values()}
+    """{first name: parameter} of every parameter the run does not train (a tied one once)."""
+    return {name: p for name, p in model.named_parameters() if id(p) not in trained}
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
