@@ -3,6 +3,7 @@ LoRA settings every family shares. Outside memecap/config and importing nothing 
 family's settings (memecap/models/<family>/settings.py) use it without an import circle."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -48,6 +49,28 @@ def list_of(key: str, value: list, kind) -> None:
         if not isinstance(item, kind) or isinstance(item, bool):
             shown = type(item).__name__ if isinstance(item, (list, dict)) else repr(item)[:80]
             raise ConfigError(f"{key}[{i}]={shown}: expected {KIND_NAMES.get(kind, kind)}")
+
+
+DURATION_UNITS = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+DURATION_CLOCK = re.compile(r"(\d+):(\d{2}):(\d{2})")  # Slurm's --time=HH:MM:SS
+
+
+def duration_seconds(key: str, text: str) -> int:
+    """'3h50m', '90m', '45s', '1h30m15s' or '03:50:00' -> seconds; a ConfigError naming `key` otherwise."""
+    text = str(text).strip()
+    units, clock = DURATION_UNITS.fullmatch(text), DURATION_CLOCK.fullmatch(text)
+    if clock:
+        hours, minutes, seconds = (int(g) for g in clock.groups())
+    elif units and text:
+        hours, minutes, seconds = (int(g or 0) for g in units.groups())
+    else:
+        bare = (" (a bare number has no unit; YAML reads an unquoted 1:30:00 as 5400: quote it)"
+                if text.isdigit() else "")
+        raise ConfigError(f"{key}={text!r}: give a duration with units, e.g. 3h50m, 90m, 45s or 03:50:00{bare}")
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ConfigError(f"{key}={text!r}: the duration must be longer than 0 s")
+    return total
 
 
 def seed(key: str, value: int) -> None:

@@ -45,6 +45,7 @@ from memecap.training.run_log import LossWindow, flat_hparams
 from memecap.training.run_setup import Run, setup
 from memecap.training.schedule import Due, EvalSaveSchedule
 from memecap.training.stages import Stage, apply_freeze, is_streamed, train_captions
+from memecap.training.time_limit import StopForResume
 from memecap.training.objectives import CrossEntropy, ImagesWithItems, SelfCritical
 from memecap.training.train_batches import StreamBatches, TableBatches
 from memecap.training.train_state import TrainState
@@ -71,7 +72,9 @@ class PreparedStage:
 
 
 def main(cfg: Config) -> dict:
-    with ExitStack() as held:  # the run folder's lock, released however the run ends
+    stopper = StopForResume(cfg.train.time_limit)  # the time limit counts from here
+    with ExitStack() as held:  # the run folder's lock and the SIGUSR1 handler, released however the run ends
+        held.enter_context(stopper)
         run, model, state = setup(cfg, held)
         evaluation, constant = {}, None  # the latest evaluation (written beside an export), the floor
         for i, stage in enumerate(run.stages[state.stage:]):
@@ -84,7 +87,9 @@ def main(cfg: Config) -> dict:
             else:
                 run.log.info(f"{stage.label} starts from the weights of the previous stage at optimizer step "
                              f"{state.optimizer_step}")
-            state, evaluation = train_stage(run, prepared, state, evaluation)
+            state, evaluation = train_stage(run, prepared, state, evaluation, stopper)
+            if stopper.stopped:
+                return stopped_for_resume(run, state, stopper)
             if stage.index + 1 < len(run.stages):
                 state = state.next_stage()
         return finish(run, model, state, evaluation, constant)
@@ -352,9 +357,11 @@ def stage_is_over(run: Run, prepared: PreparedStage, state: TrainState) -> bool:
     return state.stage_steps >= prepared.total_steps
 
 
-def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation: dict) -> tuple[TrainState, dict]:
-    """Optimizer steps until the stage's length, early stopping or its epochs are done; evaluations
-    and checkpoints as the schedule says. Returns the counters and the latest evaluation."""
+def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation: dict,
+                stopper: StopForResume) -> tuple[TrainState, dict]:
+    """Optimizer steps until the stage's length, early stopping or its epochs are done, or until
+    `stopper` stops the run to be resumed (then only a checkpoint is made); evaluations and
+    checkpoints as the schedule says. Returns the counters and the latest evaluation."""
     cfg, stage = run.cfg, prepared.stage
     schedule = EvalSaveSchedule(cfg.train.eval_every, cfg.train.save_every, state.optimizer_step)
     guard, window = BadStepGuard(run.accelerator, cfg.train.max_bad_steps), LossWindow(*(state.loss_window or ()))
@@ -362,6 +369,7 @@ def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation
     bar = tqdm(total=prepared.total_steps, initial=state.stage_steps, desc="training", unit="step",
                disable=not (cfg.train.progress_bar and run.accelerator.is_main_process))
     done = state.stage_steps >= prepared.total_steps
+    stopper.restart_interval()
     while not done and state.epoch < (stage.epochs if stage.max_steps is None else 10**9):
         for batch in prepared.train_batches.epoch(state.epoch, state.batches_in_epoch, state.stream_positions):
             skipped = micro_step(run, prepared, batch, guard, window)
@@ -371,7 +379,7 @@ def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation
             state = state.after_optimizer_step()
             report_step(run, prepared, state, skipped, guard, window, bar)
             state, evaluation = act(run, prepared, schedule.after_step(state.optimizer_step), state, window, evaluation)
-            done = stage_is_over(run, prepared, state)
+            done = stage_is_over(run, prepared, state) or stopper.should_stop(run.accelerator)
             if done:
                 break
         else:
@@ -380,11 +388,24 @@ def train_stage(run: Run, prepared: PreparedStage, state: TrainState, evaluation
                                     evaluation)
     bar.close()
     prepared.train_batches.close()
+    if stopper.stopped:
+        return act(run, prepared, schedule.before_stop(state.optimizer_step), state, window, evaluation)
     # Every stage ends evaluated and checkpointed; a resume from that checkpoint moves straight on.
     due = schedule.at_stage_end(state.optimizer_step)
     if not due.evaluate and not state.history:
         due = Due(evaluate=True, save=due.save)
     return act(run, prepared, due, state, window, evaluation)
+
+
+def stopped_for_resume(run: Run, state: TrainState, stopper: StopForResume) -> dict:
+    """Stopped with a checkpoint before the run's end: no final export and no summary.json, which
+    a scheduler's script can test for; the trackers are flushed."""
+    run.accelerator.end_training()
+    checkpoint = list_checkpoints(run.out_dir)[-1]
+    run.log.info(f"stopped at optimizer step {state.optimizer_step} ({stopper.reason}), checkpointed in {checkpoint}; "
+                 "the same command with train.resume=auto continues from there")
+    return {"stopped": {"optimizer_step": state.optimizer_step, "reason": stopper.reason,
+                        "checkpoint": str(checkpoint)}}
 
 
 def finish(run: Run, model: torch.nn.Module, state: TrainState, evaluation: dict, constant: Optional[dict]) -> dict:

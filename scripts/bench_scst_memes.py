@@ -9,7 +9,10 @@ seed (`train.init_from`); the checkpoint and each run's final weights are then s
 
 Columns: CIDEr-D, BLEU-4, METEOR, ROUGE-L, quote CER (lower is better), the share of captions that open
 exactly one quote and the share that open none, and the mean share of repeated word bigrams in a
-caption (what a reward that ignores a caption's tail lets through: `на на на`). Extra key=value
+caption (what a reward that ignores a caption's tail lets through: `на на на`). A seed's run folder
+that already exists is continued (`train.resume=auto`; changed settings are refused: use a new
+`--work`), so with `--time-limit 50m` a measurement longer than one sitting runs in parts: each
+call stops its runs in time, and the one that finds every seed finished scores them. Extra key=value
 arguments go to every scst run (they must give the model settings of the checkpoint's run; `scst.*`
 weights, the sampling's `generation.temperature` and so on may be set here too). `--recipe` names
 the recipe the checkpoint was trained with (the demo's tiny ClipCap unless given), e.g. the
@@ -67,18 +70,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="scst runs at once (one per GPU; on a small CPU one at a time is the fastest in all)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scst_memes"))
+    parser.add_argument("--time-limit", help="each run's train.time_limit (e.g. 50m): runs that stop there are "
+                                             "continued by the same command later, and scoring waits for all")
     args, overrides = parser.parse_known_args()
     settings = dict(o.split("=", 1) for o in overrides if "=" in o)
     val, cache_dir = settings["data.val"], settings.get("cache.dir")
     args.work.mkdir(parents=True, exist_ok=True)
-    before = scored(args.init, val, args.work / "before.jsonl", cache_dir)
-    header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote | repeated bigrams |"
-    lines = [header, "|---" * 9 + "|", row(f"cross-entropy ({args.init.name})", before)]
-    print("\n".join(lines), flush=True)
+    limit = [f"train.time_limit={args.time_limit}"] if args.time_limit else []
     pending = []
     for seed in args.seeds:
         out = args.work / f"seed{seed}"
-        if (out / "final").is_dir():
+        if (out / "summary.json").is_file():
             continue
         # The run's own closing evaluation reads two val rows: the whole of val is scored below, once.
         pending.append([sys.executable, "-m", "memecap", "train", args.recipe, *overrides, "data.max_val_rows=2",
@@ -86,7 +88,7 @@ def main() -> None:
                         "train.objective=scst", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}",
                         f"optim.lr={args.lr}", "optim.warmup_steps=0", f"train.seed={seed}", f"train.output_dir={out}",
                         "train.progress_bar=false", "train.trackers=[]", "eval.compare_constant=false",
-                        "train.overwrite=true"])
+                        "train.resume=auto", *limit])  # an unfinished run continues; settings changed are refused
     started: list[subprocess.Popen] = []
     for cmd in pending:
         while sum(proc.poll() is None for proc in started) >= args.jobs:
@@ -94,6 +96,13 @@ def main() -> None:
         started.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL))
     if any(proc.wait() for proc in started):
         raise SystemExit("an scst run failed (its error is above)")
+    unfinished = [seed for seed in args.seeds if not (args.work / f"seed{seed}" / "summary.json").is_file()]
+    if unfinished:
+        print(f"seeds {unfinished} stopped at the time limit; the same command continues them", flush=True)
+        return
+    before = scored(args.init, val, args.work / "before.jsonl", cache_dir)
+    header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote | repeated bigrams |"
+    print("\n".join([header, "|---" * 9 + "|", row(f"cross-entropy ({args.init.name})", before)]), flush=True)
     after = []
     for seed in args.seeds:
         after.append(scored(args.work / f"seed{seed}" / "final", val, args.work / f"seed{seed}.jsonl", cache_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Mapping, Optional
 
-from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, list_of, one_of, seed
+from memecap.config_checks import WEIGHT_DTYPES, ConfigError, above, at_least, duration_seconds, list_of, one_of, seed
 from memecap.metrics.registry import SCORINGS, metric_names, not_offered
 from memecap.models import DEFAULT_FAMILY, FAMILIES, Family
 from memecap.models.packaged import check_packaged_encoder, is_package_name
@@ -312,6 +312,9 @@ class TrainConfig:
     best_metric: str = "bleu4"  # chooses the best checkpoint (val_loss and quote: lower is better)
     early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
     resume: Optional[str] = None  # null | auto (newest checkpoint in output_dir) | path
+    # e.g. 3h50m or 03:50:00: checkpoint and stop (exit 0, no summary.json) while another step and a
+    # checkpoint still fit; train.resume=auto continues. SIGUSR1 stops the same way at the next step.
+    time_limit: Optional[str] = None
     # A checkpoint (or a run folder: its newest) whose trained weights a new run starts from; the same
     # model settings. Not its optimizer, counters or data position: that is `resume`.
     init_from: Optional[str] = None
@@ -348,6 +351,8 @@ class TrainConfig:
         at_least("train.keep_checkpoints", self.keep_checkpoints, 0)
         at_least("train.early_stopping_patience", self.early_stopping_patience, 1, optional=True)
         at_least("train.max_bad_steps", self.max_bad_steps, 0)
+        if self.time_limit is not None:
+            duration_seconds("train.time_limit", self.time_limit)
         if self.overwrite and self.resume is not None:
             raise ConfigError("train.overwrite=true deletes the earlier run; it cannot be combined with train.resume")
         if self.best_metric not in metric_names():

@@ -4,7 +4,8 @@
   without `save_every`, after each evaluation;
 - at the end of an epoch: without `eval_every`, evaluate (and, without `save_every`, save);
 - at the end of a stage: evaluate and save unless this step already was, so every stage ends
-  evaluated and checkpointed and a resume from that checkpoint moves straight on.
+  evaluated and checkpointed and a resume from that checkpoint moves straight on;
+- before a stop for a later resume (a time limit, SIGUSR1): save unless this step already was.
 
 The policy remembers what it asked for, so nothing is evaluated or saved twice at one step.
 """
@@ -45,3 +46,7 @@ class EvalSaveSchedule:
 
     def at_stage_end(self, step: int) -> Due:
         return self._ask(step, True, True)
+
+    def before_stop(self, step: int) -> Due:
+        """The run stops here to be resumed: a checkpoint (unless this step has one), no evaluation."""
+        return self._ask(step, False, True)
