@@ -14,6 +14,8 @@ SHARED = re.compile(r"Removed shared tensor \{(.*?)\} while saving")
 BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 OPTIONAL_KERNEL = "Failed to load CPU gemm_4bit_forward"
 GGUF_READER = "transformers.modeling_gguf_pytorch_utils"
+MODELING_LOGGER = "transformers.modeling_utils"
+PADDING_ADVICE = "We strongly recommend passing in an `attention_mask`"
 
 
 def _no_bar(factory, args, kwargs):
@@ -35,6 +37,24 @@ class _NoOptionalKernelNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(OPTIONAL_KERNEL)
+
+
+class _NoPaddingAdvice(logging.Filter):
+    """memecap passes a mask with every prompt; transformers' `generate` drops an all-ones one and
+    then, once a finished caption is padded with the end token, advises passing a mask."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(PADDING_ADVICE)
+
+
+@contextmanager
+def no_padding_advice():
+    logger, advice = logging.getLogger(MODELING_LOGGER), _NoPaddingAdvice()
+    logger.addFilter(advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)
 
 
 def _install_once(logger_name: str, kind: type) -> None:

@@ -112,8 +112,8 @@ def main() -> None:
     spread = {k: max(a[k] for a in after) - min(a[k] for a in after) for k in keys}
     print(row(f"+ scst, mean of {len(after)}", mean))
     print(row("+ scst, spread (max - min)", spread))
-    gain = (mean["cider"] / before["cider"] - 1) * 100
-    print(f"CIDEr-D {before['cider']:.3f} -> {mean['cider']:.3f} ({gain:+.1f}%), "
+    gain = f" ({(mean['cider'] / before['cider'] - 1) * 100:+.1f}%)" if before["cider"] else ""
+    print(f"CIDEr-D {before['cider']:.3f} -> {mean['cider']:.3f}{gain}, "
           f"METEOR {before['meteor']:.3f} -> {mean['meteor']:.3f}")
 
 

@@ -47,3 +47,39 @@ def test_other_shared_tensors_are_still_reported(caplog):
     finally:
         reset_accelerate()
     assert "Removed shared tensor {'mapper.b.weight'}" in caplog.text
+
+
+def test_generate_after_a_finished_caption_gives_no_padding_advice(capfd, caplog):
+    """transformers drops the all-ones mask memecap passes, then advises a mask once a finished row is
+    padded with the end token; the advice is not shown, and other messages of that logger still are."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
+    from transformers.utils.logging import warning_once
+
+    from memecap.quiet import MODELING_LOGGER, PADDING_ADVICE, no_padding_advice
+
+    class EndFirstRowAtOnce(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores[0] = -float("inf")
+            scores[0, 0] = 0.0  # row 0 writes the end token (also the padding) first
+            return scores
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, bos_token_id=0,
+                                       eos_token_id=0, pad_token_id=0)).eval()
+
+    def generate():
+        warning_once.cache_clear()  # the advice is said once a process: let each call say it afresh
+        model.generate(inputs_embeds=torch.randn(2, 3, 16), attention_mask=torch.ones(2, 3, dtype=torch.long),
+                       max_new_tokens=4, min_new_tokens=4, pad_token_id=0, eos_token_id=0, do_sample=False,
+                       logits_processor=LogitsProcessorList([EndFirstRowAtOnce()]))
+        printed = capfd.readouterr()
+        shown = printed.out + printed.err + caplog.text
+        caplog.clear()
+        return shown
+
+    with caplog.at_level(logging.WARNING):
+        assert PADDING_ADVICE in generate()  # the case happens without the filter
+        with no_padding_advice():
+            assert PADDING_ADVICE not in generate()
+            logging.getLogger(MODELING_LOGGER).warning("another warning")
+            assert "another warning" in caplog.text

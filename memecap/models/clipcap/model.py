@@ -36,6 +36,7 @@ from memecap.models.export import base_entry, read_export_config, record_local_b
 from memecap.models.kbit import bitsandbytes_loading, keep_4bit_layers_on_generic_cpu_path, prepare_base
 from memecap.models.clipcap.architectures import decoder_width, lora_targets, transposed_weights
 from memecap.models.clipcap.gguf import gguf_decoder_folder
+from memecap.quiet import no_padding_advice
 from memecap.models.clipcap.mapping import build_mapper
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.tiny import TINY, save_tiny_clip_vision, save_tiny_gpt2
@@ -270,7 +271,7 @@ class ClipCap(nn.Module):
         kwargs = hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         if generation.quote == "copy":
             kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch))])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), no_padding_advice():
             # The prompt is image and OCR embeddings, never words: n-gram bans apply to the caption only, as meant.
             warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
             ids = self.decoder.generate(inputs_embeds=inputs, attention_mask=mask, synced_gpus=synced_gpus, **kwargs)
