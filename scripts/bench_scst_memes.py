@@ -83,22 +83,24 @@ def main() -> None:
         if (out / "summary.json").is_file():
             continue
         # The run's own closing evaluation reads two val rows: the whole of val is scored below, once.
-        pending.append([sys.executable, "-m", "memecap", "train", args.recipe, *overrides, "data.max_val_rows=2",
+        pending.append(([sys.executable, "-m", "memecap", "train", args.recipe, *overrides, "data.max_val_rows=2",
                         f"train.init_from={args.init}",
                         "train.objective=scst", f"train.max_steps={args.steps}", f"train.eval_every={args.steps}",
                         f"optim.lr={args.lr}", "optim.warmup_steps=0", f"train.seed={seed}", f"train.output_dir={out}",
                         "train.progress_bar=false", "train.trackers=[]", "eval.compare_constant=false",
-                        "train.resume=auto", *limit])  # an unfinished run continues; settings changed are refused
-    started: list[subprocess.Popen] = []
-    for cmd in pending:
-        while sum(proc.poll() is None for proc in started) >= args.jobs:
+                        "train.resume=auto", *limit], out))  # an unfinished run continues; changed settings are refused
+    started: list[tuple[subprocess.Popen, Path]] = []
+    for cmd, out in pending:
+        while sum(proc.poll() is None for proc, _ in started) >= args.jobs:
             time.sleep(5)
-        started.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL))
-    if any(proc.wait() for proc in started):
+        if any(proc.poll() == 0 and not (done / "summary.json").is_file() for proc, done in started):
+            break  # a run stopped at its time limit: the time is up for the ones after it too
+        started.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL), out))
+    if any(proc.wait() for proc, _ in started):
         raise SystemExit("an scst run failed (its error is above)")
     unfinished = [seed for seed in args.seeds if not (args.work / f"seed{seed}" / "summary.json").is_file()]
     if unfinished:
-        print(f"seeds {unfinished} stopped at the time limit; the same command continues them", flush=True)
+        print(f"seeds {unfinished} not finished (the time limit came first): the same command continues", flush=True)
         return
     before = scored(args.init, val, args.work / "before.jsonl", cache_dir)
     header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote | repeated bigrams |"
