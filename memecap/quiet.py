@@ -48,13 +48,17 @@ class _NoPaddingAdvice(logging.Filter):
 
 
 @contextmanager
-def no_padding_advice():
-    logger, advice = logging.getLogger(MODELING_LOGGER), _NoPaddingAdvice()
-    logger.addFilter(advice)
+def _filtering(logger_name: str, kind: type):
+    logger, active = logging.getLogger(logger_name), kind()
+    logger.addFilter(active)
     try:
         yield
     finally:
-        logger.removeFilter(advice)
+        logger.removeFilter(active)
+
+
+def no_padding_advice():
+    return _filtering(MODELING_LOGGER, _NoPaddingAdvice)
 
 
 def _install_once(logger_name: str, kind: type) -> None:
@@ -84,12 +88,10 @@ def quiet_weights():
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.set_tqdm_hook(_no_bar)
-    logger, tied = logging.getLogger(ACCELERATE_SAVE_LOGGER), _TiedHeadOnly()
-    logger.addFilter(tied)
     try:
-        yield
+        with _filtering(ACCELERATE_SAVE_LOGGER, _TiedHeadOnly):
+            yield
     finally:
-        logger.removeFilter(tied)
         hf_logging.set_tqdm_hook(previous)
 
 
