@@ -3,6 +3,7 @@ checkpoint at a step's end and exit 0 without a summary; `train.resume=auto` the
 The real loop, in one process, under the real CLI, and in two real CPU processes."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -61,23 +62,27 @@ def test_sigusr1_asks_for_a_stop_only_while_training(monkeypatch):
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
-def test_a_time_limit_checkpoints_stops_and_resumes_exactly(tmp_path, synthetic_data):
+def test_a_time_limit_checkpoints_stops_and_resumes_exactly(tmp_path, synthetic_data, monkeypatch):
     from memecap import train
+    from memecap.training import time_limit
 
     common = ("train.max_steps=5", "train.eval_every=100", "eval.compare_constant=false", "train.keep_checkpoints=5")
-    straight = tmp_path / "straight"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     try:
         train.main(tiny_run_config(straight, synthetic_data, *common))
         reset_accelerate()
-        # Building the run takes well over a second here, so the limit has passed by the first step's end.
-        stopped = train.main(tiny_run_config(tmp_path / "resumed", synthetic_data, *common, "train.time_limit=1s"))
+        # Each reading of the clock 10 s after the last: the run starts at 0, its first step at 10, and
+        # every step takes 10 s; with a minute, 10 s are left after step 4, less than two steps.
+        readings = itertools.count(0, 10)
+        monkeypatch.setattr(time_limit, "clock", lambda: float(next(readings)))
+        stopped = train.main(tiny_run_config(resumed, synthetic_data, *common, "train.time_limit=1m"))["stopped"]
+        monkeypatch.undo()
         reset_accelerate()
-        resumed = tmp_path / "resumed"
-        step = stopped["stopped"]["optimizer_step"]
-        assert 1 <= step < 5 and "train.time_limit" in stopped["stopped"]["reason"]
-        assert Path(stopped["stopped"]["checkpoint"]) == resumed / "checkpoints" / f"step_{step:07d}"
+        assert stopped["optimizer_step"] == 4
+        assert stopped["reason"] == "train.time_limit: 10s of 1m00s left, and a step took up to 10s"
+        assert Path(stopped["checkpoint"]) == resumed / "checkpoints" / "step_0000004"
         assert not (resumed / "summary.json").exists() and not (resumed / "final").exists()
-        assert [r["step"] for r in log_rows(resumed)] == list(range(1, step + 1))
+        assert [r["step"] for r in log_rows(resumed)] == [1, 2, 3, 4]
         assert log_rows(resumed, "eval") == []  # a stop evaluates nothing: it only checkpoints
         train.main(tiny_run_config(resumed, synthetic_data, *common, "train.resume=auto"))
     finally:

@@ -20,6 +20,8 @@ from typing import Optional
 
 from memecap.config_checks import duration_seconds
 
+clock = time.monotonic  # what a time limit is measured on (a test steps it)
+
 
 class StopForResume:
     """Decides, at each optimizer step's end, whether the run stops there to be resumed later.
@@ -29,7 +31,7 @@ class StopForResume:
 
     def __init__(self, time_limit: Optional[str], started: Optional[float] = None):
         self.limit = duration_seconds("train.time_limit", time_limit) if time_limit is not None else None
-        self.started = time.monotonic() if started is None else started
+        self.started = clock() if started is None else started
         self.last_boundary = self.started
         self.longest_interval = 0.0
         self.signalled = False
@@ -52,12 +54,12 @@ class StopForResume:
 
     def restart_interval(self) -> None:
         """Whatever ran before the first step of a stage (building it, a first evaluation) is not a step."""
-        self.last_boundary = time.monotonic()
+        self.last_boundary = clock()
 
     def wants_stop(self) -> bool:
         """This process's own view, at a step's end: SIGUSR1 came, or another step and a checkpoint
         might not fit in the time left."""
-        now = time.monotonic()
+        now = clock()
         self.longest_interval = max(self.longest_interval, now - self.last_boundary)
         self.last_boundary = now
         if self.signalled:
