@@ -45,19 +45,50 @@ def logits_processors(cfg: GenerationConfig):
     own processors, so both families share one meaning of each setting. Sampling settings apply
     only with strategy=sample."""
     from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
-                                                        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+                                                        RepetitionPenaltyLogitsProcessor)
 
     processors = LogitsProcessorList()
     if cfg.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
     if cfg.no_repeat_ngram_size > 0:
         processors.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
-    if cfg.strategy == "sample":
-        if cfg.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(cfg.temperature))
-        if cfg.top_k:
-            processors.append(TopKLogitsWarper(cfg.top_k))
-        if cfg.top_p < 1.0:
-            processors.append(TopPLogitsWarper(cfg.top_p))
+    processors.extend(sampling_processors(cfg))
     return processors
+
+
+def sampling_processors(cfg: GenerationConfig) -> list:
+    """Temperature, top-k and top-p of `cfg` as transformers' processors (none unless strategy=sample)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    if cfg.strategy != "sample":
+        return []
+    processors = []
+    if cfg.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        processors.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1.0:
+        processors.append(TopPLogitsWarper(cfg.top_p))
+    return processors
+
+
+def hf_generate_drawing_kwargs(cfg: GenerationConfig, processors: list, *, eos_token_id: int,
+                               pad_token_id: int) -> dict:
+    """Keyword arguments of `PreTrainedModel.generate` that sample (strategy=sample) as transformers' greedy
+    decoding with `DrawToken` last (memecap/sampling.py: the same distribution, without
+    `torch.multinomial`'s one random number per vocabulary entry), after `processors` (the family's,
+    e.g. quote copying) and the sampling processors, the order transformers' own sampling applies.
+
+    Greedy decoding returns one sequence per input row: the caller repeats each row
+    `num_return_sequences` times, consecutively, as transformers does for its own sampling.
+    """
+    from transformers import LogitsProcessorList
+
+    from memecap.sampling import DrawToken
+
+    if cfg.strategy != "sample":
+        raise ValueError(f"hf_generate_drawing_kwargs samples; strategy is {cfg.strategy!r}")
+    kwargs = hf_generate_kwargs(replace(cfg, strategy="greedy", num_return_sequences=1),
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    kwargs["logits_processor"] = LogitsProcessorList([*processors, *sampling_processors(cfg), DrawToken()])
+    return kwargs

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -60,6 +61,15 @@ def row(name: str, scores: dict) -> str:
     return f"| {name} | {cells} |"
 
 
+def run_env(jobs: int) -> dict:
+    """The environment of each run: with several at once, each gets its share of the CPU cores (one
+    GPU each leaves them idle anyway); two runs of two threads each on two cores wait on each other."""
+    env = dict(os.environ)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", type=Path, required=True, help="the cross-entropy checkpoint (checkpoints/step_N)")
@@ -68,7 +78,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--jobs", type=int, default=1,
-                        help="scst runs at once (one per GPU; on a small CPU one at a time is the fastest in all)")
+                        help="scst runs at once: one per GPU; on a CPU each run gets an equal share of the cores "
+                             "(OMP_NUM_THREADS, unless set): on 2 cores, two 1-thread runs of the real-weights "
+                             "model made 1.4x the steps of one 2-thread run")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_scst_memes"))
     parser.add_argument("--time-limit", help="each run's train.time_limit (e.g. 50m): runs that stop there are "
                                              "continued by the same command later, and scoring waits for all")
@@ -95,7 +107,7 @@ def main() -> None:
             time.sleep(5)
         if any(proc.poll() == 0 and not (done / "summary.json").is_file() for proc, done in started):
             break  # a run stopped at its time limit: the time is up for the ones after it too
-        started.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL), out))
+        started.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, env=run_env(args.jobs)), out))
     if any(proc.wait() for proc, _ in started):
         raise SystemExit("an scst run failed (its error is above)")
     unfinished = [seed for seed in args.seeds if not (args.work / f"seed{seed}" / "summary.json").is_file()]

@@ -132,3 +132,17 @@ def test_a_self_critical_stage_is_planned_at_its_sampled_captions():
                                                        "scst.kl=0.1"]))
     # The KL reference: one more fp32 copy of what trains, and nothing else changes.
     assert with_kl.total() - scst.total() == pytest.approx(scst.trainable * 4.0)
+
+
+def test_the_logits_row_counts_the_caption_positions_only():
+    """ClipCap projects to the vocabulary only where a caption token is scored (a GPT-2 decoder's logits
+    are its projection alone): the prefix and the OCR prompt add nothing to the logits row."""
+    def logits_bytes(*overrides):
+        return rows(plan_memory(load_config("clipcap_lora", ["train.batch_size=4", *overrides])))["logits + loss"][0]
+
+    plain = logits_bytes()
+    assert plain > 0
+    assert logits_bytes("model.ocr.enabled=true") == plain  # the OCR prompt is read, never projected
+    assert logits_bytes("model.mapper.prefix_length=40") == plain
+    assert logits_bytes("data.max_caption_tokens=64") == pytest.approx(plain / 2)
+    assert logits_bytes("train.batch_size=8") == pytest.approx(2 * plain)

@@ -84,6 +84,19 @@ def test_every_family_gives_each_caption_tokens_log_probability(tmp_path, synthe
         if family != "rudolph":  # RuDOLPH's loss also weighs its left text and image codes
             assert -log_probs.sum() / out["num_tokens"] == pytest.approx(out["loss"].item(), rel=1e-5), family
 
+        # Caption tokens the batch marks `unscored` (in each caption's order) are left out, the rest kept.
+        batch = model.collate([{"image": inputs[i], "input_ids": ids[i]} for i in range(2)])
+        batch["unscored"] = torch.zeros(2, len(ids[1]), dtype=torch.bool)
+        batch["unscored"][1, [0, len(ids[1]) - 1]] = True
+        with torch.no_grad():
+            marked = model(batch)
+        assert marked["token_scored"].sum(dim=1).tolist() == [len(ids[0]), len(ids[1]) - 2], family
+        kept = [log_probs[row][scored[row]] for row in range(2)]
+        kept[1] = kept[1][1:-1]
+        got = [marked["token_log_probs"][row][marked["token_scored"][row]] for row in range(2)]
+        for row in range(2):
+            torch.testing.assert_close(got[row], kept[row], rtol=1e-5, atol=1e-6, msg=family)
+
 
 def test_the_signature_check_sees_a_parameter_taken_another_way():
     class Lopsided:

@@ -53,7 +53,7 @@ def test_a_self_critical_run_resumes_exactly(tmp_path, synthetic_data):
 
 def test_the_copied_quote_is_left_out_of_the_log_probability(tmp_path, synthetic_data):
     cfg = tiny_run_config(tmp_path, synthetic_data, "generation.quote=copy", "model.ocr.enabled=true",
-                          "model.ocr.engine=tesseract")
+                          "model.ocr.engine=tesseract", "generation.max_new_tokens=40")  # no caption here cut
     net = build_model(cfg.model, work_dir=tmp_path, train_texts=["на картинке кот", "Подпись: \"привет мир\""])
     step = SelfCritical(accelerator=None, references=[["на картинке кот"]], settings=cfg.scst,
                         generation=cfg.generation, max_caption_tokens=48, synced_gpus=False)
@@ -63,9 +63,8 @@ def test_the_copied_quote_is_left_out_of_the_log_probability(tmp_path, synthetic
     forced_text = net.tokenizer.decode(ids[start:end])
     assert forced_text.strip() == 'привет мир"'  # the quote and its closing mark; the opening mark was chosen
     assert step._forced_span(net, "на картинке кот") is None
-    scored = torch.ones(2, len(ids), dtype=torch.bool)
-    forced = step._forced(net, [caption, "на картинке кот"], scored)
-    assert forced[0].sum() == end - start and not forced[1].any()
+    unchosen = step._unchosen(net, [caption, "на картинке кот"], [ids, net.encode_caption("на картинке кот", 48)])
+    assert unchosen[0].nonzero().flatten().tolist() == list(range(start, end)) and not unchosen[1].any()
 
 
 def test_the_end_token_of_a_caption_cut_at_the_length_limit_is_left_out(tmp_path, synthetic_data):
@@ -75,13 +74,10 @@ def test_the_end_token_of_a_caption_cut_at_the_length_limit_is_left_out(tmp_path
                         generation=cfg.generation, max_caption_tokens=48, synced_gpus=False)
     ended, cut = "кот", "на картинке кот сидит на столе у окна и смотрит на улицу"
     assert len(net.encode_caption(ended, 48)) - 1 < 6 <= len(net.encode_caption(cut, 48)) - 1
-    scored = torch.zeros(2, 40, dtype=torch.bool)
-    scored[0, 3:3 + len(net.encode_caption(ended, 48))] = True
-    scored[1, 3:3 + len(net.encode_caption(cut, 48))] = True
-    appended = step._appended_ends(net, [ended, cut], scored)
-    last = scored[1].nonzero().max().item()
-    assert not appended[0].any()  # it ended before the limit: its end token was sampled
-    assert appended[1].nonzero().flatten().tolist() == [last]  # only the end token, not the caption's words
+    ids = [net.encode_caption(ended, 48), net.encode_caption(cut, 48)]
+    unchosen = step._unchosen(net, [ended, cut], ids)
+    assert not unchosen[0].any()  # it ended before the limit: its end token was sampled
+    assert unchosen[1].nonzero().flatten().tolist() == [len(ids[1]) - 1]  # only the end token, not the words
 
 
 def test_two_processes_train_self_critically_in_step(tmp_path, synthetic_data):

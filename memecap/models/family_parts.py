@@ -36,6 +36,53 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
             "token_scored": labels != IGNORED}
 
 
+def without_unscored(labels: torch.Tensor, unscored: Optional[torch.Tensor]) -> torch.Tensor:
+    """`labels` ([rows, positions], each caption's tokens in order, IGNORED elsewhere) with the caption
+    tokens that `unscored` ([rows, caption tokens], in the same order; a batch's optional "unscored")
+    marks made IGNORED too: the tokens an objective leaves out of the log-probability (models/protocol.py)."""
+    if unscored is None:
+        return labels
+    labels = labels.clone()
+    for row in range(labels.shape[0]):
+        positions = (labels[row] != IGNORED).nonzero().flatten()
+        marks = unscored[row, :len(positions)].to(positions.device)
+        labels[row, positions[:len(marks)][marks]] = IGNORED
+    return labels
+
+
+def scored_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> dict:
+    """`caption_loss` from hidden states, projected to the vocabulary only where a label is scored:
+    `hidden[:, t]` predicts `labels[:, t]`. A batch's captions start after prompts of different
+    lengths and end at different lengths, so a window of positions common to all rows holds other
+    rows' prompts and padding; at a vocabulary of 150-260k words each projected position costs as
+    much as a pass through the rest of the decoder, and its gradient as much again."""
+    scored = labels != IGNORED
+    per_scored = F.cross_entropy(head(hidden[scored]).float(), labels[scored], reduction="none")
+    per_token = torch.zeros(labels.shape, dtype=per_scored.dtype, device=per_scored.device).masked_scatter(
+        scored, per_scored)
+    num_tokens = scored.sum()
+    return {"loss": per_token.sum() / num_tokens.clamp(min=1), "num_tokens": num_tokens, "token_log_probs": -per_token,
+            "token_scored": scored}
+
+
+# transformers causal LMs whose logits are exactly their output projection of the body's last hidden
+# state (checked against their forward in tests/test_scored_positions.py); Gemma's only while its
+# logits are not soft-capped (Gemma 3 leaves them plain, Gemma 2 caps them).
+PLAIN_HEADS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+
+
+def body_and_head(model: nn.Module) -> Optional[tuple[nn.Module, nn.Module]]:
+    """(the transformer body, the output projection) of a transformers causal LM, or of the one in a
+    PEFT wrapper, whose logits are nothing but that projection; None for any other, which is scored
+    through its own forward."""
+    lm = base_model(model)
+    config = getattr(lm, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEADS or getattr(config, "final_logit_softcapping", None):
+        return None
+    body, head = getattr(lm, lm.base_model_prefix, None), lm.get_output_embeddings()
+    return (body, head) if isinstance(body, nn.Module) and isinstance(head, nn.Module) else None
+
+
 def scored_tail(labels: torch.Tensor) -> int:
     """How many of the last logit positions a caption loss reads: from the one that predicts the
     batch's earliest scored label to the end, one more than the labels from there (labels are padded

@@ -15,7 +15,10 @@ batches and processes, whatever the batch composition. A family whose loss mixes
 It also returns `token_log_probs` [batch, positions], the log-probability of each caption token
 (0 elsewhere), and `token_scored` [batch, positions], True where a caption token is scored, in the
 caption's order: self-critical training (training/objectives.py) weighs each caption's sum by its
-reward, leaving out the tokens quote copying forced.
+reward. A batch may carry `unscored` [batch, caption tokens], True at caption tokens (in each
+caption's order) that the loss must leave unscored, as padding (`family_parts.without_unscored`):
+self-critical training marks the tokens quote copying forced, and a family that projects to its
+vocabulary only where it scores (ClipCap) saves that work there too.
 """
 from __future__ import annotations
 

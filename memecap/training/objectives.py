@@ -8,7 +8,8 @@
   caption's. The log-probability is the model's own forward on the sampled caption, re-tokenised
   (`token_log_probs`); tokens that `generation.quote=copy` forced (the quote after its opening mark,
   and the closing mark) are left out: the model did not choose them; so is the end token of a
-  caption whose sampling stopped at the length limit (appended to its ids, never sampled). With
+  caption whose sampling stopped at the length limit (appended to its ids, never sampled). Both go
+  to the model as the batch's `unscored` (models/protocol.py), so its loss never scores them. With
   `scst.kl`, the loss adds that weight x the captions' KL estimate to the stage's starting weights
   (a copy of the trained parameters taken at its first step, and kept in each checkpoint so a
   resume keeps the same one).
@@ -81,11 +82,11 @@ class SelfCritical:
             baseline = torch.tensor(caption_rewards(greedy, refs, ocr, self.cider, self.settings)["reward"])
             baseline = baseline.view(-1, 1).expand_as(rewards)
         ids = [net.encode_caption(c, self.max_caption_tokens) for c in flat]
-        captions = send_to_device(net.collate([{"image": items[i // k]["image"], "input_ids": row}
-                                               for i, row in enumerate(ids)]), self.accelerator.device)
+        captions = net.collate([{"image": items[i // k]["image"], "input_ids": row} for i, row in enumerate(ids)])
+        captions["unscored"] = self._unchosen(net, flat, ids)  # the model need not even score them
+        captions = send_to_device(captions, self.accelerator.device)
         out = model(captions)
-        scored = out["token_scored"]
-        chosen = scored & ~self._forced(net, flat, scored) & ~self._appended_ends(net, flat, scored)
+        chosen = out["token_scored"]
         loss = policy_gradient_loss(out["token_log_probs"], chosen, (rewards - baseline).reshape(-1).to(chosen.device))
         if self.settings.kl:
             kl = kl_to_reference(out["token_log_probs"], self._reference_log_probs(net, captions), chosen)
@@ -146,32 +147,24 @@ class SelfCritical:
             raise DamagedCheckpoint(f"{path}: missing; scst.kl needs the stage's starting weights it keeps")
         self.reference = load_file(str(path))
 
-    def _forced(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
-        """[captions, positions] True at the scored positions holding a token quote copying forced."""
-        forced = torch.zeros_like(scored)
-        if not self.copies_quote:
-            return forced
-        for row, caption in enumerate(captions):
-            span = self._forced_span(net, caption)
-            if span is None:
-                continue
-            positions = scored[row].nonzero().flatten()  # the caption's tokens in order, wherever they sit
-            forced[row, positions[span[0]:span[1]]] = True
-        return forced
-
-    def _appended_ends(self, net, captions: list[str], scored: torch.Tensor) -> torch.Tensor:
-        """[captions, positions] True at the end token of each caption whose sampling stopped at the
-        length limit (or that re-tokenises past `max_caption_tokens`): the caption's ids end with that
-        token all the same, but the model never chose it there, and a long caption's low reward would
-        push it down where it never stood (on real memes, 28% of the samples of a cross-entropy
-        checkpoint reach the limit). The count is of the re-tokenised caption, so a caption that
-        ended a token or two short of the limit may lose its end token too."""
+    def _unchosen(self, net, captions: list[str], ids: list[list[int]]) -> torch.Tensor:
+        """[captions, tokens] True at the tokens of each caption (`ids`, in order) the model did not choose:
+        - the quote that quote copying forced, with its closing mark;
+        - the end token of a caption whose sampling stopped at the length limit (or that re-tokenises
+          past `max_caption_tokens`): its ids end with that token all the same, but the model never
+          chose it there, and a long caption's low reward would push it down where it never stood (on
+          real memes, 28% of the samples of a cross-entropy checkpoint reach the limit). The count is
+          of the re-tokenised caption, so a caption that ended a token or two short of the limit may
+          lose its end token too."""
+        unchosen = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.bool)
         limit = min(self.sampling.max_new_tokens, self.max_caption_tokens)
-        appended = torch.zeros_like(scored)
-        for row, caption in enumerate(captions):
-            if len(net.encode_caption(caption, 10**6)) - 1 >= limit and scored[row].any():
-                appended[row, scored[row].nonzero().max()] = True
-        return appended
+        for row, (caption, caption_ids) in enumerate(zip(captions, ids)):
+            span = self._forced_span(net, caption) if self.copies_quote else None
+            if span is not None:
+                unchosen[row, span[0]:min(span[1], len(caption_ids))] = True
+            if len(net.encode_caption(caption, 10**6)) - 1 >= limit:
+                unchosen[row, len(caption_ids) - 1] = True
+        return unchosen
 
     def _forced_span(self, net, caption: str) -> Optional[tuple[int, int]]:
         """Token indices [start, end) of the copied quote and its closing mark within the caption."""

@@ -25,11 +25,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLis
 from memecap.config import GenerationConfig, ModelConfig, model_config_from_export, to_dict
 from memecap.data.datasets import LazyPixels
 from memecap.data.images import ImageTransform
-from memecap.generation import hf_generate_kwargs
+from memecap.generation import hf_generate_drawing_kwargs, hf_generate_kwargs
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder, encoder_transform
-from memecap.models.family_parts import (QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image,
-                                         scored_tail, takes_logits_to_keep)
+from memecap.models.family_parts import (QuoteCopying, body_and_head, caption_loss, ended_caption,
+                                         parameters_that_train, per_image, scored_positions_loss, scored_tail,
+                                         takes_logits_to_keep, without_unscored)
 from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
@@ -252,7 +253,13 @@ class ClipCap(nn.Module):
         inputs = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
         mask = torch.cat([torch.ones(prefix.shape[:2], dtype=batch["attention_mask"].dtype,
                                      device=inputs.device), batch["attention_mask"]], dim=1)
-        labels = batch["labels"]
+        labels = without_unscored(batch["labels"], batch.get("unscored"))
+        split = body_and_head(self.decoder)
+        if split is not None:
+            body, head = split
+            hidden = body(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+            # Position P-1+t predicts caption token t: the last prefix slot predicts the first word.
+            return scored_positions_loss(hidden[:, prefix.shape[1] - 1:-1], labels, head)
         keep = scored_tail(labels)  # <= the caption tokens + the prompt + 1 < the prefix + those
         extra = {"logits_to_keep": keep} if takes_logits_to_keep(self.decoder) else {}
         logits = self.decoder(inputs_embeds=inputs, attention_mask=mask, **extra).logits[:, -keep:]
@@ -268,9 +275,16 @@ class ClipCap(nn.Module):
         if "prompt_ids" in batch:  # OCR conditioning: the prompt follows the image prefix
             inputs = torch.cat([inputs, embed(batch["prompt_ids"]).to(inputs.dtype)], dim=1)
             inputs, mask = pad_left(inputs, torch.cat([mask, batch["prompt_mask"].to(mask.dtype)], dim=1))
-        kwargs = hf_generate_kwargs(generation, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
-        if generation.quote == "copy":
-            kwargs["logits_processor"] = LogitsProcessorList([self.quote_processor(require_ocr_text(batch))])
+        processors = [self.quote_processor(require_ocr_text(batch))] if generation.quote == "copy" else []
+        special = dict(eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        if generation.strategy == "sample":  # each image's rows side by side, as the quote processor reads them
+            rows = generation.num_return_sequences
+            inputs, mask = inputs.repeat_interleave(rows, dim=0), mask.repeat_interleave(rows, dim=0)
+            kwargs = hf_generate_drawing_kwargs(generation, processors, **special)
+        else:
+            kwargs = hf_generate_kwargs(generation, **special)
+            if processors:
+                kwargs["logits_processor"] = LogitsProcessorList(processors)
         with warnings.catch_warnings(), no_padding_advice():
             # The prompt is image and OCR embeddings, never words: n-gram bans apply to the caption only, as meant.
             warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")

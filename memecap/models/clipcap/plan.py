@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, Pretraine
 from memecap.config import Config
 from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan, sixteen_bit
 from memecap.models.dtypes import weights_dtype
+from memecap.models.family_parts import body_and_head
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
 from memecap.models.clipcap.gguf import converted_folder, gguf_kwargs
 from memecap.models.clipcap.mapping import build_mapper
@@ -188,9 +189,11 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
     if dec.mode == "lora":
         plan.add("LoRA inputs (fp32 copies, dropout masks)",
                  lora_input_bytes(dec, decoder, batch, seq, act_bytes, autocast, checkpointing))
-    # Only the prompt's and caption's positions reach the vocabulary (family_parts.scored_tail), not the prefix's.
+    # Only the caption's positions reach the vocabulary (family_parts.scored_positions_loss); where the decoder's
+    # logits are more than its projection, the prompt's too (family_parts.scored_tail); never the prefix's.
+    positions = max(1, seq - prefix - prompt) if body_and_head(decoder) is not None else seq - prefix + 1
     plan.add("logits + loss (fp32 log-softmax and gradients, at the peak)",
-             batch * (seq - prefix + 1) * config.vocab_size * LOSS_PEAK_BYTES)
+             batch * positions * config.vocab_size * LOSS_PEAK_BYTES)
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.num_hidden_layers) * 4.0 * 2)
     if cfg.model.encoder.trainable:

@@ -23,7 +23,7 @@ from memecap.models.frozen import FrozenEncoder
 from memecap.data.datasets import LazyPixels
 from memecap.models.dtypes import weights_dtype
 from memecap.models.encoders import build_image_encoder, encoder_transform
-from memecap.models.family_parts import caption_loss, ended_caption, parameters_that_train
+from memecap.models.family_parts import caption_loss, ended_caption, parameters_that_train, without_unscored
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.lstm.navec import read_navec
 from memecap.models.lstm.step_decoding import decode
@@ -164,7 +164,7 @@ class LstmCaptioner(nn.Module):
                 step_logits, state = self._run(inputs[:, t], state, grid, keys)
                 steps.append(step_logits)
             logits = torch.cat(steps, dim=1)
-        return caption_loss(logits, batch["labels"])
+        return caption_loss(logits, without_unscored(batch["labels"], batch.get("unscored")))
 
     @torch.no_grad()
     def generate(self, batch: dict, generation: GenerationConfig, synced_gpus: bool = False) -> list[list[str]]:

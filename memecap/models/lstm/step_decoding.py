@@ -14,6 +14,7 @@ import torch
 
 from memecap.config import GenerationConfig
 from memecap.generation import logits_processors
+from memecap.sampling import draw_tokens
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def decode(begin: Callable, step: Callable, reorder: Callable, batch_size: int, 
             if cfg.strategy == "greedy":
                 token = logp.argmax(dim=-1)
             else:
-                token = torch.multinomial(logp.exp(), 1).squeeze(1)  # filtered by the sampling processors
+                token = draw_tokens(logp)  # filtered by the sampling processors
             length = length + (~done).float()
         history = torch.cat([history, token[:, None]], dim=1)
         done = done | (token == eos_id)

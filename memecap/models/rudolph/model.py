@@ -35,8 +35,9 @@ from memecap.models.frozen import FrozenEncoder
 from memecap.models.train_modes import apply_train_mode
 from memecap.models.param_patterns import select_parameters
 from memecap.generation import logits_processors
+from memecap.sampling import draw_tokens
 from memecap.models.family_parts import (IGNORED, QuoteCopying, caption_loss, ended_caption, parameters_that_train,
-                                         per_image)
+                                         per_image, without_unscored)
 from memecap.models.export import base_entry, read_export_config, record_local_base, write_export_config
 from memecap.models.prompted import require_ocr_text, with_ocr_prompts
 from memecap.models.rudolph.compat import checkpoint_layers, follow_device, last_position_logits
@@ -193,7 +194,8 @@ class RuDolph(nn.Module):
             hook.remove()
         num_tokens = (batch["input_ids"][:, 1:] != PAD).sum()
         right_logits = seen[-1][:, -self.r_len:-1, :base.vocab_size]
-        scored = caption_loss(right_logits, self.caption_labels(batch["input_ids"]))
+        scored = caption_loss(right_logits, without_unscored(self.caption_labels(batch["input_ids"]),
+                                                             batch.get("unscored")))
         return {"loss": loss, "num_tokens": num_tokens, "token_log_probs": scored["token_log_probs"],
                 "token_scored": scored["token_scored"]}
 
@@ -238,7 +240,7 @@ class RuDolph(nn.Module):
             seen = out[:, start - len(self.right_prefix):]
             scores = processors(seen.masked_fill(seen >= self.bpe_vocab, PAD), scores)
             if generation.strategy == "sample":
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+                token = draw_tokens(scores)
             else:
                 token = scores.argmax(dim=-1)
             token = torch.where(finished, torch.full_like(token, PAD), token)

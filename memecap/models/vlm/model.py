@@ -22,7 +22,7 @@ from memecap.config import GenerationConfig, ModelConfig, model_config_from_expo
 from memecap.data.images import read_image
 from memecap.generation import hf_generate_kwargs
 from memecap.models.family_parts import (QuoteCopying, caption_loss, ended_caption, parameters_that_train, per_image,
-                                         scored_tail, takes_logits_to_keep)
+                                         scored_tail, takes_logits_to_keep, without_unscored)
 from memecap.models.export import base_entry, read_export_config, write_export_config
 from memecap.models.prompted import read_ocr_texts, require_ocr_text
 from memecap.models.vlm.chat import (IDEFICS_TYPES, KNOWN_TYPES, ChatFormat, chat_format, image_placeholder,
@@ -203,7 +203,7 @@ class Vlm(nn.Module):
 
     # -- model ------------------------------------------------------------------------------
     def _model_inputs(self, batch: dict) -> dict:
-        skip = ("labels", "index", "ocr_text")
+        skip = ("labels", "index", "ocr_text", "unscored")
         return {k: v for k, v in batch.items() if k not in skip}
 
     def forward(self, batch: dict) -> dict:
@@ -213,7 +213,7 @@ class Vlm(nn.Module):
         """Mean cross-entropy per scored description token. Logits are computed only from the
         shortest prompt's last position on (`scored_tail`): the prompt's own logits, image tokens
         included, would only be thrown away."""
-        labels = batch["labels"]
+        labels = without_unscored(batch["labels"], batch.get("unscored"))
         length = labels.shape[1]
         keep = scored_tail(labels)
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
