@@ -56,6 +56,28 @@ def scored(model: Path, val: str, out: Path, cache_dir: str | None) -> dict:
             "no_quote": sum(c == 0 for c in counts) / n, "repeated": -sum(repetition_penalty(c) for c in captions) / n}
 
 
+def run_all(pending: list[tuple[list[str], Path]], jobs: int, poll_s: float = 5.0) -> list[str]:
+    """Runs each (command, run folder), `jobs` at once, and waits for every one it started, also after
+    one fails, so no run is left going on its own. Returns a line per failed run, naming its folder."""
+    started: list[tuple[subprocess.Popen, Path]] = []
+    for cmd, out in pending:
+        while sum(proc.poll() is None for proc, _ in started) >= jobs:
+            time.sleep(poll_s)
+        if any(proc.poll() == 0 and not (done / "summary.json").is_file() for proc, done in started):
+            break  # a run stopped at its time limit: the time is up for the ones after it too
+        if any(proc.poll() for proc, _ in started):
+            break  # one failed: start no more, finish the ones going
+        started.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, env=run_env(jobs)), out))
+    return [failure(out, proc.wait()) for proc, out in started if proc.wait()]
+
+
+def failure(out: Path, code: int) -> str:
+    if code < 0:  # a signal; the kernel's out-of-memory killer sends SIGKILL
+        hint = " (SIGKILL: if the machine ran out of memory, run fewer at once with --jobs)" if code == -9 else ""
+        return f"scst run {out} was killed by signal {-code}{hint}"
+    return f"scst run {out} failed with exit code {code} (its error is above)"
+
+
 def row(name: str, scores: dict) -> str:
     cells = " | ".join(f"{scores[k]:.3f}" for k in (*SCORES, *SHARES))
     return f"| {name} | {cells} |"
@@ -101,15 +123,9 @@ def main() -> None:
                         f"optim.lr={args.lr}", "optim.warmup_steps=0", f"train.seed={seed}", f"train.output_dir={out}",
                         "train.progress_bar=false", "train.trackers=[]", "eval.compare_constant=false",
                         "train.resume=auto", *limit], out))  # an unfinished run continues; changed settings are refused
-    started: list[tuple[subprocess.Popen, Path]] = []
-    for cmd, out in pending:
-        while sum(proc.poll() is None for proc, _ in started) >= args.jobs:
-            time.sleep(5)
-        if any(proc.poll() == 0 and not (done / "summary.json").is_file() for proc, done in started):
-            break  # a run stopped at its time limit: the time is up for the ones after it too
-        started.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, env=run_env(args.jobs)), out))
-    if any(proc.wait() for proc, _ in started):
-        raise SystemExit("an scst run failed (its error is above)")
+    failed = run_all(pending, args.jobs)
+    if failed:
+        raise SystemExit("\n".join(failed))
     unfinished = [seed for seed in args.seeds if not (args.work / f"seed{seed}" / "summary.json").is_file()]
     if unfinished:
         print(f"seeds {unfinished} not finished (the time limit came first): the same command continues", flush=True)

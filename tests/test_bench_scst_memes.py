@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scst_memes.py"
@@ -26,3 +27,29 @@ def test_runs_at_once_each_get_a_share_of_the_cores_unless_the_user_set_it(monke
     assert bench.run_env(4)["OMP_NUM_THREADS"] == "1"  # never 0
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert bench.run_env(2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_failed_run_is_named_and_the_others_are_waited_for(tmp_path):
+    """Two real processes at once: the first fails at once, the second is still running then; both are
+    waited for (none left going alone), the failure names its run folder, the third is never started."""
+    bench = load_bench()
+    slow_done = tmp_path / "slow_done"
+    python = sys.executable
+    pending = [
+        ([python, "-c", "raise SystemExit(3)"], tmp_path / "seed0"),
+        ([python, "-c", f"import time, pathlib; time.sleep(1.5); pathlib.Path({str(slow_done)!r}).write_text('x')"],
+         tmp_path / "seed1"),
+        ([python, "-c", f"import pathlib; pathlib.Path({str(tmp_path / 'third')!r}).write_text('x')"],
+         tmp_path / "seed2"),
+    ]
+    failed = bench.run_all(pending, jobs=2, poll_s=0.1)
+    assert failed == [f"scst run {tmp_path / 'seed0'} failed with exit code 3 (its error is above)"]
+    assert slow_done.is_file()  # waited for, not orphaned
+    assert not (tmp_path / "third").exists()
+
+
+def test_a_killed_run_says_so():
+    bench = load_bench()
+    assert "killed by signal 9" in bench.failure(Path("runs/seed0"), -9)
+    assert "--jobs" in bench.failure(Path("runs/seed0"), -9)
+    assert "signal 15" in bench.failure(Path("runs/seed0"), -15)

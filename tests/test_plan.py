@@ -8,6 +8,7 @@ import pytest
 
 from memecap.config import load_config
 from memecap.models import build_model
+from memecap.models.memory_plan import LOSS_PEAK_BYTES
 from memecap.plan import GIB, plan_memory
 from tests.helpers import recipe_with_tiny_bases
 
@@ -137,8 +138,9 @@ def test_a_self_critical_stage_is_planned_at_its_sampled_captions():
 def test_the_logits_row_counts_the_caption_positions_only():
     """ClipCap projects to the vocabulary only where a caption token is scored (a GPT-2 decoder's logits
     are its projection alone): the prefix and the OCR prompt add nothing to the logits row."""
-    def logits_bytes(*overrides):
-        return rows(plan_memory(load_config("clipcap_lora", ["train.batch_size=4", *overrides])))["logits + loss"][0]
+    def logits_bytes(*overrides):  # a trained projection: all the positions' logits at once
+        return rows(plan_memory(load_config("clipcap_lora", ["train.batch_size=4", "model.decoder.mode=full",
+                                                             *overrides])))["logits + loss"][0]
 
     plain = logits_bytes()
     assert plain > 0
@@ -146,3 +148,25 @@ def test_the_logits_row_counts_the_caption_positions_only():
     assert logits_bytes("model.mapper.prefix_length=40") == plain
     assert logits_bytes("data.max_caption_tokens=64") == pytest.approx(plain / 2)
     assert logits_bytes("train.batch_size=8") == pytest.approx(2 * plain)
+
+
+def test_a_frozen_projection_is_planned_one_block_at_a_time():
+    """Under LoRA or a frozen decoder the projection is scored block by block (models/vocab_log_probs.py):
+    the logits row is one block's logits plus a hidden-size vector per position, so it hardly grows with
+    the batch; a LoRA adapter on the projection itself, or ZeRO-3's partitioned weights, take the full path."""
+    from memecap.models.vocab_log_probs import block_rows
+
+    def logits_row(*overrides, zero_stage=0):
+        cfg = load_config("clipcap_lora", ["model.decoder.mode=lora", *overrides])
+        return rows(plan_memory(cfg, zero_stage=zero_stage, mixed_precision="no"))["logits + loss"][0]
+
+    vocab, width = 50264, 768  # ruGPT-3 small
+    one_block = block_rows(vocab) * vocab * LOSS_PEAK_BYTES
+    small, large = logits_row("train.batch_size=8"), logits_row("train.batch_size=64")
+    # a vector of the decoder's width per caption position (128 of them), fp32 on this CPU
+    assert small == pytest.approx(one_block + 8 * 128 * width * 4)
+    assert large == pytest.approx(one_block + 64 * 128 * width * 4)
+    assert logits_row("train.batch_size=64", "model.decoder.mode=frozen") == large
+    full = logits_row("train.batch_size=64", "model.decoder.lora.target_modules=[c_attn,lm_head]")
+    assert full > 10 * large
+    assert logits_row("train.batch_size=64", zero_stage=3) == full

@@ -11,6 +11,7 @@ from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GPTNeoConfig, 
 
 from memecap.models.family_parts import IGNORED, PLAIN_HEADS, body_and_head, caption_loss, scored_positions_loss
 from memecap.models.tiny_causal_lm import FAMILIES, save_tiny_causal_lm
+from memecap.models.vocab_log_probs import frozen_linear
 from tests.helpers import TEST_TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,6 +52,7 @@ def test_projection_at_scored_positions_equals_the_full_forward(decoders, family
     split = body_and_head(model)
     assert model.config.model_type == family and split is not None
     body, head = split
+    assert frozen_linear(head) == lora  # under LoRA the frozen projection goes block by block (vocab_log_probs)
     inputs, mask, labels = ragged_batch(model.config.vocab_size, model.get_input_embeddings().weight.shape[1])
 
     full_inputs = inputs.clone().requires_grad_(True)

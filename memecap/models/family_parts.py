@@ -12,6 +12,7 @@ from torch import nn
 
 from memecap.data.captions import CaptionTooLong
 from memecap.models.lora import base_model
+from memecap.models.vocab_log_probs import label_log_probs
 
 IGNORED = -100  # the label of a position that is not scored: prompts, image slots, padding
 
@@ -55,9 +56,10 @@ def scored_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.M
     `hidden[:, t]` predicts `labels[:, t]`. A batch's captions start after prompts of different
     lengths and end at different lengths, so a window of positions common to all rows holds other
     rows' prompts and padding; at a vocabulary of 150-260k words each projected position costs as
-    much as a pass through the rest of the decoder, and its gradient as much again."""
+    much as a pass through the rest of the decoder, and its gradient as much again. A frozen projection
+    keeps none of those logits for the backward (models/vocab_log_probs.py)."""
     scored = labels != IGNORED
-    per_scored = F.cross_entropy(head(hidden[scored]).float(), labels[scored], reduction="none")
+    per_scored = -label_log_probs(hidden[scored], labels[scored], head)
     per_token = torch.zeros(labels.shape, dtype=per_scored.dtype, device=per_scored.device).masked_scatter(
         scored, per_scored)
     num_tokens = scored.sum()

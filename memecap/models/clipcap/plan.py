@@ -12,6 +12,7 @@ from memecap.config import Config
 from memecap.models.memory_plan import GIB, LOSS_PEAK_BYTES, Plan, sixteen_bit
 from memecap.models.dtypes import weights_dtype
 from memecap.models.family_parts import body_and_head
+from memecap.models.vocab_log_probs import block_rows
 from memecap.models.clipcap.architectures import decoder_width, lora_parameter_count, lora_targets
 from memecap.models.clipcap.gguf import converted_folder, gguf_kwargs
 from memecap.models.clipcap.mapping import build_mapper
@@ -150,6 +151,18 @@ def decoder_weights(dec, decoder: nn.Module, decoder_params: int, act_bytes: int
     return trained, frozen, frozen_dtype
 
 
+def head_stays_frozen(dec, decoder: nn.Module) -> bool:
+    """Whether the decoder's output projection trains nothing under `dec.mode`: a frozen decoder, or LoRA
+    adapters that leave the projection out."""
+    if dec.mode == "frozen":
+        return True
+    if dec.mode != "lora":
+        return False
+    head = decoder.get_output_embeddings()
+    name = next((n for n, m in decoder.named_modules() if m is head), "")
+    return name.rsplit(".", 1)[-1] not in lora_targets(decoder, dec.lora.target_modules)
+
+
 def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offload_optimizer: bool = False,
                  offload_params: bool = False, batch_size: Optional[int] = None, seq_len: Optional[int] = None,
                  mixed_precision: Optional[str] = None) -> Plan:
@@ -191,9 +204,17 @@ def plan_clipcap(cfg: Config, *, processes: int = 1, zero_stage: int = 0, offloa
                  lora_input_bytes(dec, decoder, batch, seq, act_bytes, autocast, checkpointing))
     # Only the caption's positions reach the vocabulary (family_parts.scored_positions_loss); where the decoder's
     # logits are more than its projection, the prompt's too (family_parts.scored_tail); never the prefix's.
-    positions = max(1, seq - prefix - prompt) if body_and_head(decoder) is not None else seq - prefix + 1
-    plan.add("logits + loss (fp32 log-softmax and gradients, at the peak)",
-             batch * positions * config.vocab_size * LOSS_PEAK_BYTES)
+    plain = body_and_head(decoder) is not None
+    positions = batch * (max(1, seq - prefix - prompt) if plain else seq - prefix + 1)
+    if plain and head_stays_frozen(dec, decoder) and zero_stage != 3:
+        # A frozen projection scores a block of positions at a time and keeps a hidden-size vector per
+        # position for the backward (models/vocab_log_probs.py), never the logits of all of them.
+        block = min(positions, block_rows(config.vocab_size))
+        plan.add(f"logits + loss ({block} positions at a time, fp32)",
+                 block * config.vocab_size * LOSS_PEAK_BYTES + positions * decoder_width(config) * act_bytes)
+    else:
+        plan.add("logits + loss (fp32 log-softmax and gradients, at the peak)",
+                 positions * config.vocab_size * LOSS_PEAK_BYTES)
     if zero_stage == 3:
         plan.add("ZeRO-3 working set (one gathered layer)", (decoder_params / config.num_hidden_layers) * 4.0 * 2)
     if cfg.model.encoder.trainable:
