@@ -300,7 +300,7 @@ def micro_step(run: Run, prepared: PreparedStage, batch, guard: BadStepGuard, wi
     loss or gradient norm is not finite). Returns None mid-accumulation, else whether the
     optimizer step was skipped."""
     accelerator, model = run.accelerator, prepared.model
-    with accelerator.accumulate(model):
+    with accelerator.accumulate(model), prepared.objective.stepping(model):
         out = prepared.objective(model, batch)
         accelerator.backward(out["loss"])
         loss, tokens = out["loss"].item(), out["num_tokens"].item()

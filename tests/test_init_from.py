@@ -99,3 +99,27 @@ def test_init_from_is_refused_before_any_work_when_it_does_not_fit(tmp_path, syn
     empty.mkdir()
     with pytest.raises(ConfigError, match="no complete training checkpoint"):
         built(tiny_run_config(tmp_path / "b", synthetic_data, f"train.init_from={empty}"))
+
+
+def test_a_run_may_store_the_frozen_base_in_another_dtype_than_the_run_it_starts_from(tmp_path, synthetic_data):
+    """How frozen weights are stored is compute, not the model: a CPU run in fp32 goes on with a bf16
+    base (as `auto` gives it on a GPU); the trained weights are taken as they were, still fp32."""
+    first = tmp_path / "ce"
+    checkpointed_run(first, synthetic_data, "model.decoder.mode=lora", "train.max_steps=2", "optim.lr=3e-3")
+    saved = load_file(str(first / "checkpoints" / "step_0000002" / "model.safetensors"))
+    second = tmp_path / "bf16"
+    settings = (*QUICK_CHECKPOINTS, f"train.init_from={first}", "model.decoder.mode=lora",
+                "model.decoder.dtype=bfloat16", "train.objective=scst", "scst.samples=2", "generation.max_new_tokens=6")
+    model, _ = built(tiny_run_config(second, synthetic_data, *settings))
+    started = trained_tensors(model)
+    assert started and all(t.dtype == torch.float32 and torch.equal(t, saved[name]) for name, t in started.items())
+    frozen = {p.dtype for name, p in model.named_parameters() if not p.requires_grad and "decoder" in name}
+    assert frozen == {torch.bfloat16}
+
+    summary = train.main(tiny_run_config(second, synthetic_data, *settings, "train.max_steps=2",
+                                         "train.overwrite=true"))
+    assert summary["optimizer_steps"] == 2
+    # Any other model setting is still refused.
+    with pytest.raises(ConfigError, match=r"model\.mapper\.prefix_length"):
+        built(tiny_run_config(tmp_path / "c", synthetic_data, f"train.init_from={first}", "model.decoder.mode=lora",
+                              "model.decoder.dtype=bfloat16", "model.mapper.prefix_length=3"))

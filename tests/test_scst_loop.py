@@ -15,7 +15,7 @@ from memecap.config import load_config, save_config
 from memecap.models import build_model
 from memecap.training.checkpoint_weights import FROZEN_FILE, frozen_fingerprints, frozen_parameters
 from memecap.training.objectives import SelfCritical
-from tests.helpers import log_rows, straight_and_resumed, tiny_run_config
+from tests.helpers import checkpointed_run, log_rows, reset_accelerate, straight_and_resumed, tiny_run_config
 from tests.launching import accelerate_launch, launch_failure, quiet_env
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -142,7 +142,6 @@ def test_the_kl_estimate_is_zero_where_policy_and_reference_agree_and_pulls_towa
 
 def test_the_kl_reference_is_the_starting_weights_kept_across_a_resume(tmp_path, synthetic_data):
     from memecap.training.objectives import KL_REFERENCE_FILE
-    from tests.helpers import checkpointed_run, reset_accelerate
 
     first = tmp_path / "ce"
     checkpointed_run(first, synthetic_data, "train.max_steps=2", "optim.lr=3e-3")
@@ -195,3 +194,37 @@ def test_self_critical_qlora(bits, tmp_path, synthetic_data, tiny_ruclip_dir, ti
     trained = {id(p) for p in fresh.parameters() if p.requires_grad}
     assert any(p.dtype in (torch.uint8, torch.int8) for p in frozen_parameters(fresh, trained).values())
     assert kept == frozen_fingerprints(fresh, trained)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_the_policy_scores_its_samples_without_dropout_unless_asked(dropout, tmp_path, synthetic_data):
+    """At the first step the policy is the KL reference: scored as it sampled (no dropout), the KL
+    estimate is 0; with `scst.dropout` its noise alone makes it positive."""
+    first = tmp_path / "ce"
+    lora = ("model.decoder.mode=lora", "model.decoder.lora.dropout=0.5")
+    checkpointed_run(first, synthetic_data, *lora, "train.max_steps=2", "optim.lr=3e-3")
+    reset_accelerate()
+    out = tmp_path / "scst"
+    cfg = tiny_run_config(out, synthetic_data, *SCST, *lora, "scst.kl=0.5", f"scst.dropout={str(dropout).lower()}",
+                          f"train.init_from={first}", "train.max_steps=1")
+    assert train.main(cfg)["optimizer_steps"] == 1
+    (row,) = [r for r in log_rows(out) if r["step"] == 1]
+    if dropout:
+        assert row["kl"] > 1e-3
+    else:
+        assert row["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_without_dropout_leaves_the_model_training_and_restores_each_probability():
+    from memecap.training.dropout import without_dropout
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Dropout1d(0.2),
+                                torch.nn.Linear(8, 2)).train()
+    x = torch.randn(4, 8, 8)
+    with without_dropout(model):
+        assert model.training and all(m.training for m in model)
+        assert torch.equal(model(x), model.eval()(x))
+        model.train()
+    assert [m.p for m in model if hasattr(m, "p")] == [0.5, 0.2]
+    assert not torch.equal(model(x), model(x))  # dropping again

@@ -44,12 +44,18 @@ def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
 
 def model_changes(checkpoint: Path, cfg: Config) -> list[str]:
     """`model.key: theirs -> ours` for each model setting that differs from the checkpoint's (those a
-    resume would refuse too: how many processes read the OCR is not the model)."""
+    resume would refuse too: how many processes read the OCR is not the model). The dtype frozen
+    weights are stored in is not among them: trained weights are fp32 whatever it is, the frozen ones
+    are built again from their source, and `auto` already resolves differently on a GPU and a CPU."""
     from memecap.untrusted import check_published_config
 
     saved = load_saved_config(checkpoint / "config.yaml", check=check_published_config)
     exact, _ = resume_changes(saved, cfg)
-    return [change for change in exact if change.startswith("model.")]
+    return [change for change in exact if change.startswith("model.") and not frozen_dtype_key(change)]
+
+
+def frozen_dtype_key(change: str) -> bool:
+    return change.split(":")[0].rsplit(".", 1)[-1] in ("dtype", "base_dtype")
 
 
 def check_init(checkpoint: Path, cfg: Config) -> None:

@@ -12,23 +12,27 @@
   to the model as the batch's `unscored` (models/protocol.py), so its loss never scores them. With
   `scst.kl`, the loss adds that weight x the captions' KL estimate to the stage's starting weights
   (a copy of the trained parameters taken at its first step, and kept in each checkpoint so a
-  resume keeps the same one).
+  resume keeps the same one). The policy's forward runs without dropout unless `scst.dropout`: the
+  captions were sampled without it.
 
-Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `window()` gives the means of
+Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `stepping(model)` is the context
+the loop runs a step's forward and backward in; `window()` gives the means of
 what the objective adds (the reward and its parts) since it was last asked; `checkpoint_files()` and
 `resume_from(folder, mid_stage)` carry what a checkpoint must keep besides the model and optimizer.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import ContextManager, Optional
 
 import torch
 from accelerate.utils import send_to_device
 
 from memecap.generation import with_overrides
 from memecap.quote_copy import QUOTE_PAIRS
+from memecap.training.dropout import without_dropout
 from memecap.training.scst import (REWARD_PARTS, CiderDReward, caption_rewards, kl_to_reference,
                                    leave_one_out_baseline, policy_gradient_loss)
 
@@ -38,6 +42,9 @@ KL_REFERENCE_FILE = "kl_reference.safetensors"  # in a checkpoint of an scst sta
 class CrossEntropy:
     def __call__(self, model: torch.nn.Module, batch: dict) -> dict:
         return model(batch)
+
+    def stepping(self, model: torch.nn.Module) -> ContextManager:
+        return nullcontext()
 
     def window(self) -> dict:
         return {}
@@ -94,6 +101,11 @@ class SelfCritical:
             parts["kl"] = kl.detach().float().cpu().tolist()
         self._add(parts)
         return {"loss": loss, "num_tokens": chosen.sum()}
+
+    def stepping(self, model: torch.nn.Module) -> ContextManager:
+        """Around a step's forward and backward (a checkpointed layer runs its forward again in the
+        backward, and must drop what the first pass dropped): the model's dropout off unless kept."""
+        return nullcontext() if self.settings.dropout else without_dropout(model)
 
     def _captions(self, net, images: dict) -> tuple[list[list[str]], Optional[list[str]]]:
         """The sampled captions per image and, for the greedy baseline, each image's greedy caption."""
