@@ -43,8 +43,7 @@ class _LabelLogProbs(torch.autograd.Function):
         log_probs = torch.empty(n, dtype=torch.float32, device=hidden.device)
         directions = torch.empty_like(hidden) if wants_grad else None
         # One block's buffers, written in place by every block: a fresh 64 MiB tensor per block is
-        # memory the allocator maps and the kernel zeroes anew each time (on a CPU, a seventh of an
-        # scst step went to those page faults).
+        # memory the allocator maps and the kernel zeroes anew each time.
         width = min(rows, n)
         product = hidden.new_empty(width, weight.shape[0])
         logits = product if product.dtype == torch.float32 else product.new_empty(product.shape, dtype=torch.float32)

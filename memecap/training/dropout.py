@@ -1,4 +1,5 @@
-"""Dropout switched off for one forward while the model stays in training mode.
+"""Dropout switched off for a step (its forward, and the backward that may run parts of the forward
+again under gradient checkpointing) while the model stays in training mode.
 
 `model.eval()` would switch it off too, but also what a module does only while training:
 transformers' gradient checkpointing among them, which a model that fits only with it needs in
