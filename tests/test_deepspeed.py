@@ -99,7 +99,9 @@ def test_two_process_zero_offload_self_critical_run(config_file, stage, tmp_path
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:  # the log is rank 0's: under ZeRO-3 its 2-word samples all score 0, so does its loss
         assert r["reward"] == pytest.approx(r["cider"] + r["quote"] + r["length"] + r["repetition"], abs=1e-9)
-        assert stage == 3 or (r["length"] < 0 and r["loss"] != 0), r
+        assert stage == 3 or r["loss"] != 0, r
+    # The untrained model's samples run past 2 words; after one step at this rate they may not.
+    assert stage == 3 or rows[0]["length"] < 0, rows[0]
     # The consolidated export holds the update (without weight decay, only a gradient moves a weight;
     # under ZeRO-3 rank 1's): every decoder tensor moved from the base it started from.
     start = load_file(out / "base_models" / "decoder" / "model.safetensors")
