@@ -67,8 +67,9 @@ def test_loss_covers_caption_tokens_only(tiny_ruclip_dir, tiny_gpt2_dir, example
     vocab = model.decoder.get_output_embeddings().weight.shape
     with torch.profiler.profile(record_shapes=True) as profile:
         out = model(batch)
-    projected = [shapes[0][0] for event in profile.events() if event.name == "aten::linear"
-                 for shapes in [event.input_shapes] if len(shapes) > 1 and list(shapes[1]) == list(vocab)]
+    by_op = {"aten::linear": list(vocab), "aten::matmul": list(vocab)[::-1]}  # x W^T, or x @ W.t()
+    projected = [shapes[0][0] for event in profile.events() if event.name in by_op
+                 for shapes in [event.input_shapes] if len(shapes) > 1 and list(shapes[1]) == by_op[event.name]]
     assert out["num_tokens"] == sum(len(c) for c in captions)
     assert projected == [sum(len(c) for c in captions)]
 
