@@ -94,6 +94,31 @@ def test_saved_config_round_trips(tmp_path):
     assert load_saved_config(tmp_path / "config.yaml") == cfg
 
 
+@pytest.mark.parametrize("objective, in_stage, expected", [("scst", False, True), ("scst", True, True),
+                                                              ("ce", False, False)])
+def test_a_saved_scst_run_from_before_the_dropout_setting_reads_as_with_dropout(tmp_path, objective, in_stage,
+                                                                                  expected):
+    """Such a run scored its samples with dropout: resuming it with today's default is a change, refused."""
+    import yaml
+
+    from memecap.config import to_dict
+    from memecap.training.checkpoint import resume_changes
+
+    if in_stage:
+        stage = f"stages=[{{name: reward, train: [a.tsv], val: b.tsv, objective: {objective}}}]"
+        overrides = ["data.train=", "data.val=", stage]
+    else:
+        overrides = [f"train.objective={objective}"]
+    now = load_config("demo", overrides)
+    values = to_dict(now)
+    del values["scst"]["dropout"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values, allow_unicode=True), encoding="utf-8")
+    saved = load_saved_config(tmp_path / "config.yaml")
+    assert saved.scst.dropout is expected
+    exact, _ = resume_changes(saved, now)
+    assert exact == (["scst.dropout: True -> False"] if expected else [])
+
+
 def test_rudolph_recipes_name_the_real_hub_models_and_weight_the_caption():
     cfg = load_config("rudolph_350m")
     r = cfg.model.rudolph

@@ -103,7 +103,21 @@ def config_from_dict(values: dict, *, saved: bool = False) -> Config:
     by an older version (see `family_model_values`)."""
     if isinstance(values, dict) and isinstance(values.get("model"), dict):
         values = {**values, "model": family_model_values(values["model"], saved=saved)}
+    if saved and isinstance(values, dict):
+        values = _older_scst_values(values)
     return bind(Config, values, "")
+
+
+def _older_scst_values(values: dict) -> dict:
+    """A saved scst run from before `scst.dropout` existed scored its samples with dropout: its config
+    says so, so that resuming it with today's default (without) is refused as a change, not taken silently."""
+    scst = values.get("scst")
+    train, stages = values.get("train") or {}, values.get("stages") or []
+    used = (isinstance(train, dict) and train.get("objective") == "scst"
+            or any(isinstance(s, dict) and s.get("objective") == "scst" for s in stages))
+    if not used or not isinstance(scst, dict) or "dropout" in scst:
+        return values
+    return {**values, "scst": {**scst, "dropout": True}}
 
 
 def model_config_from_export(model: dict) -> "ModelConfig":
