@@ -86,6 +86,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    import json
+
+    from memecap.compare import compare_predictions, format_comparison
+
+    comparison = compare_predictions(Path(args.before), [Path(p) for p in args.after], scoring=args.scoring,
+                                     resamples=args.resamples, level=args.level, seed=args.seed, by=args.by,
+                                     show=args.show)
+    print(json.dumps(comparison.to_json(), ensure_ascii=False, indent=1) if args.json
+          else format_comparison(comparison))
+    return 0
+
+
 def _caption(args) -> int:
     from memecap.inference.caption_folder import done_images, refuse_non_file
     from memecap.outputs.file_lock import sole_writer
@@ -194,7 +207,7 @@ def _serve(args) -> int:
     return serve(args.model, args.overrides, settings, device=args.device)
 
 
-def _number(kind=int, low=None, high=None, above=None):
+def _number(kind=int, low=None, high=None, above=None, below=None):
     """An argparse type: a number in range, so `--batch-size 0` is a usage error, not a crash later."""
     def parse(text: str):
         try:
@@ -204,9 +217,10 @@ def _number(kind=int, low=None, high=None, above=None):
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if not ((low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)):
+        if not ((low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)
+                and (below is None or value < below)):
             bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
-                      f"<= {high}" if high is not None else ""]
+                      f"<= {high}" if high is not None else "", f"< {below}" if below is not None else ""]
             raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
         return value
     return parse
@@ -272,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     _add_generation_flags(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("compare", help="is one model better than another on the same memes, or is it chance? "
+                       "every score, paired meme by meme, with bootstrap intervals")
+    p.add_argument("before", help="predictions file (JSON Lines of `memecap eval --out`)")
+    p.add_argument("after", nargs="+",
+                   help="predictions file(s) of the same table; several are runs of one setup (seeds), averaged")
+    p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
+    p.add_argument("--resamples", type=_number(low=100), default=10_000, help="bootstrap resamples of the memes")
+    p.add_argument("--level", type=_number(float, above=0, below=1), default=0.95, help="the intervals' level")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument("--by", help="the per-meme score the memes that moved most are ranked by "
+                   "(default: cider, or meteor under --scoring seed)")
+    p.add_argument("--show", type=_number(low=0), default=5, help="memes shown that rose most, and that fell most")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("caption", help="caption an image or every image in a folder")
     p.add_argument("target", help="image file or folder")

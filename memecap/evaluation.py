@@ -40,7 +40,7 @@ from pathlib import Path
 from memecap.metrics import registry
 from memecap.metrics.bleu_score import corpus_bleu
 from memecap.metrics.meteor_score import mean_meteor, stemmer_for
-from memecap.metrics.quote_score import quote_cer
+from memecap.metrics.quote_score import example_quote_cers
 from memecap.metrics.tokenization import tokenize, tokenize_nltk
 from memecap.outputs.jsonl_rows import rows_or_first_foreign_line
 
@@ -112,9 +112,8 @@ def example_scores(predictions: list[str], references: list[list[str]], scoring:
     for hyp, refs in zip((tok(p) for p in predictions), _reference_tokens(references, scoring)):
         bleu = corpus_bleu([hyp], [refs], max_order=4, smooth=True)
         out.append({"bleu4": float(bleu["bleu4"]), "meteor": float(mean_meteor([hyp], [refs], stemmer=stemmer))})
-    for row, prediction, refs in zip(out, predictions, references):
-        quotes = [q for q in (quote_cer(prediction, r) for r in refs) if q is not None]
-        row["quote"] = min(quotes) if quotes else None  # None: no reference quotes any text
+    for row, cer in zip(out, example_quote_cers(predictions, references)):
+        row["quote"] = cer  # None: no reference quotes any text
     return out
 
 

@@ -9,10 +9,10 @@ seed (`train.init_from`); the checkpoint and each run's final weights are then s
 
 Columns: CIDEr-D, BLEU-4, METEOR, ROUGE-L, quote CER (lower is better), the share of captions that open
 exactly one quote and the share that open none, and the mean share of repeated word bigrams in a
-caption (what a reward that ignores a caption's tail lets through: `на на на`). Below the table, each
-meme's CIDEr-D and METEOR before and after (the seeds' mean) are compared in pairs: the gain with a 95%
-bootstrap interval over the memes (`memecap.metrics.paired`), and the share of the checkpoint's CIDEr-D
-that its 10 best memes hold: on 100 memes a few exact long quotes carry the score. A seed's run folder
+caption (what a reward that ignores a caption's tail lets through: `на на на`). Below the table, the
+checkpoint's predictions and the seeds' are compared meme by meme as `memecap compare` does: each score's
+gain with a 95% bootstrap interval over the memes, the share of the checkpoint's CIDEr-D that its 10 best
+memes hold (on 100 memes a few exact long quotes carry the score), and the memes that moved most. A seed's run folder
 that already exists is continued (`train.resume=auto`; changed settings are refused: use a new
 `--work`), so with `--time-limit 50m` a measurement longer than one sitting runs in parts: each
 call stops its runs in time, and the one that finds every seed finished scores them. Extra key=value
@@ -41,11 +41,11 @@ SCORES = ("cider", "bleu4", "meteor", "rougeL", "quote")
 SHARES = ("one_quote", "no_quote", "repeated")
 
 
-def scored(model: Path, val: str, out: Path, cache_dir: str | None) -> tuple[dict, dict]:
-    """`model` (a checkpoint or run folder) captioned on `val` as `memecap eval` does, with the share of
-    its captions that quote once / never and their repeated bigrams; and each meme's CIDEr-D and METEOR,
-    for the paired comparison. Before and after are scored by this one path, so both decode with the
-    same code and settings (the checkpoint's generation settings)."""
+def scored(model: Path, val: str, out: Path, cache_dir: str | None) -> dict:
+    """`model` (a checkpoint or run folder) captioned on `val` as `memecap eval` does, its predictions
+    written to `out`, with the share of its captions that quote once / never and their repeated
+    bigrams. Before and after are scored by this one path, so both decode with the same code and
+    settings (the checkpoint's generation settings)."""
     sys.path.insert(0, str(REPO))
     from memecap.inference.exported import evaluate_export
     from memecap.metrics.quote_score import quote_spans
@@ -57,34 +57,16 @@ def scored(model: Path, val: str, out: Path, cache_dir: str | None) -> tuple[dic
     captions = [row["prediction"] for row in rows]
     counts = [len(quote_spans(c)) for c in captions]
     n = len(counts)
-    return ({**{k: metrics[k] for k in SCORES}, "one_quote": sum(c == 1 for c in counts) / n,
-             "no_quote": sum(c == 0 for c in counts) / n,
-             "repeated": -sum(repetition_penalty(c) for c in captions) / n},
-            per_meme(captions, [row["references"] for row in rows]))
+    return {**{k: metrics[k] for k in SCORES}, "one_quote": sum(c == 1 for c in counts) / n,
+            "no_quote": sum(c == 0 for c in counts) / n,
+            "repeated": -sum(repetition_penalty(c) for c in captions) / n}
 
 
-def per_meme(captions: list[str], references: list[list[str]]) -> dict[str, list[float]]:
-    """Each meme's CIDEr-D and METEOR (their means are the split's scores)."""
-    from memecap.evaluation import ScoredCaptions, example_scores
-    from memecap.metrics.cider_score import cider_d
+def paired(before: Path, after: list[Path]) -> str:
+    """The checkpoint's predictions against the seeds' (their mean), meme by meme: `memecap compare`."""
+    from memecap.compare import compare_predictions, format_comparison
 
-    tokens = ScoredCaptions(captions, references, "memecap")
-    return {"cider": cider_d(tokens.hypotheses, tokens.reference_tokens),
-            "meteor": [row["meteor"] for row in example_scores(captions, references)]}
-
-
-def paired_lines(before: dict[str, list[float]], after: list[dict[str, list[float]]]) -> list[str]:
-    """Each meme's scores before and after (the seeds' mean) kept together: the gain with a bootstrap
-    interval over the memes, and how much of the checkpoint's CIDEr-D its best memes hold."""
-    from memecap.metrics.paired import paired_gain
-
-    lines, memes = [], len(before["cider"])
-    for key, name in (("cider", "CIDEr-D"), ("meteor", "METEOR")):
-        paired = paired_gain(before[key], [run[key] for run in after])
-        lines.append("paired: " + paired.describe(name, memes))
-        if key == "cider":
-            lines.append(f"the {paired.top} best memes hold {paired.top_share:.0%} of the checkpoint's CIDEr-D")
-    return lines
+    return format_comparison(compare_predictions(before, after, show=3))
 
 
 def run_all(pending: list[tuple[list[str], Path]], jobs: int, poll_s: float = 5.0) -> list[str]:
@@ -161,15 +143,13 @@ def main() -> None:
     if unfinished:
         print(f"seeds {unfinished} not finished (the time limit came first): the same command continues", flush=True)
         return
-    before, before_memes = scored(args.init, val, args.work / "before.jsonl", cache_dir)
+    before = scored(args.init, val, args.work / "before.jsonl", cache_dir)
     header = "| model | CIDEr-D | BLEU-4 | METEOR | ROUGE-L | quote CER | one quote | no quote | repeated bigrams |"
     print("\n".join([header, "|---" * 9 + "|", row(f"cross-entropy ({args.init.name})", before)]), flush=True)
-    after, after_memes = [], []
+    after = []
     for seed in args.seeds:
-        scores, memes = scored(args.work / f"seed{seed}" / "final", val, args.work / f"seed{seed}.jsonl", cache_dir)
-        after.append(scores)
-        after_memes.append(memes)
-        print(row(f"+ scst, seed {seed}", scores), flush=True)
+        after.append(scored(args.work / f"seed{seed}" / "final", val, args.work / f"seed{seed}.jsonl", cache_dir))
+        print(row(f"+ scst, seed {seed}", after[-1]), flush=True)
     keys = (*SCORES, *SHARES)
     mean = {k: sum(a[k] for a in after) / len(after) for k in keys}
     spread = {k: max(a[k] for a in after) - min(a[k] for a in after) for k in keys}
@@ -178,7 +158,7 @@ def main() -> None:
     gain = f" ({(mean['cider'] / before['cider'] - 1) * 100:+.1f}%)" if before["cider"] else ""
     print(f"CIDEr-D {before['cider']:.3f} -> {mean['cider']:.3f}{gain}, "
           f"METEOR {before['meteor']:.3f} -> {mean['meteor']:.3f}")
-    print("\n".join(paired_lines(before_memes, after_memes)))
+    print("\n" + paired(args.work / "before.jsonl", [args.work / f"seed{seed}.jsonl" for seed in args.seeds]))
 
 
 if __name__ == "__main__":

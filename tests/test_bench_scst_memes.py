@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scst_memes.py"
 
@@ -57,20 +56,19 @@ def test_a_killed_run_says_so():
     assert "signal 15" in bench.failure(Path("runs/seed0"), -15)
 
 
-def test_each_memes_scores_average_to_the_splits_and_are_compared_in_pairs():
-    from memecap.evaluation import compute_metrics
+def test_the_checkpoint_and_the_seeds_are_compared_meme_by_meme(tmp_path):
+    from memecap.evaluation import write_predictions
 
     bench = load_bench()
     references = [["на фото кот. подпись: \"я устал\""], ["на фото собака спит на диване"],
                   ["надпись: \"понедельник опять\""]]
     before = ["на фото кот. подпись: \"я устал\"", "на фото кот", "надпись: \"вторник\""]
     after = ["на фото кот. подпись: \"я устал\"", "на фото собака спит", "надпись: \"понедельник опять\""]
-    memes_before, memes_after = bench.per_meme(before, references), bench.per_meme(after, references)
-    split = compute_metrics(before, references)
-    assert sum(memes_before["cider"]) / 3 == pytest.approx(split["cider"])
-    assert sum(memes_before["meteor"]) / 3 == pytest.approx(split["meteor"])
-    lines = bench.paired_lines(memes_before, [memes_after])
-    assert lines[0].startswith("paired: CIDEr-D ") and "over 3 memes" in lines[0]
-    assert "best memes hold" in lines[1]
-    assert lines[2].startswith("paired: METEOR ")
-    assert sum(memes_after["meteor"]) > sum(memes_before["meteor"])  # the better captions gain
+    for name, captions in (("before", before), ("seed0", after), ("seed1", before)):
+        write_predictions(tmp_path / f"{name}.jsonl", [{"uid": str(i), "references": refs, "prediction": caption}
+                                                      for i, (refs, caption) in enumerate(zip(references, captions))])
+    report = bench.paired(tmp_path / "before.jsonl", [tmp_path / "seed0.jsonl", tmp_path / "seed1.jsonl"])
+    assert "(mean of 2 runs)" in report and "3 memes paired" in report
+    meteor = next(line for line in report.splitlines() if line.startswith("METEOR"))
+    assert "+" in meteor.split()[3]  # half the seeds' captions got better: the mean gains
+    assert "the memes whose CIDEr-D improved most" in report and "  2  " in report

@@ -72,16 +72,21 @@ def corpus_bleu(
     hypotheses: list[list[str]], references: list[list[list[str]]], max_order: int = 4, smooth: bool = False
 ) -> dict:
     """Corpus BLEU of tokenised hypotheses against lists of tokenised references."""
-    matches, totals = [0] * max_order, [0] * max_order
-    hyp_length = ref_length = 0
+    sums = [0] * (2 * max_order + 2)
     for hyp, refs in zip(hypotheses, references):
-        clip = max_reference_counts(refs, max_order)
-        for n, counts in enumerate(ngram_counts(hyp, max_order)):
-            matches[n] += sum(min(c, clip[n][g]) for g, c in counts.items())
-            totals[n] += max(1, len(hyp) - n)  # NLTK floors every sentence's denominator at 1
-        hyp_length += len(hyp)
-        ref_length += closest_length([len(r) for r in refs], len(hyp))
-    return bleu_from_stats(matches, totals, hyp_length, ref_length, smooth)
+        sums = [a + b for a, b in zip(sums, sentence_stats(hyp, refs, max_order))]
+    return bleu_from_stats(sums[:max_order], sums[max_order:-2], sums[-2], sums[-1], smooth)
+
+
+def sentence_stats(hypothesis: list[str], references: list[list[str]], max_order: int = 4) -> list[int]:
+    """One caption's share of corpus BLEU: its clipped matches per order, its n-gram totals per
+    order, its length and its closest reference's length. Corpus BLEU of any set of captions is
+    `bleu_from_stats` of these summed over the set (the paired bootstrap resamples them)."""
+    clip = max_reference_counts(references, max_order)
+    counts = ngram_counts(hypothesis, max_order)
+    matches = [sum(min(c, clip[n][g]) for g, c in counts[n].items()) for n in range(max_order)]
+    totals = [max(1, len(hypothesis) - n) for n in range(max_order)]  # NLTK floors every sentence's at 1
+    return matches + totals + [len(hypothesis), closest_length([len(r) for r in references], len(hypothesis))]
 
 
 def bleu_scores(captions) -> dict[str, float]:

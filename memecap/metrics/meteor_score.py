@@ -39,12 +39,15 @@ class NoWordNet:
 NO_WORDNET = NoWordNet()
 
 
+def sentence_meteors(hypotheses, references, stemmer=RUSSIAN_STEMMER, alpha=0.9, beta=3.0, gamma=0.5) -> list[float]:
+    """Sentence METEOR of each tokenised hypothesis against its list of tokenised references."""
+    return [meteor_score(refs, hyp, stemmer=stemmer, wordnet=NO_WORDNET, alpha=alpha, beta=beta, gamma=gamma)
+            for hyp, refs in zip(hypotheses, references)]
+
+
 def mean_meteor(hypotheses, references, stemmer=RUSSIAN_STEMMER, alpha=0.9, beta=3.0, gamma=0.5) -> float:
     """Mean sentence METEOR of tokenised hypotheses against lists of tokenised references."""
-    scores = [
-        meteor_score(refs, hyp, stemmer=stemmer, wordnet=NO_WORDNET, alpha=alpha, beta=beta, gamma=gamma)
-        for hyp, refs in zip(hypotheses, references)
-    ]
+    scores = sentence_meteors(hypotheses, references, stemmer, alpha, beta, gamma)
     return sum(scores) / len(scores)
 
 

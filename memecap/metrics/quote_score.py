@@ -116,13 +116,18 @@ def mean_quote_cer(predictions: list[str], references: list[list[str]], quoted: 
 
     `quoted=False` compares each prediction as a whole (plain OCR text) instead of its quote.
     """
+    scores = [s for s in example_quote_cers(predictions, references, quoted) if s is not None]
+    return (sum(scores) / len(scores) if scores else 0.0), len(scores)
+
+
+def example_quote_cers(predictions: list[str], references: list[list[str]], quoted: bool = True) -> list[float | None]:
+    """Each example's capped CER against its best reference; None where no reference quotes anything."""
     per_pair = quote_cer if quoted else text_cer
     scores = []
     for prediction, refs in zip(predictions, references):
         candidates = [s for s in (per_pair(prediction, r) for r in refs) if s is not None]
-        if candidates:
-            scores.append(min(candidates))
-    return (sum(scores) / len(scores) if scores else 0.0), len(scores)
+        scores.append(min(candidates) if candidates else None)
+    return scores
 
 
 def quote_scores(captions) -> dict[str, float]:

@@ -5,7 +5,8 @@ the best-checkpoint choice and the config checks all ask this table; every name 
 
 Adding a metric is one file and one line: a file in memecap/metrics/ with a function that takes a
 `memecap.evaluation.ScoredCaptions` (the predictions, their references and their word tokens as the
-scoring sees them) and returns `{name: value}`, and a `Metric` line in `METRICS` naming it.
+scoring sees them) and returns `{name: value}`, and a `Metric` line in `METRICS` naming it. For
+`memecap compare` to compare it meme by meme, an `examples` function too (memecap/metrics/examples.py).
 
 Functions are named by "module:function" and imported on first use: checking a config reads this
 file, and must not import NLTK, torch or `evaluate`.
@@ -30,9 +31,15 @@ class Metric:
     # "module:function": (candidate tokens, reference tokens, scoring) -> each candidate's {name: value} as the
     # prediction for every example, in about one corpus pass; None: the best constant caption is not chosen by it.
     constant: Optional[str] = None
+    # "module:function": ScoredCaptions -> {name: paired.ExampleStats}, the per-example statistics a paired
+    # comparison of two captioners resamples (`memecap compare`); None: not compared.
+    examples: Optional[str] = None
 
     def compute(self, captions) -> dict[str, float]:
         return _load(self.function)(captions)
+
+    def example_stats(self, captions) -> dict:
+        return _load(self.examples)(captions)
 
     def constant_scores(self, candidates: list, references: list, scoring: str) -> list[dict]:
         return _load(self.constant)(candidates, references, scoring)
@@ -40,13 +47,17 @@ class Metric:
 
 METRICS = (
     Metric({"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4"},
-           "memecap.metrics.bleu_score:bleu_scores", constant="memecap.metrics.bleu_score:constant_bleu"),
+           "memecap.metrics.bleu_score:bleu_scores", constant="memecap.metrics.bleu_score:constant_bleu",
+           examples="memecap.metrics.examples:bleu"),
     Metric({"meteor": "METEOR"}, "memecap.metrics.meteor_score:meteor_scores",
-           constant="memecap.metrics.meteor_score:constant_meteor"),
+           constant="memecap.metrics.meteor_score:constant_meteor", examples="memecap.metrics.examples:meteor"),
     # The original project had neither, so its scoring reports neither.
-    Metric({"cider": "CIDEr-D"}, "memecap.metrics.cider_score:cider_scores", scorings=("memecap",)),
-    Metric({"rougeL": "ROUGE-L"}, "memecap.metrics.rougel_score:rouge_scores", scorings=("memecap",)),
-    Metric({"quote": "quote CER"}, "memecap.metrics.quote_score:quote_scores", higher_is_better=False),
+    Metric({"cider": "CIDEr-D"}, "memecap.metrics.cider_score:cider_scores", scorings=("memecap",),
+           examples="memecap.metrics.examples:cider"),
+    Metric({"rougeL": "ROUGE-L"}, "memecap.metrics.rougel_score:rouge_scores", scorings=("memecap",),
+           examples="memecap.metrics.examples:rouge"),
+    Metric({"quote": "quote CER"}, "memecap.metrics.quote_score:quote_scores", higher_is_better=False,
+           examples="memecap.metrics.examples:quote"),
     Metric({"val_loss": "val loss"}, None, higher_is_better=False),  # token-weighted loss on the validation set
 )
 _BY_NAME = {name: metric for metric in METRICS for name in metric.labels}
@@ -83,6 +94,11 @@ def not_offered(name: str, scoring: str) -> Optional[str]:
 def computed(scoring: str) -> tuple[Metric, ...]:
     """The metrics a caption evaluation under `scoring` computes (all but the validation loss)."""
     return tuple(m for m in METRICS if m.function is not None and scoring in m.scorings)
+
+
+def compared(scoring: str) -> tuple[Metric, ...]:
+    """The metrics a paired comparison under `scoring` resamples."""
+    return tuple(m for m in computed(scoring) if m.examples is not None)
 
 
 def constant_names() -> tuple[str, ...]:
