@@ -216,15 +216,54 @@ def test_the_policy_scores_its_samples_without_dropout_unless_asked(dropout, tmp
 
 
 def test_without_dropout_leaves_the_model_training_and_restores_each_probability():
-    from memecap.training.dropout import without_dropout
+    from memecap.training.as_sampled import as_sampled
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Dropout1d(0.2),
                                 torch.nn.Linear(8, 2)).train()
     x = torch.randn(4, 8, 8)
-    with without_dropout(model):
+    with as_sampled(model):
         assert model.training and all(m.training for m in model)
         assert torch.equal(model(x), model.eval()(x))
         model.train()
     assert [m.p for m in model if hasattr(m, "p")] == [0.5, 0.2]
     assert not torch.equal(model(x), model(x))  # dropping again
+
+
+def test_as_sampled_also_stills_a_recurrent_layers_own_dropout_and_uses_running_statistics():
+    """nn.LSTM drops between its layers from an attribute, not a Dropout module (the LSTM baseline's)."""
+    from memecap.training.as_sampled import as_sampled
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 8, num_layers=2, dropout=0.5, batch_first=True).train()
+    x = torch.randn(3, 5, 4)
+    with as_sampled(lstm):
+        assert lstm.training and torch.equal(lstm(x)[0], lstm(x)[0])
+    assert lstm.dropout == 0.5
+    assert not torch.equal(lstm(x)[0], lstm(x)[0])
+
+    norm = torch.nn.BatchNorm1d(4).train()
+    with torch.no_grad():
+        norm.running_mean.fill_(1.0)
+    y = torch.randn(6, 4) * 3
+    expected = norm.eval()(y)
+    norm.train()
+    with as_sampled(norm):
+        assert torch.equal(norm(y), expected)  # the running statistics, as sampling used them
+        assert norm.running_mean.eq(1.0).all()  # and not updated
+    assert norm.training
+    norm(y)
+    assert not norm.running_mean.eq(1.0).all()  # training as before afterwards
+
+
+def test_eval_mode_inside_as_sampled_gives_back_each_modules_own_mode():
+    """scst samples in eval mode within the step: `train(True)` afterwards would put the batch norm
+    that `as_sampled` keeps in eval mode back to batch statistics for the policy's forward."""
+    from memecap.training.as_sampled import as_sampled, eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
+    with as_sampled(model):
+        with eval_mode(model):
+            assert not any(m.training for m in model.modules())
+        assert [m.training for m in model] == [True, False, True]
+    assert all(m.training for m in model.modules())

@@ -406,9 +406,10 @@ class ScstConfig:
     # started from (0.1 stopped the collapse seen by step 120 on real memes: docs/benchmarks.md).
     # Costs a copy of the trained parameters, kept in each checkpoint; not under ZeRO-3.
     kl: float = 0.0
-    # Whether the policy's forward keeps the model's dropout. Off: the captions are sampled without it,
-    # so the log-probability pushed up is that of the policy that chose them, and the KL estimate is 0
-    # where nothing has moved yet (with dropout it is not: the penalty then also fights the noise).
+    # Whether the policy's forward keeps the model's training forward (dropout, batch statistics). Off:
+    # the captions are sampled without them, so the log-probability pushed up is that of the policy
+    # that chose them, and the KL estimate is 0 where nothing has moved yet (with dropout it is not:
+    # the penalty then also fights the noise).
     dropout: bool = False
 
     def __post_init__(self) -> None:

@@ -12,8 +12,8 @@
   to the model as the batch's `unscored` (models/protocol.py), so its loss never scores them. With
   `scst.kl`, the loss adds that weight x the captions' KL estimate to the stage's starting weights
   (a copy of the trained parameters taken at its first step, and kept in each checkpoint so a
-  resume keeps the same one). The policy's forward runs without dropout unless `scst.dropout`: the
-  captions were sampled without it.
+  resume keeps the same one). The policy's forward runs without dropout and with batch norm's
+  running statistics unless `scst.dropout`: the captions were sampled that way (training/as_sampled.py).
 
 Both return what the loop logs and weighs: `{"loss", "num_tokens"}`; `stepping(model)` is the context
 the loop runs a step's forward and backward in; `window()` gives the means of
@@ -32,7 +32,7 @@ from accelerate.utils import send_to_device
 
 from memecap.generation import with_overrides
 from memecap.quote_copy import QUOTE_PAIRS
-from memecap.training.dropout import without_dropout
+from memecap.training.as_sampled import as_sampled, eval_mode
 from memecap.training.scst import (REWARD_PARTS, CiderDReward, caption_rewards, kl_to_reference,
                                    leave_one_out_baseline, policy_gradient_loss)
 
@@ -104,22 +104,20 @@ class SelfCritical:
 
     def stepping(self, model: torch.nn.Module) -> ContextManager:
         """Around a step's forward and backward (a checkpointed layer runs its forward again in the
-        backward, and must drop what the first pass dropped): the model's dropout off unless kept."""
-        return nullcontext() if self.settings.dropout else without_dropout(model)
+        backward, and must compute what the first pass did): the model scores its samples as it
+        sampled them, without dropout and with batch norm's running statistics, unless
+        `scst.dropout` keeps the training forward."""
+        return nullcontext() if self.settings.dropout else as_sampled(model)
 
     def _captions(self, net, images: dict) -> tuple[list[list[str]], Optional[list[str]]]:
         """The sampled captions per image and, for the greedy baseline, each image's greedy caption."""
-        was_training = net.training
-        net.eval()  # sampled from the policy itself, without dropout's noise
-        try:
-            # Under the run's mixed precision, as evaluation generates: the unwrapped model's generate
-            # is outside the autocast Accelerate puts around the prepared model's forward.
-            with torch.no_grad(), self.accelerator.autocast():
-                sampled = net.generate(images, self.sampling, synced_gpus=self.synced_gpus)
-                greedy = (None if self.settings.baseline != "greedy" else
-                          [c[0] for c in net.generate(images, self.greedy, synced_gpus=self.synced_gpus)])
-        finally:
-            net.train(was_training)
+        # Sampled from the policy itself, without dropout's noise, under the run's mixed precision as
+        # evaluation generates: the unwrapped model's generate is outside the autocast Accelerate puts
+        # around the prepared model's forward.
+        with eval_mode(net), torch.no_grad(), self.accelerator.autocast():
+            sampled = net.generate(images, self.sampling, synced_gpus=self.synced_gpus)
+            greedy = (None if self.settings.baseline != "greedy" else
+                      [c[0] for c in net.generate(images, self.greedy, synced_gpus=self.synced_gpus)])
         return sampled, greedy
 
     def _reference_log_probs(self, net, captions: dict) -> torch.Tensor:
@@ -133,13 +131,9 @@ class SelfCritical:
                              f"({len(self.reference)} against {len(trained)})")
         else:  # restored from a checkpoint: onto the parameters' device (a no-op once there)
             self.reference = {n: t.to(trained[n].device, trained[n].dtype) for n, t in self.reference.items()}
-        was_training = net.training
-        net.eval()  # the reference is a fixed policy: no dropout noise in its log-probabilities
-        try:
-            with torch.no_grad(), self.accelerator.autocast():
-                return torch.func.functional_call(net, self.reference, (captions,), strict=False)["token_log_probs"]
-        finally:
-            net.train(was_training)
+        # The reference is a fixed policy: no dropout noise in its log-probabilities.
+        with eval_mode(net), torch.no_grad(), self.accelerator.autocast():
+            return torch.func.functional_call(net, self.reference, (captions,), strict=False)["token_log_probs"]
 
     def checkpoint_files(self) -> dict:
         """{file name: tensors} to keep in a checkpoint: the KL reference, once taken."""
