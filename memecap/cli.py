@@ -96,6 +96,10 @@ def _compare(args) -> int:
                                      show=args.show)
     print(json.dumps(comparison.to_json(), ensure_ascii=False, indent=1) if args.json
           else format_comparison(comparison))
+    worse = [m.name for m in comparison.metrics if m.verdict == "worse"]
+    if args.fail_if_worse and worse:
+        print(f"memecap: worse beyond chance: {', '.join(worse)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -300,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: cider, or meteor under --scoring seed)")
     p.add_argument("--show", type=_number(low=0), default=5, help="memes shown that rose most, and that fell most")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--fail-if-worse", action="store_true",
+                   help="exit with status 1 when any score is worse beyond chance (a gate for CI)")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("caption", help="caption an image or every image in a folder")

@@ -114,6 +114,12 @@ def test_better_captions_are_called_better_and_the_same_ones_within_chance(tmp_p
     assert cider.endswith("better") and f"{better.metrics[5].gain.before:.4f}" in cider
     assert "the memes whose CIDEr-D improved most" in out
 
+    # A gate: worse beyond chance fails, naming the scores; better or within chance passes.
+    assert cli(["compare", str(strong), str(weak), "--fail-if-worse", "--show", "0"]) == 1
+    assert "worse beyond chance: bleu1, bleu2" in capsys.readouterr().err
+    assert cli(["compare", str(weak), str(strong), "--fail-if-worse", "--show", "0"]) == 0
+    assert cli(["compare", str(weak), str(weak), "--fail-if-worse", "--show", "0"]) == 0
+
 
 def test_several_after_files_are_averaged_and_files_pair_by_uid_not_line(tmp_path, capsys):
     table = memes(20)
