@@ -168,7 +168,8 @@ def _report(args) -> int:
 
     _probe_out(args)
     summary = write_report(Path(args.predictions), Path(args.out), images_dir=args.images,
-                           log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring)
+                           log_path=Path(args.log) if args.log else None, title=args.title, scoring=args.scoring,
+                           compare=Path(args.compare) if args.compare else None)
     missing = f", {summary['images_missing']} without an image" if summary["images_missing"] else ""
     refused = (f" ({summary['images_refused']} named a path outside {args.images or 'the predictions folder'}, "
                "not read)" if summary["images_refused"] else "")
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="training log.jsonl (default: the run's, when predictions are in a run)")
     p.add_argument("--title")
     p.add_argument("--scoring", choices=["memecap", "seed"], default="memecap")
+    p.add_argument("--compare", help="an earlier predictions file of the same table: its captions shown beside these, "
+                   "every score compared (as `memecap compare`), sortable by each meme's change")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("export", help="merge a LoRA run into its base: one whole model, loadable without the adapter")

@@ -59,9 +59,24 @@ class Comparison:
     resamples: int
     level: float
     metrics: list[MetricComparison]
-    by: str  # the per-meme score `improved` and `worsened` are ranked by
-    improved: list[MemeChange]  # the memes whose `by` score improved most, most first
-    worsened: list[MemeChange]  # and those it worsened most
+    by: str  # the per-meme score `changes` hold
+    changes: list[MemeChange]  # each meme's `by` score before and after, in before's order (unscored memes left out)
+    show: int  # how many of the most improved and the most worsened memes are shown
+
+    @property
+    def improved(self) -> list[MemeChange]:
+        """The `show` memes whose `by` score improved most, most first (unchanged ones are neither)."""
+        ranked = sorted(self.changes, key=self.improvement, reverse=True)
+        return [c for c in ranked[:self.show] if self.improvement(c) > 0]
+
+    @property
+    def worsened(self) -> list[MemeChange]:
+        ranked = sorted(self.changes, key=self.improvement)
+        return [c for c in ranked[:self.show] if self.improvement(c) < 0]
+
+    def improvement(self, change: MemeChange) -> float:
+        """The change of a meme's `by` score, positive where it got better (lower, for the quote CER)."""
+        return (change.after - change.before) * (1 if registry.higher_is_better(self.by) else -1)
 
     def to_json(self) -> dict:
         return {"before": str(self.before), "after": [str(p) for p in self.after], "memes": self.memes,
@@ -151,16 +166,13 @@ def compare_predictions(before_path: Path, after_paths: Sequence[Path], scoring:
     metrics = [MetricComparison(name, paired_stats_gain(stats, [run[name] for run in after_stats], resamples=resamples,
                                                         level=level, seed=seed))
                for name, stats in before_stats.items()]
-    improved, worsened = most_moved(before, afters, before_stats[by], [run[by] for run in after_stats], show,
-                                    registry.higher_is_better(by))
+    changes = meme_changes(before, afters, before_stats[by], [run[by] for run in after_stats])
     return Comparison(before_path, list(after_paths), len(before.uids), scoring, resamples, level, metrics, by,
-                      improved, worsened)
+                      changes, show)
 
 
-def most_moved(before: Predictions, afters: list[Predictions], before_stats: ExampleStats,
-               after_stats: list[ExampleStats], show: int,
-               higher_is_better: bool) -> tuple[list[MemeChange], list[MemeChange]]:
-    """The `show` memes whose score improved most and the `show` it worsened most (unchanged ones neither)."""
+def meme_changes(before: Predictions, afters: list[Predictions], before_stats: ExampleStats,
+                 after_stats: list[ExampleStats]) -> list[MemeChange]:
     changes = []
     runs = [stats.per_example() for stats in after_stats]
     for i, score in enumerate(before_stats.per_example()):
@@ -169,11 +181,7 @@ def most_moved(before: Predictions, afters: list[Predictions], before_stats: Exa
             continue  # not scored on this meme (a quote CER where no reference quotes)
         changes.append(MemeChange(before.uids[i], score, sum(after) / len(after), before.captions[i],
                                   afters[0].captions[i]))
-    sign = 1 if higher_is_better else -1
-    changes.sort(key=lambda c: sign * (c.after - c.before), reverse=True)
-    improved = [c for c in changes[:show] if sign * (c.after - c.before) > 0]
-    worsened = [c for c in changes[::-1][:show] if sign * (c.after - c.before) < 0]
-    return improved, worsened
+    return changes
 
 
 def format_comparison(comparison: Comparison, width: int = 100) -> str:

@@ -141,3 +141,28 @@ def test_report_reads_captions_of_file_names_that_are_not_utf8(tmp_path):
     html = out.read_text(encoding="utf-8")
     assert summary["images_missing"] == 0 and html.count('src="data:image/jpeg;base64,') == 1
     assert "\\xcf\\xf0\\xe8\\xe2\\xe5\\xf2.jpg" in html and "на фото темнота" in html
+
+
+def test_report_compares_with_earlier_predictions_meme_by_meme(predictions, tmp_path, capsys):
+    path, images = predictions
+    earlier = [dict(row) for row in ROWS]
+    earlier[0]["prediction"] = "на фото кот"  # "red" was worse before; "green" was better
+    earlier[1]["prediction"] = "на фото зелёный круг на белом фоне"
+    before = tmp_path / "before.jsonl"
+    write_predictions(before, earlier)
+    out = tmp_path / "report.html"
+    assert cli(["report", str(path), "--images", str(images), "--out", str(out), "--compare", str(before)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "paired over 4 memes" in html and html.count("within chance") + html.count("better") >= 8
+    assert html.count('<div class="label">before (before.jsonl)</div>') == 4
+    assert '<div class="before">на фото кот</div>' in html
+    assert "CIDEr-D change, most improved first" in html and "&rarr;" in html
+
+    dom = run_chromium(tmp_path, "--dump-dom", out.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    order = re.findall(r'class="example" data-uid="(\w+)"', dom.stdout)
+    assert order[0] == "red" and order[-1] == "green"  # most improved first, most worsened last
+
+    write_predictions(before, earlier[:3])  # not the same memes: refused, naming the files
+    assert cli(["report", str(path), "--images", str(images), "--out", str(out), "--compare", str(before)]) == 2
+    assert "before.jsonl lacks 1 of the memes" in capsys.readouterr().err

@@ -12,13 +12,17 @@ import io
 import json
 from html import escape
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from memecap.data.images import ImageReadError, load_rgb
 from memecap.evaluation import compute_metrics, example_scores, read_predictions
+from memecap.metrics import registry
 from memecap.outputs.file_names import shown
 from memecap.inference.exported import IMAGE_SUFFIXES
 from memecap.publish.svg_chart import line_chart
+
+if TYPE_CHECKING:
+    from memecap.compare import Comparison
 
 CURVE_METRICS = ("bleu1", "bleu4", "meteor")
 # Marks a page as ours, so `--out` may replace it; any other file there is left alone.
@@ -41,6 +45,7 @@ table.metrics td, table.metrics th { border: 1px solid #ccc; padding: 4px 10px; 
            background: #eee; color: #888; flex: none; }
 .uid { color: #888; font-size: 12px; } .label { font-weight: bold; color: #555; font-size: 12px; }
 .generated { font-size: 15px; margin: 2px 0 8px; } .reference { color: #333; margin: 2px 0 6px; }
+.before { color: #666; margin: 2px 0 8px; }
 .scores { font-size: 13px; color: #444; } .scores b { color: #000; }
 """
 
@@ -142,14 +147,18 @@ def training_curves(log_path: Optional[Path]) -> list[str]:
 
 
 def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, title: str,
-                  log_path: Optional[Path] = None, scoring: str = "memecap", max_side: int = 360) -> tuple[str, dict]:
-    """The HTML page and a summary (`examples`, `images_missing`, `metrics`)."""
+                  log_path: Optional[Path] = None, scoring: str = "memecap", max_side: int = 360,
+                  comparison: Optional["Comparison"] = None, before: Optional[dict] = None) -> tuple[str, dict]:
+    """The HTML page and a summary (`examples`, `images_missing`, `metrics`). With a `comparison`
+    (`memecap compare` of an earlier predictions file against these) and `before` (uid -> that
+    file's caption), each example shows its earlier caption and how its score moved."""
     scored = all(row.get("references") for row in rows) and bool(rows)
     metrics = per_example = None
     if scored:
         predictions, references = [r["prediction"] for r in rows], [list(r["references"]) for r in rows]
         metrics = compute_metrics(predictions, references, scoring=scoring)
         per_example = example_scores(predictions, references, scoring=scoring)
+    comparison_by_uid = {c.uid: c for c in comparison.changes} if comparison is not None else {}
     cards, missing, refused = [], 0, 0
     for i, row in enumerate(rows):
         image, outside = find_image(images_dir, row, base)
@@ -162,15 +171,23 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
         refs = "".join(f'<div class="reference">{escape(r)}</div>' for r in row.get("references") or [])
         alts = "".join(f'<div class="reference">{escape(a)}</div>' for a in row.get("alternatives") or [])
         quote = scores.get("quote")
+        change = comparison_by_uid.get(str(row["uid"]))
+        moved = (f' · {escape(registry.label(comparison.by))} <b>{change.before:.2f} &rarr; {change.after:.2f}</b> '
+                 f'({change.after - change.before:+.2f})' if change else "")
         score_line = (f'<div class="scores">BLEU-4 <b>{scores["bleu4"]:.3f}</b> · METEOR <b>{scores["meteor"]:.3f}</b>'
-                      + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + "</div>"
+                      + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + moved + "</div>"
                       if scores else "")
+        earlier = (f'<div class="label">before ({escape(shown(comparison.before.name))})</div>'
+                   f'<div class="before">{escape(before[str(row["uid"])])}</div>'
+                   if comparison is not None and before and str(row["uid"]) in before else "")
         cards.append(
             f'<div class="example" data-uid="{escape(shown(str(row["uid"])))}" '
             f'data-bleu4="{scores.get("bleu4", "NaN")}" data-meteor="{scores.get("meteor", "NaN")}" '
-            f'data-quote="{"NaN" if quote is None else quote}">{picture}<div>'
+            f'data-quote="{"NaN" if quote is None else quote}" '
+            f'data-gain="{comparison.improvement(change) if change else "NaN"}">{picture}<div>'
             f'<div class="uid">{escape(shown(str(row["uid"])))}</div>'
             f'<div class="label">generated</div><div class="generated">{escape(row["prediction"])}</div>'
+            + earlier
             + (f'<div class="label">other candidates</div>{alts}' if alts else "")
             + (f'<div class="label">reference{"s" if len(row.get("references") or []) > 1 else ""}</div>{refs}'
                if refs else "")
@@ -189,6 +206,10 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                      ("meteor:desc", "METEOR, best first"), ("meteor:asc", "METEOR, worst first"),
                      ("quote:asc", "quote CER, best first"), ("quote:desc", "quote CER, worst first")]
                     if scored else [])
+    if comparison is not None:
+        name = registry.label(comparison.by)
+        sort_options[:0] = [("gain:desc", f"{name} change, most improved first"),
+                            ("gain:asc", f"{name} change, most worsened first")]
     sort_options.append(("uid:asc", "id"))
     options = "".join(f'<option value="{v}">{escape(t)}</option>' for v, t in sort_options)
     html = f"""<!DOCTYPE html>
@@ -198,6 +219,7 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
 <h1>{escape(title)}</h1>
 <div class="sub">{len(rows)} examples{f", {missing} without an image" if missing else ""}</div>
 {metrics_html}
+{comparison_table(comparison) if comparison is not None else ""}
 {'<div class="charts">' + "".join(charts) + "</div>" if charts else ""}
 <div class="controls">
 <label>sort <select id="sort">{options}</select></label>
@@ -215,10 +237,25 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
     return html, {"examples": len(rows), "images_missing": missing, "images_refused": refused, "metrics": metrics}
 
 
+def comparison_table(comparison: "Comparison") -> str:
+    """Every score before and after with its interval and verdict, as `memecap compare` prints them."""
+    head = ("score", "before", "after", "gain", f"{comparison.level:.0%} interval", "")
+    rows = "".join(
+        f"<tr><td>{escape(registry.label(m.name))}</td><td>{m.gain.before:.4f}</td><td>{m.gain.after:.4f}</td>"
+        f"<td>{m.gain.gain:+.4f}</td><td>{m.gain.low:+.4f} .. {m.gain.high:+.4f}</td><td>{escape(m.verdict)}</td></tr>"
+        for m in comparison.metrics)
+    return (f'<div class="sub">against {escape(shown(str(comparison.before)))}, paired over {comparison.memes} memes '
+            f'({comparison.resamples:,} bootstrap resamples)</div><table class="metrics comparison"><tr>'
+            + "".join(f"<th>{escape(h)}</th>" for h in head) + f"</tr>{rows}</table>")
+
+
 def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = None, log_path: Optional[Path] = None,
-                 title: Optional[str] = None, scoring: str = "memecap") -> dict:
+                 title: Optional[str] = None, scoring: str = "memecap", compare: Optional[Path] = None) -> dict:
     """Write the report for a predictions or captions file. The training log defaults to the
-    run's `log.jsonl` when the predictions sit in a run's `predictions/` folder."""
+    run's `log.jsonl` when the predictions sit in a run's `predictions/` folder. `compare`: an
+    earlier predictions file of the same table, shown beside these meme by meme (`memecap compare`)."""
+    from memecap.compare import compare_predictions, read_scored_predictions
+
     predictions = Path(predictions)
     if log_path is None and predictions.parent.name == "predictions":
         log_path = predictions.parent.parent / "log.jsonl"
@@ -226,9 +263,14 @@ def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = N
     rows = read_rows(predictions)
     if not rows:
         raise ValueError(f"{predictions}: no rows to report")
+    comparison = before = None
+    if compare is not None:
+        comparison = compare_predictions(Path(compare), [predictions], scoring=scoring, show=0)
+        earlier = read_scored_predictions(Path(compare))
+        before = dict(zip(earlier.uids, earlier.captions))
     html, summary = render_report(rows, images_dir=Path(images_dir) if images_dir else None, base=predictions.parent,
                                   title=title or f"memecap report: {shown(predictions.name)}", log_path=log_path,
-                                  scoring=scoring)
+                                  scoring=scoring, comparison=comparison, before=before)
     out = Path(out)
     refuse_foreign_page(out)
     out.parent.mkdir(parents=True, exist_ok=True)
