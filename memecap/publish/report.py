@@ -148,10 +148,10 @@ def training_curves(log_path: Optional[Path]) -> list[str]:
 
 def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, title: str,
                   log_path: Optional[Path] = None, scoring: str = "memecap", max_side: int = 360,
-                  comparison: Optional["Comparison"] = None, before: Optional[dict] = None) -> tuple[str, dict]:
+                  comparison: Optional["Comparison"] = None) -> tuple[str, dict]:
     """The HTML page and a summary (`examples`, `images_missing`, `metrics`). With a `comparison`
-    (`memecap compare` of an earlier predictions file against these) and `before` (uid -> that
-    file's caption), each example shows its earlier caption and how its score moved."""
+    (`memecap compare` of an earlier predictions file against these), each example shows its
+    earlier caption and how its score moved."""
     scored = all(row.get("references") for row in rows) and bool(rows)
     metrics = per_example = None
     if scored:
@@ -178,8 +178,7 @@ def render_report(rows: list[dict], *, images_dir: Optional[Path], base: Path, t
                       + (f' · quote CER <b>{quote:.3f}</b>' if quote is not None else "") + moved + "</div>"
                       if scores else "")
         earlier = (f'<div class="label">before ({escape(shown(comparison.before.name))})</div>'
-                   f'<div class="before">{escape(before[str(row["uid"])])}</div>'
-                   if comparison is not None and before and str(row["uid"]) in before else "")
+                   f'<div class="before">{escape(change.before_caption)}</div>' if change else "")
         cards.append(
             f'<div class="example" data-uid="{escape(shown(str(row["uid"])))}" '
             f'data-bleu4="{scores.get("bleu4", "NaN")}" data-meteor="{scores.get("meteor", "NaN")}" '
@@ -254,7 +253,7 @@ def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = N
     """Write the report for a predictions or captions file. The training log defaults to the
     run's `log.jsonl` when the predictions sit in a run's `predictions/` folder. `compare`: an
     earlier predictions file of the same table, shown beside these meme by meme (`memecap compare`)."""
-    from memecap.compare import compare_predictions, read_scored_predictions
+    from memecap.compare import compare_predictions
 
     predictions = Path(predictions)
     if log_path is None and predictions.parent.name == "predictions":
@@ -263,14 +262,11 @@ def write_report(predictions: Path, out: Path, *, images_dir: Optional[Path] = N
     rows = read_rows(predictions)
     if not rows:
         raise ValueError(f"{predictions}: no rows to report")
-    comparison = before = None
-    if compare is not None:
-        comparison = compare_predictions(Path(compare), [predictions], scoring=scoring, show=0)
-        earlier = read_scored_predictions(Path(compare))
-        before = dict(zip(earlier.uids, earlier.captions))
+    comparison = (compare_predictions(Path(compare), [predictions], scoring=scoring, show=0)
+                  if compare is not None else None)
     html, summary = render_report(rows, images_dir=Path(images_dir) if images_dir else None, base=predictions.parent,
                                   title=title or f"memecap report: {shown(predictions.name)}", log_path=log_path,
-                                  scoring=scoring, comparison=comparison, before=before)
+                                  scoring=scoring, comparison=comparison)
     out = Path(out)
     refuse_foreign_page(out)
     out.parent.mkdir(parents=True, exist_ok=True)
