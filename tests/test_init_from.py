@@ -66,12 +66,15 @@ def test_init_from_continues_its_own_run_on_resume(tmp_path, synthetic_data):
     common = (f"train.init_from={first}", "train.max_steps=4", "optim.lr=3e-3")
     second = tmp_path / "second"
     checkpointed_run(second, synthetic_data, *common)
-    resumed = tmp_path / "resumed"
+    assert_resumes_exactly(second, tmp_path / "resumed", synthetic_data, *common)
+
+
+def assert_resumes_exactly(run, resumed, data, *settings) -> None:
+    """A run resumed in another folder from `run`'s step-2 checkpoint logs `run`'s steps 3 and 4."""
     resumed.mkdir()
-    (resumed / "base_models").symlink_to(second / "base_models")  # what the interrupted run had copied
-    checkpointed_run(resumed, synthetic_data, *common,
-                     f"train.resume={second / 'checkpoints' / 'step_0000002'}")
-    a = {r["step"]: r["loss"] for r in log_rows(second)}
+    (resumed / "base_models").symlink_to(run / "base_models")  # what the interrupted run had copied
+    checkpointed_run(resumed, data, *settings, f"train.resume={run / 'checkpoints' / 'step_0000002'}")
+    a = {r["step"]: r["loss"] for r in log_rows(run)}
     b = {r["step"]: r["loss"] for r in log_rows(resumed)}
     assert sorted(b) == [3, 4] and all(b[s] == pytest.approx(a[s], abs=1e-6) for s in b)
 

@@ -23,18 +23,18 @@ SCST = ("train.objective=scst", "scst.samples=2", "scst.kl=0.5", "train.max_step
         "generation.max_new_tokens=6", "optim.lr=1e-2", "optim.warmup_steps=0")
 
 
-def family_config(family: str, out, synthetic_data, tiny_rudolph):
+def family_config(family: str, out, synthetic_data, tiny_rudolph, *extra: str):
     if family == "rudolph":
-        return rudolph_run_config("rudolph_350m", out, synthetic_data, tiny_rudolph, *SCST)
+        return rudolph_run_config("rudolph_350m", out, synthetic_data, tiny_rudolph, *SCST, *extra)
     if family == "lstm":
         return tiny_run_config(out, synthetic_data, "model.encoder.name=tiny-random", "model.lstm.embed_dim=16",
                                "model.lstm.hidden_dim=32", "model.lstm.attention_dim=16", "model.lstm.min_word_count=1",
-                               *SCST, recipe="lstm_resnet50")
+                               *SCST, *extra, recipe="lstm_resnet50")
     return load_config("vlm_tiny", [
         f"data.train={synthetic_data['train']}", f"data.val={synthetic_data['val']}", f"train.output_dir={out}",
         f"cache.dir={out / 'cache'}", "train.trackers=[]", "train.progress_bar=false", "train.batch_size=8",
         "eval.batch_size=4", "train.log_every=1", "model.vlm.tiny_architecture=qwen2_5_vl", "model.vlm.mode=lora",
-        *SCST])
+        *SCST, *extra])
 
 
 @pytest.mark.parametrize("family", ["rudolph", "vlm", "lstm"])

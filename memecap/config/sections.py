@@ -315,8 +315,9 @@ class TrainConfig:
     # e.g. 3h50m or 03:50:00: checkpoint and stop (exit 0, no summary.json) while another step and a
     # checkpoint still fit; train.resume=auto continues. SIGUSR1 stops the same way at the next step.
     time_limit: Optional[str] = None
-    # A checkpoint (or a run folder: its newest) whose trained weights a new run starts from; the same
-    # model settings. Not its optimizer, counters or data position: that is `resume`.
+    # A checkpoint (or a run folder: its newest), or an exported model (a folder, or a Hub id), whose
+    # trained weights a new run starts from; the same model settings. Not its optimizer, counters or
+    # data position: that is `resume`.
     init_from: Optional[str] = None
     trackers: list = field(default_factory=lambda: ["tensorboard"])  # Accelerate trackers; [] for none
     progress_bar: bool = True

@@ -5,6 +5,8 @@ A family is a module (a package under memecap/models/, or one file) that offers
         -> a `protocol.TrainableModel` (a baseline: a `protocol.CaptioningModel`)
     load(folder: Path, with_encoder: bool = True) -> the model an export folder holds
     plan_memory(cfg: Config, **settings) -> memory_plan.Plan     (optional: what `memecap plan` estimates)
+    RUN_FILES_FROM_EXPORT: {run-folder file: export file}  (optional) what a run started from an export
+                                          takes from it to build its model (the LSTM's vocabulary)
 and, where it has settings of its own, a settings module (light: no torch) that offers
     SECTIONS: {section name: dataclass}   its own sections of `model` (memecap/config builds ModelConfig from them)
     check_model(model) -> None            (optional) cross-field rules over its whole `model` section
@@ -96,7 +98,9 @@ def build_model(cfg, *, work_dir: Path, train_texts: Sequence[str] = ()) -> "Cap
     """A fresh model of `cfg.family` (`cfg`: the run's ModelConfig; memecap/config imports this
     module for FAMILIES, so it is not imported back here)."""
     from memecap.models.kbit import keep_loaded_kbit_state
+    from memecap.models.run_bases import on_recorded_bases
 
+    cfg = on_recorded_bases(cfg, work_dir)  # a run started from an export is built on that export's bases
     model = family_module(cfg.family).build(cfg, work_dir=work_dir, train_texts=train_texts)
     keep_loaded_kbit_state(model)  # a checkpoint of a run on a 4-bit base loads back into it (resume, caption)
     return model

@@ -8,11 +8,13 @@ counters, the data position, the seed (that is `train.resume`, which continues t
 self-critical stage can run, from one cross-entropy checkpoint, under several seeds or settings.
 
 The model settings must be the checkpoint's: other settings build another model, which the weights
-would not fit, or would fit only by the accident of equal shapes.
+would not fit, or would fit only by the accident of equal shapes. (An export as the start:
+training/init_export.py.)
 """
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,8 +36,8 @@ def init_checkpoint(init_from: str, log: Callable[[str], None]) -> Path:
     else:
         found = find_resume_point("auto", path, log) if path.is_dir() else None
     if found is None:
-        raise ConfigError(f"train.init_from={init_from}: no complete training checkpoint there (a "
-                          f"checkpoints/step_N folder, or a run folder holding one)")
+        raise ConfigError(f"train.init_from={init_from}: no complete training checkpoint or export there (a "
+                          f"checkpoints/step_N folder, a run folder holding one, or an exported model's folder)")
     if not (found / WEIGHTS_FILE).is_file():
         raise ConfigError(f"train.init_from={found}: no {WEIGHTS_FILE} (a DeepSpeed checkpoint keeps its weights "
                           f"in shards); start from a checkpoint of a run without DeepSpeed, or from its export")
@@ -95,23 +97,43 @@ def load_trained_weights(model: torch.nn.Module, checkpoint: Path) -> int:
     Returns how many tensors were loaded."""
     from safetensors import safe_open
 
-    params = {id(p): p for p in model.parameters()}
-    trained = {i for i, p in params.items() if p.requires_grad}
     path = checkpoint / WEIGHTS_FILE
     with safe_open(str(path), framework="pt") as weights:
-        stored = set(weights.keys())
-        missing = missing_trained(model, trained, stored)
-        if missing:
-            raise ConfigError(f"train.init_from={checkpoint}: {path.name} lacks {len(missing)} of the parameters "
-                              f"this run trains (first: {', '.join(missing[:3])})")
-        pairs = [(next(n for n in names if n in stored), params[i])
-                 for i, names in trained_aliases(model, trained).items()]
-        pairs += [(name, b) for name, b in model.named_buffers() if name in stored]
-        with torch.no_grad():
-            for name, target in pairs:
-                tensor = weights.get_tensor(name)
-                if tensor.shape != target.shape:
-                    raise ConfigError(f"train.init_from={checkpoint}: {name} is {tuple(tensor.shape)} there and "
-                                      f"{tuple(target.shape)} here")
-                target.copy_(tensor.to(target.dtype))
+        return copy_trained(model, set(weights.keys()), weights.get_tensor,
+                            f"train.init_from={checkpoint}: {path.name}")
+
+
+def copy_trained(model: torch.nn.Module, stored: set, get_tensor: Callable[[str], torch.Tensor], source: str) -> int:
+    """Copy into `model`, from the tensors `stored` names (read by `get_tensor`), every parameter it
+    trains and every buffer `stored` has; `source` names them in errors. Returns how many were copied."""
+    params = {id(p): p for p in model.parameters()}
+    trained = {i for i, p in params.items() if p.requires_grad}
+    missing = missing_trained(model, trained, stored)
+    if missing:
+        raise ConfigError(f"{source} lacks {len(missing)} of the parameters this run trains "
+                          f"(first: {', '.join(missing[:3])})")
+    pairs = [(next(n for n in names if n in stored), params[i]) for i, names in trained_aliases(model, trained).items()]
+    pairs += [(name, b) for name, b in model.named_buffers() if name in stored]
+    with torch.no_grad():
+        for name, target in pairs:
+            tensor = get_tensor(name)
+            if tensor.shape != target.shape:
+                raise ConfigError(f"{source}: {name} is {tuple(tensor.shape)} there and {tuple(target.shape)} here")
+            target.copy_(tensor.to(target.dtype))
     return len(pairs)
+
+
+@dataclass(frozen=True)
+class CheckpointStart:
+    """Starting weights from a training checkpoint (and the files its run built the model from)."""
+
+    path: Path
+
+    def take_files(self, out_dir: Path) -> list[str]:
+        return take_model_files(self.path, out_dir)
+
+    def load_into(self, model: torch.nn.Module) -> int:
+        return load_trained_weights(model, self.path)
+
+    def describe(self) -> str:
+        return str(self.path)

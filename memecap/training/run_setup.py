@@ -8,7 +8,7 @@ import copy
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from accelerate import Accelerator
@@ -22,7 +22,8 @@ from memecap.models import build_model
 from memecap.quiet import no_cpu_accelerator_notice
 from memecap.training.run_folder import (claim_run_folder, hold_run_folder, output_is_shared, preparing,
                                          writes_checkpoints)
-from memecap.training.init_weights import check_init, init_checkpoint, load_trained_weights, take_model_files
+from memecap.training.init_export import ExportStart, find_export
+from memecap.training.init_weights import CheckpointStart, check_init, init_checkpoint
 from memecap.training.run_log import RunLog
 from memecap.training.stages import data_changes, data_fingerprint, load_stage_examples, plan_stages, LazyCaptions
 from memecap.training.train_state import TrainState
@@ -89,27 +90,32 @@ def setup(cfg: Config, held: ExitStack) -> tuple[Run, torch.nn.Module, TrainStat
     train_texts = () if cfg.train.init_from else LazyCaptions([train for train, _ in data])
     with whole_weights(accelerator, log), preparing(accelerator, shared):
         if init_from is not None and writer:
-            take_model_files(init_from, out_dir)
+            init_from.take_files(out_dir)
         # A copy: the family resolves "tiny-random" names to folders in it, the run's config keeps what was asked.
         model = build_model(copy.deepcopy(cfg.model), work_dir=out_dir, train_texts=train_texts)
         if init_from is not None:
-            loaded = load_trained_weights(model, init_from)
-            log.info(f"train.init_from: {loaded} trained tensors from {init_from} (not its optimizer, counters "
-                     f"or data position)")
+            loaded = init_from.load_into(model)
+            log.info(f"train.init_from: {loaded} trained tensors from {init_from.describe()} (not its optimizer, "
+                     f"counters or data position)")
     run = Run(cfg, accelerator, log, out_dir, shared, writer, stages, data,
               trainable=frozenset(name for name, p in model.named_parameters() if p.requires_grad),
               resume_from=resume_from, synced_gpus=plugin is not None and plugin.zero_stage == 3)
     return run, model, state
 
 
-def starting_weights(cfg: Config, resume_from: Optional[Path], log: RunLog) -> Optional[Path]:
-    """The checkpoint whose weights a fresh run starts from (`train.init_from`), checked to fit the
-    model settings; None when there is none, or when the run resumes (its checkpoint has the weights)."""
+def starting_weights(cfg: Config, resume_from: Optional[Path],
+                     log: RunLog) -> Union[CheckpointStart, ExportStart, None]:
+    """The checkpoint or export whose weights a fresh run starts from (`train.init_from`), checked to
+    fit the model settings; None when there is none, or when the run resumes (its checkpoint has the
+    weights)."""
     if not cfg.train.init_from or resume_from is not None:
         return None
+    export = find_export(cfg.train.init_from)
+    if export is not None:
+        return ExportStart.open(export, cfg)
     checkpoint = init_checkpoint(cfg.train.init_from, log.info)
     check_init(checkpoint, cfg)
-    return checkpoint
+    return CheckpointStart(checkpoint)
 
 
 def check_resume(cfg: Config, checkpoint: Path, state: TrainState, num_processes: int, log: RunLog) -> None:

@@ -29,12 +29,13 @@ from memecap.models.lstm.navec import read_navec
 from memecap.models.lstm.step_decoding import decode
 from memecap.models.tiny import TINY, save_tiny_resnet
 from memecap.models.lstm.vocab import WordVocab
+from memecap.models.lstm import EXPORT_VOCAB_FILE
 from memecap.outputs.run_layout import LSTM_VOCAB_FILE
 
 logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "lstm.safetensors"
 ENCODER_FILE = "encoder.safetensors"
-VOCAB_FILE = "vocab.json"
+VOCAB_FILE = EXPORT_VOCAB_FILE
 RUN_VOCAB = LSTM_VOCAB_FILE  # in the run folder, so a checkpoint can be exported without the data
 
 
