@@ -30,7 +30,7 @@ _BLOCK_NUMBERS = 4_000_000
 @dataclass(frozen=True)
 class ExampleStats:
     """One score's statistics per example, summable over any set of examples: `values[i]` is example
-    i's row, and the score of a set is `finish` of the rows' sum (see `score_of_sums`)."""
+    i's row, and the score of a set is `score_of_sums` of the rows' sum."""
     values: np.ndarray  # (examples, columns)
     kind: str  # "mean": columns (score, counts); "bleuN": sentence_stats rows of BLEU up to order >= N
 
