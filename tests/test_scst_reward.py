@@ -10,6 +10,7 @@ from memecap.config import ScstConfig
 from memecap.metrics.cider_score import cider_d, cider_d_with_df, document_frequency
 from memecap.training.scst import (
     CiderDReward,
+    brevity_penalty,
     caption_rewards,
     leave_one_out_baseline,
     length_penalty,
@@ -53,13 +54,23 @@ def test_length_and_repetition_penalties():
     assert repetition_penalty("кот кот кот кот") == pytest.approx(-2 / 3)  # 3 bigrams, 2 repeats
 
 
+def test_brevity_penalty_charges_what_the_closest_reference_has_more():
+    refs = ["кот сидит на столе", "на фото кот сидит на столе у окна и смотрит на улицу"]
+    assert brevity_penalty("кот сидит", refs) == pytest.approx(-0.5)  # 2 of the 4 words of the closest
+    assert brevity_penalty("кот сидит на столе у окна", refs) == 0.0  # longer than the closest: no charge
+    assert brevity_penalty("на фото кот сидит на столе у окна и смотрит", refs[1:]) == pytest.approx(-2 / 12)
+    assert brevity_penalty("", refs) == -1.0 and brevity_penalty("кот", []) == 0.0
+
+
 def test_reward_is_the_weighted_sum_of_its_parts_each_returned():
-    weights = ScstConfig(cider=0.5, quote=2.0, length=1.0, repetition=1.0, max_words=3)
-    parts = caption_rewards(['кот "привет" кот "привет"'], [['кот "привет"']], [""], CiderDReward(TRAIN_REFS), weights)
-    assert set(parts) == {"cider", "quote", "length", "repetition", "reward"}
-    expected = 0.5 * parts["cider"][0] + 2.0 * parts["quote"][0] + parts["length"][0] + parts["repetition"][0]
+    weights = ScstConfig(cider=0.5, quote=2.0, length=1.0, brevity=3.0, repetition=1.0, max_words=3)
+    parts = caption_rewards(['кот "привет" кот "привет"'], [['кот "привет" на фото с котом и надписью']], [""],
+                            CiderDReward(TRAIN_REFS), weights)
+    assert set(parts) == {"cider", "quote", "length", "brevity", "repetition", "reward"}
+    expected = (0.5 * parts["cider"][0] + 2.0 * parts["quote"][0] + parts["length"][0] + 3.0 * parts["brevity"][0]
+                + parts["repetition"][0])
     assert parts["reward"][0] == pytest.approx(expected)
-    assert parts["length"][0] < 0 and parts["repetition"][0] < 0
+    assert parts["length"][0] < 0 and parts["brevity"][0] < 0 and parts["repetition"][0] < 0
     with pytest.raises(ValueError, match="OCR texts"):
         caption_rewards(["a"], [["a"]], [], CiderDReward(TRAIN_REFS), weights)
 

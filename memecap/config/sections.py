@@ -390,6 +390,10 @@ class StageConfig:
         at_least(f"stages[{self.name or '?'}].max_steps", self.max_steps, 1, optional=True)
 
 
+# The reward's parts, each a weight of the scst section (memecap/training/scst.py computes them).
+REWARD_PARTS = ("cider", "quote", "length", "brevity", "repetition")
+
+
 @dataclass
 class ScstConfig:
     """Self-critical reward fine-tuning (a stage whose objective is scst): per image, `samples`
@@ -401,6 +405,7 @@ class ScstConfig:
     cider: float = 1.0  # CIDEr-D against the image's references (document frequencies of the training split)
     quote: float = 1.0  # 1 - quote CER against the references' quote (or the OCR text)
     length: float = 0.0  # minus the share of words beyond max_words
+    brevity: float = 0.0  # minus the share of the closest-length reference's words the caption lacks
     repetition: float = 0.0  # minus the share of repeated word bigrams
     max_words: int = 60
     # Weight of a KL penalty to the stage's starting weights (0: none): keeps the policy near what it
@@ -418,9 +423,9 @@ class ScstConfig:
         at_least("scst.samples", self.samples, 2 if self.baseline == "mean_of_others" else 1)
         at_least("scst.max_words", self.max_words, 1)
         at_least("scst.kl", self.kl, 0)
-        for name in ("cider", "quote", "length", "repetition"):
+        for name in REWARD_PARTS:
             at_least(f"scst.{name}", getattr(self, name), 0)
-        if not any(getattr(self, name) for name in ("cider", "quote", "length", "repetition")):
+        if not any(getattr(self, name) for name in REWARD_PARTS):
             raise ConfigError("scst: every reward weight is 0: nothing to optimise")
 
 

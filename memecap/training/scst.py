@@ -8,6 +8,9 @@ be logged:
   quotes anything (a meme without a reference quote but with OCR text still has text to copy);
   0 where neither exists, so the part never rewards an invented quote;
 - `length`: minus the share of words beyond `max_words` (0 when within it);
+- `brevity`: minus the share of a reference's words the caption falls short of (the reference
+  closest in length, as BLEU's brevity penalty takes it; 0 when as long): a caption that drops the
+  description after the quote keeps most of its CIDEr-D and quote reward, and pays here;
 - `repetition`: minus the share of repeated word bigrams (a sampled caption that loops scores < 0).
 
 The loss is -(reward - baseline) x the sampled caption's log-probability, summed over the tokens the
@@ -24,11 +27,11 @@ Pure arithmetic: no model; torch only inside the functions that need tensors.
 
 from collections import Counter
 
+from memecap.config.sections import REWARD_PARTS
 from memecap.metrics.cider_score import cider_d_with_df, document_frequency
 from memecap.metrics.quote_score import levenshtein, normalize_quote, quoted_text
 from memecap.metrics.tokenization import tokenize
 
-REWARD_PARTS = ("cider", "quote", "length", "repetition")
 
 
 class CiderDReward:
@@ -61,6 +64,15 @@ def length_penalty(caption: str, max_words: int) -> float:
     return -max(0, words - max_words) / max(1, words)
 
 
+def brevity_penalty(caption: str, references: list[str]) -> float:
+    words = len(tokenize(caption))
+    lengths = [len(tokenize(r)) for r in references]
+    if not lengths:
+        return 0.0
+    closest = min(lengths, key=lambda n: (abs(n - words), n))
+    return -max(0, closest - words) / max(1, closest)
+
+
 def repetition_penalty(caption: str) -> float:
     words = tokenize(caption)
     bigrams = Counter(zip(words, words[1:]))
@@ -78,6 +90,7 @@ def caption_rewards(captions: list[str], references: list[list[str]], ocr_texts:
         "cider": cider(captions, references) if weights.cider else [0.0] * len(captions),
         "quote": [quote_reward(c, r, o) for c, r, o in zip(captions, references, ocr_texts)],
         "length": [length_penalty(c, weights.max_words) for c in captions],
+        "brevity": [brevity_penalty(c, r) for c, r in zip(captions, references)],
         "repetition": [repetition_penalty(c) for c in captions],
     }
     parts["reward"] = [sum(getattr(weights, name) * parts[name][i] for name in REWARD_PARTS)
