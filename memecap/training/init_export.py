@@ -94,7 +94,7 @@ class ExportStart:
     def take_files(self, out_dir: Path) -> list[str]:
         """Record the bases the run is built on, copying those bundled in the export or written by
         memecap; copy the family's run files from the export. Returns what was copied."""
-        from memecap.models import family_module
+        from memecap.models import DEFAULT_FAMILY, family_module
 
         out_dir = Path(out_dir)
         copied: dict[Path, str] = {}  # one copy of a folder two roles name (RuDOLPH's VQGAN and tokenizer)
@@ -112,7 +112,7 @@ class ExportStart:
                 entry.update(name=copied[key], revision=None, in_run=True)
             record[role] = entry
         record_bases(out_dir, record)
-        run_files = getattr(family_module(self.meta.get("family", "clipcap")), "RUN_FILES_FROM_EXPORT", {})
+        run_files = getattr(family_module(self.meta.get("family", DEFAULT_FAMILY)), "RUN_FILES_FROM_EXPORT", {})
         for run_name, export_name in run_files.items():
             source = member(self.path, export_name, f"{self.path}/{CONFIG_FILE}")
             copy_file(source, out_dir / run_name)
