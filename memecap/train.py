@@ -231,7 +231,9 @@ def fail_fast(run: Run, prepared: PreparedStage) -> None:
         probe_caption = net.generate(probe_eval, quick, synced_gpus=run.synced_gpus)[0][0]
     if not math.isfinite(probe_loss):
         raise RuntimeError(f"the initial loss is {probe_loss}: check the data and the model settings")
-    run.log.info(f"check: initial loss {probe_loss:.3f}, caption before training {probe_caption!r}")
+    # Made before a resume's checkpoint is loaded (loading it restores the random streams the probe would draw on).
+    what = "before training" if run.resume_from is None else "of the model as built, before its checkpoint is loaded"
+    run.log.info(f"check: initial loss {probe_loss:.3f}, caption {what} {probe_caption!r}")
 
 
 def restore(run: Run, prepared: PreparedStage, state: TrainState) -> TrainState:
