@@ -46,9 +46,14 @@ def test_a_run_starts_from_an_export_on_its_bases_and_never_makes_new_ones(tmp_p
     assert started and all(torch.equal(t, exported[name]) for name, t in started.items())
     assert any(not torch.equal(t, trained_tensors(fresh)[name]) for name, t in started.items())
     assert state.optimizer_step == 0
-    # Built on copies of the export's tiny bases: the same tokenizer, no new random base made.
+    # Built on copies of the export's parts, no new random base made: the tiny encoder memecap wrote, and
+    # the decoder the demo trains whole, with its tokenizer.
+    assert ((second / "base_models/export-encoder/config.json").read_bytes()
+            == (first / "base_models/encoder/config.json").read_bytes())
     assert ((second / "base_models/export-decoder/tokenizer.json").read_bytes()
-            == (first / "base_models/decoder/tokenizer.json").read_bytes())
+            == (export / "tokenizer/tokenizer.json").read_bytes())
+    assert ((second / "base_models/export-decoder/model.safetensors").read_bytes()
+            == (export / "decoder/model.safetensors").read_bytes())
     assert not (second / "base_models" / "decoder").exists()
 
     summary = train.main(tiny_run_config(second, synthetic_data, *settings, "train.max_steps=2",
@@ -100,18 +105,62 @@ def test_the_lstm_keeps_the_vocabulary_of_its_export(tmp_path, synthetic_data):
     assert (second / "final" / "vocab.json").read_bytes() == (first / "final" / "vocab.json").read_bytes()
 
 
-@pytest.mark.parametrize("family", ["rudolph", "vlm"])
-def test_every_generating_family_starts_from_its_export(family, tmp_path, synthetic_data, tiny_rudolph):
+@pytest.mark.parametrize("family,mode", [("rudolph", ()), ("vlm", ()), ("vlm", ("model.vlm.mode=full",))],
+                         ids=["rudolph", "vlm-lora", "vlm-full"])
+def test_every_generating_family_starts_from_its_export(family, mode, tmp_path, synthetic_data, tiny_rudolph):
     first = tmp_path / "first"
     try:
-        train.main(family_config(family, first, synthetic_data, tiny_rudolph, "train.max_steps=1"))
+        train.main(family_config(family, first, synthetic_data, tiny_rudolph, "train.max_steps=1", *mode))
     finally:
         reset_accelerate()
     exported = exported_tensors(first / "final")
-    model, _ = built(family_config(family, tmp_path / "second", synthetic_data, tiny_rudolph,
-                                   f"train.init_from={first / 'final'}"))
+    second = tmp_path / "second"
+    model, _ = built(family_config(family, second, synthetic_data, tiny_rudolph,
+                                   f"train.init_from={first / 'final'}", *mode))
     started = trained_tensors(model)
     assert started and all(torch.equal(t, exported[name]) for name, t in started.items())
+    if mode:  # a model trained whole is its own base: the export's weights and processing files
+        base = second / "base_models" / "export-vlm"
+        assert (base / "model.safetensors").read_bytes() == (first / "final/model/model.safetensors").read_bytes()
+        assert (base / "chat_template.jinja").is_file()
+
+
+def test_a_decoder_trained_whole_starts_a_run_without_the_folder_it_started_from(tmp_path, synthetic_data,
+                                                                                  tiny_gpt2_dir, standin_hub,
+                                                                                  monkeypatch):
+    """A full fine-tune of the user's own decoder folder, pushed: the push does not bundle that folder
+    (the export holds the whole decoder), so on another machine the run is built on the export's
+    decoder and tokenizer."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    own = tmp_path / "mine" / "gpt"
+    shutil.copytree(tiny_gpt2_dir, own)
+    full = (f"model.decoder.name={own}", "model.decoder.mode=full", "optim.lr=3e-3")
+    first = tmp_path / "ce"
+    checkpointed_run(first, synthetic_data, *full, "train.max_steps=2")
+    push(first / "final", "alice/memes-full", log=lambda _: None)
+    card = standin_hub.repos["alice/memes-full"]["README.md"].decode()
+    assert f"decoder: trained whole from `{own}`, in this repo's `decoder/`, `tokenizer/`" in card
+    exported = exported_tensors(first / "final")
+    shutil.rmtree(own)  # not on the machine that starts from the push
+
+    common = (*full, "train.init_from=alice/memes-full", *SCST)
+    second = tmp_path / "second"
+    model, _ = built(tiny_run_config(second, synthetic_data, *QUICK_CHECKPOINTS, *common))
+    started = trained_tensors(model)
+    assert any(name.startswith("decoder.") for name in started)
+    assert all(torch.equal(t, exported[name]) for name, t in started.items())
+    base = second / "base_models" / "export-decoder"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in base.iterdir()}
+    assert (base / BASE_MANIFEST).is_file() and not any(p.is_symlink() for p in base.rglob("*"))
+
+    summary = checkpointed_run(second, synthetic_data, *common, "train.max_steps=2", "train.overwrite=true")
+    assert summary["optimizer_steps"] == 2
+    bases = yaml.safe_load((second / "final" / "memecap.yaml").read_text())["bases"]
+    assert bases["decoder"]["name"] == str(base.resolve()) and bases["decoder"]["in_export"] == ["decoder", "tokenizer"]
 
 
 def test_an_export_that_does_not_fit_is_refused_before_any_work(tmp_path, synthetic_data):

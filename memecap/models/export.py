@@ -16,7 +16,7 @@ import json
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
@@ -51,10 +51,16 @@ def member(folder: Path, name, source: str, *, is_dir: bool = False) -> Path:
 
 
 def base_entry(section: str, name: str, revision: Optional[str], needed_to_load: bool,
-               name_key: str = "name", revision_key: str = "revision") -> dict:
-    """One base model: the model config's `section` holds its name and revision under these keys."""
-    return {"section": section, "name": name, "revision": revision, "needed_to_load": needed_to_load,
-            "name_key": name_key, "revision_key": revision_key}
+               name_key: str = "name", revision_key: str = "revision", in_export: Sequence[str] = ()) -> dict:
+    """One base model: the model config's `section` holds its name and revision under these keys.
+    `in_export`: the export's folders that together hold a whole model of the base's kind, trained
+    (a decoder trained whole and its tokenizer), so that a run can start from the export without the
+    base it started from."""
+    entry = {"section": section, "name": name, "revision": revision, "needed_to_load": needed_to_load,
+             "name_key": name_key, "revision_key": revision_key}
+    if in_export:
+        entry["in_export"] = list(in_export)
+    return entry
 
 
 def set_base(meta: dict, base: dict, *, name: Optional[str] = None, revision: Optional[str] = None) -> None:

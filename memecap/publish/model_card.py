@@ -41,6 +41,8 @@ def describe_model(meta: dict) -> list[str]:
     for role, base in (meta.get("bases") or {}).items():
         where = ("bundled in this repo" if str(base["name"]).startswith("bases/")
                  else f"`{base['name']}`" + (f" at revision `{base['revision']}`" if base.get("revision") else ""))
+        if base.get("in_export"):  # trained whole: the repo holds it, the base is where it started
+            where = f"trained whole from {where}, in this repo's {', '.join(f'`{d}/`' for d in base['in_export'])}"
         section = model.get(base["section"], {})
         how = section.get("mode") or ("trained" if section.get("trainable") else "frozen")
         lines.append(f"- {role}: {where} ({how})")

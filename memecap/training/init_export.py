@@ -84,12 +84,17 @@ class ExportStart:
             raise ConfigError(f"train.init_from={export}: the exported model was built with other settings, so its "
                               f"weights do not belong to this one: {'; '.join(changed)}. Give the model settings "
                               f"of the export (its {CONFIG_FILE}, under model)")
+        start = cls(Path(export), meta)
         for role, base in (meta.get("bases") or {}).items():
             name = str(base["name"])
-            if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+            try:
+                in_export = start.copied_from(base)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"train.init_from={export}: its {role} base: {err}") from None
+            if not in_export and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
                 raise ConfigError(f"train.init_from={export}: its {role} base is the folder {name}, which is not "
                                   f"on this machine, and a run is built on the bases its export was")
-        return cls(Path(export), meta)
+        return start
 
     def take_files(self, out_dir: Path) -> list[str]:
         """Record the bases the run is built on, copying those bundled in the export or written by
@@ -100,15 +105,15 @@ class ExportStart:
         copied: dict[Path, str] = {}  # one copy of a folder two roles name (RuDOLPH's VQGAN and tokenizer)
         record = {}
         for role, base in (self.meta.get("bases") or {}).items():
-            source = Path(str(base["name"]))
             entry = {"section": base["section"], "name_key": base.get("name_key", "name"),
                      "revision_key": base.get("revision_key", "revision"), "name": str(base["name"]),
                      "revision": base.get("revision"), "in_run": False}
-            if self.copies(source):
-                key = source.resolve()
+            sources = self.copied_from(base)
+            if sources:
+                key = tuple(source.resolve() for source in sources)
                 if key not in copied:
                     copied[key] = f"base_models/export-{role}"
-                    copy_base(source, out_dir / copied[key])
+                    copy_base(sources, out_dir / copied[key])
                 entry.update(name=copied[key], revision=None, in_run=True)
             record[role] = entry
         record_bases(out_dir, record)
@@ -118,12 +123,20 @@ class ExportStart:
             copy_file(source, out_dir / run_name)
         return [*copied.values(), *run_files]
 
-    def copies(self, base: Path) -> bool:
-        """Whether the run takes a copy of this base: bundled in the export, or written by memecap."""
-        return base.is_dir() and (is_inside(base, self.path) or recorded_base_files(base) is not None)
+    def copied_from(self, base: dict) -> list[Path]:
+        """The folders the run copies this base from: the export's own whole trained model of the base's
+        kind (`in_export`: no download, nor the folder it started from, needed), a base bundled in the
+        export, or one written by memecap; none for a base the run names (a Hub id, the user's folder)."""
+        if base.get("in_export"):
+            where = f"{self.path}/{CONFIG_FILE}"
+            return [member(self.path, name, where, is_dir=True) for name in base["in_export"]]
+        source = Path(str(base["name"]))
+        if source.is_dir() and (is_inside(source, self.path) or recorded_base_files(source) is not None):
+            return [source]
+        return []
 
     def describe(self) -> str:
-        bases = [f"{role} {'(copied into base_models/)' if self.copies(Path(str(b['name']))) else b['name']}"
+        bases = [f"{role} {'(copied into base_models/)' if self.copied_from(b) else b['name']}"
                  for role, b in (self.meta.get("bases") or {}).items()]
         return f"the export {self.path}, built on its bases: {', '.join(bases)}"
 
@@ -140,15 +153,24 @@ def is_inside(path: Path, folder: Path) -> bool:
     return root in Path(path).resolve().parents
 
 
-def copy_base(source: Path, target: Path) -> None:
-    """Copy a base folder (the files memecap recorded in it, or all of an export's bundled one) so
-    that it appears whole or not at all, recorded as written by memecap (a push can bundle it)."""
+def base_files(source: Path) -> list[tuple[str, Path]]:
+    """(name, path) of a base folder's files: those memecap recorded in it, or all of an export's part."""
     recorded = recorded_base_files(source)
-    files = recorded if recorded is not None else [
+    return recorded if recorded is not None else [
         (p.relative_to(source).as_posix(), p) for p in sorted(source.rglob("*")) if p.is_file()]
+
+
+def copy_base(sources: list[Path], target: Path) -> None:
+    """Copy the files of one or more folders (a decoder and its tokenizer) into one base folder, so
+    that it appears whole or not at all, recorded as written by memecap (a push can bundle it). A
+    name two folders hold is taken from the first: the model's own config over a processor's."""
+    files = {}
+    for source in sources:
+        for name, path in base_files(source):
+            files.setdefault(name, path)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted copy
-    for name, path in files:
+    for name, path in files.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, tmp / name)  # a downloaded export's files are links into the Hub cache
     record_local_base(tmp)

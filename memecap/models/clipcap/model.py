@@ -326,10 +326,10 @@ class ClipCap(nn.Module):
             self.decoder.save_pretrained(out_dir / "decoder", state_dict=part("decoder."))
         self.tokenizer.save_pretrained(out_dir / "tokenizer")
         enc, dec = self.cfg.encoder, self.cfg.decoder
+        whole = dec.mode in ("full", "subset")  # exported whole: its base only says where it started
         bases = {"encoder": base_entry("encoder", enc.name, enc.revision, needed_to_load=True),
-                 # a trained decoder is exported whole; the base only says where it started
-                 "decoder": base_entry("decoder", dec.name, dec.revision,
-                                       needed_to_load=dec.mode not in ("full", "subset"))}
+                 "decoder": base_entry("decoder", dec.name, dec.revision, needed_to_load=not whole,
+                                       in_export=("decoder", "tokenizer") if whole else ())}
         write_export_config(out_dir, {"family": "clipcap", "model": to_dict(self.cfg), "bases": bases,
                                       "generation": to_dict(generation) if generation else None,
                                       "image_dim": self.image_dim,

@@ -269,7 +269,8 @@ class Vlm(nn.Module):
         self.image_processor.save_pretrained(processor)
         if self.template is not None:
             (processor / TEMPLATE_FILE).write_text(self.template.text, encoding="utf-8")
-        bases = {"vlm": base_entry("vlm", v.name, v.revision, needed_to_load=v.mode != "full")}
+        bases = {"vlm": base_entry("vlm", v.name, v.revision, needed_to_load=v.mode != "full",
+                                   in_export=(MODEL_DIR, PROCESSOR_DIR) if v.mode == "full" else ())}
         what = (f"LoRA r={v.lora.r} on the language model" if v.mode == "lora" else "language model trained whole")
         write_export_config(out_dir, {"family": "vlm", "model": to_dict(self.cfg), "bases": bases,
                                       "generation": to_dict(generation) if generation else None,
