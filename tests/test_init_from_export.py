@@ -2,6 +2,8 @@
 for the Hub), built on the export's bases, through the real loop."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -177,3 +179,24 @@ def test_an_export_that_does_not_fit_is_refused_before_any_work(tmp_path, synthe
     # A Hub id that is no folder here is looked up on the Hub (offline in the tests: a clear error).
     with pytest.raises(ConfigError, match="train.init_from=you/no-such-model: .*Hub"):
         find_export("you/no-such-model")
+
+
+@pytest.mark.parametrize("stand_in", [["../outside"], ["tokenizer", "no-such-folder"]])
+def test_an_export_naming_folders_outside_it_or_missing_as_its_trained_base_is_refused(tmp_path, stand_in):
+    """`in_export` comes from a published file: only folders inside the export are read."""
+    import shutil
+    from dataclasses import replace
+
+    from memecap.config import load_config, model_config_from_export
+    from memecap.training.init_export import ExportStart
+
+    export = tmp_path / "export"
+    shutil.copytree(Path(__file__).parent / "data" / "exports" / "clipcap", export)
+    (tmp_path / "outside").mkdir()
+    meta = yaml.safe_load((export / "memecap.yaml").read_text())
+    meta["bases"]["decoder"]["in_export"] = stand_in
+    (export / "memecap.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False))
+    cfg = replace(load_config("demo"), model=model_config_from_export(meta["model"]))
+    with pytest.raises(ConfigError, match=r"its decoder base: .*('\.\./outside' is not a path inside|"
+                                          r"'no-such-folder' is missing)"):
+        ExportStart.open(export, cfg)
