@@ -87,11 +87,12 @@ class ExportStart:
         start = cls(Path(export), meta)
         for role, base in (meta.get("bases") or {}).items():
             name = str(base["name"])
-            try:
-                in_export = start.copied_from(base)
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"train.init_from={export}: its {role} base: {err}") from None
-            if not in_export and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+            if base.get("in_export"):  # trained whole: the export's own folders stand in for the base
+                try:
+                    start.copied_from(base)
+                except (OSError, ValueError) as err:
+                    raise ConfigError(f"train.init_from={export}: its {role} base: {err}") from None
+            elif name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
                 raise ConfigError(f"train.init_from={export}: its {role} base is the folder {name}, which is not "
                                   f"on this machine, and a run is built on the bases its export was")
         return start
@@ -102,7 +103,7 @@ class ExportStart:
         from memecap.models import DEFAULT_FAMILY, family_module
 
         out_dir = Path(out_dir)
-        copied: dict[Path, str] = {}  # one copy of a folder two roles name (RuDOLPH's VQGAN and tokenizer)
+        copied: dict[tuple[Path, ...], str] = {}  # one copy of a folder two roles name (RuDOLPH's VQGAN and tokenizer)
         record = {}
         for role, base in (self.meta.get("bases") or {}).items():
             entry = {"section": base["section"], "name_key": base.get("name_key", "name"),
