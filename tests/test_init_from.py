@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from memecap import train
-from memecap.config import ConfigError
+from memecap.config import ConfigError, load_config
 from memecap.data.synthetic import make_synthetic_dataset
 from memecap.training.run_setup import setup
 from tests.helpers import QUICK_CHECKPOINTS, checkpointed_run, log_rows, reset_accelerate, tiny_run_config
@@ -126,3 +126,14 @@ def test_a_run_may_store_the_frozen_base_in_another_dtype_than_the_run_it_starts
     with pytest.raises(ConfigError, match=r"model\.mapper\.prefix_length"):
         built(tiny_run_config(tmp_path / "c", synthetic_data, f"train.init_from={first}", "model.decoder.mode=lora",
                               "model.decoder.dtype=bfloat16", "model.mapper.prefix_length=3"))
+
+
+def test_the_scst_recipe_starts_from_a_run_of_its_base_recipe_and_asks_for_it(tmp_path):
+    data = [f"data.train={tmp_path}/train.tsv", f"data.val={tmp_path}/val.tsv", "model.decoder.name=gemma"]
+    ce, scst = load_config("clipcap_effnet_gemma_ocr", data), load_config("clipcap_effnet_gemma_ocr_scst", data)
+    assert scst.model == ce.model and scst.data == ce.data  # else init_from a run of the base recipe is refused
+    assert (scst.train.objective, ce.train.objective) == ("scst", "ce")
+    unset = load_config("clipcap_effnet_gemma_ocr_scst", [*data, f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"train\.init_from=CE_RUN \(see this recipe's header\): no complete"):
+        built(unset)
+    assert not (tmp_path / "run" / "base_models").exists()
