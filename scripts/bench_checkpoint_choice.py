@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--val", required=True)
     parser.add_argument("--work", type=Path, required=True, help="where the predictions are kept")
     parser.add_argument("--splits", type=int, default=1000)
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="caption only these kept steps (each captioning takes minutes on a CPU)")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -64,6 +66,8 @@ def main() -> int:
         steps = {0: before}
         for checkpoint in sorted((run / "checkpoints").glob("step_*")):
             step = int(checkpoint.name.split("_")[1])
+            if args.steps is not None and step not in args.steps:
+                continue
             out = args.work / f"{run.parent.name}_{run.name}_{checkpoint.name}.jsonl"
             print(f"{run}: step {step}", flush=True)
             steps[step] = per_meme_cider(captioned(checkpoint, args.val, out, args.cache_dir), df, len(before_rows))
